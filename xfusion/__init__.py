@@ -1,0 +1,53 @@
+"""xfusion: lazy, Dask-native satellite data fusion and machine learning on xarray datacubes.
+
+>>> import xfusion as xf
+>>> g = xf.grid((0, 0, 100, 100), "EPSG:32633", 10)
+>>> g.shape
+Shape2d(x=10, y=10)
+"""
+
+from __future__ import annotations
+
+from xfusion import accessor, errors, grids
+from xfusion.grids import grid
+from xfusion.io.ee import open_ee
+from xfusion.io.raster import open_raster
+from xfusion.io.stac import open_stac
+from xfusion.preprocess.composite import composite
+from xfusion.preprocess.features import index, standardize
+from xfusion.preprocess.fuse import fuse
+from xfusion.preprocess.lags import lags
+from xfusion.preprocess.mask import dilate, mask_bits, mask_classes, mask_range, scale
+from xfusion.preprocess.resample import resample
+from xfusion.preprocess.sample import patches, sample
+from xfusion.preprocess.texture import lbp
+
+# ``xf.grid`` is the function; its adapters hang off it so ``xf.grid.to_xee(g)`` reads naturally.
+grid.to_xee = grids.to_xee  # type: ignore[attr-defined]
+grid.to_stackstac = grids.to_stackstac  # type: ignore[attr-defined]
+
+__version__ = "0.1.0"
+__all__ = [
+    "__version__",
+    "accessor",
+    "composite",
+    "dilate",
+    "errors",
+    "fuse",
+    "grid",
+    "grids",
+    "index",
+    "lags",
+    "lbp",
+    "mask_bits",
+    "mask_classes",
+    "mask_range",
+    "open_ee",
+    "open_raster",
+    "open_stac",
+    "patches",
+    "resample",
+    "sample",
+    "scale",
+    "standardize",
+]

@@ -1,0 +1,113 @@
+"""The ``.xf`` accessor on DataArray and Dataset.
+
+Every method is a one-line delegation to a pure function of the same name (documented there);
+the accessor holds no state, because xarray re-creates it for every new object.
+``cube.xf.f(*args)`` is exactly ``f(cube, *args)``; ``tests/test_accessor.py`` checks it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import xarray as xr
+
+from xfusion import viz
+from xfusion.models import predict as _predict
+from xfusion.preprocess import (
+    composite as _composite,
+)
+from xfusion.preprocess import (
+    features as _features,
+)
+from xfusion.preprocess import (
+    lags as _lags,
+)
+from xfusion.preprocess import (
+    mask as _mask,
+)
+from xfusion.preprocess import (
+    resample as _resample,
+)
+from xfusion.preprocess import (
+    sample as _sample,
+)
+from xfusion.preprocess import (
+    texture as _texture,
+)
+
+__all__ = ["XFusionAccessor"]
+
+
+class _Base:
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+
+@xr.register_dataarray_accessor("xf")
+class XFusionAccessor(_Base):
+    """``da.xf``: masks, composites, resampling, features, sampling, prediction and plots."""
+
+    def mask_bits(self, qa, bits, *, drop=True):  # noqa: D102
+        return _mask.mask_bits(self._obj, qa, bits, drop=drop)
+
+    def mask_classes(self, qa, classes, *, drop=True):  # noqa: D102
+        return _mask.mask_classes(self._obj, qa, classes, drop=drop)
+
+    def mask_range(self, lo, hi):  # noqa: D102
+        return _mask.mask_range(self._obj, lo, hi)
+
+    def scale(self, factor, offset=0.0):  # noqa: D102
+        return _mask.scale(self._obj, factor, offset)
+
+    def dilate(self, radius):  # noqa: D102
+        return _mask.dilate(self._obj, radius)
+
+    def composite(self, how="median", *, freq=None, start=None, end=None):  # noqa: D102
+        return _composite.composite(self._obj, how, freq=freq, start=start, end=end)
+
+    def standardize(self, mean=None, std=None):  # noqa: D102
+        return _features.standardize(self._obj, mean, std)
+
+    def index(self, name):  # noqa: D102
+        return _features.index(self._obj, name)
+
+    def resample(self, grid_or_like, resampling="average"):  # noqa: D102
+        return _resample.resample(self._obj, grid_or_like, resampling)
+
+    def lags(self, n, *, cloud_score=None):  # noqa: D102
+        return _lags.lags(self._obj, n, cloud_score=cloud_score)
+
+    def lbp(self, points=8, radius=1):  # noqa: D102
+        return _texture.lbp(self._obj, points, radius)
+
+    def sample(self, labels, n, *, seed=0, stratify=False):  # noqa: D102
+        return _sample.sample(self._obj, labels, n, seed=seed, stratify=stratify)
+
+    def patches(self, target=None, *, size, n, seed=0, regions=None, **kwargs):  # noqa: D102
+        return _sample.patches(self._obj, target, size=size, n=n, seed=seed, regions=regions, **kwargs)
+
+    def predict(self, model, *, halo=None, tile=None, batch_size=None, **kwargs):  # noqa: D102
+        return _predict.predict(self._obj, model, halo=halo, tile=tile, batch_size=batch_size, **kwargs)
+
+    def plot_rgb(self, bands=None, **kwargs):  # noqa: D102
+        return viz.plot_rgb(self._obj, bands, **kwargs)
+
+    def explore(self, **kwargs):  # noqa: D102
+        return viz.explore(self._obj, **kwargs)
+
+
+@xr.register_dataset_accessor("xf")
+class XFusionDatasetAccessor(_Base):
+    """``ds.xf``: the operations that make sense variable by variable on a Dataset."""
+
+    def mask_range(self, lo, hi):  # noqa: D102
+        return _mask.mask_range(self._obj, lo, hi)
+
+    def scale(self, factor, offset=0.0):  # noqa: D102
+        return _mask.scale(self._obj, factor, offset)
+
+    def composite(self, how="median", *, freq=None, start=None, end=None):  # noqa: D102
+        return _composite.composite(self._obj, how, freq=freq, start=start, end=end)
+
+    def resample(self, grid_or_like, resampling="average"):  # noqa: D102
+        return _resample.resample(self._obj, grid_or_like, resampling)
