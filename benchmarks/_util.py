@@ -1,0 +1,119 @@
+"""Timing, memory and environment helpers shared by the benchmark cases.
+
+Each case module ``benchmarks/bench_<case>.py`` exposes ``run(*, smoke=False, repeats=3) -> dict``
+and builds its result with :func:`case_result`; ``python -m benchmarks`` runs them all.
+"""
+
+from __future__ import annotations
+
+import gc
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+import psutil
+
+
+class PeakRSS:
+    """Sample this process's resident memory in a thread; ``peak_mb`` above the starting RSS."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self._proc = psutil.Process()
+        self._stop = threading.Event()
+        self.start_rss = 0
+        self.peak_rss = 0
+
+    def __enter__(self) -> PeakRSS:
+        gc.collect()
+        self.start_rss = self.peak_rss = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+
+    @property
+    def peak_mb(self) -> float:
+        return (self.peak_rss - self.start_rss) / 2**20
+
+
+def measure(fn: Callable[[], Any], *, repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; median seconds and peak MB."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times, peaks = [], []
+    for _ in range(repeats):
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+        peaks.append(mem.peak_mb)
+    return {
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "peak_mem_mb": max(peaks),
+        "result": out,
+    }
+
+
+def device() -> str:
+    """A short description of the machine the benchmark ran on."""
+    try:
+        import jax
+
+        devs = jax.devices()
+        accel = f"{devs[0].platform}:{devs[0].device_kind}" if devs else "none"
+    except Exception:  # jax missing or broken: report the CPU only
+        accel = "cpu"
+    return f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, jax {accel}"
+
+
+def versions(*packages: str) -> dict[str, str]:
+    """Installed versions of the named packages (``'missing'`` where absent)."""
+    found = {}
+    for name in ("xfusion", "numpy", "dask", "xarray", *packages):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "missing"
+    return found
+
+
+def case_result(
+    case: str,
+    *,
+    xfusion: dict[str, Any],
+    competitors: dict[str, dict[str, Any]],
+    params: dict[str, Any],
+    packages: tuple[str, ...] = (),
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble one case's JSON-able result; ratio = competitor median ÷ xfusion median."""
+
+    def clean(m: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in m.items() if k != "result"}
+
+    return {
+        "case": case,
+        "params": params,
+        "device": device(),
+        "versions": versions(*packages),
+        "xfusion": clean(xfusion),
+        "competitors": {k: clean(v) for k, v in competitors.items()},
+        "ratios": {k: v["median_s"] / xfusion["median_s"] for k, v in competitors.items()},
+        **(extra or {}),
+    }
