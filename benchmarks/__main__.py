@@ -1,0 +1,83 @@
+"""Run the benchmark suite: ``python -m benchmarks [CASE ...] [--smoke] [--repeats N]``.
+
+Every case times xfusion and its competitors in the same run on the same data, writes
+``benchmarks/results/<case>.json`` and the summary table ``benchmarks/results/summary.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pkgutil
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def discover() -> list[str]:
+    """Names of the available cases (modules ``benchmarks/bench_<case>.py``)."""
+    return sorted(m.name[len("bench_") :] for m in pkgutil.iter_modules([str(HERE)])
+                  if m.name.startswith("bench_"))
+
+
+def run_case(case: str, *, smoke: bool, repeats: int) -> dict:
+    """Import and run one case."""
+    module = importlib.import_module(f"benchmarks.bench_{case}")
+    return module.run(smoke=smoke, repeats=repeats)
+
+
+def summary_table(results: list[dict]) -> str:
+    """Markdown table: one row per (case, competitor) with the ratio competitor ÷ xfusion."""
+    rows = [
+        "| case | xfusion median (s) | competitor | competitor median (s) | ratio | "
+        "xfusion peak MB | competitor peak MB | device |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for res in results:
+        xf = res["xfusion"]
+        comps = res["competitors"] or {"—": None}
+        for name, comp in comps.items():
+            ratio = res["ratios"].get(name)
+            rows.append(
+                f"| {res['case']} | {xf['median_s']:.3f} | {name} | "
+                f"{comp['median_s']:.3f} | {ratio:.2f}× | {xf['peak_mem_mb']:.0f} | "
+                f"{comp['peak_mem_mb']:.0f} | {res['device']} |"
+                if comp is not None
+                else f"| {res['case']} | {xf['median_s']:.3f} | — | — | — | "
+                f"{xf['peak_mem_mb']:.0f} | — | {res['device']} |"
+            )
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("cases", nargs="*", help=f"cases to run (default all: {discover()})")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, no files")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    cases = args.cases or discover()
+    unknown = sorted(set(cases) - set(discover()))
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; available: {discover()}")
+    results = []
+    for case in cases:
+        print(f"== {case}", flush=True)
+        res = run_case(case, smoke=args.smoke, repeats=1 if args.smoke else args.repeats)
+        results.append(res)
+        print(json.dumps(res["ratios"], indent=1), flush=True)
+        if not args.smoke:
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / f"{case}.json").write_text(json.dumps(res, indent=2, default=str))
+    if not args.smoke:
+        every = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+        (RESULTS / "summary.md").write_text(summary_table(every))
+        print(summary_table(every))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
