@@ -1,9 +1,475 @@
-"""Open STAC items lazily as a canonical cube through stackstac."""
+"""Open STAC items lazily as a canonical cube through stackstac.
+
+The pipeline reads in three steps, like stackstac's own: metadata only (collect the items, resolve
+hrefs, pick the assets and the grid, check that everything exists and overlaps), then the graph
+(:func:`stackstac.stack` on the grid's exact bounds), then the cube (nodata and scale/offset as
+lazy arithmetic, clean coordinates, the grid's own ``x``/``y``/``spatial_ref``).
+"""
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-def open_stac(items, *, grid=None, assets=None, chunks=None, scale_offset=True):
-    """Not implemented yet."""
-    raise NotImplementedError
+import numpy as np
+import pandas as pd
+import pystac
+import stackstac
+import xarray as xr
+from affine import Affine
+from odc.geo import CRS
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import box
+from stackstac.rio_reader import AutoParallelRioReader
 
+from xfusion.errors import (
+    BandError,
+    EmptySelectionError,
+    GridError,
+    InputError,
+    SourceError,
+)
+from xfusion.grids import as_geobox, assign_grid, to_stackstac
+from xfusion.grids import grid as make_grid
+from xfusion.io._hrefs import check_local_exists, local_path
+
+__all__ = ["open_stac"]
+
+# Media types stackstac can read (one band per asset); used when ``assets`` is not given.
+_RASTER_TYPES = ("image/tiff", "image/x.geotiff", "image/vnd.stac.geotiff", "image/jp2")
+_DEFAULT_CHUNKS = {"time": -1, "band": 1, "y": 512, "x": 512}
+_DIMS = ("time", "band", "y", "x")
+
+
+class _SourceErrorReader(AutoParallelRioReader):
+    """stackstac's reader, raising :class:`SourceError` (naming the href) when a read fails."""
+
+    def read(self, window, **kwargs):
+        try:
+            return super().read(window, **kwargs)
+        except RuntimeError as err:
+            raise SourceError(f"cannot read STAC asset {self.url!r}: {err}") from err
+
+
+def open_stac(
+    items: Any,
+    *,
+    grid: Any = None,
+    assets: Sequence[str] | Mapping[str, str] | None = None,
+    chunks: int | tuple[int, ...] | Mapping[str, int] | None = None,
+    scale_offset: bool = True,
+    resampling: str = "nearest",
+) -> xr.DataArray:
+    """Open STAC items as a lazy cube with dims ``("time", "band", "y", "x")``.
+
+    Nothing is read until the cube is computed; opening only reads STAC metadata and checks that
+    local asset files exist.
+
+    Parameters
+    ----------
+    items : pystac.Item, dict, pystac.ItemCollection, pystac.Catalog, path, or a sequence of these
+        The items. A path (``str`` or :class:`os.PathLike`) names a STAC Item, ItemCollection,
+        Collection or Catalog JSON file; a catalog is walked recursively. Relative asset hrefs are
+        resolved against the item's own location. Older STAC versions are migrated by pystac.
+    grid : GeoBox or DataArray, optional
+        Output grid (from :func:`xfusion.grid`, or a cube whose grid to copy). By default the
+        items' native grid: their common CRS, the finest resolution of the selected assets and the
+        union of their footprints; items in different CRSs then raise :class:`GridError`.
+    assets : sequence of str or mapping of str to str, optional
+        Asset keys to read as bands, in this order; a mapping ``{asset_key: band_name}`` also
+        renames them. By default every GeoTIFF/JPEG2000 asset.
+    chunks : int, tuple or mapping, optional
+        Dask chunks: an int or ``(y, x)`` for the spatial chunk, a 4-tuple for
+        ``(time, band, y, x)``, or a mapping by dimension name. Default
+        ``{"time": -1, "band": 1, "y": 512, "x": 512}`` (the whole time series of a tile in one
+        chunk, as compositing wants).
+    scale_offset : bool, default True
+        Apply each asset's ``raster:bands`` ``scale``/``offset`` (or the older ``eo:bands``
+        fields). ``False`` keeps the raw digital numbers (still float32 with NaN for nodata).
+    resampling : str, default "nearest"
+        Rasterio resampling used when an asset must be warped onto the grid.
+
+    Returns
+    -------
+    xarray.DataArray
+        float32, NaN where there is no data (``raster:bands`` ``nodata``, the file's own nodata,
+        or outside an asset), a ``band`` coordinate of band names, a datetime64 ``time``
+        coordinate, pixel-centre ``x``/``y`` and the CRS on ``spatial_ref``.
+
+    Raises
+    ------
+    BandError
+        A requested asset is in none of the items.
+    GridError
+        No grid given and the items lack projection information or use several CRSs; or the grid
+        does not overlap any asset.
+    MissingFileError
+        A local asset href names a file that does not exist.
+    EmptySelectionError
+        No items, or no assets selected.
+
+    Examples
+    --------
+    >>> import numpy as np, pystac, rasterio, datetime, tempfile, os
+    >>> from affine import Affine
+    >>> path = os.path.join(tempfile.mkdtemp(), "b1.tif")
+    >>> transform = Affine(10, 0, 500000, 0, -10, 4000040)
+    >>> with rasterio.open(path, "w", driver="GTiff", width=4, height=4, count=1,
+    ...                    dtype="uint16", crs="EPSG:32633", transform=transform) as dst:
+    ...     dst.write(np.arange(16, dtype="uint16").reshape(1, 4, 4))
+    >>> item = pystac.Item("a", None, None, datetime.datetime(2020, 1, 1), {})
+    >>> item.add_asset("b1", pystac.Asset(path, media_type="image/tiff", extra_fields={
+    ...     "proj:epsg": 32633, "proj:shape": [4, 4], "proj:transform": list(transform)[:6],
+    ...     "raster:bands": [{"scale": 0.5, "nodata": 0}]}))
+    >>> cube = open_stac([item])
+    >>> cube.dims, cube.dtype.name
+    (('time', 'band', 'y', 'x'), 'float32')
+    >>> cube.isel(time=0, band=0, y=0).values
+    array([nan, 0.5, 1. , 1.5], dtype=float32)
+    """
+    stac_items = _collect_items(items)
+    if not stac_items:
+        raise EmptySelectionError(f"no STAC items to open in {_describe(items)}")
+    asset_keys, band_names = _select_assets(stac_items, assets)
+    footprints = _footprints(stac_items, asset_keys)
+    gbox = _native_grid(footprints) if grid is None else as_geobox(grid)
+    _check_overlap(footprints, gbox)
+    for item in stac_items:
+        for key in asset_keys:
+            if key in item.assets:
+                check_local_exists(item.assets[key].href, f"asset {key!r} of item {item.id!r}")
+
+    try:
+        raw = stackstac.stack(
+            [item.to_dict(transform_hrefs=False) for item in stac_items],
+            assets=list(asset_keys),
+            **to_stackstac(gbox),
+            chunksize=_stackstac_chunks(chunks),
+            dtype=np.dtype("float32"),
+            fill_value=np.float32(np.nan),
+            rescale=False,
+            sortby_date=False,
+            xy_coords="center",
+            properties=False,
+            band_coords=False,
+            resampling=_rasterio_resampling(resampling),
+            errors_as_nodata=(),
+            reader=_SourceErrorReader,
+        )
+    except ValueError as err:  # stackstac's metadata checks, e.g. multi-band raster:bands
+        raise SourceError(f"stackstac cannot stack these items: {err}") from err
+
+    times = pd.DatetimeIndex([_item_time(item) for item in stac_items])
+    cube = xr.DataArray(
+        raw.data,
+        dims=_DIMS,
+        coords={"time": times.values, "band": list(band_names)},
+    )
+    cube = _apply_nodata_scale(cube, stac_items, asset_keys, scale_offset=scale_offset)
+    cube = assign_grid(cube, gbox)
+    cube.attrs = {"source": "stac", "scale_offset_applied": int(bool(scale_offset))}
+    return cube.rename(None)
+
+
+# --- metadata: items -------------------------------------------------------------------------
+
+
+def _describe(obj: Any) -> str:
+    text = repr(obj)
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def _collect_items(items: Any) -> list[pystac.Item]:
+    """Flatten ``items`` into independent pystac Items with absolute hrefs and ``proj:epsg``."""
+    found: list[pystac.Item] = []
+    _gather(items, found)
+    out = []
+    for item in found:
+        item = item.clone()  # never mutate the caller's objects
+        if item.get_self_href() is not None:
+            item.make_asset_hrefs_absolute()
+        _translate_proj_code(item.properties)
+        for asset in item.assets.values():
+            _translate_proj_code(asset.extra_fields)
+        out.append(item)
+    out.sort(key=_item_time)  # stable: items of the same date keep their order
+    return out
+
+
+def _gather(obj: Any, found: list[pystac.Item]) -> None:
+    if isinstance(obj, pystac.Item):
+        found.append(obj)
+    elif isinstance(obj, pystac.ItemCollection):
+        found.extend(obj.items)
+    elif isinstance(obj, pystac.Catalog):  # Collection is a Catalog
+        found.extend(obj.get_items(recursive=True))
+    elif isinstance(obj, Mapping):
+        _gather_dict(obj, found)
+    elif isinstance(obj, str | os.PathLike):
+        _gather(_read_stac_file(obj), found)
+    elif isinstance(obj, Iterable) and not isinstance(obj, bytes):
+        for element in obj:
+            _gather(element, found)
+    else:
+        raise InputError(
+            "items must be pystac Items, item dicts, an ItemCollection, a Catalog/Collection, or "
+            f"a path to STAC JSON; got {type(obj).__name__}"
+        )
+
+
+def _gather_dict(obj: Mapping, found: list[pystac.Item]) -> None:
+    kind = obj.get("type")
+    try:
+        if kind == "Feature":
+            found.append(pystac.Item.from_dict(dict(obj), migrate=True))
+        elif kind == "FeatureCollection":
+            found.extend(pystac.ItemCollection.from_dict(dict(obj)).items)
+        elif kind in ("Catalog", "Collection"):
+            _gather(pystac.read_dict(dict(obj)), found)
+        else:
+            raise InputError(
+                f"a STAC dict must have type 'Feature' or 'FeatureCollection'; got type {kind!r}"
+            )
+    except (KeyError, pystac.STACError, pystac.STACTypeError) as err:
+        raise InputError(f"not a valid STAC item dict ({err!r}): {_describe(obj)}") from err
+
+
+def _read_stac_file(path: str | os.PathLike) -> Any:
+    local = local_path(path)
+    if local is not None:
+        check_local_exists(path, "STAC JSON")
+    try:
+        return pystac.read_file(os.fspath(local if local is not None else path))
+    except (OSError, ValueError, pystac.STACError, pystac.STACTypeError) as err:
+        raise SourceError(f"cannot read STAC JSON {os.fspath(path)!r}: {err}") from err
+
+
+def _translate_proj_code(fields: dict) -> None:
+    # stackstac only reads proj:epsg; proj:code ("EPSG:32633") replaced it in projection v2.
+    code = fields.get("proj:code")
+    if fields.get("proj:epsg") is None and isinstance(code, str):
+        authority, _, number = code.partition(":")
+        if authority.upper() == "EPSG" and number.isdigit():
+            fields["proj:epsg"] = int(number)
+
+
+def _item_time(item: pystac.Item) -> pd.Timestamp:
+    when = item.datetime or item.common_metadata.start_datetime
+    if when is None:
+        raise InputError(f"item {item.id!r} has neither 'datetime' nor 'start_datetime'")
+    stamp = pd.Timestamp(when)
+    # Naive UTC: xarray and numpy datetime64 carry no time zone.
+    return stamp if stamp.tzinfo is None else stamp.tz_convert("UTC").tz_localize(None)
+
+
+# --- metadata: assets ------------------------------------------------------------------------
+
+
+def _is_raster_asset(asset: pystac.Asset) -> bool:
+    media = (asset.media_type or "").split(";")[0].strip().lower()
+    return media in _RASTER_TYPES
+
+
+def _select_assets(
+    items: list[pystac.Item], assets: Sequence[str] | Mapping[str, str] | None
+) -> tuple[list[str], list[str]]:
+    available: dict[str, None] = {}
+    for item in items:
+        available.update(dict.fromkeys(item.assets))
+    if assets is None:
+        keys = [
+            k
+            for k in available
+            if any(_is_raster_asset(i.assets[k]) for i in items if k in i.assets)
+        ]
+        if not keys:
+            raise EmptySelectionError(
+                f"no GeoTIFF/JPEG2000 assets in the items; assets are {list(available)} "
+                "(name them with assets=[...])"
+            )
+        names = list(keys)
+    else:
+        if isinstance(assets, str):
+            raise InputError(f"assets must be a list of asset keys; got the string {assets!r}")
+        if isinstance(assets, Mapping):
+            keys, names = [str(k) for k in assets], [str(v) for v in assets.values()]
+        else:
+            keys = [str(k) for k in assets]
+            names = list(keys)
+        if not keys:
+            raise EmptySelectionError("assets=[] selects no bands; name at least one asset")
+        missing = [k for k in keys if k not in available]
+        if missing:
+            raise BandError(
+                f"asset {missing[0]!r} not in any item; assets are {list(available)}"
+                if len(missing) == 1
+                else f"assets {missing} not in any item; assets are {list(available)}"
+            )
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise BandError(f"band names must be unique; {duplicated} appear more than once")
+    return keys, names
+
+
+class _Footprint:
+    """Where one asset of one item lies: its CRS, affine and shape (when known), lon/lat bbox."""
+
+    def __init__(self, item: pystac.Item, key: str) -> None:
+        asset = item.assets[key]
+        fields, props = asset.extra_fields, item.properties
+        self.label = f"asset {key!r} of item {item.id!r}"
+        self.epsg = fields.get("proj:epsg", props.get("proj:epsg"))
+        transform = fields.get("proj:transform", props.get("proj:transform"))
+        shape = fields.get("proj:shape", props.get("proj:shape"))
+        self.affine = Affine(*transform[:6]) if transform is not None else None
+        self.shape = tuple(int(s) for s in shape) if shape is not None else None
+        self.bbox_lonlat = item.bbox
+
+    @property
+    def projected(self) -> bool:
+        return self.epsg is not None and self.affine is not None and self.shape is not None
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        h, w = self.shape
+        xs, ys = zip(*(self.affine @ (c, r) for c in (0, w) for r in (0, h)), strict=True)
+        return min(xs), min(ys), max(xs), max(ys)
+
+    def geometry(self):
+        if self.projected:
+            return box(*self.bounds(), CRS(f"EPSG:{int(self.epsg)}"))
+        if self.bbox_lonlat is not None:
+            return box(*self.bbox_lonlat, "EPSG:4326")
+        return None
+
+
+def _footprints(items: list[pystac.Item], keys: list[str]) -> list[_Footprint]:
+    return [_Footprint(item, key) for item in items for key in keys if key in item.assets]
+
+
+def _native_grid(footprints: list[_Footprint]) -> GeoBox:
+    unprojected = [f.label for f in footprints if not f.projected]
+    if unprojected:
+        raise GridError(
+            f"{unprojected[0]} has no projection information (proj:epsg or proj:code, "
+            "proj:transform, proj:shape), so its native grid is unknown; pass grid=xf.grid(...)"
+        )
+    epsgs = sorted({int(f.epsg) for f in footprints})
+    if len(epsgs) > 1:
+        raise GridError(
+            f"items are in several CRSs {[f'EPSG:{e}' for e in epsgs]}; "
+            "pass grid=xf.grid(...) to choose one"
+        )
+    rotated = [f.label for f in footprints if not f.affine.is_rectilinear]
+    if rotated:
+        raise GridError(f"{rotated[0]} has a rotated grid; pass a north-up grid=xf.grid(...)")
+    xres = min(abs(f.affine.a) for f in footprints)
+    yres = min(abs(f.affine.e) for f in footprints)
+    bounds = np.array([f.bounds() for f in footprints])
+    union = (bounds[:, 0].min(), bounds[:, 1].min(), bounds[:, 2].max(), bounds[:, 3].max())
+    return make_grid(union, f"EPSG:{epsgs[0]}", (xres, yres))
+
+
+def _check_overlap(footprints: list[_Footprint], gbox: GeoBox) -> None:
+    extent = gbox.extent
+    known = False
+    for footprint in footprints:
+        geometry = footprint.geometry()
+        if geometry is None:
+            continue
+        known = True
+        try:
+            if geometry.to_crs(gbox.crs).intersects(extent):
+                return
+        except Exception:  # a footprint that cannot be projected may still overlap
+            return
+    if known:
+        bb = gbox.boundingbox
+        raise GridError(
+            f"the grid {tuple(round(v, 3) for v in bb)} in {gbox.crs} does not overlap any of "
+            f"the {len(footprints)} selected assets"
+        )
+
+
+# --- graph and cube --------------------------------------------------------------------------
+
+
+def _stackstac_chunks(chunks: Any) -> tuple[int, int, int, int]:
+    sizes = dict(_DEFAULT_CHUNKS)
+    if chunks is None:
+        pass
+    elif isinstance(chunks, int):
+        sizes.update(y=chunks, x=chunks)
+    elif isinstance(chunks, Mapping):
+        unknown = set(chunks) - set(_DIMS)
+        if unknown:
+            raise InputError(f"chunks names unknown dimensions {sorted(unknown)}; dims are {_DIMS}")
+        sizes.update({k: int(v) for k, v in chunks.items()})
+    elif isinstance(chunks, tuple | list) and len(chunks) in (2, 4):
+        sizes.update(zip(_DIMS[-len(chunks) :], (int(c) for c in chunks), strict=True))
+    else:
+        raise InputError(
+            f"chunks must be an int, (y, x), (time, band, y, x) or a dict by dim; got {chunks!r}"
+        )
+    return tuple(sizes[d] for d in _DIMS)
+
+
+def _rasterio_resampling(name: str):
+    from rasterio.enums import Resampling
+
+    try:
+        return Resampling[name]
+    except KeyError:
+        choices = [r.name for r in Resampling]
+        raise InputError(f"unknown resampling {name!r}; expected one of {choices}") from None
+
+
+def _number(value: Any, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _band_metadata(item: pystac.Item, key: str) -> tuple[float, float, float]:
+    """``(nodata, scale, offset)`` of one asset; NaN nodata when none is declared."""
+    asset = item.assets.get(key)
+    if asset is None:
+        return math.nan, 1.0, 0.0
+    entries = []
+    for field in ("raster:bands", "eo:bands"):
+        listed = asset.extra_fields.get(field)
+        if listed:
+            entries.append(listed[0])
+    # The older layout lists eo:bands on the item and refers to them by name from the asset.
+    eo_names = {b.get("name") for b in asset.extra_fields.get("eo:bands") or []}
+    entries += [b for b in item.properties.get("eo:bands") or [] if b.get("name") in eo_names]
+    nodata, scale, offset = math.nan, None, None
+    for entry in entries:
+        if math.isnan(nodata) and entry.get("nodata") is not None:
+            nodata = _number(entry.get("nodata"), math.nan)
+        scale = entry.get("scale") if scale is None else scale
+        offset = entry.get("offset") if offset is None else offset
+    if asset.extra_fields.get("nodata") is not None and math.isnan(nodata):
+        nodata = _number(asset.extra_fields["nodata"], math.nan)
+    return nodata, _number(scale, 1.0), _number(offset, 0.0)
+
+
+def _apply_nodata_scale(
+    cube: xr.DataArray, items: list[pystac.Item], keys: list[str], *, scale_offset: bool
+) -> xr.DataArray:
+    meta = np.array([[_band_metadata(item, key) for key in keys] for item in items], "float64")
+    nodata, scale, offset = (meta[..., i] for i in range(3))
+    dims = ("time", "band")
+    if np.isfinite(nodata).any():
+        # Raw DN are exact in float32 for the integer types that declare nodata.
+        declared = xr.DataArray(nodata.astype("float32"), dims=dims)
+        cube = cube.where(cube != declared)
+    if scale_offset and ((scale != 1).any() or (offset != 0).any()):
+        cube = cube * xr.DataArray(scale.astype("float32"), dims=dims) + xr.DataArray(
+            offset.astype("float32"), dims=dims
+        )
+    return cube.astype("float32", copy=False)

@@ -1,0 +1,64 @@
+"""Helpers shared by the readers: local paths versus remote hrefs, and existence checks.
+
+Local files are checked when a source is opened (cheap, and the user learns about a typo at once);
+remote hrefs (``https://``, ``s3://`` ...) are only touched when the data are computed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from xfusion.errors import MissingFileError
+
+__all__ = ["check_local_exists", "is_remote", "local_path"]
+
+# GDAL virtual file systems and URL schemes that name data elsewhere than the local disk.
+_REMOTE_PREFIXES = ("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift")
+
+
+def is_remote(href: str | os.PathLike[str]) -> bool:
+    """Whether ``href`` names a remote object (URL scheme other than ``file``, or a GDAL /vsi path).
+
+    Examples
+    --------
+    >>> is_remote("https://example.com/a.tif"), is_remote("/data/a.tif")
+    (True, False)
+    >>> is_remote("file:///data/a.tif")
+    False
+    """
+    text = os.fspath(href)
+    if text.startswith(_REMOTE_PREFIXES):
+        return True
+    scheme = urlparse(text).scheme
+    # A one-letter "scheme" is a Windows drive letter, not a URL.
+    return len(scheme) > 1 and scheme != "file"
+
+
+def local_path(href: str | os.PathLike[str]) -> Path | None:
+    """Return the local filesystem path that ``href`` names, or ``None`` for a remote href.
+
+    Examples
+    --------
+    >>> str(local_path("file:///data/scene%201.tif"))
+    '/data/scene 1.tif'
+    >>> local_path("s3://bucket/a.tif") is None
+    True
+    """
+    if is_remote(href):
+        return None
+    text = os.fspath(href)
+    if text.startswith("file://"):
+        return Path(unquote(urlparse(text).path))
+    return Path(text)
+
+
+def check_local_exists(href: str | os.PathLike[str], what: str) -> None:
+    """Raise :class:`MissingFileError` when a local ``href`` does not exist (remote hrefs pass).
+
+    ``what`` describes the href in the message, e.g. ``"asset 'B04' of item 'S2A_...'"``.
+    """
+    path = local_path(href)
+    if path is not None and not path.is_file():
+        raise MissingFileError(f"{what}: file {os.fspath(href)!r} does not exist")
