@@ -1,29 +1,590 @@
-"""Cloud and validity masks, scaling and mask dilation."""
+"""Cloud and validity masks, scaling and mask dilation.
+
+Every function here is lazy: on a Dask-backed cube it only adds tasks to the graph, and the
+result is chunked like the input (an eager cube gives an eager result). Masked values become NaN,
+so the output of a mask is always floating point (``float32`` unless the input was ``float64``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-def mask_bits(da, qa, bits, *, drop=True):
-    """Not implemented yet."""
-    raise NotImplementedError
+import dask.array as dsa
+import numpy as np
+import xarray as xr
+
+from xfusion._kernels.morphology import binary_dilate_disk
+from xfusion.errors import BandError, InputError
+
+__all__ = [
+    "CLASS_PRESETS",
+    "QA_PRESETS",
+    "SCALE_PRESETS",
+    "QAPreset",
+    "dilate",
+    "mask_bits",
+    "mask_classes",
+    "mask_range",
+    "scale",
+]
+
+T_Xarray = TypeVar("T_Xarray", xr.DataArray, xr.Dataset)
 
 
-def mask_classes(da, qa, classes, *, drop=True):
-    """Not implemented yet."""
-    raise NotImplementedError
+@dataclass(frozen=True)
+class QAPreset:
+    """A named quality band and the bit positions (or class values) that mark a pixel invalid.
+
+    Attributes
+    ----------
+    band : str
+        The usual name of the quality band in the product.
+    values : tuple of int
+        Bit positions (for :func:`mask_bits`) or class values (for :func:`mask_classes`).
+    description : str
+        What each bit or class means.
+    """
+
+    band: str
+    values: tuple[int, ...]
+    description: str
 
 
-def mask_range(da, lo, hi):
-    """Not implemented yet."""
-    raise NotImplementedError
+#: Bit presets for :func:`mask_bits`; a name ending in ``_SNOW`` also masks snow/ice.
+QA_PRESETS: dict[str, QAPreset] = {
+    "QA60": QAPreset(
+        "QA60", (10, 11), "Sentinel-2 L1C/L2A QA60: bit 10 opaque clouds, bit 11 cirrus clouds"
+    ),
+    "QA_PIXEL": QAPreset(
+        "QA_PIXEL",
+        (1, 2, 3, 4),
+        "Landsat Collection-2 QA_PIXEL: bit 1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud shadow "
+        "(bit 0 fill, 5 snow, 6 clear, 7 water are not masked)",
+    ),
+    "QA_PIXEL_SNOW": QAPreset(
+        "QA_PIXEL",
+        (1, 2, 3, 4, 5),
+        "Landsat Collection-2 QA_PIXEL: bits 1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud shadow, "
+        "5 snow",
+    ),
+    "BQA": QAPreset(
+        "BQA",
+        (4, 8, 12),
+        "Landsat Collection-1 BQA: bit 4 cloud, bit 8 cloud-shadow confidence medium/high, "
+        "bit 12 cirrus confidence medium/high (bit 0 fill is not masked)",
+    ),
+    "BQA_SNOW": QAPreset(
+        "BQA",
+        (4, 8, 10, 12),
+        "Landsat Collection-1 BQA: bit 4 cloud, 8 cloud-shadow confidence medium/high, "
+        "10 snow/ice confidence medium/high, 12 cirrus confidence medium/high",
+    ),
+}
+
+#: Class presets for :func:`mask_classes`; a name ending in ``_SNOW`` also masks snow/ice.
+CLASS_PRESETS: dict[str, QAPreset] = {
+    "SCL": QAPreset(
+        "SCL",
+        (3, 8, 9, 10),
+        "Sentinel-2 L2A scene classification: 3 cloud shadow, 8 cloud medium probability, "
+        "9 cloud high probability, 10 thin cirrus",
+    ),
+    "SCL_SNOW": QAPreset(
+        "SCL",
+        (3, 8, 9, 10, 11),
+        "Sentinel-2 L2A scene classification: 3 cloud shadow, 8/9 cloud medium/high probability, "
+        "10 thin cirrus, 11 snow/ice",
+    ),
+}
+
+#: ``(factor, offset)`` presets for :func:`scale`.
+SCALE_PRESETS: dict[str, tuple[float, float]] = {
+    # Sentinel-2 L1C/L2A reflectance stored as integers times 10000.
+    "S2": (1e-4, 0.0),
+    # Landsat Collection-2 Level-2 surface reflectance.
+    "LANDSAT_C2_SR": (2.75e-5, -0.2),
+    # Landsat Collection-2 Level-2 surface temperature, in kelvin.
+    "LANDSAT_C2_ST": (0.00341802, 149.0),
+    # The same, converted to degrees Celsius.
+    "LANDSAT_C2_ST_CELSIUS": (0.00341802, 149.0 - 273.15),
+}
 
 
-def scale(da, factor, offset=0.0):
-    """Not implemented yet."""
-    raise NotImplementedError
+# --------------------------------------------------------------------------------------------
+# helpers
 
 
-def dilate(mask, radius):
-    """Not implemented yet."""
-    raise NotImplementedError
+def _require_dataarray(obj: Any, func: str) -> xr.DataArray:
+    if not isinstance(obj, xr.DataArray):
+        raise InputError(f"{func} expects an xarray.DataArray cube; got {type(obj).__name__}")
+    return obj
 
+
+def _band_names(da: xr.DataArray, func: str) -> list[Hashable]:
+    if "band" not in da.dims:
+        raise InputError(
+            f"{func} needs a 'band' dimension holding the quality band; cube dims are {da.dims}"
+        )
+    return list(da["band"].values)
+
+
+def _float_dtype(dtype: np.dtype) -> np.dtype:
+    """Return the floating dtype holding ``dtype``'s values and NaN (float32 unless float64)."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype == np.float64 else np.dtype(np.float32)
+
+
+def _as_float(da: xr.DataArray) -> xr.DataArray:
+    target = _float_dtype(da.dtype)
+    return da if da.dtype == target else da.astype(target)
+
+
+def _resolve_qa(da: xr.DataArray, qa: Any, presets: Mapping[str, QAPreset], func: str) -> Hashable:
+    bands = _band_names(da, func)
+    if qa in bands:
+        return qa
+    if isinstance(qa, str) and qa in presets and presets[qa].band in bands:
+        return presets[qa].band
+    raise BandError(f"quality band {qa!r} not in cube; bands are {bands}")
+
+
+def _resolve_values(values: Any, presets: Mapping[str, QAPreset], what: str) -> tuple[int, ...]:
+    if isinstance(values, str):
+        if values not in presets:
+            raise InputError(f"unknown {what} preset {values!r}; presets are {sorted(presets)}")
+        return presets[values].values
+    if isinstance(values, int | np.integer):
+        values = [values]
+    try:
+        items = list(values)
+    except TypeError as err:
+        raise InputError(
+            f"{what} must be a preset name ({sorted(presets)}) or an iterable of integers; "
+            f"got {values!r}"
+        ) from err
+    out = []
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, int | np.integer):
+            raise InputError(f"{what} must be integers; got {v!r} in {items!r}")
+        out.append(int(v))
+    if not out:
+        raise InputError(f"{what} is empty; give at least one value")
+    return tuple(out)
+
+
+def _check_qa_dtype(qa_da: xr.DataArray, name: Hashable) -> None:
+    kind = qa_da.dtype.kind
+    if kind not in "iuf":
+        raise BandError(
+            f"quality band {name!r} has dtype {qa_da.dtype}; expected integers "
+            "(or floats holding integer values, NaN for nodata)"
+        )
+
+
+def _qa_as_int(block: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Integer view of a QA block and its validity; raises on non-integer or negative values."""
+    if block.dtype.kind == "f":
+        nodata = np.isnan(block)
+        filled = np.where(nodata, 0, block)
+        if not np.all(filled == np.floor(filled)) or np.any(filled < 0):
+            bad = filled[(filled != np.floor(filled)) | (filled < 0)]
+            raise BandError(
+                f"quality band {name!r} holds non-integer or negative values "
+                f"(e.g. {float(bad[0])!r}); expected non-negative integer flags (NaN for nodata)"
+            )
+        return filled.astype(np.int64), ~nodata
+    return block.astype(np.int64), np.ones(block.shape, dtype=bool)
+
+
+def _valid_bits_block(block: np.ndarray, *, bitmask: int, name: str) -> np.ndarray:
+    ints, has_data = _qa_as_int(block, name)
+    return has_data & ((ints & bitmask) == 0)
+
+
+def _valid_classes_block(block: np.ndarray, *, classes: np.ndarray, name: str) -> np.ndarray:
+    ints, has_data = _qa_as_int(block, name)
+    return has_data & ~np.isin(ints, classes)
+
+
+def _apply_validity(
+    da: xr.DataArray, qa_name: Hashable, kernel: Any, drop: bool, **kwargs: Any
+) -> xr.DataArray:
+    qa_da = da.sel(band=qa_name, drop=True)
+    valid = xr.apply_ufunc(
+        kernel,
+        qa_da,
+        kwargs={"name": str(qa_name), **kwargs},
+        dask="parallelized",
+        output_dtypes=[bool],
+    )
+    data = _as_float(da)
+    if drop:
+        return data.drop_sel(band=[qa_name]).where(valid)
+    # The quality band itself stays unmasked so it can still be inspected.
+    return data.where(valid | (data["band"] == qa_name))
+
+
+# --------------------------------------------------------------------------------------------
+# public functions
+
+
+def mask_bits(da: xr.DataArray, qa: Any, bits: Any, *, drop: bool = True) -> xr.DataArray:
+    """Set a cube to NaN wherever any of ``bits`` is set in its quality band ``qa``.
+
+    Pixels where the quality band itself is NaN (no data) are masked too. The quality band may be
+    integer or floating point; a float band must hold integer values where it is not NaN, which is
+    checked block by block when the result is computed (a :class:`~xfusion.errors.BandError` is
+    raised then).
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Cube with a ``band`` dimension (``time`` optional).
+    qa : str
+        Name of the quality band in ``da``, or a preset name from :data:`QA_PRESETS` whose band is
+        in ``da`` (``"QA_PIXEL_SNOW"`` reads band ``"QA_PIXEL"``).
+    bits : str or iterable of int
+        Bit positions (0 = least significant), or a preset name from :data:`QA_PRESETS`:
+        ``"QA60"`` (Sentinel-2, bits 10 and 11), ``"QA_PIXEL"`` (Landsat C2, bits 1-4),
+        ``"QA_PIXEL_SNOW"`` (and bit 5), ``"BQA"`` (Landsat C1, bits 4, 8, 12), ``"BQA_SNOW"``.
+    drop : bool, default True
+        Remove the quality band from the result. With ``drop=False`` it is kept unmasked.
+
+    Returns
+    -------
+    xarray.DataArray
+        Floating-point cube (``float32`` unless ``da`` is ``float64``), chunked like ``da``.
+
+    Raises
+    ------
+    BandError
+        ``qa`` is not a band of ``da``, or the quality band is not integer-valued.
+    InputError
+        ``bits`` is not a preset name or integers, or a bit is out of range for the band's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> cube = xr.DataArray(
+    ...     np.array([[[0.1, 0.2, 0.3]], [[0, 1024, 2048]]], dtype="float32"),
+    ...     dims=("band", "y", "x"), coords={"band": ["B04", "QA60"]})
+    >>> mask_bits(cube, "QA60", "QA60").values
+    array([[[0.1, nan, nan]]], dtype=float32)
+    """
+    da = _require_dataarray(da, "mask_bits")
+    qa_name = _resolve_qa(da, qa, QA_PRESETS, "mask_bits")
+    bit_list = _resolve_values(bits, QA_PRESETS, "bits")
+    qa_dtype = da.dtype
+    _check_qa_dtype(da, qa_name)
+    max_bit = qa_dtype.itemsize * 8 - 1 if qa_dtype.kind in "iu" else 62
+    if qa_dtype.kind == "i":
+        max_bit -= 1  # the sign bit is not a flag
+    bad = [b for b in bit_list if not 0 <= b <= max_bit]
+    if bad:
+        raise InputError(
+            f"bits {bad} out of range for quality band {qa_name!r} of dtype {qa_dtype}; "
+            f"expected bits between 0 and {max_bit}"
+        )
+    bitmask = 0
+    for b in bit_list:
+        bitmask |= 1 << b
+    return _apply_validity(da, qa_name, _valid_bits_block, drop, bitmask=bitmask)
+
+
+def mask_classes(da: xr.DataArray, qa: Any, classes: Any, *, drop: bool = True) -> xr.DataArray:
+    """Set a cube to NaN wherever its classification band ``qa`` holds one of ``classes``.
+
+    Like :func:`mask_bits` but for bands of class values (Sentinel-2 ``SCL``) instead of bit flags.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Cube with a ``band`` dimension (``time`` optional).
+    qa : str
+        Name of the classification band in ``da``, or a preset name from :data:`CLASS_PRESETS`.
+    classes : str or iterable of int
+        Class values to mask, or a preset name: ``"SCL"`` (3 cloud shadow, 8 and 9 cloud medium
+        and high probability, 10 thin cirrus) or ``"SCL_SNOW"`` (and 11 snow/ice).
+    drop : bool, default True
+        Remove the classification band from the result (kept unmasked with ``drop=False``).
+
+    Returns
+    -------
+    xarray.DataArray
+        Floating-point cube, chunked like ``da``; NaN also where the class band is NaN.
+
+    Raises
+    ------
+    BandError
+        ``qa`` is not a band of ``da``, or it is not integer-valued.
+    InputError
+        ``classes`` is not a preset name or integers.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> cube = xr.DataArray(
+    ...     np.array([[[0.1, 0.2, 0.3]], [[4, 9, 3]]], dtype="float32"),
+    ...     dims=("band", "y", "x"), coords={"band": ["B04", "SCL"]})
+    >>> mask_classes(cube, "SCL", "SCL").values
+    array([[[0.1, nan, nan]]], dtype=float32)
+    """
+    da = _require_dataarray(da, "mask_classes")
+    qa_name = _resolve_qa(da, qa, CLASS_PRESETS, "mask_classes")
+    class_list = _resolve_values(classes, CLASS_PRESETS, "classes")
+    _check_qa_dtype(da, qa_name)
+    return _apply_validity(
+        da, qa_name, _valid_classes_block, drop, classes=np.array(class_list, dtype=np.int64)
+    )
+
+
+def _by_band(obj: xr.DataArray, value: Any, default: float, what: str) -> Any:
+    """Turn a number or a mapping band -> number into a scalar or a band-indexed DataArray."""
+    if value is None:
+        return default
+    if not isinstance(value, Mapping):
+        if not np.isscalar(value):
+            raise InputError(f"{what} must be a number or a mapping of band name -> number")
+        return value
+    if "band" in obj.dims:
+        bands = list(obj["band"].values)
+        unknown = [k for k in value if k not in bands]
+        if unknown:
+            raise BandError(f"{what} names bands {unknown} not in cube; bands are {bands}")
+        values = [value.get(b, default) for b in bands]
+        if any(v is None for v in values):
+            values = [np.nan if v is None else v for v in values]
+        return xr.DataArray(np.array(values, dtype=np.float64), dims="band", coords={"band": bands})
+    if obj.name in value:
+        return value[obj.name] if value[obj.name] is not None else default
+    return default
+
+
+def _check_mapping_keys(ds: xr.Dataset, value: Any, what: str) -> None:
+    if isinstance(value, Mapping):
+        known = set(ds.data_vars)
+        if "band" in ds.dims:
+            known |= set(ds["band"].values)
+        unknown = [k for k in value if k not in known]
+        if unknown:
+            raise BandError(
+                f"{what} names {unknown}, which are neither variables nor bands; "
+                f"variables are {sorted(map(str, ds.data_vars))}"
+            )
+
+
+def _map_dataset(ds: xr.Dataset, func: Any, **kwargs: Any) -> xr.Dataset:
+    return ds.map(func, keep_attrs=True, **kwargs)
+
+
+def mask_range(
+    da: T_Xarray, lo: Any, hi: Any, *, inclusive: bool = True, bands: Any = None
+) -> T_Xarray:
+    """Set values outside the valid range ``[lo, hi]`` to NaN.
+
+    Parameters
+    ----------
+    da : xarray.DataArray or xarray.Dataset
+        Cube (or Dataset, handled variable by variable).
+    lo, hi : float, mapping or None
+        Lower and upper limits; ``None`` leaves that side open. A mapping gives limits per band
+        (or per variable of a Dataset); bands it does not name are not limited.
+    inclusive : bool, default True
+        Whether the limits themselves are valid. The Landsat nightlights workflow keeps
+        ``0 < DN < 10000``, i.e. ``mask_range(da, 0, 10000, inclusive=False)``.
+    bands : list of str, optional
+        Bands whose range decides validity for the whole pixel: where any of them is out of range,
+        every band is set to NaN (the Landsat workflow's rule for its optical bands). By default
+        each value is masked on its own.
+
+    Returns
+    -------
+    xarray.DataArray or xarray.Dataset
+        Floating-point result, chunked like ``da``.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> da = xr.DataArray(np.array([0.0, 5.0, 10.0, 12.0], dtype="float32"), dims="x")
+    >>> mask_range(da, 0, 10).values
+    array([ 0.,  5., 10., nan], dtype=float32)
+    >>> mask_range(da, 0, 10, inclusive=False).values
+    array([nan,  5., nan, nan], dtype=float32)
+    """
+    if isinstance(da, xr.Dataset):
+        _check_mapping_keys(da, lo, "lo")
+        _check_mapping_keys(da, hi, "hi")
+        return _map_dataset(da, mask_range, args=(lo, hi), inclusive=inclusive, bands=bands)
+    if not isinstance(da, xr.DataArray):
+        raise InputError(f"mask_range expects a DataArray or Dataset; got {type(da).__name__}")
+    data = _as_float(da)
+    lo_v = _by_band(data, lo, -np.inf, "lo")
+    hi_v = _by_band(data, hi, np.inf, "hi")
+    if isinstance(lo_v, xr.DataArray):
+        lo_v = lo_v.fillna(-np.inf)
+    if isinstance(hi_v, xr.DataArray):
+        hi_v = hi_v.fillna(np.inf)
+    ok = (data >= lo_v) & (data <= hi_v) if inclusive else (data > lo_v) & (data < hi_v)
+    if bands is not None:
+        names = _band_names(data, "mask_range")
+        wanted = [bands] if isinstance(bands, str) else list(bands)
+        missing = [b for b in wanted if b not in names]
+        if missing:
+            raise BandError(f"bands {missing} not in cube; bands are {names}")
+        ok = ok.sel(band=wanted).all("band")
+    out = data.where(ok)
+    out.attrs = da.attrs
+    return out
+
+
+def scale(da: T_Xarray, factor: Any, offset: Any = 0.0) -> T_Xarray:
+    """Rescale stored values to physical units: ``da * factor + offset``.
+
+    Parameters
+    ----------
+    da : xarray.DataArray or xarray.Dataset
+        Cube (or Dataset, handled variable by variable). NaN stays NaN.
+    factor : float, mapping or str
+        Multiplier; a mapping gives one per band (or per variable of a Dataset; unnamed bands keep
+        factor 1); a name from :data:`SCALE_PRESETS` sets both factor and offset: ``"S2"``
+        (÷10000), ``"LANDSAT_C2_SR"`` (2.75e-5, −0.2), ``"LANDSAT_C2_ST"`` (kelvin) and
+        ``"LANDSAT_C2_ST_CELSIUS"`` (°C).
+    offset : float or mapping, default 0.0
+        Added after multiplying; ignored when ``factor`` is a preset name.
+
+    Returns
+    -------
+    xarray.DataArray or xarray.Dataset
+        Floating-point result (``float32`` unless ``da`` is ``float64``), chunked like ``da``.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> da = xr.DataArray(np.array([10000, 2500], dtype="uint16"), dims="x")
+    >>> scale(da, 1e-4).values
+    array([1.  , 0.25], dtype=float32)
+    >>> scale(da, "LANDSAT_C2_SR").values.round(4)
+    array([ 0.075 , -0.1312], dtype=float32)
+    """
+    if isinstance(factor, str):
+        if factor not in SCALE_PRESETS:
+            raise InputError(
+                f"unknown scale preset {factor!r}; presets are {sorted(SCALE_PRESETS)}"
+            )
+        factor, offset = SCALE_PRESETS[factor]
+    if isinstance(da, xr.Dataset):
+        _check_mapping_keys(da, factor, "factor")
+        _check_mapping_keys(da, offset, "offset")
+        return _map_dataset(da, scale, args=(factor, offset))
+    if not isinstance(da, xr.DataArray):
+        raise InputError(f"scale expects a DataArray or Dataset; got {type(da).__name__}")
+    data = _as_float(da)
+    f = _by_band(data, factor, 1.0, "factor")
+    o = _by_band(data, offset, 0.0, "offset")
+    out = (data * f + o).astype(data.dtype)
+    out.attrs = da.attrs
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# dilation
+
+
+def _chunks_at_least(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
+    """Merge chunks so that every chunk is at least ``depth`` long (dask #11580)."""
+    if len(chunks) <= 1 or min(chunks) >= depth:
+        return chunks
+    out: list[int] = []
+    for c in chunks:
+        if out and out[-1] < depth:
+            out[-1] += c
+        else:
+            out.append(c)
+    if len(out) > 1 and out[-1] < depth:
+        last = out.pop()
+        out[-1] += last
+    return tuple(out)
+
+
+def _as_bool_block(block: np.ndarray) -> np.ndarray:
+    if block.dtype == bool:
+        return block
+    if block.dtype.kind == "f":
+        return ~np.isnan(block) & (block != 0)
+    return block != 0
+
+
+def _dilate_block(block: np.ndarray, radius: int) -> np.ndarray:
+    return binary_dilate_disk(_as_bool_block(block), radius)
+
+
+def dilate(mask: xr.DataArray, radius: int) -> xr.DataArray:
+    """Grow a boolean mask by a disk of ``radius`` pixels over ``y`` and ``x``.
+
+    A pixel of the result is ``True`` where any pixel of ``mask`` within Euclidean distance
+    ``radius`` is set; pixels beyond the edges count as ``False``. This equals
+    ``scipy.ndimage.binary_dilation`` with ``skimage.morphology.disk(radius)`` as structure,
+    applied to every ``(y, x)`` slice. Chunked masks are dilated block by block with a halo of
+    ``radius`` pixels (chunks shorter than the halo are merged first), so the result does not
+    depend on the chunking.
+
+    Parameters
+    ----------
+    mask : xarray.DataArray
+        Boolean mask, or numbers where non-zero (and not NaN) means set, with ``y`` and ``x``
+        dimensions and any others; e.g. ``cube.isnull()`` to grow the nodata/cloud area.
+    radius : int
+        Disk radius in pixels, ``>= 0`` (the multitemporal cloud-masking workflow uses 3).
+
+    Returns
+    -------
+    xarray.DataArray
+        Boolean mask with the same dims, coordinates and chunks (where no merge was needed).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> m = xr.DataArray(np.zeros((5, 5), bool), dims=("y", "x"))
+    >>> m[2, 2] = True
+    >>> dilate(m, 1).astype(int).values
+    array([[0, 0, 0, 0, 0],
+           [0, 0, 1, 0, 0],
+           [0, 1, 1, 1, 0],
+           [0, 0, 1, 0, 0],
+           [0, 0, 0, 0, 0]])
+    """
+    mask = _require_dataarray(mask, "dilate")
+    if isinstance(radius, bool) or not isinstance(radius, int | np.integer) or radius < 0:
+        raise InputError(f"radius must be a non-negative integer number of pixels; got {radius!r}")
+    radius = int(radius)
+    missing = [d for d in ("y", "x") if d not in mask.dims]
+    if missing:
+        raise InputError(f"dilate needs dims 'y' and 'x'; mask dims are {mask.dims}")
+    if mask.dtype.kind not in "biuf":
+        raise InputError(f"mask must be boolean or numeric; got dtype {mask.dtype}")
+    order = [d for d in mask.dims if d not in ("y", "x")] + ["y", "x"]
+    arr_da = mask.transpose(*order)
+    data = arr_da.data
+    ny, nx = len(order) - 2, len(order) - 1
+    if isinstance(data, dsa.Array):
+        chunks = list(data.chunks)
+        for ax in (ny, nx):
+            chunks[ax] = _chunks_at_least(chunks[ax], radius)
+        if tuple(chunks) != data.chunks:
+            data = data.rechunk(tuple(chunks))
+        depth = {ax: (radius if len(data.chunks[ax]) > 1 else 0) for ax in (ny, nx)}
+        out = dsa.map_overlap(
+            _dilate_block,
+            data,
+            depth=depth,
+            boundary="none",
+            dtype=bool,
+            meta=np.array((), dtype=bool),
+            radius=radius,
+        )
+    else:
+        out = _dilate_block(data, radius)
+    result = xr.DataArray(out, dims=arr_da.dims, coords=arr_da.coords, name=mask.name)
+    return result.transpose(*mask.dims)
