@@ -1,9 +1,630 @@
-"""Blockwise inference over a Dask cube."""
+"""Blockwise inference over a cube: pixel models and spatial (tile) models.
+
+One entry point, :func:`predict`, for both kinds of model:
+
+* **pixel models** — anything with ``predict`` (xfusion's :class:`~xfusion.models.Ridge` /
+  :class:`~xfusion.models.KernelRidge`, any fitted scikit-learn estimator): every pixel's band
+  vector is a sample. Blocks are mapped with ``dask.array.blockwise``; the model is one key of
+  the graph shared by all blocks.
+* **spatial models** — anything with ``inference_state()`` (the U-Net estimators): each block is
+  read with a halo, padded to one shape, cut into tiles, batched, and passed to the model's
+  ``apply_tiles(config, params, tiles)``; the halo is trimmed (or overlaps blended).
+
+Both return a lazy DataArray on the input grid for a chunked cube (nothing computes until asked)
+and a numpy-backed one for an eager cube.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
 
-def predict(da, model, *, halo=None, tile=None, batch_size=None):
-    """Not implemented yet."""
-    raise NotImplementedError
+import dask
+import dask.array as dsa
+import numpy as np
+import xarray as xr
 
+from xfusion.errors import BandError, InputError, ModelError
+
+__all__ = ["enable_compilation_cache", "model_bands", "predict"]
+
+_SPATIAL = ("band", "y", "x")
+_BLENDS = ("trim", "cosine")
+_BOUNDARIES = ("reflect", "edge", "constant")
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation shared by both kinds of model
+# ----------------------------------------------------------------------------------------------
+
+
+def model_bands(model: Any) -> list[str] | None:
+    """Return the band names a model was trained on (``bands_``/``feature_names_in_``) or None.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from sklearn.linear_model import LinearRegression
+    >>> table = pd.DataFrame({"B04": [0.0, 1, 2], "B08": [1.0, 0, 1]})
+    >>> m = LinearRegression().fit(table, [0, 1, 2])
+    >>> model_bands(m)
+    ['B04', 'B08']
+    """
+    for attr in ("bands_", "feature_names_in_"):
+        bands = getattr(model, attr, None)
+        if bands is not None:
+            return [str(b) for b in bands]
+    return None
+
+
+def _check_cube(da: Any) -> list[str]:
+    if not isinstance(da, xr.DataArray):
+        raise InputError(f"predict needs a DataArray cube; got {type(da).__name__}")
+    missing = [d for d in _SPATIAL if d not in da.dims]
+    if missing:
+        raise InputError(f"a cube needs dims {_SPATIAL} (time optional); {da.dims} lacks {missing}")
+    if "band" not in da.coords:
+        raise BandError("the cube has no 'band' coordinate of band names")
+    return [str(b) for b in da.band.values]
+
+
+def _check_bands(cube_bands: list[str], model: Any) -> None:
+    expected = model_bands(model)
+    if expected is not None:
+        if cube_bands != expected:
+            hint = ""
+            if set(expected) <= set(cube_bands):
+                hint = f"; select them with cube.sel(band={expected})"
+            raise BandError(
+                f"cube bands {cube_bands} are not the model's training bands {expected} "
+                f"(same names in the same order are required){hint}"
+            )
+        return
+    n = getattr(model, "n_features_in_", None)
+    if n is not None and int(n) != len(cube_bands):
+        raise BandError(
+            f"the model was trained on {int(n)} features but the cube has {len(cube_bands)} "
+            f"bands {cube_bands}"
+        )
+
+
+def _output_da(da: xr.DataArray, data, dims: Sequence[str], bands: list[str], name: str):
+    coords = {
+        k: v for k, v in da.coords.items() if "band" not in v.dims and set(v.dims) <= set(dims)
+    }
+    out = xr.DataArray(data, dims=tuple(dims), coords=coords, name=name)
+    return out.assign_coords(band=bands)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pixel models
+# ----------------------------------------------------------------------------------------------
+
+
+def _pixel_outputs(model: Any, proba: bool) -> tuple[list[str], str]:
+    if proba:
+        if not hasattr(model, "predict_proba"):
+            raise ModelError(f"{type(model).__name__} has no predict_proba; use proba=False")
+        classes = getattr(model, "classes_", None)
+        if classes is None:
+            raise ModelError(f"{type(model).__name__} has no classes_; is it a fitted classifier?")
+        return [f"proba_{c}" for c in classes], "proba"
+    bands = getattr(model, "output_bands_", None)
+    if bands is not None:
+        return [str(b) for b in bands], "predict"
+    if hasattr(model, "cluster_centers_") or hasattr(model, "labels_"):
+        return ["cluster"], "predict"
+    classes = getattr(model, "classes_", None)
+    if classes is not None:
+        if not np.issubdtype(np.asarray(classes).dtype, np.number):
+            raise ModelError(
+                f"class labels {list(classes)} are not numeric and cannot be a float32 band; "
+                "use proba=True or fit with integer labels"
+            )
+        return ["class"], "predict"
+    n_out = getattr(model, "n_outputs_", None)
+    if n_out is None:
+        coef = getattr(model, "coef_", None)
+        n_out = 1 if coef is None or np.ndim(coef) < 2 else np.shape(coef)[0]
+    n_out = int(n_out)
+    return (["prediction"] if n_out == 1 else [f"prediction_{i}" for i in range(n_out)]), "predict"
+
+
+def _pixel_block(
+    block: np.ndarray, model: Any, *, n_out: int, method: str, batch_size: int | None
+) -> np.ndarray:
+    """(…, band, y, x) → (…, out, y, x); rows with a NaN are never given to the model."""
+    block = np.asarray(block)
+    lead, (nb, ny, nx) = block.shape[:-3], block.shape[-3:]
+    rows = np.moveaxis(block, -3, -1).reshape(-1, nb)
+    valid = np.isfinite(rows).all(axis=1)
+    out = np.full((rows.shape[0], n_out), np.nan, dtype=np.float32)
+    idx = np.flatnonzero(valid)
+    step = batch_size or max(len(idx), 1)
+    fn = getattr(model, "predict_proba" if method == "proba" else "predict")
+    for start in range(0, len(idx), step):
+        sel = idx[start : start + step]
+        result = np.asarray(fn(rows[sel]))
+        out[sel] = result.reshape(len(sel), -1).astype(np.float32)
+    out = out.reshape(*lead, ny, nx, n_out)
+    return np.moveaxis(out, -1, -3)
+
+
+def _predict_pixels(da: xr.DataArray, model: Any, *, proba: bool, batch_size: int | None):
+    bands, method = _pixel_outputs(model, proba)
+    lead = [d for d in da.dims if d not in _SPATIAL]
+    dims = (*lead, *_SPATIAL)
+    cube = da.transpose(*dims)
+    fn = partial(_pixel_block, n_out=len(bands), method=method, batch_size=batch_size)
+    if cube.chunks is None:
+        return _output_da(da, fn(cube.data, model), dims, bands, "prediction")
+    data = cube.data.rechunk({len(lead): -1})
+    # The model is one key in the graph: every block task refers to it instead of embedding it.
+    model_key = dask.delayed(model, pure=True, traverse=False)
+    idx = "abcdefgh"[: len(lead)] + "BYX"
+    out = dsa.blockwise(
+        fn,
+        idx.replace("B", "K"),
+        data,
+        idx,
+        model_key,
+        None,
+        new_axes={"K": len(bands)},
+        concatenate=True,
+        dtype=np.float32,
+        meta=np.empty((0,) * data.ndim, np.float32),
+    )
+    return _output_da(da, out, dims, bands, "prediction")
+
+
+# ----------------------------------------------------------------------------------------------
+# Spatial models
+# ----------------------------------------------------------------------------------------------
+
+_cache_lock = threading.Lock()
+_cache_enabled = False
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | None:
+    """Turn on JAX's persistent compilation cache (once per process) and return its folder.
+
+    The folder is ``path``, else ``$XFUSION_JAX_CACHE``, else ``~/.cache/xfusion/jax``. A cache
+    folder already configured (``JAX_COMPILATION_CACHE_DIR``) is kept. :func:`predict` calls
+    this in every process that runs a spatial model, so workers reuse compiled programs.
+
+    Examples
+    --------
+    >>> folder = enable_compilation_cache()
+    >>> folder is None or isinstance(folder, str)
+    True
+    """
+    global _cache_enabled
+    import jax
+
+    with _cache_lock:
+        current = jax.config.jax_compilation_cache_dir
+        if _cache_enabled or current:
+            _cache_enabled = True
+            return current
+        folder = path or os.environ.get("XFUSION_JAX_CACHE")
+        folder = folder or Path.home() / ".cache" / "xfusion" / "jax"
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError:  # read-only home: run without a persistent cache
+            _cache_enabled = True
+            return None
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+        _cache_enabled = True
+        return str(folder)
+
+
+def _spatial_parts(model: Any):
+    """``(apply_tiles, config, params)`` of a spatial model."""
+    state = model.inference_state()
+    if isinstance(state, Mapping):
+        config, params = state["config"], state["params"]
+    else:
+        config, params = state
+    apply = getattr(model, "apply_tiles", None)
+    if apply is None:
+        apply = getattr(sys.modules.get(type(model).__module__), "apply_tiles", None)
+    if apply is None:
+        from xfusion.models.unet import apply_tiles as apply
+    return apply, config, params
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def _cosine_ramp(size: int, halo: int) -> np.ndarray:
+    """1-D weights over a block with ``halo`` px each side: 1 inside, cos² ramps over 2·halo.
+
+    Neighbouring blocks overlap by ``2·halo`` px, where their ramps add up to 1.
+    """
+    w = np.ones(size)
+    if halo:
+        t = (np.arange(2 * halo) + 0.5) / (2 * halo)
+        w[: 2 * halo] = np.sin(0.5 * np.pi * t) ** 2
+        w[size - 2 * halo :] = np.cos(0.5 * np.pi * t) ** 2
+    return w
+
+
+def _spatial_block(
+    block: np.ndarray,
+    config: Any,
+    params: Any,
+    *,
+    apply,
+    n_out: int,
+    halo: int,
+    tile: int,
+    batch_size: int,
+    lead_shape: tuple[int, ...],
+    blend: str,
+) -> np.ndarray:
+    """Predict one block read with a ``halo``.
+
+    ``block`` is ``(…, band, H, W)`` with ``H = interior + 2·halo``; the interior is a multiple
+    of ``tile``. The leading dims are padded to ``lead_shape`` and tiles batched to
+    ``batch_size`` so the model always sees ``(batch_size, band, tile + 2·halo, …)``. Returns the
+    interior ``(…, out, interior_y, interior_x)``, or the whole ``H × W`` weighted by cosine ramps
+    when ``blend="cosine"`` (neighbouring blocks are summed afterwards).
+    """
+    enable_compilation_cache()
+    block = np.asarray(block, dtype=np.float32)
+    lead = block.shape[:-3]
+    nb, hh, ww = block.shape[-3:]
+    flat = block.reshape(-1, nb, hh, ww)
+    n_lead = flat.shape[0]
+    full_lead = math.prod(lead_shape)
+    iy, ix = hh - 2 * halo, ww - 2 * halo
+    ty, tx = iy // tile, ix // tile
+    size = tile + 2 * halo
+    tiles = [
+        flat[i, :, a * tile : a * tile + size, b * tile : b * tile + size]
+        for i in range(n_lead)
+        for a in range(ty)
+        for b in range(tx)
+    ]
+    pad_tiles = full_lead * ty * tx - len(tiles)
+    empty = np.zeros((nb, size, size), np.float32)
+    tiles += [empty] * pad_tiles
+    results = []
+    for start in range(0, len(tiles), batch_size):
+        batch = tiles[start : start + batch_size]
+        batch += [empty] * (batch_size - len(batch))
+        pred = np.asarray(apply(config, params, np.stack(batch)), dtype=np.float32)
+        if pred.shape != (batch_size, n_out, size, size):
+            raise ModelError(
+                f"apply_tiles returned shape {pred.shape}; expected "
+                f"{(batch_size, n_out, size, size)}"
+            )
+        results.append(pred)
+    pred = np.concatenate(results)[: n_lead * ty * tx].reshape(n_lead, ty, tx, n_out, size, size)
+    nodata = np.isnan(flat).any(axis=1)  # (n_lead, H, W)
+    if blend == "trim":
+        core = pred[..., halo : halo + tile, halo : halo + tile]
+        out = core.transpose(0, 3, 1, 4, 2, 5).reshape(n_lead, n_out, iy, ix)
+        inner = nodata[:, None, halo : halo + iy, halo : halo + ix]
+        out[np.broadcast_to(inner, out.shape)] = np.nan
+        return out.reshape(*lead, n_out, iy, ix)
+    # cosine: stitch the tiles (trimmed), keep the halo from the outer tiles, weight the block
+    out = np.empty((n_lead, n_out, hh, ww), np.float32)
+    for a in range(ty):
+        for b in range(tx):
+            y0 = 0 if a == 0 else halo + a * tile
+            y1 = hh if a == ty - 1 else halo + (a + 1) * tile
+            x0 = 0 if b == 0 else halo + b * tile
+            x1 = ww if b == tx - 1 else halo + (b + 1) * tile
+            out[:, :, y0:y1, x0:x1] = pred[
+                :, a, b, :, y0 - a * tile : y1 - a * tile, x0 - b * tile : x1 - b * tile
+            ]
+    out = np.where(nodata[:, None], np.float32(0), out)
+    weight = np.outer(_cosine_ramp(hh, halo), _cosine_ramp(ww, halo)).astype(np.float32)
+    valid = (~nodata[:, None]).astype(np.float32) * weight
+    stacked = np.concatenate([out * weight, valid], axis=1)  # last channel: weights
+    return stacked.reshape(*lead, n_out + 1, hh, ww)
+
+
+def _predict_spatial(
+    da: xr.DataArray,
+    model: Any,
+    *,
+    halo: int | None,
+    tile: int | None,
+    batch_size: int | None,
+    blend: str,
+    boundary: str,
+):
+    apply, config, params = _spatial_parts(model)
+    out_bands = [str(b) for b in getattr(model, "output_bands_", ["prediction"])]
+    multiple = int(getattr(model, "tile_multiple_", 1) or 1)
+    if halo is None:
+        halo = int(getattr(model, "default_halo_", 0) or 0)
+    if halo < 0:
+        raise InputError(f"halo must be >= 0 pixels; got {halo}")
+    halo = _round_up(halo, multiple) if halo else 0
+    if blend not in _BLENDS:
+        raise InputError(f"blend must be one of {_BLENDS}; got {blend!r}")
+    if boundary not in _BOUNDARIES:
+        raise InputError(f"boundary must be one of {_BOUNDARIES}; got {boundary!r}")
+    if blend == "cosine" and halo == 0:
+        raise InputError("blend='cosine' needs a halo > 0 (the overlap that is blended)")
+    lead = [d for d in da.dims if d not in _SPATIAL]
+    dims = (*lead, *_SPATIAL)
+    cube = da.transpose(*dims)
+    ny, nx = cube.sizes["y"], cube.sizes["x"]
+    lazy = cube.chunks is not None
+    # Interior block size: the user's chunking rounded to the tile, at least the halo.
+    if lazy:
+        cy, cx = max(cube.chunks[-2]), max(cube.chunks[-1])
+    else:
+        cy, cx = ny, nx
+    if tile is None:
+        tile_y = _round_up(max(cy, halo, 1), multiple)
+        tile_x = _round_up(max(cx, halo, 1), multiple)
+        tile = max(tile_y, tile_x)
+        if lazy:  # square tiles of the larger chunk side; blocks one tile each
+            cy = cx = tile
+        else:
+            cy, cx = _round_up(ny, tile), _round_up(nx, tile)
+    else:
+        tile = _round_up(int(tile), multiple)
+        cy = _round_up(max(min(cy, ny), halo, 1), tile)
+        cx = _round_up(max(min(cx, nx), halo, 1), tile)
+    if not lazy:
+        cy, cx = _round_up(ny, tile), _round_up(nx, tile)
+    lead_chunks = cube.chunks[: len(lead)] if lazy else tuple((s,) for s in cube.shape[: len(lead)])
+    lead_shape = tuple(max(c) for c in lead_chunks)
+    tiles_per_block = math.prod(lead_shape) * (cy // tile) * (cx // tile)
+    batch_size = int(batch_size or tiles_per_block)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1; got {batch_size}")
+    n_out = len(out_bands)
+    py, px = _round_up(ny, cy) - ny, _round_up(nx, cx) - nx
+    pad = [(0, 0)] * (len(lead) + 1) + [(halo, halo + py), (halo, halo + px)]
+    mode = {"reflect": "reflect", "edge": "edge", "constant": "constant"}[boundary]
+    fn = partial(
+        _spatial_block,
+        apply=apply,
+        n_out=n_out,
+        halo=halo,
+        tile=tile,
+        batch_size=batch_size,
+        lead_shape=lead_shape,
+        blend=blend,
+    )
+    if not lazy:
+        padded = _pad_numpy(np.asarray(cube.data, dtype=np.float32), pad, mode)  # eager input
+        result = fn(padded, config, params)
+        if blend == "cosine":
+            result = _normalise(result, n_out)[..., halo : halo + ny, halo : halo + nx]
+        else:
+            result = result[..., :ny, :nx]
+        return _output_da(da, result.astype(np.float32), dims, out_bands, "prediction")
+    data = cube.data.astype(np.float32).rechunk({len(lead): -1})
+    padded = dsa.pad(data, pad, mode=mode)
+    # Chunks [h + c, c, …, c, c + h] so that with the halo every block is c + 2h.
+    ychunks = _halo_chunks(ny + py, cy, halo)
+    xchunks = _halo_chunks(nx + px, cx, halo)
+    padded = padded.rechunk((*lead_chunks, -1, ychunks, xchunks))
+    depth = {padded.ndim - 2: halo, padded.ndim - 1: halo}
+    overlapped = dsa.overlap.overlap(padded, depth=depth, boundary="none") if halo else padded
+    config_key = dask.delayed(config, pure=True, traverse=False)
+    params_key = dask.delayed(params, pure=True, traverse=False)
+    idx = "abcdefgh"[: len(lead)] + "BYX"
+    out_idx = idx.replace("B", "K")
+    nyb, nxb = len(ychunks), len(xchunks)
+    if blend == "trim":
+        out = dsa.blockwise(
+            fn,
+            out_idx,
+            overlapped,
+            idx,
+            config_key,
+            None,
+            params_key,
+            None,
+            new_axes={"K": n_out},
+            adjust_chunks={"Y": lambda _: cy, "X": lambda _: cx},
+            concatenate=True,
+            dtype=np.float32,
+            meta=np.empty((0,) * data.ndim, np.float32),
+        )
+        out = out[..., :ny, :nx]
+    else:
+        weighted = dsa.blockwise(
+            fn,
+            out_idx,
+            overlapped,
+            idx,
+            config_key,
+            None,
+            params_key,
+            None,
+            new_axes={"K": n_out + 1},
+            adjust_chunks={"Y": lambda _: cy + 2 * halo, "X": lambda _: cx + 2 * halo},
+            concatenate=True,
+            dtype=np.float32,
+            meta=np.empty((0,) * data.ndim, np.float32),
+        )
+        depth2 = {weighted.ndim - 2: 2 * halo, weighted.ndim - 1: 2 * halo}
+        gathered = dsa.overlap.overlap(weighted, depth=depth2, boundary="none")
+        out = gathered.map_blocks(
+            _blend_sum,
+            halo=halo,
+            n_out=n_out,
+            nblocks=(nyb, nxb),
+            chunks=(*lead_chunks, (n_out,), (cy,) * nyb, (cx,) * nxb),
+            dtype=np.float32,
+            meta=np.empty((0,) * data.ndim, np.float32),
+        )
+        out = out[..., :ny, :nx]
+    return _output_da(da, out, dims, out_bands, "prediction")
+
+
+def _halo_chunks(total: int, size: int, halo: int) -> tuple[int, ...]:
+    n = total // size
+    chunks = [size] * n
+    chunks[0] += halo
+    chunks[-1] += halo
+    return tuple(chunks)
+
+
+def _pad_numpy(arr: np.ndarray, pad, mode: str) -> np.ndarray:
+    if mode == "constant":
+        return np.pad(arr, pad, mode="constant", constant_values=0)
+    return np.pad(arr, pad, mode=mode)
+
+
+def _blend_sum(
+    block: np.ndarray,
+    *,
+    halo: int,
+    n_out: int,
+    nblocks: tuple[int, int],
+    block_info=None,
+) -> np.ndarray:
+    """Sum a weighted block with the overlapping parts of its neighbours; normalise; trim.
+
+    ``block`` comes from ``dask.array.overlap`` with depth ``2·halo`` over blocks of weighted
+    predictions ``(…, out + 1, I + 2h, I + 2h)``; along y and x it is
+    ``[2h of previous | own I + 2h | 2h of next]``, the neighbour parts absent at the edges.
+    """
+    loc = block_info[0]["chunk-location"]
+    iy_, ix_ = loc[-2], loc[-1]
+    h2 = 2 * halo
+
+    def axis_parts(index: int, nblock: int, length: int):
+        has_prev = index > 0
+        has_next = index < nblock - 1
+        start = h2 if has_prev else 0
+        stop = length - (h2 if has_next else 0)
+        return has_prev, has_next, start, stop
+
+    hy, ny_, y0, y1 = axis_parts(iy_, nblocks[0], block.shape[-2])
+    hx, nx_, x0, x1 = axis_parts(ix_, nblocks[1], block.shape[-1])
+    own = block[..., y0:y1, x0:x1].copy()
+    # Own block covers [-h, I + h) around its interior; previous block's last 2h rows cover
+    # [-h, h); the next block's first 2h rows cover [I - h, I + h).
+    for dy, ys, yd in ((-1, slice(0, y0), slice(0, h2)), (1, slice(y1, None), slice(-h2, None))):
+        if (dy == -1 and hy) or (dy == 1 and ny_):
+            own[..., yd, :] += block[..., ys, x0:x1]
+    for dx, xs, xd in ((-1, slice(0, x0), slice(0, h2)), (1, slice(x1, None), slice(-h2, None))):
+        if (dx == -1 and hx) or (dx == 1 and nx_):
+            own[..., :, xd] += block[..., y0:y1, xs]
+    for ys, yd, yok in ((slice(0, y0), slice(0, h2), hy), (slice(y1, None), slice(-h2, None), ny_)):
+        for xs, xd, xok in (
+            (slice(0, x0), slice(0, h2), hx),
+            (slice(x1, None), slice(-h2, None), nx_),
+        ):
+            if yok and xok:
+                own[..., yd, xd] += block[..., ys, xs]
+    return _normalise(own, n_out)[..., halo:-halo, halo:-halo]
+
+
+def _normalise(stacked: np.ndarray, n_out: int) -> np.ndarray:
+    """Weighted sums (channels ``:n_out``) divided by the weights (last channel); NaN at 0."""
+    values, weight = stacked[..., :n_out, :, :], stacked[..., n_out:, :, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weight > 0, values / weight, np.nan).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def predict(
+    da: xr.DataArray,
+    model: Any,
+    *,
+    halo: int | None = None,
+    tile: int | None = None,
+    batch_size: int | None = None,
+    proba: bool = False,
+    blend: str = "trim",
+    boundary: str = "reflect",
+) -> xr.DataArray:
+    """Apply a fitted model to every pixel (or tile) of a cube, lazily and blockwise.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Cube ``(band, y, x)`` or ``(time, band, y, x)`` whose bands are the model's training
+        bands, in the same order.
+    model
+        A **pixel model** (has ``predict``: xfusion ``Ridge``/``KernelRidge`` or any fitted
+        scikit-learn estimator) or a **spatial model** (has ``inference_state()`` returning
+        ``(config, params)`` and an ``apply_tiles(config, params, tiles)`` function, attributes
+        ``bands_``, ``output_bands_``, ``tile_multiple_``, ``default_halo_``).
+    halo : int, optional
+        Spatial models: context read around every block (px), rounded up to ``tile_multiple_``;
+        default the model's ``default_halo_``. Blockwise equals whole-array prediction where the
+        model's receptive field fits inside the halo.
+    tile : int, optional
+        Spatial models: side of the square tiles given to the model (a multiple of
+        ``tile_multiple_``); default one tile per block.
+    batch_size : int, optional
+        Spatial models: tiles per ``apply_tiles`` call (default all tiles of a block); pixel
+        models: rows per ``predict`` call (default all valid pixels of a block).
+    proba : bool
+        Pixel classifiers: return ``predict_proba`` as bands ``"proba_<class>"``.
+    blend : {"trim", "cosine"}
+        Spatial models: drop the halo of every block's prediction (``"trim"``), or weight each
+        block's prediction with cosine ramps over the halo and sum overlapping blocks
+        (``"cosine"``, which hides seams when the halo is smaller than the receptive field).
+    boundary : {"reflect", "edge", "constant"}
+        Spatial models: how the cube is padded beyond its edges (``"constant"`` pads with 0).
+
+    Returns
+    -------
+    xarray.DataArray
+        float32 ``(…, band, y, x)`` on the input grid, with ``band`` the model's output bands
+        (``output_bands_``; ``"class"`` for classifiers — labels as float —, ``"cluster"`` for
+        clusterers, ``"prediction"`` otherwise). NaN where any input band is NaN. Lazy for a
+        chunked cube, numpy-backed for an eager one.
+
+    Notes
+    -----
+    The model (pixel) or its ``config``/``params`` (spatial) are single keys of the Dask graph,
+    shared by all blocks; on a ``distributed`` cluster they are shipped to each worker once.
+    Spatial blocks are padded to one shape and tiles batched to ``batch_size``, so the jitted
+    function compiles once per cube; JAX's persistent compilation cache is enabled in every
+    process (:func:`enable_compilation_cache`). For JAX models run one thread per worker on CPU
+    (XLA has its own thread pool); on GPU one worker process per GPU with
+    ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` so workers do not grab all memory.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> from sklearn.linear_model import LinearRegression
+    >>> rng = np.random.default_rng(0)
+    >>> cube = xr.DataArray(rng.random((2, 4, 6), dtype=np.float32), dims=("band", "y", "x"),
+    ...                     coords={"band": ["B04", "B08"]}).chunk({"y": 2})
+    >>> model = LinearRegression().fit(rng.random((20, 2)), rng.random(20))
+    >>> pred = predict(cube, model)
+    >>> pred.dims, pred.band.values.tolist(), pred.chunks[1]
+    (('band', 'y', 'x'), ['prediction'], (2, 2))
+    """
+    cube_bands = _check_cube(da)
+    _check_bands(cube_bands, model)
+    if hasattr(model, "inference_state"):
+        if proba:
+            raise InputError("proba=True is for pixel classifiers; spatial models set their output")
+        return _predict_spatial(
+            da, model, halo=halo, tile=tile, batch_size=batch_size, blend=blend, boundary=boundary
+        )
+    if not hasattr(model, "predict"):
+        raise ModelError(
+            f"{type(model).__name__} has neither predict (pixel model) nor inference_state "
+            "(spatial model)"
+        )
+    return _predict_pixels(da, model, proba=proba, batch_size=batch_size)
