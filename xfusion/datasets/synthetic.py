@@ -1,0 +1,508 @@
+"""Synthetic scenes with known truth for each of the five recipes.
+
+Every scene is built from one landscape (settlements of clustered blobs and a road network, a
+meandering river and lakes, vegetation with seasonal phenology, terrain with HAND) observed by
+sensor-like cubes: reflectances mixed from land-cover endmember spectra with noise, clouds, cirrus
+and shadows with imperfect QA flags, night-time radiance blurred and aggregated like VIIRS,
+GHSL-like settlement classes, SAR backscatter with speckle, and a coarse SIF-like field that is the
+area average of a fine one. The truth behind each observation is included, so every recipe has a
+checkable answer offline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import ndimage
+
+from xfusion.datasets import _landscape as L
+from xfusion.errors import InputError
+from xfusion.grids import grid, grid_coords
+
+__all__ = ["RECIPES", "Scene", "synthetic_scene"]
+
+# Landsat 8 Collection-2 Level-2 encoding (USGS):
+# SR = DN * 2.75e-5 - 0.2, ST = DN * 0.00341802 + 149 (kelvin).
+LANDSAT_SR_SCALE, LANDSAT_SR_OFFSET = 2.75e-5, -0.2
+LANDSAT_ST_SCALE, LANDSAT_ST_OFFSET = 0.00341802, 149.0
+
+# QA_PIXEL bits of Landsat Collection 2 and QA60 bits of Sentinel-2 L1C.
+QA_PIXEL_BITS = {"fill": 0, "dilated": 1, "cirrus": 2, "cloud": 3, "shadow": 4, "snow": 5,
+                 "clear": 6, "water": 7}  # fmt: skip
+QA60_BITS = {"opaque": 10, "cirrus": 11}
+
+
+class Scene(dict):
+    """A synthetic scene: a mapping of names to cubes, the truth included.
+
+    Keys starting with ``"truth_"`` hold the truth; the others are observations as a sensor would
+    deliver them. ``scene["s2"]`` is a cube; ``scene.cubes`` is the plain dict.
+
+    Attributes
+    ----------
+    recipe : str
+        The recipe the scene was made for.
+    seed : int
+        The random seed; the same seed gives the same scene.
+    descriptions : dict of str
+        The meaning of every key.
+    encodings : dict
+        Per cube and band, how a product stores it on disk (``dtype``, ``nodata``, ``scale``,
+        ``offset``); :func:`xfusion.datasets.write_stac` writes the files that way. Bands without
+        an entry are written as float32 with NaN nodata.
+    """
+
+    def __init__(
+        self,
+        cubes: Mapping[str, xr.DataArray],
+        *,
+        recipe: str,
+        seed: int,
+        descriptions: Mapping[str, str],
+        encodings: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    ) -> None:
+        super().__init__(cubes)
+        self.recipe = recipe
+        self.seed = seed
+        self.descriptions = dict(descriptions)
+        self.encodings = {k: dict(v) for k, v in (encodings or {}).items()}
+
+    @property
+    def cubes(self) -> dict[str, xr.DataArray]:
+        """All cubes as a plain dict."""
+        return dict(self)
+
+    @property
+    def truth(self) -> dict[str, xr.DataArray]:
+        """The truth cubes (keys starting with ``"truth_"``)."""
+        return {k: v for k, v in self.items() if k.startswith("truth_")}
+
+    @property
+    def sources(self) -> dict[str, xr.DataArray]:
+        """The observation cubes (everything that is not truth)."""
+        return {k: v for k, v in self.items() if not k.startswith("truth_")}
+
+    def describe(self) -> str:
+        """One line per key: name, dims and shape, and meaning."""
+        lines = [f"synthetic {self.recipe!r} scene (seed={self.seed})"]
+        for key, cube in self.items():
+            shape = "×".join(f"{d}={s}" for d, s in zip(cube.dims, cube.shape, strict=True))
+            lines.append(f"  {key:<18} {shape:<40} {self.descriptions.get(key, '')}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _geobox(left: float, top: float, n: int, res: float, crs: str):
+    return grid((left, top - n * res, left + n * res, top), crs, res)
+
+
+def _cube(
+    data: np.ndarray,
+    bands: list[str],
+    gbox,
+    *,
+    times=None,
+    name: str,
+    **attrs: Any,
+) -> xr.DataArray:
+    dims = ("time", "band", "y", "x") if times is not None else ("band", "y", "x")
+    coords: dict[str, Any] = {"band": list(bands), **grid_coords(gbox)}
+    if times is not None:
+        coords["time"] = pd.DatetimeIndex(times).as_unit("ns")
+    return xr.DataArray(data.astype(np.float32), dims=dims, coords=coords, name=name, attrs=attrs)
+
+
+def _round_up(size: int, factor: int) -> int:
+    return int(math.ceil(size / factor) * factor)
+
+
+def _cloud_covers(
+    rng: np.random.Generator, k: int, *, clear_first: int = 0
+) -> list[tuple[float, float]]:
+    """(cloud cover, cirrus cover) per date: about a third of the dates clear."""
+    covers = []
+    for i in range(k):
+        if i < clear_first or rng.random() < 0.3:
+            covers.append((0.0, 0.0))
+        else:
+            covers.append((float(rng.uniform(0.1, 0.4)), float(rng.uniform(0.0, 0.35))))
+    return covers
+
+
+def _cloud_truth(clouds: list[L.Clouds]) -> np.ndarray:
+    """(time, 3, n, n) with bands cloud, thin_cloud, shadow as 0/1."""
+    return np.stack([np.stack([c.truth(), c.thin(), c.shadow]) for c in clouds]).astype(np.float32)
+
+
+def _qa_pixel(clouds: L.Clouds, water: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Landsat QA_PIXEL-like flags, realistic but imperfect.
+
+    Flags thick clouds (opacity > 0.4) with high confidence, cirrus only where it is thickest,
+    a 3-pixel dilation ring around clouds and most (not all) shadows: thin clouds and cloud edges
+    below the thresholds are missed, as in the real product.
+    """
+    b = QA_PIXEL_BITS
+    cloud = clouds.thick > 0.4
+    cirrus = clouds.cirrus > 0.2
+    dilated = ndimage.binary_dilation(cloud, iterations=3) & ~cloud
+    shadow = clouds.shadow & (rng.random(cloud.shape) < 0.9)
+    qa = np.zeros(cloud.shape, dtype=np.int64)
+    qa |= cloud.astype(np.int64) << b["cloud"] | (cloud.astype(np.int64) * 3) << 8
+    qa |= cirrus.astype(np.int64) << b["cirrus"] | (cirrus.astype(np.int64) * 3) << 14
+    qa |= dilated.astype(np.int64) << b["dilated"]
+    qa |= shadow.astype(np.int64) << b["shadow"]
+    clear = ~(cloud | cirrus | dilated | shadow)
+    qa |= clear.astype(np.int64) << b["clear"]
+    qa |= ((water > 0.5) & clear).astype(np.int64) << b["water"]
+    return qa
+
+
+def _radiance_coarse(rad_fine: np.ndarray, factor: int, rng: np.random.Generator, *, noise: float):
+    """VIIRS-like observation: point-spread blur, area aggregation, additive noise (>= 0)."""
+    blurred = ndimage.gaussian_filter(rad_fine, 0.6 * factor, mode="nearest")
+    coarse = L.block_mean(blurred, factor)
+    return np.clip(coarse + noise * rng.standard_normal(coarse.shape), 0.0, None)
+
+
+def _smod(intensity_1km: np.ndarray) -> np.ndarray:
+    """GHSL SMOD-like classes from 1 km mean settlement intensity: 0 rural ... 3 urban centre."""
+    return np.digitize(intensity_1km, [0.08, 0.25, 0.5]).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# recipes
+
+
+def _builtup(rng: np.random.Generator, size: int) -> Scene:
+    n = _round_up(size, 10)
+    fine = _geobox(320000.0, 3080000.0, n, 100.0, "EPSG:32645")  # Kathmandu valley, UTM 45N
+    viirs_box = _geobox(320000.0, 3080000.0, n // 5, 500.0, "EPSG:32645")
+    smod_box = _geobox(320000.0, 3080000.0, n // 10, 1000.0, "EPSG:32645")
+    years = list(range(2015, 2020))
+    land = L.make_landscape(rng, n, stages=len(years), towns=5, relief=600.0, base_elevation=1400.0)
+
+    band_idx = [1, 2, 3, 4, 5, 6]  # blue, green, red, nir, swir1, swir2
+    s2_bands = ["B2", "B3", "B4", "B8", "B11", "B12"]
+    dates, s2, clouds = [], [], []
+    for stage, year in enumerate(years):
+        for month, day in ((7, 22), (9, 20), (11, 19)):
+            date = pd.Timestamp(year, month, day)
+            covers = _cloud_covers(rng, 1)[0]
+            cl = L.make_clouds(rng, n, covers[0], cirrus_cover=covers[1])
+            surface = L.reflectance(land.fractions(stage, date.dayofyear), band_idx, rng)
+            dn = np.rint(L.apply_clouds(surface, cl, band_idx) * 10000.0)
+            qa = ((cl.thick > 0.4).astype(np.int64) << QA60_BITS["opaque"]) | (
+                (cl.cirrus > 0.2).astype(np.int64) << QA60_BITS["cirrus"]
+            )
+            s2.append(np.concatenate([dn, qa[None]]))
+            clouds.append(cl)
+            dates.append(date)
+
+    months = [pd.Timestamp(y, m, 1) for y in years for m in range(7, 13)]
+    radiance = [L.nightlight_radiance(land, stage) for stage in range(len(years))]
+    viirs = []
+    for month in months:
+        rad = radiance[years.index(month.year)] * (1.0 + 0.04 * rng.standard_normal())
+        viirs.append(_radiance_coarse(rad, 5, rng, noise=0.25)[None])
+    intensity_1km = L.block_mean(land.settlement, 10)
+    smod = _smod(intensity_1km)
+    year_times = [pd.Timestamp(y, 7, 1) for y in years]
+
+    cubes = {
+        "s2": _cube(np.stack(s2), [*s2_bands, "QA60"], fine, times=dates, name="s2",
+                    long_name="Sentinel-2 L1C-like digital numbers (reflectance x 10000)"),
+        "viirs": _cube(np.stack(viirs), ["avg_rad"], viirs_box, times=months, name="viirs",
+                       units="nW/cm2/sr"),
+        "ghsl": _cube(smod[:1, None], ["smod_code"], smod_box, times=[pd.Timestamp(2015, 1, 1)],
+                      name="ghsl"),
+        "truth_settlement": _cube(land.settlement[:, None], ["intensity"], fine, times=year_times,
+                                  name="truth_settlement"),
+        "truth_builtup": _cube((smod >= 2)[:, None], ["builtup"], smod_box, times=year_times,
+                               name="truth_builtup"),
+        "truth_cloud": _cube(_cloud_truth(clouds), ["cloud", "thin_cloud", "shadow"], fine,
+                             times=dates, name="truth_cloud"),
+    }  # fmt: skip
+    dn = {"dtype": "uint16", "nodata": 0}
+    encodings = {
+        "s2": {**{b: dn for b in s2_bands}, "QA60": {"dtype": "uint16", "nodata": None}},
+        "ghsl": {"smod_code": {"dtype": "uint8", "nodata": 255}},
+    }
+    descriptions = {
+        "s2": "Sentinel-2-like DN (x10000) B2,B3,B4,B8,B11,B12 at 100 m, 3 dates per Jul-Dec "
+        "2015-2019, clouds/cirrus/shadows; QA60 bit 10 opaque, bit 11 cirrus (misses thin clouds)",
+        "viirs": "VIIRS-like monthly avg_rad (nW/cm2/sr) at 500 m, Jul-Dec 2015-2019: blurred, "
+        "aggregated and noisy night lights of the growing settlements",
+        "ghsl": "GHSL-SMOD-like settlement classes at 1 km for 2015 (0 rural .. 3 urban centre; "
+        "built-up is >= 2)",
+        "truth_settlement": "settlement intensity (0..1) at 100 m per year 2015-2019 (growing)",
+        "truth_builtup": "built-up (1) / not (0) at 1 km per year 2015-2019, the SMOD >= 2 rule "
+        "applied to the true settlements of each year",
+        "truth_cloud": "per S2 date at 100 m: cloud (any visible cloud), thin_cloud, shadow (0/1)",
+    }
+    return Scene(cubes, recipe="builtup", seed=0, descriptions=descriptions, encodings=encodings)
+
+
+def _landsat_sr(
+    land: L.Landscape, rng: np.random.Generator, doy: float, clouds: L.Clouds
+) -> np.ndarray:
+    """(9, n, n): SR_B1..SR_B7 and ST_B10 as Collection-2 DN, and QA_PIXEL."""
+    idx = list(range(7))
+    fr = land.fractions(0, doy)
+    toa = L.apply_clouds(L.reflectance(fr, idx, rng), clouds, idx)
+    sr_dn = np.clip(np.rint((toa - LANDSAT_SR_OFFSET) / LANDSAT_SR_SCALE), 1, 65535)
+    temp = sum(fr[k] * L.TEMPERATURE[k] for k in fr) + 4.0 * np.sin(2 * np.pi * (doy - 110) / 365)
+    temp = temp * (1 - clouds.opacity) + 265.0 * clouds.opacity - 3.0 * clouds.shadow
+    temp = temp + 0.4 * rng.standard_normal(temp.shape)
+    st_dn = np.clip(np.rint((temp - LANDSAT_ST_OFFSET) / LANDSAT_ST_SCALE), 1, 65535)
+    qa = _qa_pixel(clouds, land.water, rng)
+    return np.concatenate([sr_dn, st_dn[None], qa[None]])
+
+
+LANDSAT_L2_BANDS = [f"SR_B{i}" for i in range(1, 8)] + ["ST_B10", "QA_PIXEL"]
+
+
+def _landsat_encoding() -> dict[str, dict[str, Any]]:
+    sr = {"dtype": "uint16", "nodata": 0, "scale": LANDSAT_SR_SCALE, "offset": LANDSAT_SR_OFFSET}
+    st = {"dtype": "uint16", "nodata": 0, "scale": LANDSAT_ST_SCALE, "offset": LANDSAT_ST_OFFSET}
+    return {
+        **{b: sr for b in LANDSAT_L2_BANDS[:7]},
+        "ST_B10": st,
+        "QA_PIXEL": {"dtype": "uint16", "nodata": 1},
+    }
+
+
+def _nightlights(rng: np.random.Generator, size: int) -> Scene:
+    n = _round_up(size, 16)
+    fine = _geobox(250000.0, 9870000.0, n, 30.0, "EPSG:32737")  # Nairobi, UTM 37S
+    coarse = _geobox(250000.0, 9870000.0, n // 16, 480.0, "EPSG:32737")
+    land = L.make_landscape(rng, n, towns=6, relief=150.0, base_elevation=1650.0, lakes=1)
+    dates = [pd.Timestamp(d) for d in ("2021-01-14", "2021-02-15", "2021-07-09", "2021-09-11")]
+    covers = _cloud_covers(rng, len(dates), clear_first=1)
+    clouds = [L.make_clouds(rng, n, c, cirrus_cover=ci) for c, ci in covers]
+    landsat = np.stack(
+        [_landsat_sr(land, rng, d.dayofyear, c) for d, c in zip(dates, clouds, strict=True)]
+    )
+    rad = L.nightlight_radiance(land, 0)
+    months = pd.date_range("2021-01-01", periods=6, freq="MS")
+    viirs = np.stack(
+        [_radiance_coarse(rad * (1 + 0.04 * rng.standard_normal()), 16, rng, noise=0.3)[None]
+         for _ in months]
+    )  # fmt: skip
+    cubes = {
+        "landsat": _cube(landsat, LANDSAT_L2_BANDS, fine, times=dates, name="landsat",
+                         long_name="Landsat 8 C2 L2-like DN; SR = DN*2.75e-5-0.2, "
+                         "ST = DN*0.00341802+149 K"),
+        "viirs": _cube(viirs, ["avg_rad"], coarse, times=months, name="viirs", units="nW/cm2/sr"),
+        "truth_radiance": _cube(rad[None], ["avg_rad"], fine, name="truth_radiance",
+                                units="nW/cm2/sr"),
+        "truth_cloud": _cube(_cloud_truth(clouds), ["cloud", "thin_cloud", "shadow"], fine,
+                             times=dates, name="truth_cloud"),
+    }  # fmt: skip
+    descriptions = {
+        "landsat": "Landsat-8-C2-L2-like DN at 30 m, 4 dates of 2021: SR_B1..SR_B7 (scale 2.75e-5, "
+        "offset -0.2), ST_B10 (scale 0.00341802, offset 149 K), QA_PIXEL bits 1 dilated, 2 cirrus, "
+        "3 cloud, 4 shadow, 6 clear, 7 water",
+        "viirs": "VIIRS-like monthly avg_rad (nW/cm2/sr) at 480 m, Jan-Jun 2021: the fine radiance "
+        "blurred by a point-spread function, area-averaged and noisy",
+        "truth_radiance": "night-time radiance at 30 m (what a U-Net should recover): smoothed "
+        "settlement intensity to a power plus lit roads near towns, dark water",
+        "truth_cloud": "per Landsat date at 30 m: cloud, thin_cloud, shadow (0/1)",
+    }
+    return Scene(
+        cubes, recipe="nightlights", seed=0, descriptions=descriptions,
+        encodings={"landsat": _landsat_encoding()},
+    )  # fmt: skip
+
+
+def _cloudmask(rng: np.random.Generator, size: int) -> Scene:
+    n = size
+    fine = _geobox(700000.0, 4400000.0, n, 30.0, "EPSG:32630")  # eastern Spain, UTM 30N
+    land = L.make_landscape(rng, n, towns=3, relief=250.0, base_elevation=400.0)
+    dates = pd.date_range("2015-04-05", periods=12, freq="16D")
+    covers = _cloud_covers(rng, len(dates), clear_first=3)
+    # Make sure the later dates carry clouds so every lag model has something to find.
+    covers = [c if i < 3 or c[0] > 0 or i % 3 else (0.3, 0.3) for i, c in enumerate(covers)]
+    idx = list(range(7))
+    toa, background, clouds, qa = [], [], [], []
+    for date, (cover, cirrus) in zip(dates, covers, strict=True):
+        cl = L.make_clouds(rng, n, cover, cirrus_cover=cirrus)
+        surface = L.reflectance(land.fractions(0, date.dayofyear), idx, rng, noise=0.005)
+        background.append(surface)
+        toa.append(L.apply_clouds(surface, cl, idx))
+        qa.append(_qa_pixel(cl, land.water, rng)[None])
+        clouds.append(cl)
+    bands = [f"B{i}" for i in range(1, 8)]
+    cubes = {
+        "landsat": _cube(np.concatenate([np.stack(toa), np.stack(qa)], axis=1),
+                         [*bands, "QA_PIXEL"],
+                         fine, times=dates, name="landsat"),
+        "truth_cloud": _cube(_cloud_truth(clouds), ["cloud", "thin_cloud", "shadow"], fine,
+                             times=dates, name="truth_cloud"),
+        "truth_background": _cube(np.stack(background), bands, fine, times=dates,
+                                  name="truth_background"),
+    }  # fmt: skip
+    descriptions = {
+        "landsat": "Landsat-8-like reflectance B1..B7 (0..1) at 30 m, 12 dates every 16 days from "
+        "2015-04-05 (first three clear), with clouds, thin cirrus and displaced shadows; QA_PIXEL "
+        "bits 1 dilated, 2 cirrus, 3 cloud, 4 shadow, 6 clear, 7 water that miss thin clouds",
+        "truth_cloud": "per date: cloud (any visible cloud, thin included), thin_cloud, "
+        "shadow (0/1)",
+        "truth_background": "per date: the cloud-free surface reflectance B1..B7 under the clouds",
+    }
+    return Scene(
+        cubes, recipe="cloudmask", seed=0, descriptions=descriptions,
+        encodings={"landsat": {"QA_PIXEL": {"dtype": "uint16", "nodata": 1}}},
+    )  # fmt: skip
+
+
+def _water(rng: np.random.Generator, size: int) -> Scene:
+    n = size
+    fine = _geobox(640000.0, 3380000.0, n, 30.0, "EPSG:32615")  # lower Mississippi, UTM 15N
+    land = L.make_landscape(rng, n, towns=3, relief=25.0, base_elevation=15.0, lakes=3)
+    date = pd.Timestamp("2010-06-15")
+    fr = land.fractions(0, date.dayofyear)
+    sigma0 = [sum(fr[k] * L.BACKSCATTER[k][pol] for k in fr) for pol in (0, 1)]
+    looks = 4.0
+    speckle = rng.gamma(looks, 1.0 / looks, size=(2, n, n))
+    sar_db = 10.0 * np.log10(np.stack(sigma0) * speckle)
+    optical = L.reflectance(fr, [3, 4, 5, 6], rng)  # red, nir, swir1, swir2: cloud-free composite
+    # Labels from a cloudy optical classification: nodata under clouds and on partial water.
+    label_clouds = L.make_clouds(rng, n, 0.12)
+    label = np.where(land.water >= 0.95, 1.0, np.where(land.water <= 0.05, 0.0, np.nan))
+    label[label_clouds.truth() | label_clouds.shadow] = np.nan
+    cubes = {
+        "sar": _cube(sar_db[None], ["HH", "HV"], fine, times=[date], name="sar", units="dB"),
+        "optical": _cube(optical[None], ["Red", "NIR", "SWIR1", "SWIR2"], fine, times=[date],
+                         name="optical"),
+        "terrain": _cube(np.stack([land.dem, land.hand]), ["DEM", "HAND"], fine, name="terrain",
+                         units="m"),
+        "truth_water": _cube(label[None], ["water"], fine, name="truth_water"),
+        "truth_water_fraction": _cube(land.water[None], ["water_fraction"], fine,
+                                      name="truth_water_fraction"),
+    }  # fmt: skip
+    descriptions = {
+        "sar": "L-band-SAR-like backscatter HH, HV in dB at 30 m (4-look gamma speckle): water "
+        "dark, built-up bright",
+        "optical": "cloud-free Landsat-like reflectance Red, NIR, SWIR1, SWIR2 (0..1) at 30 m",
+        "terrain": "DEM (m) and HAND, height above nearest drainage (m), at 30 m",
+        "truth_water": "water labels at 30 m: 1 water, 0 land, NaN nodata (cloud, cloud shadow "
+        "or partial water), to be ignored in the loss",
+        "truth_water_fraction": "open-water cover fraction (0..1) at 30 m",
+    }
+    return Scene(cubes, recipe="water", seed=0, descriptions=descriptions)
+
+
+def _downscale(rng: np.random.Generator, size: int) -> Scene:
+    n = _round_up(size, 5)
+    fine = _geobox(300000.0, 4800000.0, n, 1000.0, "EPSG:32615")  # US corn belt, UTM 15N
+    coarse = _geobox(300000.0, 4800000.0, n // 5, 5000.0, "EPSG:32615")
+    land = L.make_landscape(rng, n, towns=3, relief=60.0, base_elevation=300.0)
+    land.crop = np.clip(land.crop * 1.6, 0.0, 1.0) * (1.0 - land.forest)
+    doys = [129 + 16 * k for k in range(8)]
+    times = [pd.Timestamp(2019, 1, 1) + pd.Timedelta(days=d - 1) for d in doys]
+    vi, sif = [], []
+    for doy in doys:
+        fr = land.fractions(0, doy)
+        clean = L.reflectance(fr, [1, 3, 4], rng, noise=0.0)
+        blue, red, nir = L.reflectance(fr, [1, 3, 4], rng, noise=0.004)
+        ndvi = (nir - red) / (nir + red)
+        evi = 2.5 * (nir - red) / (nir + 6.0 * red - 7.5 * blue + 1.0)
+        vi.append(np.stack([ndvi, evi]))
+        ndvi_clean = (clean[2] - clean[1]) / (clean[2] + clean[1])
+        fpar = np.clip(1.2 * ndvi_clean - 0.15, 0.0, 1.0)
+        apar = 0.6 + 0.4 * np.cos(2 * np.pi * (doy - 190) / 365)
+        context = ndimage.gaussian_filter(fr["vegetation"], 2.0, mode="nearest")
+        sif.append(2.2 * fpar**1.5 * apar * (0.6 + 0.8 * context))
+    sif = np.stack(sif)[:, None]
+    sif_coarse = L.block_mean(sif, 5) + 0.005 * rng.standard_normal((len(doys), 1, n // 5, n // 5))
+    cubes = {
+        "modis": _cube(np.stack(vi), ["NDVI", "EVI"], fine, times=times, name="modis"),
+        "tropomi": _cube(sif_coarse, ["SIF743"], coarse, times=times, name="tropomi",
+                         units="mW/m2/nm/sr"),
+        "truth_sif": _cube(sif, ["SIF743"], fine, times=times, name="truth_sif",
+                           units="mW/m2/nm/sr"),
+    }  # fmt: skip
+    descriptions = {
+        "modis": "MODIS-like 16-day NDVI and EVI at 1 km, 8 periods from 2019-05-09",
+        "tropomi": "TROPOMI-like SIF743 at 5 km: the 5x5 area average of truth_sif plus noise "
+        "(std 0.005)",
+        "truth_sif": "SIF743 at 1 km driven by vegetation: fPAR(NDVI)^1.5 x seasonal APAR x "
+        "neighbourhood vegetation",
+    }
+    return Scene(cubes, recipe="downscale", seed=0, descriptions=descriptions)
+
+
+_BUILDERS: dict[str, Callable[[np.random.Generator, int], Scene]] = {
+    "builtup": _builtup,
+    "nightlights": _nightlights,
+    "cloudmask": _cloudmask,
+    "water": _water,
+    "downscale": _downscale,
+}
+
+#: One-line description of the synthetic scene of each recipe.
+RECIPES: dict[str, str] = {
+    "builtup": "Sentinel-2 series, VIIRS monthly night lights and GHSL SMOD over growing "
+    "settlements (Kathmandu-like, 2015-2019)",
+    "nightlights": "Landsat 8 C2 L2 dates, VIIRS at 480 m and the 30 m radiance truth "
+    "(Nairobi-like)",
+    "cloudmask": "12-date Landsat-like series with clouds, cirrus and shadows, imperfect QA, "
+    "cloud and background truth",
+    "water": "SAR HH/HV, optical, DEM and HAND with water labels (NaN nodata)",
+    "downscale": "MODIS-like NDVI/EVI at 1 km and SIF at 5 km aggregated from a 1 km truth",
+}
+
+
+def synthetic_scene(recipe: str, *, seed: int = 0, size: int = 256) -> Scene:
+    """Generate the synthetic scene of a recipe, with its truth.
+
+    Parameters
+    ----------
+    recipe : {"builtup", "nightlights", "cloudmask", "water", "downscale"}
+        Which recipe's sources to simulate (see :data:`RECIPES` and each scene's
+        ``descriptions`` for every key).
+    seed : int
+        Seed of :func:`numpy.random.default_rng`; the same seed gives the same scene.
+    size : int
+        Pixels along each side of the finest grid, rounded up to a multiple of the recipe's
+        coarsest aggregation factor (10 for ``builtup``, 16 for ``nightlights``, 5 for
+        ``downscale``) so that coarse pixels cover whole fine blocks.
+
+    Returns
+    -------
+    Scene
+        A dict of eager float32 cubes with dims ``(time, band, y, x)`` (``(band, y, x)`` for
+        static layers), NaN nodata, a ``band`` coordinate and the CRS on ``spatial_ref``. Keys
+        starting with ``truth_`` are the truth.
+
+    Examples
+    --------
+    >>> from xfusion.datasets import synthetic_scene
+    >>> scene = synthetic_scene("downscale", size=40)
+    >>> sorted(scene)
+    ['modis', 'tropomi', 'truth_sif']
+    >>> scene["tropomi"].sizes["x"] * 5 == scene["truth_sif"].sizes["x"]
+    True
+    >>> scene["modis"].rio.crs.to_epsg()
+    32615
+    """
+    if recipe not in _BUILDERS:
+        raise InputError(f"unknown recipe {recipe!r}; expected one of {sorted(_BUILDERS)}")
+    if not isinstance(size, int | np.integer) or isinstance(size, bool) or size < 16:
+        raise InputError(f"size must be an integer >= 16 pixels; got {size!r}")
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
+        raise InputError(f"seed must be an integer; got {seed!r}")
+    scene = _BUILDERS[recipe](np.random.default_rng(int(seed)), int(size))
+    scene.seed = int(seed)
+    return scene
