@@ -64,7 +64,7 @@ def _polyline_distance(shape: tuple[int, int], lines: list[np.ndarray]) -> np.nd
         dense = np.concatenate(
             [
                 p + np.linspace(0, 1, s, endpoint=False)[:, None] * d
-                for p, d, s in zip(pts, seg, steps, strict=True)
+                for p, d, s in zip(pts[:-1], seg, steps, strict=True)
             ]
             + [pts[-1:]]
         )
