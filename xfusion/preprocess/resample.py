@@ -1,9 +1,510 @@
-"""Resampling onto another grid."""
+"""Resampling a cube onto another grid, lazily.
+
+Two engines sit behind :func:`resample`:
+
+* **aligned aggregation** — when the target grid has the same CRS, no rotation, a pixel size that
+  is an integer multiple ``k`` of the source's and an origin on the source pixel lattice (the
+  common "10 m → 1 km" case, and sub-windows of the source at ``k = 1``), ``average``, ``sum``,
+  ``min``, ``max`` and ``mode`` run through a nan-aware numba kernel
+  (:mod:`xfusion._kernels.aggregate`) on a tile-intersection graph: each output chunk reads the
+  input chunks it overlaps without copying them, so input chunks need not be multiples of ``k``.
+* **warping** — everything else (CRS changes, fractional factors, going finer, ``nearest``,
+  ``bilinear``, ``cubic``) goes through odc-geo's Dask-native ``xr_reproject``, i.e. GDAL per
+  output chunk, with NaN declared as nodata on both sides so NaN is never averaged as 0.
+
+Output chunks are chosen explicitly (see ``chunks`` in :func:`resample`) rather than inherited, so
+small input tiles do not turn into tiny output chunks.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Hashable
+from functools import partial
+from typing import Any, TypeVar
 
-def resample(da, grid_or_like, resampling='average'):
-    """Not implemented yet."""
-    raise NotImplementedError
+import dask
+import dask.array
+import numpy as np
+import rasterio.warp
+import xarray as xr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+from odc.geo.geobox import GeoBox
+from odc.geo.overlap import compute_reproject_roi
+from odc.geo.xr import xr_coords
+from rasterio.enums import Resampling
 
+from xfusion._kernels.aggregate import aggregate_blocks, aggregate_pieces
+from xfusion.errors import GridError, InputError
+from xfusion.grids import as_geobox, geobox_of
+
+__all__ = ["RESAMPLING", "is_aligned", "resample"]
+
+T_Xarray = TypeVar("T_Xarray", xr.DataArray, xr.Dataset)
+
+#: Resampling methods understood by :func:`resample`.
+RESAMPLING = ("average", "sum", "mode", "nearest", "bilinear", "cubic", "min", "max")
+
+_KERNEL_METHODS = ("average", "sum", "mode", "min", "max")
+# source pixels read beyond a chunk's footprint: the reach of each method's kernel
+_PADDING = {
+    "nearest": 1,
+    "bilinear": 2,
+    "cubic": 3,
+    "average": 1,
+    "sum": 1,
+    "mode": 1,
+    "min": 1,
+    "max": 1,
+}
+_MIN_CHUNK = 256
+_MAX_CHUNK = 2048
+# tolerance (in pixels) when deciding that a ratio of resolutions or an offset is an integer
+_TOL = 1e-6
+
+
+def resample(
+    da: T_Xarray,
+    grid_or_like: Any,
+    resampling: str = "average",
+    *,
+    chunks: int | tuple[int, int] | None = None,
+) -> T_Xarray:
+    """Resample a cube onto another grid (lazy on chunked input).
+
+    Parameters
+    ----------
+    da : xarray.DataArray or xarray.Dataset
+        Cube with spatial dims ``(y, x)`` last (any leading dims, e.g. ``time``, ``band``) and a
+        CRS on ``spatial_ref``; NaN is nodata. A Dataset is resampled variable by variable
+        (variables without spatial dims pass through).
+    grid_or_like : GeoBox or cube
+        Target grid (from :func:`xfusion.grid`) or a cube whose grid to match.
+    resampling : {"average", "sum", "mode", "nearest", "bilinear", "cubic", "min", "max"}
+        Method. ``average`` is area-weighted over the valid pixels; ``sum`` adds the valid
+        pixels (on aligned grids the total is conserved exactly); ``mode`` is the most frequent
+        valid value (for classes; ties broken as GDAL does). Going finer,
+        use ``nearest``, ``bilinear`` or ``cubic``.
+    chunks : int or (int, int), optional
+        Output chunk size along ``(y, x)``. By default the input chunk size scaled to the target
+        resolution, raised to at least 256 pixels (as a whole multiple where the scaled size is
+        an integer), capped at 2048 pixels and so that one task reads at most about Dask's
+        ``array.chunk-size`` of input.
+
+    Returns
+    -------
+    xarray.DataArray or xarray.Dataset
+        On the target grid: dims ``(..., y, x)``, ``y``/``x``/``spatial_ref`` coordinates of the
+        grid, leading coordinates and attrs kept; float32 (float64 stays float64; integers
+        become float32 so NaN can mark empty pixels; ``mode``/``nearest``/``min``/``max`` keep
+        the values). Chunked in, chunked out; nothing is computed.
+
+    Raises
+    ------
+    InputError
+        Unknown ``resampling`` or a cube without ``y``/``x`` dims.
+    GridError
+        No usable grid, a target CRS the cube's CRS cannot be transformed to, or a target grid
+        that does not overlap the cube.
+
+    Notes
+    -----
+    Agreement with GDAL (``rasterio.warp.reproject`` with ``src_nodata=dst_nodata=nan``), tested
+    for every method:
+
+    * aligned integer factors (numba kernel): ``average``/``sum`` within float32 rounding
+      (rtol 1e-5), ``min``/``max``/``mode`` exactly (``mode`` breaks ties as GDAL does);
+    * everything else is GDAL itself, per output chunk, with ``XSCALE=YSCALE=1`` so
+      ``bilinear``/``cubic`` interpolate with a one-pixel radius whatever the scale change (as
+      odc-geo does, GDAL #7750; use ``average`` to go coarser): equal to the whole-array warp.
+
+    Chunked and eager input give the same result: exactly within one CRS (each chunk reads its
+    source window padded by the kernel's reach, unlike a footprint-only tile intersection); across
+    CRSs GDAL's approximate coordinate transformer (error below 0.125 px) depends on the chunk, so
+    interpolated values differ slightly (below 1e-3 of the data range on smooth fields).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, xfusion as xf
+    >>> g10 = xf.grid((0, 0, 40, 40), "EPSG:32633", 10)
+    >>> data = np.arange(16, dtype="float32").reshape(1, 4, 4)
+    >>> cube = xr.DataArray(data, dims=("band", "y", "x"), coords={"band": ["B04"]})
+    >>> cube = xf.grids.assign_grid(cube, g10)
+    >>> out = xf.resample(cube, xf.grid((0, 0, 40, 40), "EPSG:32633", 20))
+    >>> out.values[0]
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]], dtype=float32)
+    """
+    if not isinstance(resampling, str) or resampling not in RESAMPLING:
+        raise InputError(f"unknown resampling method {resampling!r}; expected one of {RESAMPLING}")
+    if chunks is not None:
+        chunks = _normalise_chunks(chunks)
+    if isinstance(da, xr.Dataset):
+        dst = as_geobox(grid_or_like)
+        out_vars = {}
+        for name, var in da.data_vars.items():
+            if {"y", "x"} <= set(var.dims) or {"latitude", "longitude"} <= set(var.dims):
+                out_vars[name] = _resample_da(var, dst, resampling, chunks)
+            elif not set(var.dims) & {"y", "x", "latitude", "longitude"}:
+                out_vars[name] = var
+        return xr.Dataset(out_vars, attrs=da.attrs)
+    if not isinstance(da, xr.DataArray):
+        raise InputError(f"expected an xarray DataArray or Dataset; got {type(da).__name__}")
+    return _resample_da(da, as_geobox(grid_or_like), resampling, chunks)
+
+
+def _normalise_chunks(chunks: Any) -> tuple[int, int]:
+    try:
+        cy, cx = (chunks, chunks) if np.isscalar(chunks) else tuple(chunks)
+        cy, cx = int(cy), int(cx)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"chunks must be an int or (ny, nx); got {chunks!r}") from err
+    if cy < 1 or cx < 1:
+        raise InputError(f"chunks must be positive; got {chunks!r}")
+    return cy, cx
+
+
+def _spatial_last(da: xr.DataArray) -> xr.DataArray:
+    for ydim, xdim in (("y", "x"), ("latitude", "longitude")):
+        if ydim in da.dims and xdim in da.dims:
+            lead = [d for d in da.dims if d not in (ydim, xdim)]
+            da = da.transpose(*lead, ydim, xdim)
+            return da.rename({ydim: "y", xdim: "x"}) if ydim != "y" else da
+    raise InputError(f"cube must have spatial dims ('y', 'x'); got dims {tuple(da.dims)}")
+
+
+def _check_overlap(src: GeoBox, dst: GeoBox) -> None:
+    try:
+        footprint = src.extent.to_crs(dst.crs)
+        bbox = footprint.boundingbox
+    except Exception as err:  # pyproj/shapely raise several unrelated types
+        raise GridError(
+            f"cannot transform the cube's CRS {_crs_name(src)} to the grid's CRS {_crs_name(dst)}: "
+            f"{err}"
+        ) from err
+    if footprint.is_empty or not all(math.isfinite(v) for v in bbox):
+        raise GridError(
+            f"cannot transform the cube's extent from {_crs_name(src)} to {_crs_name(dst)}: "
+            "the cube lies outside the area of use of the grid's CRS"
+        )
+    if not footprint.intersects(dst.extent):
+        raise GridError(
+            f"target grid does not overlap the cube: grid bounds {tuple(dst.boundingbox)[:4]} "
+            f"in {_crs_name(dst)}, cube bounds {tuple(bbox)[:4]} in the same CRS"
+        )
+
+
+def _crs_name(gbox: GeoBox) -> str:
+    epsg = gbox.crs.epsg
+    return f"EPSG:{epsg}" if epsg is not None else str(gbox.crs)
+
+
+def _int_ratio(value: float) -> int | None:
+    r = round(value)
+    return int(r) if abs(value - r) <= _TOL else None
+
+
+def is_aligned(src: GeoBox, dst: GeoBox) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """Whether ``dst`` aggregates ``src`` over aligned integer blocks.
+
+    Returns ``((ky, kx), (row, col))`` — the factors and the source pixel index of ``dst``'s
+    top-left corner — or ``None`` when the grids are not aligned (different CRS, rotation,
+    non-integer factor or an origin off the source pixel lattice).
+
+    Examples
+    --------
+    >>> import xfusion as xf
+    >>> src = xf.grid((0, 0, 1000, 1000), "EPSG:32633", 10)
+    >>> is_aligned(src, xf.grid((100, 0, 1000, 900), "EPSG:32633", 30))
+    ((3, 3), (10, 10))
+    >>> is_aligned(src, xf.grid((5, 0, 1000, 1000), "EPSG:32633", 30)) is None
+    True
+    """
+    if src.crs != dst.crs:
+        return None
+    sa, da_ = src.affine, dst.affine
+    if sa.b != 0 or sa.d != 0 or da_.b != 0 or da_.d != 0:
+        return None
+    kx, ky = _int_ratio(da_.a / sa.a), _int_ratio(da_.e / sa.e)
+    if kx is None or ky is None or kx < 1 or ky < 1:
+        return None
+    col, row = _int_ratio((da_.c - sa.c) / sa.a), _int_ratio((da_.f - sa.f) / sa.e)
+    if col is None or row is None:
+        return None
+    return (ky, kx), (row, col)
+
+
+def _chunk_limit_elems() -> int:
+    limit = dask.config.get("array.chunk-size", "128MiB")
+    return int(dask.utils.parse_bytes(limit)) if isinstance(limit, str) else int(limit)
+
+
+def _auto_chunk(inherited: float, size: int, cap: int) -> int:
+    """Output chunk along one axis from the input chunk scaled to the output resolution."""
+    base = max(1, math.ceil(inherited - _TOL))
+    if base < _MIN_CHUNK:
+        # a whole multiple keeps output chunk edges on input chunk edges when they line up
+        base = base * math.ceil(_MIN_CHUNK / base)
+    return max(1, min(base, _MAX_CHUNK, max(cap, math.ceil(inherited)), size))
+
+
+def _lead_block_elems(data: Any) -> int:
+    if isinstance(data, dask.array.Array):
+        return max(1, math.prod(max(c) if c else 1 for c in data.chunks[:-2]))
+    return max(1, math.prod(data.shape[:-2]))
+
+
+def _resample_da(
+    da: xr.DataArray, dst: GeoBox, method: str, chunks: tuple[int, int] | None
+) -> xr.DataArray:
+    da = _spatial_last(da)
+    src = geobox_of(da)
+    _check_overlap(src, dst)
+    if da.dtype.kind != "f":
+        da = da.astype(np.float32)
+    data = da.data
+    lazy = isinstance(data, dask.array.Array)
+    aligned = is_aligned(src, dst) if method in _KERNEL_METHODS else None
+
+    itemsize = np.dtype(da.dtype).itemsize
+    lead_elems = _lead_block_elems(data)
+    if aligned is not None:
+        (ky, kx), offset = aligned
+        if lazy:
+            if chunks is None:
+                # bound the *input* read by one task
+                side = math.sqrt(_chunk_limit_elems() / itemsize / lead_elems)
+                chunks = (
+                    _auto_chunk(max(data.chunks[-2]) / ky, dst.shape[0], int(side // ky)),
+                    _auto_chunk(max(data.chunks[-1]) / kx, dst.shape[1], int(side // kx)),
+                )
+            out = _aggregate_dask(data, (ky, kx), offset, tuple(dst.shape), method, chunks)
+        else:
+            out = aggregate_blocks(
+                data, (ky, kx), method, offset=offset, out_shape=tuple(dst.shape), dtype=da.dtype
+            )
+    else:
+        out = _warp(da, src, dst, method, chunks, itemsize, lead_elems)
+    return _wrap(da, out, dst)
+
+
+def _wrap(da: xr.DataArray, data: Any, dst: GeoBox) -> xr.DataArray:
+    lead_dims = da.dims[:-2]
+    coords: dict[Hashable, Any] = {
+        name: coord
+        for name, coord in da.coords.items()
+        if set(coord.dims) <= set(lead_dims) and name != "spatial_ref"
+    }
+    coords.update(xr_coords(dst, crs_coord_name="spatial_ref", always_yx=True))
+    return xr.DataArray(
+        data, dims=(*lead_dims, "y", "x"), coords=coords, attrs=dict(da.attrs), name=da.name
+    )
+
+
+def _warp(
+    da: xr.DataArray,
+    src: GeoBox,
+    dst: GeoBox,
+    method: str,
+    chunks: tuple[int, int] | None,
+    itemsize: int,
+    lead_elems: int,
+) -> Any:
+    data = da.data
+    if not isinstance(data, dask.array.Array):
+        return _warp_block(data, src, dst, method)
+    if chunks is None:
+        # input chunk size expressed in output pixels, via the mean pixel area in the target CRS
+        # (units differ between CRSs, e.g. metres and degrees)
+        src_px = src.extent.to_crs(dst.crs).area / (src.shape[0] * src.shape[1])
+        scale = math.sqrt(src_px / abs(dst.affine.a * dst.affine.e))
+        cap = int(math.sqrt(_chunk_limit_elems() / itemsize / lead_elems))
+        chunks = (
+            _auto_chunk(max(data.chunks[-2]) * scale, dst.shape[0], cap),
+            _auto_chunk(max(data.chunks[-1]) * scale, dst.shape[1], cap),
+        )
+    return _warp_dask(data, src, dst, method, chunks)
+
+
+def _warp_block(data: np.ndarray, src: GeoBox, dst: GeoBox, method: str) -> np.ndarray:
+    """GDAL warp of every ``(y, x)`` plane of ``data`` from ``src`` onto ``dst``; NaN is nodata."""
+    out = np.full((*data.shape[:-2], *dst.shape), np.nan, dtype=data.dtype)
+    planes_in = data.reshape((-1, *data.shape[-2:]))
+    planes_out = out.reshape((-1, *dst.shape))
+    for plane_in, plane_out in zip(planes_in, planes_out, strict=True):
+        rasterio.warp.reproject(
+            plane_in,
+            plane_out,
+            src_transform=src.affine,
+            src_crs=str(src.crs),
+            dst_transform=dst.affine,
+            dst_crs=str(dst.crs),
+            resampling=Resampling[method],
+            src_nodata=np.nan,
+            dst_nodata=np.nan,
+            # interpolate with a 1-pixel radius whatever the scale change (as odc-geo does, see
+            # GDAL #7750): use "average" to go coarser
+            XSCALE=1,
+            YSCALE=1,
+        )
+    return out
+
+
+def _warp_task(src, dst, method, window_shape, plan, *blocks):
+    window = np.empty((*blocks[0].shape[:-2], *window_shape), dtype=blocks[0].dtype)
+    for blk, (ys, xs, wy, wx) in zip(blocks, plan, strict=True):
+        window[..., wy, wx] = blk[..., ys, xs]
+    return _warp_block(window, src, dst, method)
+
+
+def _warp_dask(
+    data: dask.array.Array, src: GeoBox, dst: GeoBox, method: str, chunks: tuple[int, int]
+) -> dask.array.Array:
+    """Tile-intersection graph: each output chunk warps the padded source window it needs.
+
+    Unlike a plain footprint intersection, the source window is padded by the interpolation
+    kernel's reach, so chunked results equal the whole-array warp at chunk edges.
+    """
+    pad = _PADDING[method]
+    ybounds = np.cumsum((0, *data.chunks[-2]))
+    xbounds = np.cumsum((0, *data.chunks[-1]))
+    ychunks = tuple(min(chunks[0], dst.shape[0] - s) for s in range(0, dst.shape[0], chunks[0]))
+    xchunks = tuple(min(chunks[1], dst.shape[1] - s) for s in range(0, dst.shape[1], chunks[1]))
+    lead_chunks = data.chunks[:-2]
+    dtype = data.dtype
+    name = "xf-warp-" + tokenize(data, src, dst, method, chunks)
+    keys = data.__dask_keys__()
+
+    def src_key(idx: tuple[int, ...]) -> Any:
+        k = keys
+        for i in idx:
+            k = k[i]
+        return k
+
+    def overlapping(bounds: np.ndarray, lo: int, hi: int) -> list[tuple[int, slice, slice]]:
+        found = []
+        for b in range(len(bounds) - 1):
+            b0, b1 = int(bounds[b]), int(bounds[b + 1])
+            p0, p1 = max(lo, b0), min(hi, b1)
+            if p1 > p0:
+                found.append((b, slice(p0 - b0, p1 - b0), slice(p0 - lo, p1 - lo)))
+        return found
+
+    dsk: dict[Any, Any] = {}
+    y0 = 0
+    for by, ny in enumerate(ychunks):
+        x0 = 0
+        for bx, nx in enumerate(xchunks):
+            dst_chunk = dst[y0 : y0 + ny, x0 : x0 + nx]
+            roi = compute_reproject_roi(src, dst_chunk, padding=pad).roi_src
+            rys, rxs = roi
+            yparts = overlapping(ybounds, rys.start, rys.stop) if rys.stop > rys.start else []
+            xparts = overlapping(xbounds, rxs.start, rxs.stop) if rxs.stop > rxs.start else []
+            for lead_idx in np.ndindex(*(len(c) for c in lead_chunks)):
+                lead_shape = tuple(c[i] for c, i in zip(lead_chunks, lead_idx, strict=True))
+                key = (name, *lead_idx, by, bx)
+                if not (yparts and xparts):
+                    dsk[key] = (np.full, (*lead_shape, ny, nx), np.nan, dtype)
+                    continue
+                plan, deps = [], []
+                for iy, ys, wy in yparts:
+                    for ix, xs, wx in xparts:
+                        plan.append((ys, xs, wy, wx))
+                        deps.append(src_key((*lead_idx, iy, ix)))
+                window_shape = (rys.stop - rys.start, rxs.stop - rxs.start)
+                task = partial(_warp_task, src[roi], dst_chunk, method, window_shape, tuple(plan))
+                dsk[key] = (task, *deps)
+            x0 += nx
+        y0 += ny
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=(data,))
+    return dask.array.Array(
+        graph,
+        name,
+        chunks=(*lead_chunks, ychunks, xchunks),
+        dtype=dtype,
+        meta=np.empty((0,) * data.ndim, dtype),
+    )
+
+
+def _aggregate_task(plan, out_shape, factor, method, dtype, *blocks):
+    pieces = [
+        (blk[..., ys, xs], row, col) for blk, (ys, xs, row, col) in zip(blocks, plan, strict=True)
+    ]
+    return aggregate_pieces(pieces, out_shape, factor, method, dtype)
+
+
+def _axis_plan(
+    src_chunks: tuple[int, ...], k: int, offset: int, out_size: int, out_chunk: int
+) -> tuple[tuple[int, ...], list[list[tuple[int, slice, int]]]]:
+    """For each output chunk along an axis: (input chunk index, slice in it, offset in block)."""
+    bounds = np.cumsum((0, *src_chunks))
+    n = int(bounds[-1])
+    out_chunks = tuple(min(out_chunk, out_size - s) for s in range(0, out_size, out_chunk))
+    plans = []
+    start = 0
+    for size in out_chunks:
+        lo = offset + start * k  # source index of the output block's first pixel
+        s0, s1 = max(lo, 0), min(lo + size * k, n)
+        plan = []
+        if s1 > s0:
+            first = int(np.searchsorted(bounds, s0, side="right")) - 1
+            for b in range(first, len(src_chunks)):
+                b0, b1 = int(bounds[b]), int(bounds[b + 1])
+                if b0 >= s1:
+                    break
+                p0, p1 = max(s0, b0), min(s1, b1)
+                if p1 > p0:
+                    plan.append((b, slice(p0 - b0, p1 - b0), p0 - lo))
+        plans.append(plan)
+        start += size
+    return out_chunks, plans
+
+
+def _aggregate_dask(
+    data: dask.array.Array,
+    factor: tuple[int, int],
+    offset: tuple[int, int],
+    out_yx: tuple[int, int],
+    method: str,
+    chunks: tuple[int, int],
+) -> dask.array.Array:
+    ky, kx = factor
+    dtype = data.dtype
+    ychunks, yplans = _axis_plan(data.chunks[-2], ky, offset[0], out_yx[0], chunks[0])
+    xchunks, xplans = _axis_plan(data.chunks[-1], kx, offset[1], out_yx[1], chunks[1])
+    lead_chunks = data.chunks[:-2]
+    name = "xf-aggregate-" + tokenize(data, factor, offset, out_yx, method, chunks)
+    keys = data.__dask_keys__()
+
+    def src_key(idx: tuple[int, ...]) -> Any:
+        k = keys
+        for i in idx:
+            k = k[i]
+        return k
+
+    dsk: dict[Any, Any] = {}
+    for lead_idx in np.ndindex(*(len(c) for c in lead_chunks)):
+        lead_shape = tuple(c[i] for c, i in zip(lead_chunks, lead_idx, strict=True))
+        for by, yplan in enumerate(yplans):
+            for bx, xplan in enumerate(xplans):
+                out_shape = (*lead_shape, ychunks[by], xchunks[bx])
+                plan, deps = [], []
+                for iy, ys, row in yplan:
+                    for ix, xs, col in xplan:
+                        plan.append((ys, xs, row, col))
+                        deps.append(src_key((*lead_idx, iy, ix)))
+                key = (name, *lead_idx, by, bx)
+                if deps:
+                    task = partial(_aggregate_task, tuple(plan), out_shape, factor, method, dtype)
+                    dsk[key] = (task, *deps)
+                else:
+                    dsk[key] = (np.full, out_shape, np.nan, dtype)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=(data,))
+    return dask.array.Array(
+        graph,
+        name,
+        chunks=(*lead_chunks, ychunks, xchunks),
+        dtype=dtype,
+        meta=np.empty((0,) * data.ndim, dtype),
+    )
