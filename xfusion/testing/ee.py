@@ -30,6 +30,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -130,11 +131,16 @@ class _Image:
         boxes = [b.native for b in self.bands if b.native is not None]
         if len(boxes) < len(self.bands) or not boxes:
             return None  # unbounded
-        geoms = [gb.extent.to_crs("EPSG:4326").geom for gb in boxes]
+        geoms = [_lonlat_extent(gb) for gb in boxes]
         out = geoms[0]
         for g in geoms[1:]:
             out = out.union(g)
         return out
+
+
+@functools.lru_cache(maxsize=256)
+def _lonlat_extent(gbox: GeoBox):
+    return gbox.extent.to_crs("EPSG:4326").geom
 
 
 @dataclass
@@ -156,19 +162,23 @@ def _error(message: str) -> ee.EEException:
     return ee.ee_exception.EEException(message)
 
 
+def _apply(a: Affine, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return a.a * x + a.b * y + a.c, a.d * x + a.e * y + a.f
+
+
 def _native_sampler(arr: np.ndarray, valid: np.ndarray, gbox: GeoBox):
     inverse = ~gbox.affine
 
     def sample(grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
         crs, affine, (height, width) = grid
         cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
-        xs, ys = affine * (cols, rows)
+        xs, ys = _apply(affine, cols, rows)
         if crs != gbox.crs:
             from pyproj import Transformer
 
             tr = Transformer.from_crs(crs.proj, gbox.crs.proj, always_xy=True)
             xs, ys = tr.transform(xs, ys)
-        ncol, nrow = inverse * (xs, ys)
+        ncol, nrow = _apply(inverse, xs, ys)
         ic, ir = np.floor(ncol).astype(np.int64), np.floor(nrow).astype(np.int64)
         inside = (ic >= 0) & (ir >= 0) & (ic < arr.shape[1]) & (ir < arr.shape[0])
         icc, irc = np.clip(ic, 0, arr.shape[1] - 1), np.clip(ir, 0, arr.shape[0] - 1)
@@ -723,6 +733,8 @@ class FakeEarthEngine:
             "Reducer.median": lambda **_: ("median",),
             "Reducer.mean": lambda **_: ("mean",),
             "reduce": _reduce_collection,
+            "reduce.median": lambda collection: _reduce_collection(collection, ("median",)),
+            "reduce.mean": lambda collection: _reduce_collection(collection, ("mean",)),
             "ImageCollection.reduce": _reduce_collection,
             "Filter.dateRangeContains": _date_range_contains,
             "DateRange": lambda start, end=None, timeZone=None: (
