@@ -17,6 +17,7 @@ import pandas as pd
 import pystac
 import rasterio
 import xarray as xr
+from pyproj import Transformer
 
 from xfusion.errors import InputError, SourceError
 from xfusion.grids import geobox_of
@@ -158,9 +159,7 @@ def _write_collection(
         raise InputError(
             f"scene[{key!r}] has a CRS without an EPSG code; STAC items need proj:epsg"
         )
-    footprint = gbox.extent.to_crs("EPSG:4326")
-    bbox = list(footprint.boundingbox)
-    geometry = footprint.json
+    geometry, bbox = _footprint(gbox)
     a = gbox.affine
     proj = {
         "proj:epsg": int(epsg),
@@ -218,6 +217,21 @@ def _write_collection(
     )
     collection.add_items(items)
     return collection
+
+
+def _footprint(gbox) -> tuple[dict[str, Any], list[float]]:
+    """Return the grid's outline in longitude/latitude (edges densified) and its bbox."""
+    left, bottom, right, top = gbox.boundingbox
+    t = np.linspace(0.0, 1.0, 9)[:-1]
+    xs = np.concatenate([left + (right - left) * t, np.full(8, right), right - (right - left) * t,
+                         np.full(8, left)])  # fmt: skip
+    ys = np.concatenate([np.full(8, top), top - (top - bottom) * t, np.full(8, bottom),
+                         bottom + (top - bottom) * t])  # fmt: skip
+    to_lonlat = Transformer.from_crs(gbox.crs.to_wkt(), "EPSG:4326", always_xy=True)
+    lon, lat = to_lonlat.transform(xs, ys)
+    ring = [[float(x), float(y)] for x, y in zip(lon, lat, strict=True)]
+    geometry = {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
+    return geometry, [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())]
 
 
 def _write_cog(
