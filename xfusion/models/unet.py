@@ -1,0 +1,471 @@
+"""The U-Net (Flax NNX) and the tile-level inference entry point used by blockwise prediction.
+
+The module holds the architecture only: :class:`UNet`, its building blocks, the presets, and
+:func:`apply_tiles`, the jitted function that applies a fitted network (described by a JSON-able
+``config`` and a nested dict of numpy ``params``) to a batch of tiles. Training lives in
+:mod:`xfusion.models.train`, the scikit-learn style estimators in
+:mod:`xfusion.models.estimators`.
+
+Layout: the estimators and :func:`apply_tiles` take ``(sample, band, y, x)`` arrays; inside the
+network tensors are NHWC, as XLA's convolutions prefer.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from xfusion.errors import InputError, ModelError
+
+__all__ = [
+    "PRESETS",
+    "ConvBlock",
+    "UNet",
+    "abstract_unet",
+    "apply_tiles",
+    "build_unet",
+    "compile_count",
+    "default_halo",
+    "depth_to_space",
+    "init_params",
+    "receptive_field_radius",
+    "unet_params",
+]
+
+#: Encoder widths and centre width of the named architectures. ``"seed"`` is the night-lights
+#: U-Net (32-64-128-256-512 with a 1024 centre, depth 5); ``"small"`` is a CPU-friendly depth-3
+#: network with the same structure.
+PRESETS: dict[str, dict[str, Any]] = {
+    "seed": {"widths": (32, 64, 128, 256, 512), "center": 1024},
+    "small": {"widths": (16, 32, 64), "center": 128},
+}
+
+_HEADS = ("regression", "segmentation")
+_ACTIVATIONS = ("linear", "sigmoid")
+
+
+def depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
+    """Rearrange channels into ``block × block`` spatial neighbourhoods (NHWC).
+
+    ``(N, H, W, block·block·C) → (N, block·H, block·W, C)``. Channel ``(dy·block + dx)·C + c`` of
+    input pixel ``(i, j)`` becomes channel ``c`` of output pixel ``(block·i + dy, block·j + dx)``,
+    the ordering of TensorFlow's ``depth_to_space`` (DCR). A 1×1 convolution to ``4·C`` channels
+    followed by this is a 2×2 stride-2 transposed convolution, without XLA's slow path for the
+    latter.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = jnp.arange(8.0).reshape(1, 1, 1, 8)  # 4 positions x 2 channels
+    >>> depth_to_space(x)[0, :, :, 0].tolist()
+    [[0.0, 2.0], [4.0, 6.0]]
+    """
+    n, h, w, c = x.shape
+    if c % (block * block):
+        raise InputError(f"depth_to_space needs channels divisible by {block * block}; got {c}")
+    out = c // (block * block)
+    x = x.reshape(n, h, w, block, block, out)
+    x = x.transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, h * block, w * block, out)
+
+
+class ConvBlock(nnx.Module):
+    """Two 3×3 convolutions, each followed by BatchNorm and ReLU."""
+
+    def __init__(
+        self, in_features: int, out_features: int, *, bn_momentum: float = 0.9, rngs: nnx.Rngs
+    ) -> None:
+        init = nnx.initializers.he_normal()
+        self.conv1 = nnx.Conv(in_features, out_features, (3, 3), kernel_init=init, rngs=rngs)
+        self.bn1 = nnx.BatchNorm(out_features, momentum=bn_momentum, rngs=rngs)
+        self.conv2 = nnx.Conv(out_features, out_features, (3, 3), kernel_init=init, rngs=rngs)
+        self.bn2 = nnx.BatchNorm(out_features, momentum=bn_momentum, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # noqa: D102
+        x = nnx.relu(self.bn1(self.conv1(x)))
+        return nnx.relu(self.bn2(self.conv2(x)))
+
+
+class UNet(nnx.Module):
+    """A U-Net with configurable depth and widths (Flax NNX, NHWC).
+
+    Encoder: per level a :class:`ConvBlock` then 2×2 max-pooling; a centre block; decoder: per
+    level an up-sampling (1×1 convolution to ``4·C`` channels + :func:`depth_to_space`), the
+    concatenation with the encoder's skip connection, and a :class:`ConvBlock`; a 1×1
+    convolution head.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Input bands; outputs (regression targets, 1 logit for binary segmentation, or one logit
+        per class).
+    widths : sequence of int, optional
+        Encoder widths, one per level (the depth is ``len(widths)``). Default: the ``"small"``
+        preset; ``PRESETS["seed"]`` is the 32-64-128-256-512 network.
+    center : int, optional
+        Width of the centre block (default twice the last width).
+    head : {"regression", "segmentation"}
+        Regression applies ``activation``; segmentation returns logits (the losses and
+        :func:`apply_tiles` apply the sigmoid/softmax).
+    activation : {"linear", "sigmoid"}
+        Output activation of the regression head.
+    bn_momentum : float
+        Momentum of the BatchNorm running statistics.
+    rngs : nnx.Rngs
+        Random state for the initialisation.
+
+    Notes
+    -----
+    Input height and width must be multiples of ``2 ** depth``.
+
+    Examples
+    --------
+    :func:`build_unet` builds one with a fast (numpy) initialisation:
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> net = build_unet({"in_channels": 3, "widths": [4, 8], "center": 8})
+    >>> forward = nnx.jit(lambda model, x: model(x))
+    >>> forward(net, jnp.zeros((2, 16, 16, 3))).shape
+    (2, 16, 16, 1)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int = 1,
+        *,
+        widths: Sequence[int] | None = None,
+        center: int | None = None,
+        head: str = "regression",
+        activation: str = "linear",
+        bn_momentum: float = 0.9,
+        rngs: nnx.Rngs,
+    ) -> None:
+        widths = tuple(int(w) for w in (PRESETS["small"]["widths"] if widths is None else widths))
+        if not widths or any(w < 1 for w in widths):
+            raise InputError(f"widths must be a non-empty sequence of positive ints; got {widths}")
+        if head not in _HEADS:
+            raise InputError(f"head must be one of {list(_HEADS)}; got {head!r}")
+        if activation not in _ACTIVATIONS:
+            raise InputError(f"activation must be one of {list(_ACTIVATIONS)}; got {activation!r}")
+        center = 2 * widths[-1] if center is None else int(center)
+        self.depth = len(widths)
+        self.head_kind = head
+        self.activation = activation
+        self.encoders = nnx.List()
+        cin = in_channels
+        for w in widths:
+            self.encoders.append(ConvBlock(cin, w, bn_momentum=bn_momentum, rngs=rngs))
+            cin = w
+        self.center = ConvBlock(cin, center, bn_momentum=bn_momentum, rngs=rngs)
+        self.ups = nnx.List()
+        self.decoders = nnx.List()
+        cin = center
+        for w in reversed(widths):
+            self.ups.append(nnx.Conv(cin, 4 * w, (1, 1), rngs=rngs))
+            self.decoders.append(ConvBlock(2 * w, w, bn_momentum=bn_momentum, rngs=rngs))
+            cin = w
+        self.head = nnx.Conv(cin, out_channels, (1, 1), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # noqa: D102
+        mult = 2**self.depth
+        if x.ndim != 4 or x.shape[1] % mult or x.shape[2] % mult:
+            raise InputError(
+                f"UNet input must be NHWC with height and width multiples of {mult} "
+                f"(2**depth); got shape {tuple(x.shape)}"
+            )
+        skips = []
+        for block in self.encoders:
+            x = block(x)
+            skips.append(x)
+            x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+        x = self.center(x)
+        for up, block, skip in zip(self.ups, self.decoders, reversed(skips), strict=True):
+            x = depth_to_space(up(x))
+            x = block(jnp.concatenate([x, skip], axis=-1))
+        x = self.head(x)
+        if self.head_kind == "regression" and self.activation == "sigmoid":
+            x = nnx.sigmoid(x)
+        return x
+
+
+def _unet_kwargs(architecture: Mapping[str, Any]) -> dict[str, Any]:
+    arch = dict(architecture)
+    unknown = set(arch) - {
+        "in_channels",
+        "out_channels",
+        "widths",
+        "center",
+        "head",
+        "activation",
+        "bn_momentum",
+    }
+    if unknown or "in_channels" not in arch:
+        raise ModelError(
+            f"architecture must have 'in_channels' and only known keys; got {sorted(architecture)}"
+        )
+    return {
+        "in_channels": int(arch["in_channels"]),
+        "out_channels": int(arch.get("out_channels", 1)),
+        "widths": arch.get("widths"),
+        "center": arch.get("center"),
+        "head": arch.get("head", "regression"),
+        "activation": arch.get("activation", "linear"),
+        "bn_momentum": float(arch.get("bn_momentum", 0.9)),
+    }
+
+
+def abstract_unet(architecture: Mapping[str, Any]) -> UNet:
+    """Build a :class:`UNet` of shapes only (no computation), e.g. to restore parameters into."""
+    kwargs = _unet_kwargs(architecture)
+    return nnx.eval_shape(lambda: UNet(**kwargs, rngs=nnx.Rngs(0)))
+
+
+def init_params(model: UNet, seed: int = 0) -> dict[str, Any]:
+    """Draw initial parameters for ``model`` with numpy, as a nested dict of arrays.
+
+    He-normal convolution kernels (the layers feed ReLUs), zero biases, unit BatchNorm scales and
+    variances, zero means. Drawn with :class:`numpy.random.Generator` from ``seed`` in a fixed
+    order, so equal seeds give identical parameters, and without compiling one XLA program per
+    parameter shape (which JAX's own initialisers do and which is slow on small CPUs).
+    """
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        shape, name = tuple(var.shape), path[-1]
+        if name == "kernel":
+            fan_in = int(np.prod(shape[:-1]))
+            value = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+        elif name in ("scale", "var"):
+            value = np.ones(shape)
+        else:  # bias, running mean
+            value = np.zeros(shape)
+        flat[path] = value.astype(np.float32)
+    return _unflatten(flat)
+
+
+def _unflatten(flat: Mapping[tuple, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(str(key), {})
+        node[str(path[-1])] = value
+    return out
+
+
+def build_unet(architecture: Mapping[str, Any], *, seed: int = 0, params=None) -> UNet:
+    """Build a :class:`UNet` from the ``architecture`` mapping of a model config.
+
+    Parameters are :func:`init_params` of ``seed``, or ``params`` (a nested dict of arrays as
+    returned by :func:`unet_params`) when given.
+
+    Examples
+    --------
+    >>> net = build_unet({"in_channels": 2, "out_channels": 1, "widths": [4], "center": 4})
+    >>> net.depth
+    1
+    """
+    model = abstract_unet(architecture)
+    graphdef, template = nnx.split(model)
+    state = _state_from_params(template, init_params(model, seed) if params is None else params)
+    return nnx.merge(graphdef, state)
+
+
+def unet_params(model: UNet) -> dict[str, Any]:
+    """Return the state of ``model`` (BatchNorm statistics included) as nested numpy arrays.
+
+    Keys are strings (list indices too), so the dict serialises to msgpack/JSON-like formats.
+
+    Examples
+    --------
+    >>> net = build_unet({"in_channels": 2, "widths": [4], "center": 4})
+    >>> unet_params(net)["head"]["kernel"].shape
+    (1, 1, 4, 1)
+    """
+    pure = nnx.to_pure_dict(nnx.state(model))
+    flat = {path: np.asarray(v) for path, v in nnx.traversals.flatten_mapping(pure).items()}
+    return _unflatten(flat)
+
+
+def receptive_field_radius(depth: int) -> int:
+    """Theoretical receptive-field radius (pixels) of a U-Net of ``depth`` levels.
+
+    At level ``l`` (pixels of size ``2**l``) each 3×3 convolution adds ``2**l`` and the 2×2 pool
+    ``2**l``; two convolutions on the way down, two on the way up, two in the centre.
+
+    Examples
+    --------
+    >>> receptive_field_radius(2)
+    23
+    """
+    return sum(5 * 2**level for level in range(depth)) + 2 * 2**depth
+
+
+def default_halo(depth: int) -> int:
+    """Default halo (pixels) for blockwise prediction with a U-Net of ``depth`` levels.
+
+    The theoretical radius rounded up to a multiple of ``max(32, 2**depth)``, capped at
+    ``max(64, 2**depth)``: the effective receptive field is far smaller than the theoretical one
+    for deep networks (the night-lights workflow used a 64-px buffer for its depth-5 U-Net).
+
+    Examples
+    --------
+    >>> default_halo(2), default_halo(3), default_halo(5)
+    (32, 64, 64)
+    """
+    step = max(32, 2**depth)
+    radius = receptive_field_radius(depth)
+    return min(math.ceil(radius / step) * step, max(64, 2**depth))
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference on tiles
+# ----------------------------------------------------------------------------------------------
+
+_compiles = 0
+_compiles_lock = threading.Lock()
+
+
+def compile_count() -> int:
+    """Count the times the tile-apply function has been traced (compiled) in this process.
+
+    Examples
+    --------
+    >>> compile_count() >= 0
+    True
+    """
+    return _compiles
+
+
+def _count_compile() -> None:
+    global _compiles
+    with _compiles_lock:
+        _compiles += 1
+
+
+@functools.lru_cache(maxsize=16)
+def _inference_program(config_json: str):
+    """Model graph, state template and jitted apply function for one config (cached)."""
+    config = json.loads(config_json)
+    model = abstract_unet(config["architecture"])
+    model.eval()
+    graphdef, template = nnx.split(model)
+    mean = jnp.asarray(config["input_mean"], jnp.float32)
+    std = jnp.asarray(config["input_std"], jnp.float32)
+    output = config["output"]
+    offset = jnp.asarray(config.get("target_offset", [0.0]), jnp.float32)
+    scale = jnp.asarray(config.get("target_scale", [1.0]), jnp.float32)
+
+    def apply(state, x):
+        _count_compile()  # runs once per trace, i.e. once per compiled shape
+        x = jnp.transpose(x, (0, 2, 3, 1))
+        x = (x - mean) / std
+        x = jnp.where(jnp.isnan(x), 0.0, x)
+        y = nnx.merge(graphdef, state)(x)
+        if output == "regression":
+            y = y * scale + offset
+        elif output == "binary":
+            y = jax.nn.sigmoid(y)
+        else:
+            y = jax.nn.softmax(y, axis=-1)
+        return jnp.transpose(y, (0, 3, 1, 2)).astype(jnp.float32)
+
+    return template, jax.jit(apply)
+
+
+def _state_from_params(template, params: Mapping[str, Any]):
+    """Copy the state ``template`` with the values of ``params`` (checked leaf by leaf)."""
+    expected = {tuple(str(k) for k in path): var for path, var in nnx.to_flat_state(template)}
+    try:
+        given = {
+            tuple(str(k) for k in path): v
+            for path, v in nnx.traversals.flatten_mapping(params).items()
+        }
+    except (AttributeError, TypeError) as err:
+        raise ModelError(f"parameters must be a nested dict of arrays; got {type(params)}") from err
+    if set(given) != set(expected):
+        missing = sorted("/".join(p) for p in set(expected) - set(given))
+        extra = sorted("/".join(p) for p in set(given) - set(expected))
+        raise ModelError(
+            f"parameters do not match the architecture: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}"
+        )
+    for path, var in expected.items():
+        if tuple(np.shape(given[path])) != tuple(var.shape):
+            raise ModelError(
+                f"parameter {'/'.join(path)} has shape {np.shape(given[path])}; "
+                f"the architecture expects {tuple(var.shape)}"
+            )
+    state = jax.tree.map(lambda a: a, template)
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+    return state
+
+
+def apply_tiles(config: Mapping[str, Any], params: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
+    """Apply a fitted U-Net to a batch of tiles.
+
+    Parameters
+    ----------
+    config : dict
+        JSON-able description from ``estimator.inference_state()``: ``architecture``,
+        ``input_mean``/``input_std`` (per band), ``output`` (``"regression"``, ``"binary"`` or
+        ``"multiclass"``) and, for regression, ``target_offset``/``target_scale``.
+    params : dict
+        Nested dict of numpy arrays: the network state, BatchNorm statistics included.
+    x : numpy.ndarray
+        float32 ``(n, band, h, w)``, ``h`` and ``w`` multiples of ``2 ** depth``. NaN inputs are
+        replaced by the band mean (0 after normalisation).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(n, out, h, w)``: regression values in the target's units; for ``"binary"`` the
+        probability of the positive class (one band); for ``"multiclass"`` one probability per
+        class (in ``classes`` order).
+
+    Notes
+    -----
+    The network is built and jitted once per ``config`` (cached on its JSON text, so it works in
+    fresh worker processes), and compiled once per input shape: pad tiles to one shape.
+    :func:`compile_count` counts the compilations.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> arch = {"in_channels": 2, "out_channels": 1, "widths": [4], "center": 4}
+    >>> params = unet_params(build_unet(arch))
+    >>> config = {"architecture": arch, "input_mean": [0, 0], "input_std": [1, 1],
+    ...           "output": "regression", "target_offset": [10.0], "target_scale": [1.0]}
+    >>> apply_tiles(config, params, np.zeros((3, 2, 8, 8), np.float32)).shape
+    (3, 1, 8, 8)
+    """
+    try:
+        key = json.dumps(config, sort_keys=True)
+    except TypeError as err:
+        raise ModelError(f"config must be JSON-serialisable: {err}") from err
+    x = np.asarray(x, dtype=np.float32)
+    arch = config.get("architecture", {})
+    if x.ndim != 4 or x.shape[1] != arch.get("in_channels"):
+        raise InputError(
+            f"tiles must be (n, band, h, w) with {arch.get('in_channels')} bands; "
+            f"got shape {x.shape}"
+        )
+    mult = 2 ** len(arch.get("widths", PRESETS["small"]["widths"]))
+    if x.shape[2] % mult or x.shape[3] % mult:
+        raise InputError(
+            f"tile height and width must be multiples of {mult} (2**depth); got {x.shape[2:]}"
+        )
+    template, fn = _inference_program(key)
+    state = _state_from_params(template, params)
+    return np.asarray(fn(state, jnp.asarray(x)))
