@@ -58,9 +58,11 @@ def write_stac(
     catalog_id : str
         The catalog's id.
     encodings : Mapping, optional
-        ``{cube: {band: {"dtype", "nodata", "scale", "offset"}}}``: how to store bands on disk.
-        The stored value is ``(value - offset) / scale`` rounded to ``dtype``, NaN becoming
-        ``nodata``. Defaults to ``scene.encodings`` where the scene has them; bands without an
+        ``{cube: {band: {"dtype", "nodata", "scale", "offset"}}}``: how bands are stored on disk.
+        The cube's values are written as they are (rounded to an integer ``dtype``, NaN becoming
+        ``nodata``); ``scale`` and ``offset`` are recorded in ``raster:bands`` so that readers
+        compute ``value * scale + offset`` (the cube holds digital numbers, as the product
+        does). Defaults to ``scene.encodings`` where the scene has them; bands without an
         entry are written as float32 with NaN nodata.
     blocksize : int
         Tile size of the COGs (a multiple of 16).
@@ -242,10 +244,6 @@ def _write_cog(
     scale = enc.get("scale")
     offset = enc.get("offset")
     stored = values.astype(np.float64)
-    if offset is not None:
-        stored = stored - offset
-    if scale is not None:
-        stored = stored / scale
     missing = np.isnan(stored)
     if np.issubdtype(dtype, np.integer):
         nodata = enc.get("nodata")
