@@ -143,7 +143,7 @@ def open_stac(
 
     try:
         raw = stackstac.stack(
-            [item.to_dict(transform_hrefs=False) for item in stac_items],
+            [_stackstac_dict(item, position) for position, item in enumerate(stac_items)],
             assets=list(asset_keys),
             **to_stackstac(gbox),
             chunksize=_stackstac_chunks(chunks),
@@ -161,12 +161,17 @@ def open_stac(
     except ValueError as err:  # stackstac's metadata checks, e.g. multi-band raster:bands
         raise SourceError(f"stackstac cannot stack these items: {err}") from err
 
+    # stackstac drops items (and assets) that miss the grid entirely; the item ids we gave it are
+    # positions, so the surviving items are known, and dropped assets come back as NaN bands.
+    kept = [int(i) for i in raw.coords["id"].values]
+    if not kept:
+        raise GridError(f"the grid {_bounds_text(gbox)} does not overlap any selected asset")
+    cube = xr.DataArray(raw.data, dims=_DIMS, coords={"band": list(raw.band.values)})
+    if cube.sizes["band"] != len(asset_keys):
+        cube = cube.reindex(band=list(asset_keys), fill_value=np.float32(np.nan))
+    stac_items = [stac_items[i] for i in kept]
     times = pd.DatetimeIndex([_item_time(item) for item in stac_items])
-    cube = xr.DataArray(
-        raw.data,
-        dims=_DIMS,
-        coords={"time": times.values, "band": list(band_names)},
-    )
+    cube = cube.assign_coords(time=times.values, band=list(band_names))
     cube = _apply_nodata_scale(cube, stac_items, asset_keys, scale_offset=scale_offset)
     cube = assign_grid(cube, gbox)
     cube.attrs = {"source": "stac", "scale_offset_applied": int(bool(scale_offset))}
@@ -174,6 +179,19 @@ def open_stac(
 
 
 # --- metadata: items -------------------------------------------------------------------------
+
+
+def _bounds_text(gbox: GeoBox) -> str:
+    crs = f"EPSG:{gbox.crs.epsg}" if gbox.crs.epsg is not None else "its CRS"
+    return f"{tuple(round(v, 3) for v in gbox.boundingbox)} in {crs}"
+
+
+def _stackstac_dict(item: pystac.Item, position: int) -> dict:
+    as_dict = item.to_dict(transform_hrefs=False)
+    as_dict["id"] = str(position)
+    if item.bbox is not None:  # pystac leaves bbox out when geometry is None
+        as_dict["bbox"] = list(item.bbox)
+    return as_dict
 
 
 def _describe(obj: Any) -> str:
@@ -385,10 +403,9 @@ def _check_overlap(footprints: list[_Footprint], gbox: GeoBox) -> None:
         except Exception:  # a footprint that cannot be projected may still overlap
             return
     if known:
-        bb = gbox.boundingbox
         raise GridError(
-            f"the grid {tuple(round(v, 3) for v in bb)} in {gbox.crs} does not overlap any of "
-            f"the {len(footprints)} selected assets"
+            f"the grid {_bounds_text(gbox)} does not overlap any of the {len(footprints)} "
+            "selected assets"
         )
 
 
