@@ -586,5 +586,5 @@ def dilate(mask: xr.DataArray, radius: int) -> xr.DataArray:
         )
     else:
         out = _dilate_block(data, radius)
-    result = xr.DataArray(out, dims=arr_da.dims, coords=arr_da.coords, name=mask.name)
+    result = arr_da.copy(data=out)
     return result.transpose(*mask.dims)
