@@ -132,3 +132,27 @@ def test_lbp_chunking_invariance(ny, nx, cy, cx, points, radius, seed):
     chunked = xf.lbp(cube.chunk({"y": cy, "x": cx}), points, radius)
     np.testing.assert_array_equal(chunked.values, eager.values)
     np.testing.assert_array_equal(eager.values, _skimage_lbp(data, points, radius))
+
+
+@pytest.mark.data
+def test_lbp_on_real_landsat_band(shared_data):
+    import rioxarray
+    from scipy.ndimage import maximum_filter
+
+    path = next((shared_data / "landsat_c2l2_stac" / "assets3").glob("*_SR_B4.TIF"))
+    band = rioxarray.open_rasterio(path, chunks={"x": 48, "y": 48}).isel(
+        y=slice(0, 128), x=slice(0, 160)
+    )
+    cube = band.where(band != 0).astype(np.float32).assign_coords(band=["SR_B4"])
+    with raise_if_dask_computes():
+        out = xf.lbp(cube, 16, 2)
+    np.testing.assert_array_equal(out.values, xf.lbp(cube.compute(), 16, 2).values)
+    dn = band.values[0].astype(np.int64)
+    nodata = dn == 0
+    assert 0.05 < nodata.mean() < 0.95  # the crop holds the scene's edge
+    expected = local_binary_pattern(dn, 16, 2, method="uniform")  # integer DN: no warning
+    # away from nodata (no fill pixel within the circle) the codes are scikit-image's
+    clean = ~maximum_filter(nodata, size=2 * 2 + 3)
+    np.testing.assert_array_equal(out.values[0][clean], expected[clean])
+    np.testing.assert_array_equal(np.isnan(out.values[0]), nodata)
+    assert out.rio.crs == band.rio.crs
