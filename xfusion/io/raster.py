@@ -9,6 +9,7 @@ grid is given, warped onto it with odc-geo's Dask-native :func:`~odc.geo.xr.xr_r
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -229,12 +230,15 @@ def _open_one(
 
 def _open_gdal(path: str, sizes: dict[str, int], *, nodata, scale_offset) -> xr.DataArray:
     try:
-        da = rioxarray.open_rasterio(
-            path,
-            chunks={"band": sizes["band"], "y": sizes["y"], "x": sizes["x"]},
-            masked=True,
-            mask_and_scale=False,
-        )
+        with warnings.catch_warnings():
+            # Per-band scales/offsets are read from the 'scales'/'offsets' attributes below.
+            warnings.filterwarnings("ignore", "(Scales|Offsets) differ across bands")
+            da = rioxarray.open_rasterio(
+                path,
+                chunks={"band": sizes["band"], "y": sizes["y"], "x": sizes["x"]},
+                masked=True,
+                mask_and_scale=False,
+            )
     except (rasterio.errors.RasterioError, OSError, ValueError) as err:
         raise SourceError(f"cannot open raster {path!r}: {err}") from err
     if isinstance(da, list | xr.Dataset):
