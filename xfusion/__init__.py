@@ -19,7 +19,7 @@ from xfusion.preprocess.fuse import fuse
 from xfusion.preprocess.lags import lags
 from xfusion.preprocess.mask import dilate, mask_bits, mask_classes, mask_range, scale
 from xfusion.preprocess.resample import resample
-from xfusion.preprocess.sample import patches, sample
+from xfusion.preprocess.sample import class_balance, dihedral, patches, sample
 from xfusion.preprocess.texture import lbp
 
 # ``xf.grid`` is the function; its adapters hang off it so ``xf.grid.to_xee(g)`` reads naturally.
@@ -30,7 +30,9 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "accessor",
+    "class_balance",
     "composite",
+    "dihedral",
     "dilate",
     "errors",
     "fuse",

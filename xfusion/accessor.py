@@ -74,8 +74,8 @@ class XFusionAccessor(_Base):
     def resample(self, grid_or_like, resampling="average"):  # noqa: D102
         return _resample.resample(self._obj, grid_or_like, resampling)
 
-    def lags(self, n, *, cloud_score=None):  # noqa: D102
-        return _lags.lags(self._obj, n, cloud_score=cloud_score)
+    def lags(self, n, *, cloud_score=None, **kwargs):  # noqa: D102
+        return _lags.lags(self._obj, n, cloud_score=cloud_score, **kwargs)
 
     def lbp(self, points=8, radius=1):  # noqa: D102
         return _texture.lbp(self._obj, points, radius)
