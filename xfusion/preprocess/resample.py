@@ -19,6 +19,7 @@ small input tiles do not turn into tiny output chunks.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Hashable
 from functools import partial
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ from odc.geo.geobox import GeoBox
 from odc.geo.overlap import compute_reproject_roi
 from odc.geo.xr import xr_coords
 from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
 
 from xfusion._kernels.aggregate import aggregate_blocks, aggregate_pieces
 from xfusion.errors import GridError, InputError
@@ -42,6 +44,16 @@ from xfusion.grids import as_geobox, geobox_of
 __all__ = ["RESAMPLING", "is_aligned", "resample"]
 
 T_Xarray = TypeVar("T_Xarray", xr.DataArray, xr.Dataset)
+
+# rasterio's in-memory warp datasets report a missing geotransform when several threads warp at
+# once, although every call passes explicit transforms (results equal the single-threaded warp,
+# which tests check); silence only that message from rasterio.warp.
+warnings.filterwarnings(
+    "ignore",
+    message="Dataset has no geotransform, gcps, or rpcs",
+    category=NotGeoreferencedWarning,
+    module="rasterio.warp",
+)
 
 #: Resampling methods understood by :func:`resample`.
 RESAMPLING = ("average", "sum", "mode", "nearest", "bilinear", "cubic", "min", "max")
