@@ -127,7 +127,7 @@ def _band_names(da: xr.DataArray, func: str) -> list[Hashable]:
         raise InputError(
             f"{func} needs a 'band' dimension holding the quality band; cube dims are {da.dims}"
         )
-    return list(da["band"].values)
+    return da["band"].values.tolist()
 
 
 def _float_dtype(dtype: np.dtype) -> np.dtype:
@@ -349,7 +349,7 @@ def _by_band(obj: xr.DataArray, value: Any, default: float, what: str) -> Any:
             raise InputError(f"{what} must be a number or a mapping of band name -> number")
         return value
     if "band" in obj.dims:
-        bands = list(obj["band"].values)
+        bands = obj["band"].values.tolist()
         unknown = [k for k in value if k not in bands]
         if unknown:
             raise BandError(f"{what} names bands {unknown} not in cube; bands are {bands}")
@@ -366,7 +366,7 @@ def _check_mapping_keys(ds: xr.Dataset, value: Any, what: str) -> None:
     if isinstance(value, Mapping):
         known = set(ds.data_vars)
         if "band" in ds.dims:
-            known |= set(ds["band"].values)
+            known |= set(ds["band"].values.tolist())
         unknown = [k for k in value if k not in known]
         if unknown:
             raise BandError(
