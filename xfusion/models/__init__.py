@@ -1,0 +1,43 @@
+"""Models: the Flax U-Net and its estimators, ridge models, blockwise prediction, persistence.
+
+Names are imported on first use, so ``import xfusion`` does not pay for importing JAX and Flax.
+
+>>> from xfusion import models
+>>> models.UNetRegressor(epochs=3).epochs
+3
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "KernelRidge",
+    "Ridge",
+    "UNet",
+    "UNetRegressor",
+    "UNetSegmenter",
+    "load_model",
+]
+
+_LAZY = {
+    "UNet": "xfusion.models.unet",
+    "UNetRegressor": "xfusion.models.estimators",
+    "UNetSegmenter": "xfusion.models.estimators",
+    "Ridge": "xfusion.models.ridge",
+    "KernelRidge": "xfusion.models.ridge",
+    "load_model": "xfusion.models.persist",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -361,11 +361,12 @@ def _inference_program(config_json: str):
     model = abstract_unet(config["architecture"])
     model.eval()
     graphdef, template = nnx.split(model)
-    mean = jnp.asarray(config["input_mean"], jnp.float32)
-    std = jnp.asarray(config["input_std"], jnp.float32)
+    # numpy constants: jnp.asarray outside a trace compiles a program per shape
+    mean = np.asarray(config["input_mean"], np.float32)
+    std = np.asarray(config["input_std"], np.float32)
     output = config["output"]
-    offset = jnp.asarray(config.get("target_offset", [0.0]), jnp.float32)
-    scale = jnp.asarray(config.get("target_scale", [1.0]), jnp.float32)
+    offset = np.asarray(config.get("target_offset", [0.0]), np.float32)
+    scale = np.asarray(config.get("target_scale", [1.0]), np.float32)
 
     def apply(state, x):
         _count_compile()  # runs once per trace, i.e. once per compiled shape
@@ -408,7 +409,7 @@ def _state_from_params(template, params: Mapping[str, Any]):
                 f"the architecture expects {tuple(var.shape)}"
             )
     state = jax.tree.map(lambda a: a, template)
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+    nnx.replace_by_pure_dict(state, jax.device_put(params))
     return state
 
 
@@ -468,4 +469,4 @@ def apply_tiles(config: Mapping[str, Any], params: Mapping[str, Any], x: np.ndar
         )
     template, fn = _inference_program(key)
     state = _state_from_params(template, params)
-    return np.asarray(fn(state, jnp.asarray(x)))
+    return np.asarray(fn(state, x))
