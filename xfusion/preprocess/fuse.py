@@ -117,12 +117,13 @@ def fuse(
     if not callable(mosaic) and mosaic not in MOSAIC:
         raise InputError(f"unknown mosaic {mosaic!r}; expected one of {MOSAIC} or a callable")
     explicit = _check_resampling(resampling, sources)
+    coarser_method = resampling if isinstance(resampling, str) else "average"
 
     fused: dict[str, xr.DataArray] = {}
     provenance: dict[str, dict[str, Any]] = {}
     for name, value in sources.items():
         cubes = _as_cubes(name, value)
-        method = explicit.get(name) or choose_resampling(cubes[0], dst, resampling)  # type: ignore[arg-type]
+        method = explicit.get(name) or choose_resampling(cubes[0], dst, coarser_method)
         parts = [resample(cube, dst, method) for cube in cubes]
         fused[name] = mosaic_cubes(parts, mosaic) if len(parts) > 1 else parts[0]
         grids = [geobox_of(cube) for cube in cubes]
