@@ -1,0 +1,200 @@
+"""The U-Net architecture and its tile-level inference (apply_tiles)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from xfusion.errors import InputError, ModelError
+from xfusion.models import unet
+from xfusion.models.unet import (
+    UNet,
+    abstract_unet,
+    apply_tiles,
+    build_unet,
+    compile_count,
+    default_halo,
+    depth_to_space,
+    receptive_field_radius,
+    unet_params,
+)
+
+ARCH = {"in_channels": 2, "out_channels": 1, "widths": [4, 8], "center": 8}
+
+
+@pytest.mark.parametrize(
+    ("widths", "size"),
+    [((4,), (6, 10)), ((4, 8), (16, 12)), ((4, 8, 8), (8, 24)), ((2, 2, 2, 2, 2), (32, 64))],
+)
+def test_output_shape_for_depths_and_sizes(widths, size):
+    net = abstract_unet({"in_channels": 3, "out_channels": 5, "widths": widths})
+    out = nnx.eval_shape(lambda m, x: m(x), net, jax.ShapeDtypeStruct((2, *size, 3), jnp.float32))
+    assert out.shape == (2, *size, 5)
+    assert net.depth == len(widths)
+
+
+def test_seed_preset_is_the_published_network():
+    net = abstract_unet({"in_channels": 9, **unet.PRESETS["seed"]})
+    assert [b.conv1.out_features for b in net.encoders] == [32, 64, 128, 256, 512]
+    assert net.center.conv2.out_features == 1024
+    assert [b.conv2.out_features for b in net.decoders] == [512, 256, 128, 64, 32]
+    # up-sampling: 1x1 convolutions to 4*C channels
+    assert [u.kernel_size for u in net.ups] == [(1, 1)] * 5
+    assert [u.out_features for u in net.ups] == [4 * c for c in (512, 256, 128, 64, 32)]
+
+
+def test_size_not_multiple_of_two_to_depth_is_rejected():
+    net = abstract_unet(ARCH)
+    with pytest.raises(InputError, match="multiples of 4"):
+        nnx.eval_shape(lambda m, x: m(x), net, jax.ShapeDtypeStruct((1, 10, 8, 2), jnp.float32))
+    with pytest.raises(InputError, match="widths"):
+        UNet(2, widths=(), rngs=nnx.Rngs(0))
+    with pytest.raises(InputError, match="head"):
+        UNet(2, widths=(4,), head="detection", rngs=nnx.Rngs(0))
+
+
+def test_depth_to_space_matches_reference_ordering():
+    x = np.random.default_rng(0).normal(size=(2, 3, 5, 4 * 3)).astype(np.float32)
+    out = np.asarray(depth_to_space(jnp.asarray(x)))
+    ref = np.empty((2, 6, 10, 3), np.float32)
+    for dy in range(2):
+        for dx in range(2):
+            k = dy * 2 + dx
+            ref[:, dy::2, dx::2, :] = x[..., k * 3 : (k + 1) * 3]
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_one_by_one_conv_plus_depth_to_space_is_a_transposed_convolution():
+    rng = np.random.default_rng(1)
+    cin, cout = 3, 2
+    x = rng.normal(size=(1, 4, 5, cin)).astype(np.float32)
+    w = rng.normal(size=(2, 2, cin, cout)).astype(np.float32)  # (ky, kx, in, out)
+    # 1x1 kernel mapping: output channel (dy*2+dx)*cout + c takes w[dy, dx, :, c]
+    k1 = w.transpose(2, 0, 1, 3).reshape(cin, 4 * cout)
+    fast = depth_to_space(jnp.einsum("nhwi,io->nhwo", x, k1))
+    # independent reference: each input pixel scatters a 2x2 patch (stride-2 transposed conv)
+    ref = np.zeros((1, 8, 10, cout), np.float32)
+    for i in range(4):
+        for j in range(5):
+            ref[0, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2] = np.einsum("i,yxio->yxo", x[0, i, j], w)
+    np.testing.assert_allclose(np.asarray(fast), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_build_is_deterministic_and_params_round_trip():
+    a, b = unet_params(build_unet(ARCH, seed=3)), unet_params(build_unet(ARCH, seed=3))
+    c = unet_params(build_unet(ARCH, seed=4))
+    leaves = jax.tree.leaves
+    assert all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b), strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(c), strict=True))
+    rebuilt = unet_params(build_unet(ARCH, params=a))
+    assert all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(rebuilt), strict=True))
+    # He-normal kernels: std close to sqrt(2 / fan_in)
+    k = a["encoders"]["1"]["conv1"]["kernel"]
+    assert abs(k.std() / np.sqrt(2 / (9 * 4)) - 1) < 0.25
+
+
+def test_params_of_another_architecture_are_rejected():
+    params = unet_params(build_unet(ARCH))
+    with pytest.raises(ModelError, match="shape"):
+        build_unet({**ARCH, "center": 16}, params=params)
+    del params["head"]
+    with pytest.raises(ModelError, match="missing"):
+        build_unet(ARCH, params=params)
+
+
+def _config(**kw):
+    return {
+        "architecture": ARCH,
+        "input_mean": [1.0, -2.0],
+        "input_std": [2.0, 0.5],
+        "output": "regression",
+        "target_offset": [10.0],
+        "target_scale": [3.0],
+        **kw,
+    }
+
+
+def test_apply_tiles_equals_the_network_in_eval_mode():
+    params = unet_params(build_unet(ARCH, seed=1))
+    # non-trivial BatchNorm statistics, so eval mode matters
+    rng = np.random.default_rng(0)
+    for block in params["encoders"].values():
+        block["bn1"]["mean"] = rng.normal(size=block["bn1"]["mean"].shape).astype(np.float32)
+        block["bn1"]["var"] = rng.uniform(0.5, 2, size=block["bn1"]["var"].shape).astype(np.float32)
+    x = rng.normal(size=(2, 2, 8, 8)).astype(np.float32)
+    out = apply_tiles(_config(), params, x)
+    assert out.dtype == np.float32 and out.shape == (2, 1, 8, 8)
+
+    net = build_unet(ARCH, params=params)
+    net.eval()
+    norm = (x - np.array([1.0, -2.0])[:, None, None]) / np.array([2.0, 0.5])[:, None, None]
+    ref = nnx.jit(lambda m, v: m(v))(net, norm.transpose(0, 2, 3, 1).astype(np.float32))
+    ref = np.asarray(ref).transpose(0, 3, 1, 2) * 3.0 + 10.0
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_apply_tiles_fills_nan_with_the_band_mean_and_applies_heads():
+    params = unet_params(build_unet(ARCH, seed=2))
+    x = np.random.default_rng(1).normal(size=(2, 2, 8, 8)).astype(np.float32)
+    holes = x.copy()
+    holes[0, 0, 2:4, 3] = np.nan
+    holes[1, 1, 5, :] = np.nan
+    filled = x.copy()
+    filled[0, 0, 2:4, 3] = 1.0  # the band means of _config()
+    filled[1, 1, 5, :] = -2.0
+    np.testing.assert_array_equal(
+        apply_tiles(_config(), params, holes), apply_tiles(_config(), params, filled)
+    )
+
+    binary = apply_tiles(_config(output="binary"), params, x)
+    logits = (apply_tiles(_config(), params, x) - 10.0) / 3.0  # undo the target scaling
+    np.testing.assert_allclose(binary, 1 / (1 + np.exp(-logits)), rtol=1e-4, atol=1e-5)
+
+    arch3 = {**ARCH, "out_channels": 3}
+    p3 = unet_params(build_unet(arch3))
+    proba = apply_tiles(_config(architecture=arch3, output="multiclass"), p3, x)
+    assert proba.shape == (2, 3, 8, 8)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_apply_tiles_compiles_once_per_shape():
+    params = unet_params(build_unet(ARCH, seed=5))
+    config = _config(input_mean=[0.5, 0.5])  # a config no other test uses
+    x = np.zeros((2, 2, 8, 8), np.float32)
+    before = compile_count()
+    apply_tiles(config, params, x)
+    apply_tiles(config, params, x + 1)
+    apply_tiles(config, unet_params(build_unet(ARCH, seed=6)), x)  # new weights, same program
+    assert compile_count() == before + 1
+    apply_tiles(config, params, np.zeros((2, 2, 8, 12), np.float32))
+    assert compile_count() == before + 2
+
+
+def test_apply_tiles_rejects_bad_tiles():
+    params = unet_params(build_unet(ARCH))
+    with pytest.raises(InputError, match="multiples of 4"):
+        apply_tiles(_config(), params, np.zeros((1, 2, 6, 8), np.float32))
+    with pytest.raises(InputError, match="2 bands"):
+        apply_tiles(_config(), params, np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_receptive_field_is_within_the_stated_radius_and_halo():
+    depth = 2
+    net = build_unet(ARCH, seed=0)
+    net.eval()
+    size, centre = 64, 32
+
+    def centre_output(x):
+        return net(x)[0, centre, centre, 0]
+
+    x = np.random.default_rng(0).normal(size=(1, size, size, 2)).astype(np.float32)
+    grad = np.asarray(nnx.jit(jax.grad(centre_output))(x))[0]
+    rows, cols = np.nonzero(np.abs(grad).sum(-1) > 0)
+    reach = max(np.abs(rows - centre).max(), np.abs(cols - centre).max())
+    assert 0 < reach <= receptive_field_radius(depth)
+    assert default_halo(depth) >= receptive_field_radius(depth)
+    assert default_halo(depth) % 2**depth == 0
+    assert default_halo(5) % 32 == 0
