@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import warnings
 
+import dask
 import dask.array as dsa
 import numpy as np
 import pandas as pd
@@ -93,6 +94,17 @@ def test_periodic_composite_matches_numpy(chunks, freq):
     if chunks is not None:
         assert out.chunks[0] == (1,) * len(expected)
         assert out.chunks[2:] == x.chunks[2:]  # spatial blocks kept
+
+
+def test_long_periods_split_space_to_respect_chunk_size():
+    cube = _cube(n=40, shape=(32, 32)).chunk({"time": 1})
+    with dask.config.set({"array.chunk-size": "16KiB"}):
+        out = composite(cube, "median", freq="YS")
+    period_block = max(out.chunks[2]) * max(out.chunks[3]) * 2 * 4 * cube.sizes["time"]
+    assert period_block <= 2 * 16 * 1024  # within "auto"'s rounding of the limit
+    np.testing.assert_array_equal(out.values, composite(cube.compute(), "median", freq="YS").values)
+    # without pressure the spatial chunks are kept
+    assert composite(cube, "median", freq="YS").chunks[2:] == cube.chunks[2:]
 
 
 def test_sixteen_day_periods_count_from_start():

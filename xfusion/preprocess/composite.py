@@ -8,12 +8,15 @@ cube, only one period of one spatial block per task, and no ``groupby`` material
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, TypeVar
 
+import dask
 import dask.array as dsa
 import numpy as np
 import pandas as pd
 import xarray as xr
+from dask.utils import parse_bytes
 
 from xfusion.errors import EmptySelectionError, InputError
 
@@ -21,22 +24,48 @@ __all__ = ["COMPOSITE_METHODS", "composite"]
 
 T_Xarray = TypeVar("T_Xarray", xr.DataArray, xr.Dataset)
 
-_REDUCERS = {"median": np.nanmedian, "mean": np.nanmean, "min": np.nanmin, "max": np.nanmax}
 #: The reductions :func:`composite` accepts for ``how``.
-COMPOSITE_METHODS: tuple[str, ...] = tuple(_REDUCERS)
+COMPOSITE_METHODS: tuple[str, ...] = ("median", "mean", "min", "max")
 
 
 def _reduce_time(block: np.ndarray, how: str) -> np.ndarray:
-    """NaN-aware reduction over axis 0 (kept, length 1); all-NaN series give NaN silently."""
-    all_nan = np.isnan(block).all(axis=0)
-    has_empty = bool(all_nan.any())
-    if has_empty:
-        # numpy warns "All-NaN slice" / "Mean of empty slice" for these; fill them, reset after.
-        block = np.where(all_nan, 0, block)
-    out = _REDUCERS[how](block, axis=0, keepdims=True).astype(block.dtype, copy=False)
-    if has_empty:
-        out[0][all_nan] = np.nan
-    return out
+    """NaN-aware reduction over axis 0 (kept, length 1); all-NaN series give NaN silently.
+
+    numpy's ``nanmedian``/``nanmean``/``nanmin`` warn on all-NaN series (a normal case for
+    cloudy pixels), so the reductions are written without them.
+    """
+    if how in ("min", "max"):
+        # fmin/fmax ignore NaN and give NaN only where every value is NaN.
+        ufunc = np.fmin if how == "min" else np.fmax
+        return ufunc.reduce(block, axis=0, keepdims=True)
+    count = np.count_nonzero(~np.isnan(block), axis=0)[None]
+    if how == "mean":
+        total = np.nansum(block, axis=0, keepdims=True)
+        out = np.full(total.shape, np.nan, dtype=block.dtype)
+        return np.divide(total, count, out=out, where=count > 0)
+    # median: NaN sorts last, so the valid values of each series come first; an all-NaN series
+    # picks its first (NaN) element.
+    ordered = np.sort(block, axis=0)
+    lower = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0), axis=0)
+    upper = np.take_along_axis(ordered, np.minimum(count // 2, block.shape[0] - 1), axis=0)
+    return ((lower + upper) / 2).astype(block.dtype, copy=False)
+
+
+_SPATIAL = ("y", "x")
+
+
+def _period_chunks(data: dsa.Array, sizes: list[int], spatial_axes: list[int]) -> dict[int, Any]:
+    """Chunks with one period per time chunk, splitting space where blocks would grow too big.
+
+    A block then holds a whole period; when that exceeds Dask's ``array.chunk-size`` the spatial
+    chunks are made smaller (``"auto"``) so every task stays within the configured limit.
+    """
+    chunks: dict[int, Any] = {0: tuple(sizes)}
+    limit = parse_bytes(dask.config.get("array.chunk-size"))
+    block = max(sizes) * data.dtype.itemsize * math.prod(max(c) for c in data.chunks[1:])
+    if block > limit and spatial_axes:
+        chunks.update({ax: "auto" for ax in spatial_axes})
+    return chunks
 
 
 def _time_index(da: xr.DataArray) -> pd.DatetimeIndex:
@@ -115,8 +144,9 @@ def composite(
     -------
     xarray.DataArray or xarray.Dataset
         Floating-point composite (``float32`` unless ``da`` is ``float64``); chunked like ``da``
-        in space, with one chunk per period along ``time``. Coordinates along ``time`` other than
-        ``time`` itself are dropped.
+        in space, with one chunk per period along ``time`` (spatial chunks are made smaller
+        where one period of one block would exceed Dask's ``array.chunk-size``). Coordinates
+        along ``time`` other than ``time`` itself are dropped.
 
     Raises
     ------
@@ -138,7 +168,7 @@ def composite(
     >>> composite(cube, "max", freq="YS").values.ravel()
     array([ 3., 10.], dtype=float32)
     """
-    if how not in _REDUCERS:
+    if how not in COMPOSITE_METHODS:
         raise InputError(
             f"how={how!r} is not a composite method; expected one of {COMPOSITE_METHODS}"
         )
@@ -201,7 +231,9 @@ def composite(
     if data.dtype != out_dtype:
         data = data.astype(out_dtype)
     if isinstance(data, dsa.Array):
-        data = data.rechunk({0: tuple(sizes)})
+        data = data.rechunk(
+            _period_chunks(data, sizes, [other.index(d) + 1 for d in _SPATIAL if d in other])
+        )
         reduced = data.map_blocks(
             _reduce_time,
             how=how,

@@ -124,9 +124,7 @@ def _require_dataarray(obj: Any, func: str) -> xr.DataArray:
 
 def _band_names(da: xr.DataArray, func: str) -> list[Hashable]:
     if "band" not in da.dims:
-        raise InputError(
-            f"{func} needs a 'band' dimension holding the quality band; cube dims are {da.dims}"
-        )
+        raise InputError(f"{func} needs a 'band' dimension; cube dims are {da.dims}")
     return da["band"].values.tolist()
 
 
