@@ -133,6 +133,8 @@ def test_mask_bits_non_integer_qa(chunks):
     with pytest.raises(BandError, match="non-integer"):
         # eager input fails at once, chunked input when the block is computed
         mask_bits(cube, "QA60", [10]).compute()
+    with pytest.raises(BandError, match="non-integer"):
+        mask_bits(_cube(rng, np.full((1, 2, 2), np.inf)), "QA60", [10])
     negative = _cube(rng, -np.ones((1, 2, 2)))
     with pytest.raises(BandError, match="negative"):
         mask_bits(negative, "QA60", [10])

@@ -186,8 +186,9 @@ def _qa_as_int(block: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     if block.dtype.kind == "f":
         nodata = np.isnan(block)
         filled = np.where(nodata, 0, block)
-        if not np.all(filled == np.floor(filled)) or np.any(filled < 0):
-            bad = filled[(filled != np.floor(filled)) | (filled < 0)]
+        wrong = (filled != np.floor(filled)) | (filled < 0) | ~np.isfinite(filled)
+        if wrong.any():
+            bad = filled[wrong]
             raise BandError(
                 f"quality band {name!r} holds non-integer or negative values "
                 f"(e.g. {float(bad[0])!r}); expected non-negative integer flags (NaN for nodata)"
