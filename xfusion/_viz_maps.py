@@ -19,6 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import dask
 import jinja2
 import numpy as np
 import xarray as xr
@@ -67,7 +68,7 @@ def _leaflet_assets() -> tuple[str, str]:
 
 
 def _raw_element(content: str) -> Any:
-    """A branca element that renders ``content`` verbatim (no template syntax is interpreted)."""
+    """Return a branca element rendering ``content`` verbatim (no template syntax is read)."""
     from branca.element import Element
 
     element = Element()
@@ -163,7 +164,7 @@ def save_html(m: Any, path: str | os.PathLike, *, inline: bool = True) -> Path:
 
 
 def _select(da: xr.DataArray, bands: Any, time: Any) -> xr.DataArray:
-    """The ``(band, y, x)`` cube to draw: one time step and one or three bands."""
+    """Select the ``(band, y, x)`` cube to draw: one time step and one or three bands."""
     if not isinstance(da, xr.DataArray):
         raise InputError(f"expected an xarray.DataArray cube; got {type(da).__name__}")
     if "band" not in da.dims:
@@ -230,13 +231,44 @@ def _render(
     if int(max_size) < 1:
         raise InputError(f"max_size must be a positive number of pixels; got {max_size}")
     gbox = geobox_of(da)
-    dst = gbox.to_crs("EPSG:3857")
+    dst = gbox.to_crs("EPSG:3857", tight=True)
     if max(dst.shape) > int(max_size):
         dst = dst.zoom_to(int(max_size))
-    warped = xr_reproject(da.astype(np.float32), dst, resampling=resampling)
-    values = np.asarray(warped.compute().data, dtype=np.float64)  # xf: computes the display image
+    if resampling == "nearest":
+        warped = _nearest(da, gbox, dst)
+    else:
+        warped = xr_reproject(da.astype(np.float32), dst, resampling=resampling).data
+    values = np.asarray(dask.compute(warped)[0], dtype=np.float64)  # xf: computes display image
     bb = dst.extent.to_crs("EPSG:4326").boundingbox
     return values, [[bb.bottom, bb.left], [bb.top, bb.right]]
+
+
+def _apply(t: Any, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Apply an affine transform to coordinate arrays."""
+    return t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f
+
+
+def _nearest(da: xr.DataArray, src: Any, dst: Any) -> Any:
+    """Gather the source pixel under each display pixel centre (exact transform, lazy).
+
+    Unlike a GDAL warp run chunk by chunk, the answer does not depend on the chunking.
+    """
+    from pyproj import Transformer
+
+    h, w = dst.shape
+    cols, rows = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    x, y = _apply(dst.affine, cols, rows)
+    to_src = Transformer.from_crs(dst.crs.to_wkt(), src.crs.to_wkt(), always_xy=True)
+    sx, sy = to_src.transform(x, y)
+    col, row = _apply(~src.affine, np.asarray(sx), np.asarray(sy))
+    ix, iy = np.floor(col).astype(np.int64), np.floor(row).astype(np.int64)
+    inside = (ix >= 0) & (ix < src.width) & (iy >= 0) & (iy < src.height)
+    plain = xr.DataArray(da.data, dims=da.dims).astype(np.float32)
+    picked = plain.isel(
+        y=xr.DataArray(np.where(inside, iy, 0), dims=("row", "col")),
+        x=xr.DataArray(np.where(inside, ix, 0), dims=("row", "col")),
+    )
+    return picked.where(xr.DataArray(inside, dims=("row", "col"))).transpose("band", ...).data
 
 
 def _limits(
@@ -299,7 +331,7 @@ def _escape(text: str) -> str:
 
 
 def _html_control(html: str, position: str, class_name: str) -> Any:
-    """A Leaflet control showing fixed HTML (a legend, a label)."""
+    """Return a Leaflet control showing fixed HTML (a legend, a label)."""
     from branca.element import MacroElement
 
     control = MacroElement()
@@ -392,8 +424,9 @@ def explore(
     Parameters
     ----------
     da : DataArray
-        Cube with dims ``(band, y, x)`` or ``(y, x)`` and a CRS (see :func:`xfusion.grids.geobox_of`);
-        a ``time`` dimension needs ``time=`` unless it has length one.
+        Cube with dims ``(band, y, x)`` or ``(y, x)`` and a CRS (see
+        :func:`xfusion.grids.geobox_of`); a ``time`` dimension needs ``time=`` unless it has
+        length one.
     bands : str or sequence of str, optional
         One band (colour map) or three (red, green, blue). By default the cube's only band, its
         three bands, or the product's own red/green/blue (``B4/B3/B2``, ``SR_B4``...).
@@ -503,7 +536,8 @@ _SPLIT_TEMPLATE = """
   .xf-split-range {position:absolute;top:50%;left:0;width:100%;margin:0;z-index:801;
     -webkit-appearance:none;appearance:none;background:transparent;pointer-events:none}
   .xf-split-range::-webkit-slider-thumb {-webkit-appearance:none;pointer-events:auto;
-    width:28px;height:28px;border-radius:14px;background:#fff;border:1px solid #555;cursor:ew-resize}
+    width:28px;height:28px;border-radius:14px;background:#fff;border:1px solid #555;
+    cursor:ew-resize}
   .xf-split-range::-moz-range-thumb {pointer-events:auto;width:28px;height:28px;
     border-radius:14px;background:#fff;border:1px solid #555;cursor:ew-resize}
   .xf-split-label {background:rgba(255,255,255,0.85);padding:2px 6px;border-radius:4px;

@@ -290,6 +290,8 @@ def plot_loss(
         if log and np.any(values[np.isfinite(values)] <= 0):
             raise InputError(f"log=True needs positive values; history[{key!r}] has values <= 0")
         curves[key] = values
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = _figure(1, 1, panel=4.5)
     ax = axes[0][0]
     for key in keys:
@@ -304,6 +306,7 @@ def plot_loss(
         )
     if log:
         ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss" if all("loss" in str(k) for k in keys) else "value")
     ax.grid(alpha=0.3)
