@@ -17,7 +17,16 @@ from xfusion.preprocess.composite import composite
 from xfusion.preprocess.features import index, standardize
 from xfusion.preprocess.fuse import fuse
 from xfusion.preprocess.lags import lags
-from xfusion.preprocess.mask import dilate, mask_bits, mask_classes, mask_range, scale
+from xfusion.preprocess.mask import (
+    CLASS_PRESETS,
+    QA_PRESETS,
+    SCALE_PRESETS,
+    dilate,
+    mask_bits,
+    mask_classes,
+    mask_range,
+    scale,
+)
 from xfusion.preprocess.resample import resample
 from xfusion.preprocess.sample import class_balance, dihedral, patches, sample
 from xfusion.preprocess.texture import lbp
@@ -28,6 +37,9 @@ grid.to_stackstac = grids.to_stackstac  # type: ignore[attr-defined]
 
 __version__ = "0.1.0"
 __all__ = [
+    "CLASS_PRESETS",
+    "QA_PRESETS",
+    "SCALE_PRESETS",
     "__version__",
     "accessor",
     "class_balance",

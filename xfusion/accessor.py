@@ -53,8 +53,8 @@ class XFusionAccessor(_Base):
     def mask_classes(self, qa, classes, *, drop=True):  # noqa: D102
         return _mask.mask_classes(self._obj, qa, classes, drop=drop)
 
-    def mask_range(self, lo, hi):  # noqa: D102
-        return _mask.mask_range(self._obj, lo, hi)
+    def mask_range(self, lo, hi, **kwargs):  # noqa: D102
+        return _mask.mask_range(self._obj, lo, hi, **kwargs)
 
     def scale(self, factor, offset=0.0):  # noqa: D102
         return _mask.scale(self._obj, factor, offset)
@@ -84,10 +84,14 @@ class XFusionAccessor(_Base):
         return _sample.sample(self._obj, labels, n, seed=seed, stratify=stratify)
 
     def patches(self, target=None, *, size, n, seed=0, regions=None, **kwargs):  # noqa: D102
-        return _sample.patches(self._obj, target, size=size, n=n, seed=seed, regions=regions, **kwargs)
+        return _sample.patches(
+            self._obj, target, size=size, n=n, seed=seed, regions=regions, **kwargs
+        )
 
     def predict(self, model, *, halo=None, tile=None, batch_size=None, **kwargs):  # noqa: D102
-        return _predict.predict(self._obj, model, halo=halo, tile=tile, batch_size=batch_size, **kwargs)
+        return _predict.predict(
+            self._obj, model, halo=halo, tile=tile, batch_size=batch_size, **kwargs
+        )
 
     def plot_rgb(self, bands=None, **kwargs):  # noqa: D102
         return viz.plot_rgb(self._obj, bands, **kwargs)
@@ -100,14 +104,32 @@ class XFusionAccessor(_Base):
 class XFusionDatasetAccessor(_Base):
     """``ds.xf``: the operations that make sense variable by variable on a Dataset."""
 
-    def mask_range(self, lo, hi):  # noqa: D102
-        return _mask.mask_range(self._obj, lo, hi)
+    def mask_range(self, lo, hi, **kwargs):
+        return _mask.mask_range(self._obj, lo, hi, **kwargs)
 
-    def scale(self, factor, offset=0.0):  # noqa: D102
+    def scale(self, factor, offset=0.0):
         return _mask.scale(self._obj, factor, offset)
 
-    def composite(self, how="median", *, freq=None, start=None, end=None):  # noqa: D102
+    def composite(self, how="median", *, freq=None, start=None, end=None):
         return _composite.composite(self._obj, how, freq=freq, start=start, end=end)
 
-    def resample(self, grid_or_like, resampling="average"):  # noqa: D102
+    def resample(self, grid_or_like, resampling="average"):
         return _resample.resample(self._obj, grid_or_like, resampling)
+
+
+def _share_docstrings() -> None:
+    # The accessor's methods document themselves with their function's docstring, so that
+    # ``cube.xf.composite?`` in Jupyter shows the real documentation.
+    modules = (_mask, _composite, _features, _resample, _lags, _texture, _sample, _predict, viz)
+    for cls in (XFusionAccessor, XFusionDatasetAccessor):
+        for name, method in vars(cls).items():
+            if name.startswith("_") or not callable(method):
+                continue
+            for module in modules:
+                target = getattr(module, name, None)
+                if callable(target) and target.__doc__:
+                    method.__doc__ = target.__doc__
+                    break
+
+
+_share_docstrings()
