@@ -71,8 +71,8 @@ class XFusionAccessor(_Base):
     def index(self, name):  # noqa: D102
         return _features.index(self._obj, name)
 
-    def resample(self, grid_or_like, resampling="average"):  # noqa: D102
-        return _resample.resample(self._obj, grid_or_like, resampling)
+    def resample(self, grid_or_like, resampling="average", **kwargs):  # noqa: D102
+        return _resample.resample(self._obj, grid_or_like, resampling, **kwargs)
 
     def lags(self, n, *, cloud_score=None, **kwargs):  # noqa: D102
         return _lags.lags(self._obj, n, cloud_score=cloud_score, **kwargs)
@@ -113,8 +113,8 @@ class XFusionDatasetAccessor(_Base):
     def composite(self, how="median", *, freq=None, start=None, end=None):
         return _composite.composite(self._obj, how, freq=freq, start=start, end=end)
 
-    def resample(self, grid_or_like, resampling="average"):
-        return _resample.resample(self._obj, grid_or_like, resampling)
+    def resample(self, grid_or_like, resampling="average", **kwargs):
+        return _resample.resample(self._obj, grid_or_like, resampling, **kwargs)
 
 
 def _share_docstrings() -> None:

@@ -112,7 +112,7 @@ def geobox_of(obj: xr.DataArray | xr.Dataset) -> GeoBox:
 
 def grid_coords(gbox: GeoBox) -> dict[str, xr.DataArray]:
     """Pixel-centre ``y``/``x`` coordinates and the ``spatial_ref`` coordinate of a grid."""
-    return xr_coords(gbox, crs_coord_name="spatial_ref")
+    return xr_coords(gbox, crs_coord_name="spatial_ref", always_yx=True)
 
 
 def assign_grid(obj: xr.DataArray, gbox: GeoBox) -> xr.DataArray:
