@@ -142,7 +142,8 @@ def _pixel_block(
     """(…, band, y, x) → (…, out, y, x); rows with a NaN are never given to the model."""
     block = np.asarray(block)
     lead, (nb, ny, nx) = block.shape[:-3], block.shape[-3:]
-    rows = np.moveaxis(block, -3, -1).reshape(-1, nb)
+    # float64 rows: scikit-learn estimators fitted on float64 reject float32 in places (KMeans)
+    rows = np.moveaxis(block, -3, -1).reshape(-1, nb).astype(np.float64)
     valid = np.isfinite(rows).all(axis=1)
     out = np.full((rows.shape[0], n_out), np.nan, dtype=np.float32)
     idx = np.flatnonzero(valid)
@@ -244,15 +245,21 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def _cosine_ramp(size: int, halo: int) -> np.ndarray:
-    """1-D weights over a block with ``halo`` px each side: 1 inside, cos² ramps over 2·halo.
+    """1-D weights of a block read with ``halo`` px each side (``size`` = interior + 2·halo).
 
-    Neighbouring blocks overlap by ``2·halo`` px, where their ramps add up to 1.
+    Neighbouring blocks overlap by ``2·halo`` px. Each block's weight is 0 over its outer
+    ``halo // 2`` px (predicted with the least context), rises as ``sin²`` over the next
+    ``2·halo − 2·(halo // 2)`` px and is 1 inside, so the two weights of an overlap add up to 1.
     """
     w = np.ones(size)
-    if halo:
-        t = (np.arange(2 * halo) + 0.5) / (2 * halo)
-        w[: 2 * halo] = np.sin(0.5 * np.pi * t) ** 2
-        w[size - 2 * halo :] = np.cos(0.5 * np.pi * t) ** 2
+    margin = halo // 2
+    ramp = 2 * halo - 2 * margin
+    t = (np.arange(ramp) + 0.5) / ramp
+    rise = np.sin(0.5 * np.pi * t) ** 2
+    w[:margin] = 0.0
+    w[margin : margin + ramp] = rise
+    w[size - margin :] = 0.0
+    w[size - margin - ramp : size - margin] = rise[::-1]
     return w
 
 
@@ -389,8 +396,7 @@ def _predict_spatial(
         raise InputError(f"batch_size must be >= 1; got {batch_size}")
     n_out = len(out_bands)
     py, px = _round_up(ny, cy) - ny, _round_up(nx, cx) - nx
-    pad = [(0, 0)] * (len(lead) + 1) + [(halo, halo + py), (halo, halo + px)]
-    mode = {"reflect": "reflect", "edge": "edge", "constant": "constant"}[boundary]
+    mode = boundary
     fn = partial(
         _spatial_block,
         apply=apply,
@@ -402,7 +408,7 @@ def _predict_spatial(
         blend=blend,
     )
     if not lazy:
-        padded = _pad_numpy(np.asarray(cube.data, dtype=np.float32), pad, mode)  # eager input
+        padded = _pad_edges(np.asarray(cube.data, dtype=np.float32), halo, (py, px), mode)
         result = fn(padded, config, params)
         if blend == "cosine":
             result = _normalise(result, n_out)[..., halo : halo + ny, halo : halo + nx]
@@ -410,7 +416,7 @@ def _predict_spatial(
             result = result[..., :ny, :nx]
         return _output_da(da, result.astype(np.float32), dims, out_bands, "prediction")
     data = cube.data.astype(np.float32).rechunk({len(lead): -1})
-    padded = dsa.pad(data, pad, mode=mode)
+    padded = _pad_edges(data, halo, (py, px), mode)
     # Chunks [h + c, c, …, c, c + h] so that with the halo every block is c + 2h.
     ychunks = _halo_chunks(ny + py, cy, halo)
     xchunks = _halo_chunks(nx + px, cx, halo)
@@ -478,10 +484,28 @@ def _halo_chunks(total: int, size: int, halo: int) -> tuple[int, ...]:
     return tuple(chunks)
 
 
-def _pad_numpy(arr: np.ndarray, pad, mode: str) -> np.ndarray:
-    if mode == "constant":
-        return np.pad(arr, pad, mode="constant", constant_values=0)
-    return np.pad(arr, pad, mode=mode)
+def _pad_edges(arr, halo: int, extra: tuple[int, int], mode: str):
+    """Pad the last two axes by ``halo`` with ``mode``, then by ``extra`` (end only) with zeros.
+
+    The zeros beyond ``halo`` are only ever seen by pixels outside the cube (cropped later).
+    Reflection wider than the array is done in steps, the same way for numpy and Dask.
+    """
+    lib = dsa if isinstance(arr, dsa.Array) else np
+    lead = [(0, 0)] * (arr.ndim - 2)
+    done = 0
+    while done < halo:
+        if mode == "constant":
+            step = halo - done
+            arr = lib.pad(arr, [*lead, (step, step), (step, step)], mode="constant")
+        else:
+            size = min(arr.shape[-2:])
+            step = min(halo - done, size - 1) if mode == "reflect" and size > 1 else halo - done
+            use = mode if mode != "reflect" or size > 1 else "edge"
+            arr = lib.pad(arr, [*lead, (step, step), (step, step)], mode=use)
+        done += step
+    if any(extra):
+        arr = lib.pad(arr, [*lead, (0, extra[0]), (0, extra[1])], mode="constant")
+    return arr
 
 
 def _blend_sum(
@@ -579,8 +603,10 @@ def predict(
         Pixel classifiers: return ``predict_proba`` as bands ``"proba_<class>"``.
     blend : {"trim", "cosine"}
         Spatial models: drop the halo of every block's prediction (``"trim"``), or weight each
-        block's prediction with cosine ramps over the halo and sum overlapping blocks
-        (``"cosine"``, which hides seams when the halo is smaller than the receptive field).
+        block's prediction with ``sin²``/``cos²`` ramps across the central part of the
+        ``2·halo`` overlap with its neighbours and sum (``"cosine"``, which softens seams where
+        the halo is smaller than the receptive field; exact where the receptive field is at
+        most ``halo // 2``).
     boundary : {"reflect", "edge", "constant"}
         Spatial models: how the cube is padded beyond its edges (``"constant"`` pads with 0).
 
