@@ -102,13 +102,14 @@ def write_stac(
             f"cannot write a STAC catalog to {str(root)!r}: {err.strerror or err}"
         ) from err
 
+    for key, cube in scene.items():
+        _check_cube(key, cube)
     default_time = _default_time(scene)
     catalog = pystac.Catalog(
         id=catalog_id,
         description=f"synthetic {getattr(scene, 'recipe', 'xfusion')} scene written by xfusion",
     )
     for key, cube in scene.items():
-        _check_cube(key, cube)
         collection = _write_collection(
             key,
             cube,

@@ -388,8 +388,8 @@ def _water(rng: np.random.Generator, size: int) -> Scene:
         "terrain": _cube(np.stack([land.dem, land.hand]), ["DEM", "HAND"], fine, name="terrain",
                          units="m"),
         "truth_water": _cube(label[None], ["water"], fine, name="truth_water"),
-        "truth_water_fraction": _cube(land.water[None], ["water_fraction"], fine,
-                                      name="truth_water_fraction"),
+        "truth_cover": _cube(np.stack([fr[k] for k in ("water", "urban", "vegetation", "soil")]),
+                             ["water", "urban", "vegetation", "soil"], fine, name="truth_cover"),
     }  # fmt: skip
     descriptions = {
         "sar": "L-band-SAR-like backscatter HH, HV in dB at 30 m (4-look gamma speckle): water "
@@ -398,7 +398,8 @@ def _water(rng: np.random.Generator, size: int) -> Scene:
         "terrain": "DEM (m) and HAND, height above nearest drainage (m), at 30 m",
         "truth_water": "water labels at 30 m: 1 water, 0 land, NaN nodata (cloud, cloud shadow "
         "or partial water), to be ignored in the loss",
-        "truth_water_fraction": "open-water cover fraction (0..1) at 30 m",
+        "truth_cover": "cover fractions (0..1, summing to 1) of water, urban, vegetation and soil "
+        "at 30 m",
     }
     return Scene(cubes, recipe="water", seed=0, descriptions=descriptions)
 
