@@ -368,7 +368,8 @@ def plot_classes(
     (codes,) = _load(img)
     present = np.unique(codes[np.isfinite(codes)])
     if classes is None:
-        classes = {(int(c) if float(c).is_integer() else float(c)): str(c) for c in present}
+        keys = [int(c) if float(c).is_integer() else float(c) for c in present]
+        classes = {k: str(k) for k in keys}
     if not isinstance(classes, Mapping) or not classes:
         raise InputError("classes must be a non-empty mapping of code to (name, colour)")
     keys = sorted(classes, key=float)
