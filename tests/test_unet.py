@@ -161,13 +161,15 @@ def test_apply_tiles_fills_nan_with_the_band_mean_and_applies_heads():
 
 
 def test_apply_tiles_compiles_once_per_shape():
-    params = unet_params(build_unet(ARCH, seed=5))
-    config = _config(input_mean=[0.5, 0.5])  # a config no other test uses
+    arch = {**ARCH, "center": 12}  # an architecture no other test uses
+    params = unet_params(build_unet(arch, seed=5))
+    config = _config(architecture=arch)
     x = np.zeros((2, 2, 8, 8), np.float32)
     before = compile_count()
     apply_tiles(config, params, x)
     apply_tiles(config, params, x + 1)
-    apply_tiles(config, unet_params(build_unet(ARCH, seed=6)), x)  # new weights, same program
+    apply_tiles(config, unet_params(build_unet(arch, seed=6)), x)  # new weights, same program
+    apply_tiles({**config, "input_mean": [3.0, 4.0]}, params, x)  # new normalisation, too
     assert compile_count() == before + 1
     apply_tiles(config, params, np.zeros((2, 2, 8, 12), np.float32))
     assert compile_count() == before + 2

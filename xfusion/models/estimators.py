@@ -299,10 +299,13 @@ class _UNetEstimator(BaseEstimator):
         padded = np.pad(x, pad, constant_values=np.nan)  # NaN becomes the band mean
         size = int(batch_size or self.batch_size)
         config, params = self.inference_state()
+        size = min(size, len(x))
+        # every batch padded to `size` samples: one compiled program per tile shape
+        padded = np.pad(padded, ((0, -len(x) % size), (0, 0), (0, 0), (0, 0)))
         out = np.concatenate(
             [apply_tiles(config, params, padded[i : i + size]) for i in range(0, len(x), size)]
         )
-        return out[:, :, :h, :w]
+        return out[: len(x), :, :h, :w]
 
     def _nodata(self, X: np.ndarray) -> np.ndarray:
         return np.isnan(np.asarray(X, dtype=np.float32)).any(axis=1, keepdims=True)

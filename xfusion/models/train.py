@@ -29,7 +29,6 @@ _OPTIMIZERS = ("sgd", "adam", "adamw")
 _SCHEDULES = ("constant", "cosine", "exponential")
 
 
-@functools.lru_cache(maxsize=32)
 def make_optimizer(
     name: str = "sgd",
     learning_rate: float = 0.01,
@@ -57,13 +56,26 @@ def make_optimizer(
     >>> tx is make_optimizer("adam", 1e-3, schedule="cosine", total_steps=100)
     True
     """
+    # canonical arguments, so settings that do not matter do not make a new optimiser
+    return _make_optimizer(
+        name,
+        float(learning_rate),
+        float(momentum) if name == "sgd" else 0.0,
+        float(weight_decay) if name == "adamw" else 0.0,
+        schedule,
+        max(int(total_steps), 1) if schedule != "constant" else 1,
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _make_optimizer(name, learning_rate, momentum, weight_decay, schedule, total_steps):
     if name not in _OPTIMIZERS:
         raise InputError(f"optimizer must be one of {list(_OPTIMIZERS)}; got {name!r}")
     if schedule not in _SCHEDULES:
         raise InputError(f"schedule must be one of {list(_SCHEDULES)}; got {schedule!r}")
     if not learning_rate > 0:
         raise InputError(f"learning_rate must be positive; got {learning_rate}")
-    steps = max(int(total_steps), 1)
+    steps = total_steps
     if schedule == "cosine":
         lr = optax.cosine_decay_schedule(learning_rate, steps)
     elif schedule == "exponential":

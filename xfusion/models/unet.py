@@ -355,20 +355,17 @@ def _count_compile() -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _inference_program(config_json: str):
-    """Model graph, state template and jitted apply function for one config (cached)."""
-    config = json.loads(config_json)
-    model = abstract_unet(config["architecture"])
+def _inference_program(architecture_json: str, output: str):
+    """State template and jitted apply function for one architecture and head (cached).
+
+    The normalisation constants are arguments, not constants of the program, so every fitted
+    model of the same architecture shares one compiled program per tile shape.
+    """
+    model = abstract_unet(json.loads(architecture_json))
     model.eval()
     graphdef, template = nnx.split(model)
-    # numpy constants: jnp.asarray outside a trace compiles a program per shape
-    mean = np.asarray(config["input_mean"], np.float32)
-    std = np.asarray(config["input_std"], np.float32)
-    output = config["output"]
-    offset = np.asarray(config.get("target_offset", [0.0]), np.float32)
-    scale = np.asarray(config.get("target_scale", [1.0]), np.float32)
 
-    def apply(state, x):
+    def apply(state, x, mean, std, offset, scale):
         _count_compile()  # runs once per trace, i.e. once per compiled shape
         x = jnp.transpose(x, (0, 2, 3, 1))
         x = (x - mean) / std
@@ -437,8 +434,9 @@ def apply_tiles(config: Mapping[str, Any], params: Mapping[str, Any], x: np.ndar
 
     Notes
     -----
-    The network is built and jitted once per ``config`` (cached on its JSON text, so it works in
-    fresh worker processes), and compiled once per input shape: pad tiles to one shape.
+    The network is built and jitted once per architecture and output kind (cached on their JSON
+    text, so it works in fresh worker processes; the normalisation constants are arguments), and
+    compiled once per input shape: pad tiles to one shape.
     :func:`compile_count` counts the compilations.
 
     Examples
@@ -451,10 +449,6 @@ def apply_tiles(config: Mapping[str, Any], params: Mapping[str, Any], x: np.ndar
     >>> apply_tiles(config, params, np.zeros((3, 2, 8, 8), np.float32)).shape
     (3, 1, 8, 8)
     """
-    try:
-        key = json.dumps(config, sort_keys=True)
-    except TypeError as err:
-        raise ModelError(f"config must be JSON-serialisable: {err}") from err
     x = np.asarray(x, dtype=np.float32)
     arch = config.get("architecture", {})
     if x.ndim != 4 or x.shape[1] != arch.get("in_channels"):
@@ -467,6 +461,22 @@ def apply_tiles(config: Mapping[str, Any], params: Mapping[str, Any], x: np.ndar
         raise InputError(
             f"tile height and width must be multiples of {mult} (2**depth); got {x.shape[2:]}"
         )
-    template, fn = _inference_program(key)
+    output = config.get("output")
+    if output not in ("regression", "binary", "multiclass"):
+        raise ModelError(
+            f"config 'output' must be regression, binary or multiclass; got {output!r}"
+        )
+    template, fn = _inference_program(json.dumps(arch, sort_keys=True), output)
     state = _state_from_params(template, params)
-    return np.asarray(fn(state, x))
+    n_out = int(arch.get("out_channels", 1))
+    # numpy constants: jnp.asarray outside a trace compiles a program per shape
+    constants = [
+        np.broadcast_to(np.asarray(config.get(name, default), np.float32), (n,)).copy()
+        for name, default, n in (
+            ("input_mean", 0.0, x.shape[1]),
+            ("input_std", 1.0, x.shape[1]),
+            ("target_offset", 0.0, n_out),
+            ("target_scale", 1.0, n_out),
+        )
+    ]
+    return np.asarray(fn(state, x, *constants))
