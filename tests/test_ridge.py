@@ -302,3 +302,29 @@ def test_params_roundtrip():
         "alpha": 1.0,
         "fit_intercept": True,
     }
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        Ridge(alpha=0.3),
+        KernelRidge(alpha=1e-2, gamma=0.5, method="exact"),
+        KernelRidge(alpha=1e-2, gamma=0.5, n_components=30, random_state=0),
+        KernelRidge(alpha=1e-2, gamma=0.5, n_components=30, method="rff", random_state=0),
+    ],
+    ids=["ridge", "exact", "nystroem", "rff"],
+)
+def test_save_load_predict_identical(tmp_path, model):
+    pytest.importorskip("h5py")
+    from xfusion.models.persist import load_model
+
+    cube, target = make_cube(shape=(1, 4, 10, 10))
+    model.fit(cube, target)
+    path = model.save(tmp_path / "model")
+    loaded = load_model(path)
+    assert type(loaded) is type(model) and loaded.get_params() == model.get_params()
+    assert loaded.bands_ == BANDS and loaded.output_bands_ == model.output_bands_
+    lazy = cube.chunk({"y": 4})
+    np.testing.assert_array_equal(loaded.predict(lazy).values, model.predict(lazy).values)
+    X, _, _ = cube_rows(cube, target)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))

@@ -40,8 +40,9 @@ def block_stats(
     if w is not None:
         w = np.asarray(w, dtype=np.float64).reshape(-1)
         valid &= np.isfinite(w)
-    X = X[valid]
-    Y = Y[valid]
+    if not valid.all():  # skip the copy in the common all-valid case
+        X = X[valid]
+        Y = Y[valid]
     if transform is not None:
         X = transform(X)
     X = np.asarray(X, dtype=np.float64)
@@ -57,7 +58,7 @@ def block_stats(
         Xw = Xc
         Yc = Y - my
     else:
-        w = w[valid]
+        w = w[valid] if X.shape[0] != w.shape[0] else w
         sw = float(w.sum())
         if sw == 0.0:
             return out

@@ -1,0 +1,85 @@
+"""Ridge fit on 10 million pixels x 20 features: xfusion from a Dask array vs scikit-learn.
+
+xfusion reduces each chunk of the Dask array to centred sufficient statistics in one pass (the
+design matrix is never assembled); scikit-learn's ``Ridge`` (cholesky solver) fits the same
+float64 data held in memory. Also dask-ml's ``LinearRegression`` where it is installed. The
+coefficients are checked to agree to 1e-6 relative.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import dask.array
+import numpy as np
+from sklearn.linear_model import Ridge as SkRidge
+
+from benchmarks._util import case_result, measure
+from xfusion.models.ridge import Ridge
+
+CASE = "ridge"
+
+
+def make_data(n: int, p: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Features with offsets and scales like reflectances, a noisy linear target."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, p)) * 0.1 + np.linspace(0.05, 0.5, p)
+    y = X @ rng.normal(size=p) + 0.3 + rng.normal(scale=0.01, size=n)
+    return X, y
+
+
+def run(*, smoke: bool = False, repeats: int = 3) -> dict:
+    n, p, chunk = (200_000, 20, 50_000) if smoke else (10_000_000, 20, 500_000)
+    alpha = 1e-3
+    X, y = make_data(n, p)
+    Xd = dask.array.from_array(X, chunks=(chunk, p))
+    yd = dask.array.from_array(y, chunks=chunk)
+
+    ours = measure(lambda: Ridge(alpha=alpha).fit(Xd, yd), repeats=repeats)
+    sk = measure(lambda: SkRidge(alpha=alpha, solver="cholesky").fit(X, y), repeats=repeats)
+    ref = sk["result"]
+    np.testing.assert_allclose(ours["result"].coef_, ref.coef_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ours["result"].intercept_, ref.intercept_, rtol=1e-6)
+    competitors = {"scikit-learn Ridge (in memory)": sk}
+    try:
+        from dask_ml.linear_model import LinearRegression as DaskLinear
+    except ImportError:
+        dask_ml = "not installed"
+    else:
+        competitors["dask-ml LinearRegression"] = measure(
+            lambda: DaskLinear(solver="lbfgs").fit(Xd, yd), repeats=repeats
+        )
+        dask_ml = "measured"
+    extra = {
+        "max_relative_coef_difference": float(
+            np.max(np.abs(ours["result"].coef_ - ref.coef_) / np.abs(ref.coef_))
+        ),
+        "dask_ml": dask_ml,
+        "target": "xfusion (Dask array) at least as fast as scikit-learn Ridge in memory",
+    }
+    return case_result(
+        CASE,
+        xfusion=ours,
+        competitors=competitors,
+        params={
+            "n_samples": n,
+            "n_features": p,
+            "chunk_rows": chunk,
+            "dtype": "float64",
+            "alpha": alpha,
+            "smoke": smoke,
+            "repeats": repeats,
+        },
+        packages=("scikit-learn", "dask-ml"),
+        extra=extra,
+    )
+
+
+if __name__ == "__main__":
+    result = run(smoke="--smoke" in sys.argv)
+    out = Path(__file__).resolve().parent / "results" / f"{CASE}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
