@@ -328,10 +328,12 @@ def run(config: Config) -> RecipeResult:
 
     Examples
     --------
-    >>> import tempfile
-    >>> result = run(Config(out_dir=tempfile.mkdtemp(), size=32, n_clusters=(3,)))
-    >>> sorted(result.cubes)[:3]
-    ['cloudmask', 'differences', 'forecast_kernel']
+    >>> config = Config(out_dir="cloudmask-out", size=64, n_clusters=(3, 5))
+    >>> config.forecast_model, config.max_lags
+    ('kernel', 3)
+    >>> result = run(config)  # doctest: +SKIP
+    >>> result.metrics["accuracy"] > result.metrics["qa_accuracy"]  # doctest: +SKIP
+    True
     """
     if not isinstance(config, Config):
         raise ConfigError(f"run needs a cloudmask Config; got {type(config).__name__}")
@@ -695,6 +697,12 @@ def agreement(mask: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     return {"accuracy": po, "iou": tp / union if union else 1.0, "kappa": float(kappa)}
 
 
+def _time_text(value: Any) -> str:
+    if np.issubdtype(np.asarray(value).dtype, np.datetime64):
+        return str(np.datetime_as_string(np.datetime64(value), unit="s"))
+    return str(value)
+
+
 def _rmse(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
     diff = (a - b)[:, where]
     diff = diff[np.isfinite(diff)]
@@ -714,7 +722,7 @@ def _metrics(cubes: dict, config: Config, stack: dict, weights: dict) -> dict[st
         clear = ~qa_cloud
     eval_px = valid & holdout & clear
     metrics: dict[str, Any] = {
-        "target_time": str(np.datetime_as_string(np.datetime64(stack["time"]), unit="s")),
+        "target_time": _time_text(stack["time"]),
         "lag_times": stack["lag_times"],
         "n_lag_set": weights["n"],
         "n_image_set": weights["m"],

@@ -1,0 +1,227 @@
+"""The cloudmask recipe end to end on small synthetic scenes (STAC and offline Earth Engine)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rioxarray
+import xarray as xr
+from sklearn.metrics import accuracy_score, cohen_kappa_score, jaccard_score
+
+import xfusion as xf
+from xfusion.datasets import synthetic_scene
+from xfusion.errors import ConfigError
+from xfusion.models import load_model
+from xfusion.recipes import cloudmask
+from xfusion.testing import raise_if_dask_computes
+
+BANDS = [f"B{i}" for i in range(1, 8)]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    config = cloudmask.Config(out_dir=str(tmp_path_factory.mktemp("cloudmask")))
+    return cloudmask.run(config)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return synthetic_scene("cloudmask", seed=0, size=cloudmask.Config().size)
+
+
+def _target(result) -> np.datetime64:
+    return np.datetime64(result.metrics["target_time"])
+
+
+def _open(result, group: str) -> xr.DataArray:
+    return xr.open_zarr(result.out_dir / "outputs.zarr", group=group)[group]
+
+
+def test_quality_bar_against_independent_metrics(result, scene):
+    """Our mask beats the QA mask; metrics equal scikit-learn's on the reopened outputs."""
+    truth = scene["truth_cloud"].sel(time=_target(result), band="cloud").values.astype(bool)
+    qa = scene["landsat"].sel(time=_target(result), band="QA_PIXEL").values.astype(np.int64)
+    qa_cloud = ((qa >> 2) & 1 | (qa >> 3) & 1).astype(bool)  # cirrus or cloud bit
+    mask = _open(result, "cloudmask").sel(band="k3").values
+    ours = mask == cloudmask.CLOUD
+    assert np.isfinite(mask).all()
+    m = result.metrics
+    assert m["accuracy"] == pytest.approx(accuracy_score(truth.ravel(), ours.ravel()))
+    assert m["iou"] == pytest.approx(jaccard_score(truth.ravel(), ours.ravel()))
+    assert m["kappa"] == pytest.approx(cohen_kappa_score(truth.ravel(), ours.ravel()))
+    assert m["qa_accuracy"] == pytest.approx(accuracy_score(truth.ravel(), qa_cloud.ravel()))
+    assert m["qa_kappa"] == pytest.approx(cohen_kappa_score(truth.ravel(), qa_cloud.ravel()))
+    assert m["k3_accuracy_vs_qa"] == pytest.approx(accuracy_score(qa_cloud.ravel(), ours.ravel()))
+    # the quality bar: better than the product's own mask, for both cluster counts
+    assert m["accuracy"] > m["qa_accuracy"]
+    assert m["k5_accuracy"] > m["qa_accuracy"]
+    assert m["kappa"] > m["qa_kappa"]
+
+
+def test_forecasts_beat_persistence_on_heldout_clear_pixels(result, scene):
+    image = scene["landsat"].sel(time=_target(result), band=BANDS).values
+    lag1 = scene["landsat"].sel(time=np.datetime64(result.metrics["lag_times"][0]), band=BANDS)
+    cloud = scene["truth_cloud"].sel(time=_target(result))
+    clear = (cloud.sel(band="cloud") == 0).values & (cloud.sel(band="shadow") == 0).values
+    heldout = _open(result, "holdout").values.astype(bool)
+    where = clear & heldout
+    assert where.sum() == result.metrics["n_heldout_clear"] > 100
+    persistence = math.sqrt(np.mean((lag1.values - image)[:, where] ** 2))
+    for name in ("ridge", "kernel"):
+        forecast = _open(result, f"forecast_{name}").values
+        rmse = math.sqrt(np.mean((forecast - image)[:, where] ** 2))
+        assert result.metrics[f"rmse_{name}"] == pytest.approx(rmse, rel=1e-5)
+        assert rmse < 0.8 * persistence
+        # under the clouds the forecast is close to the hidden background
+        background = scene["truth_background"].sel(time=_target(result)).values
+        under = ~clear
+        assert math.sqrt(np.mean((forecast - background)[:, under] ** 2)) < 0.03
+        assert math.sqrt(np.mean((image - background)[:, under] ** 2)) > 0.1
+
+
+def test_outputs_reopen(result):
+    out = result.out_dir
+    assert not [p.name for p in out.iterdir() if ".partial" in p.name]
+    zarr_mask = _open(result, "cloudmask")
+    assert list(zarr_mask.band.values) == ["k3", "k5"]
+    cog = rioxarray.open_rasterio(out / "cloudmask.tif")
+    assert cog.rio.crs.to_epsg() == 32630
+    np.testing.assert_array_equal(cog.isel(band=0).values, zarr_mask.sel(band="k3").values)
+    np.testing.assert_allclose(cog.x.values, zarr_mask.x.values)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(result.metrics["accuracy"])
+    assert set(result.figures) == {"panels", "forecast_rmse"}
+    for path in result.figures.values():
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    kmeans = json.loads((out / "model" / "kmeans.json").read_text())
+    assert np.shape(kmeans["k5"]["cluster_centers"]) == (5, len(BANDS))
+    assert cloudmask.CLOUD in kmeans["k3"]["classes"]
+
+
+def test_saved_forecast_model_predicts_lazily_and_identically(result):
+    ridge = load_model(result.out_dir / "model" / "ridge")
+    kernel = load_model(result.out_dir / "model" / "kernel_ridge")
+    assert ridge.bands_ == [f"{b}_lag_1" for b in BANDS] + [f"{b}_lag_2" for b in BANDS]
+    cube = xf.open_stac(result.out_dir / "stac" / "catalog.json", assets=BANDS, chunks=32)
+    times = [np.datetime64(t) for t in result.metrics["lag_times"][:2]]
+    inputs = xr.concat([cube.sel(time=t) for t in times], dim="band")
+    inputs = inputs.assign_coords(band=ridge.bands_).drop_vars("time")
+    with raise_if_dask_computes():
+        lazy = {"ridge": inputs.xf.predict(ridge), "kernel": inputs.xf.predict(kernel)}
+    for name, forecast in lazy.items():
+        assert forecast.chunks is not None
+        expected = _open(result, f"forecast_{name}").values
+        np.testing.assert_allclose(forecast.values, expected, rtol=1e-5, atol=1e-6)
+    # eager input gives the same forecast as chunked input
+    eager = inputs.compute().xf.predict(ridge)
+    np.testing.assert_allclose(eager.values, lazy["ridge"].values, rtol=1e-6)
+
+
+def test_agreement_matches_scikit_learn():
+    rng = np.random.default_rng(1)
+    a, b = rng.random(500) < 0.3, rng.random(500) < 0.4
+    got = cloudmask.agreement(a, b)
+    assert got["accuracy"] == pytest.approx(accuracy_score(b, a))
+    assert got["iou"] == pytest.approx(jaccard_score(b, a))
+    assert got["kappa"] == pytest.approx(cohen_kappa_score(b, a))
+
+
+def _toml(values: dict) -> str:
+    def fmt(v):
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return repr(v)
+
+    return "\n".join(f"{k} = {fmt(v)}" for k, v in values.items() if v is not None)
+
+
+def test_config_toml_round_trip_and_errors(tmp_path):
+    config = cloudmask.Config(out_dir=str(tmp_path), n_clusters=(4,), beta=0.3, target="2015-06-08")
+    path = tmp_path / "cloudmask.toml"
+    path.write_text("[cloudmask]\n" + _toml(config.to_dict()))
+    assert cloudmask.Config.from_toml(path) == config
+    with pytest.raises(ConfigError, match="unknown config key"):
+        cloudmask.Config.from_dict({"max_lag": 3})
+    with pytest.raises(ConfigError, match="beta"):
+        cloudmask.Config.from_dict({"beta": 1.5})
+    with pytest.raises(ConfigError, match="max_lags"):
+        cloudmask.Config.from_dict({"max_lags": 2})
+    with pytest.raises(ConfigError, match="source"):
+        cloudmask.Config.from_dict({"source": "usgs"})
+    with pytest.raises(ConfigError, match="stac_items"):
+        cloudmask.Config(source="stac")
+    # every real-source field set is a valid configuration
+    for fields in cloudmask.real_sources().values():
+        assert cloudmask.Config(**fields).source == fields["source"]
+
+
+def test_earth_engine_path_offline(tmp_path):
+    from xfusion.testing.ee import FakeImage, fake_earth_engine
+
+    small = synthetic_scene("cloudmask", seed=3, size=32)
+    landsat = small["landsat"]
+    gbox = xf.grids.geobox_of(landsat)
+    images = []
+    for i, t in enumerate(landsat.time.values):
+        one = landsat.sel(time=t)
+        bands = {b: one.sel(band=b).values for b in BANDS}
+        bands["QA_PIXEL"] = one.sel(band="QA_PIXEL").values.astype(np.uint16)
+        images.append(
+            FakeImage(bands, grid=gbox, time=str(t)[:10], id=f"LANDSAT/LC08/C02/T1_TOA/{i}")
+        )
+    left, bottom, right, top = gbox.boundingbox
+    config = cloudmask.Config(
+        out_dir=str(tmp_path),
+        source="ee",
+        ee_collection="LANDSAT/LC08/C02/T1_TOA",
+        bounds=(left, bottom, right, top),
+        crs="EPSG:32630",
+        resolution=30.0,
+        start="2015-01-01",
+        end="2016-01-01",
+        chunks=16,
+        n_clusters=(3,),
+    )
+    with fake_earth_engine({"LANDSAT/LC08/C02/T1_TOA": images}):
+        res = cloudmask.run(config)
+    target = np.datetime64(res.metrics["target_time"])
+    np.testing.assert_array_equal(
+        res.cubes["image"].values, landsat.sel(time=target, band=BANDS).values
+    )
+    assert res.metrics["clear_reference"] == "qa"
+    assert "accuracy" not in res.metrics  # no truth from a real source
+    assert res.metrics["k3_accuracy_vs_qa"] > 0.8
+    # forecast error on held-out pixels the QA calls clear, against lag-1 persistence
+    image = res.cubes["image"].values
+    where = res.cubes["holdout"].values.astype(bool) & (res.cubes["qa_cloud"].values == 0)
+    lag1 = landsat.sel(time=np.datetime64(res.metrics["lag_times"][0]), band=BANDS).values
+    forecast = res.cubes["forecast_ridge"].values
+    rmse = math.sqrt(np.mean((forecast - image)[:, where] ** 2))
+    assert res.metrics["rmse_ridge"] == pytest.approx(rmse, rel=1e-5)
+    assert rmse < math.sqrt(np.mean((lag1 - image)[:, where] ** 2))
+    assert rioxarray.open_rasterio(tmp_path / "cloudmask.tif").rio.crs.to_epsg() == 32630
+
+
+def test_same_metrics_on_a_process_cluster(result, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    config = cloudmask.Config(out_dir=str(tmp_path))
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
+        other = cloudmask.run(config)
+    for key, value in result.metrics.items():
+        if isinstance(value, float):
+            assert other.metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+        else:
+            assert other.metrics[key] == value, key
