@@ -324,3 +324,19 @@ def test_explore_average_resampling_equals_block_means(chunked):
     expected = np.round(matplotlib.colormaps["viridis"](means)[..., :3] * 255)
     assert img.shape[:2] == (20, 30)
     assert np.abs(img[..., :3].astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_explore_picks_the_named_bands(chunked):
+    rng = np.random.default_rng(4)
+    values = rng.random((4, *MERC.shape)).astype(np.float32)
+    da = _cube(values, MERC, ["B2", "B3", "B4", "B8"])
+    ((rgb, _, _),) = _overlays(explore(_maybe_chunk(da, chunked), bands=["B8", "B4", "B3"],
+                                       vmin=0, vmax=1))  # fmt: skip
+    expected = np.round(np.moveaxis(values[[3, 2, 1]], 0, -1) * 255)
+    assert np.abs(rgb[..., :3].astype(int) - expected).max() <= 1
+    # One band picked with .sel keeps its name and is drawn with the colour map.
+    ((img, _, name),) = _overlays(explore(_maybe_chunk(da, chunked).sel(band="B8"), vmin=0, vmax=1))
+    assert name == "B8"
+    expected = np.round(matplotlib.colormaps["viridis"](values[3])[..., :3] * 255)
+    assert np.abs(img[..., :3].astype(int) - expected).max() <= 1

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import dask.array
 import jinja2
 import numpy as np
 import xarray as xr
@@ -163,14 +164,21 @@ def save_html(m: Any, path: str | os.PathLike, *, inline: bool = True) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def _select(da: xr.DataArray, bands: Any, time: Any) -> xr.DataArray:
-    """Select the ``(band, y, x)`` cube to draw: one time step and one or three bands."""
+def _select(da: xr.DataArray, bands: Any, time: Any) -> tuple[xr.DataArray, list[int]]:
+    """Select what to draw: the ``(band, y, x)`` cube at one time and one or three band positions.
+
+    The bands are picked later, after the display pixels are, so that an in-memory cube is not
+    copied whole.
+    """
     if not isinstance(da, xr.DataArray):
         raise InputError(f"expected an xarray.DataArray cube; got {type(da).__name__}")
     if "band" not in da.dims:
         if set(da.dims) - {"time"} != {"y", "x"}:
             raise InputError(f"expected dims ('band', 'y', 'x') or ('y', 'x'); got {da.dims}")
-        da = da.expand_dims(band=[str(da.name) if da.name is not None else "value"])
+        if "band" in da.coords:  # a band picked with .sel(band=...) keeps its name
+            da = da.expand_dims("band")
+        else:
+            da = da.expand_dims(band=[str(da.name) if da.name is not None else "value"])
     if "time" in da.dims:
         if time is not None:
             try:
@@ -213,12 +221,12 @@ def _select(da: xr.DataArray, bands: Any, time: Any) -> xr.DataArray:
     if missing:
         raise BandError(f"band {missing[0]!r} not in cube; bands are {names}")
 
-    # Select by position: band labels may be numbers while ``bands`` holds their names.
-    return da.isel(band=[names.index(b) for b in bands]).transpose("band", "y", "x")
+    # Positions, not labels: band labels may be numbers while ``bands`` holds their names.
+    return da.transpose("band", "y", "x"), [names.index(b) for b in bands]
 
 
 def _render(
-    da: xr.DataArray, *, max_size: int, resampling: str
+    da: xr.DataArray, bands: list[int], *, max_size: int, resampling: str
 ) -> tuple[np.ndarray, list[list[float]]]:
     """Warp onto a Web-Mercator grid of at most ``max_size`` px a side; values and lat/lon bounds.
 
@@ -235,9 +243,10 @@ def _render(
     if max(dst.shape) > int(max_size):
         dst = dst.zoom_to(int(max_size))
     if resampling == "nearest":
-        warped = _nearest(da, gbox, dst)
+        warped = _nearest(da, bands, gbox, dst)
     else:
-        warped = xr_reproject(da.astype(np.float32), dst, resampling=resampling).data
+        sel = da.isel(band=bands).astype(np.float32)
+        warped = xr_reproject(sel, dst, resampling=resampling).data
     values = np.asarray(dask.compute(warped)[0], dtype=np.float64)  # xf: computes display image
     bb = dst.extent.to_crs("EPSG:4326").boundingbox
     return values, [[bb.bottom, bb.left], [bb.top, bb.right]]
@@ -248,7 +257,7 @@ def _apply(t: Any, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f
 
 
-def _nearest(da: xr.DataArray, src: Any, dst: Any) -> Any:
+def _nearest(da: xr.DataArray, bands: list[int], src: Any, dst: Any) -> Any:
     """Gather the source pixel under each display pixel centre (exact transform, lazy).
 
     Unlike a GDAL warp run chunk by chunk, the answer does not depend on the chunking.
@@ -263,11 +272,15 @@ def _nearest(da: xr.DataArray, src: Any, dst: Any) -> Any:
     col, row = _apply(~src.affine, np.asarray(sx), np.asarray(sy))
     ix, iy = np.floor(col).astype(np.int64), np.floor(row).astype(np.int64)
     inside = (ix >= 0) & (ix < src.width) & (iy >= 0) & (iy < src.height)
-    plain = xr.DataArray(da.data, dims=da.dims).astype(np.float32)
-    picked = plain.isel(
+    plain = xr.DataArray(da.data, dims=da.dims)
+    lazy = isinstance(da.data, dask.array.Array)
+    # Lazy: drop the other bands first (free); in memory: gather pixels first (no full copy).
+    picked = plain.isel(band=bands) if lazy else plain
+    picked = picked.isel(
         y=xr.DataArray(np.where(inside, iy, 0), dims=("row", "col")),
         x=xr.DataArray(np.where(inside, ix, 0), dims=("row", "col")),
     )
+    picked = (picked if lazy else picked.isel(band=bands)).astype(np.float32)
     return picked.where(xr.DataArray(inside, dims=("row", "col"))).transpose("band", ...).data
 
 
@@ -386,11 +399,11 @@ def _union(bounds: Sequence[Sequence[Sequence[float]]]) -> list[list[float]]:
     ]
 
 
-def _layer_name(da: xr.DataArray, sel: xr.DataArray, name: str | None) -> str:
+def _layer_name(da: xr.DataArray, cube: xr.DataArray, bands: list[int], name: Any) -> str:
     if name is not None:
         return str(name)
-    bands = "/".join(str(b) for b in sel.band.values)
-    return f"{da.name} ({bands})" if da.name is not None else bands
+    label = "/".join(str(cube.band.values[i]) for i in bands)
+    return f"{da.name} ({label})" if da.name is not None and str(da.name) != label else label
 
 
 def explore(
@@ -511,10 +524,10 @@ def explore(
         make_offline(m)
     all_bounds = []
     for layer_name, spec in specs.items():
-        sel = _select(da, spec["bands"], spec["time"])
-        values, bounds = _render(sel, max_size=max_size, resampling=spec["resampling"])
+        cube, idx = _select(da, spec["bands"], spec["time"])
+        values, bounds = _render(cube, idx, max_size=max_size, resampling=spec["resampling"])
         low, high = _limits([values], spec["vmin"], spec["vmax"], spec["stretch"])
-        label = _layer_name(da, sel, layer_name)
+        label = _layer_name(da, cube, idx, layer_name)
         folium.raster_layers.ImageOverlay(
             _rgba(values, low, high, spec["cmap"]),
             bounds=bounds,
@@ -663,12 +676,14 @@ def split_map(
         raise InputError(f"opacity must be between 0 and 1; got {opt['opacity']}")
     sides = {}
     for side, da in (("left", left), ("right", right)):
-        sel = _select(da, opt["bands"], opt["time"])
-        sides[side] = (sel, *_render(sel, max_size=opt["max_size"], resampling=opt["resampling"]))
+        cube, idx = _select(da, opt["bands"], opt["time"])
+        names = [str(cube.band.values[i]) for i in idx]
+        rendered = _render(cube, idx, max_size=opt["max_size"], resampling=opt["resampling"])
+        sides[side] = (names, *rendered)
     if sides["left"][1].shape[0] != sides["right"][1].shape[0]:
         raise InputError(
-            f"left has bands {list(sides['left'][0].band.values)} and right "
-            f"{list(sides['right'][0].band.values)}; draw both with one band or both with three"
+            f"left has bands {sides['left'][0]} and right {sides['right'][0]}; "
+            "draw both with one band or both with three"
         )
     low, high = _limits(
         [sides["left"][1], sides["right"][1]], opt["vmin"], opt["vmax"], opt["stretch"]
