@@ -137,9 +137,14 @@ def _encode(state: Mapping[str, Any], fmt: str) -> bytes:
         return serialization.msgpack_serialize(_unflatten(flat))
     import xarray as xr
 
+    # HDF5 reserves "/" for groups: nested names are stored with "." instead
+    if any("." in name for name in flat):
+        raise ModelError(f"netcdf state keys may not contain '.'; got {sorted(flat)}")
     ds = xr.Dataset(
         {
-            name: xr.Variable([f"{name}_dim_{i}" for i in range(arr.ndim)], arr)
+            name.replace("/", "."): xr.Variable(
+                [f"{name.replace('/', '.')}_dim_{i}" for i in range(arr.ndim)], arr
+            )
             for name, arr in flat.items()
         }
     )
@@ -155,7 +160,9 @@ def _decode(data: bytes, fmt: str) -> dict[str, Any]:
     import xarray as xr
 
     with xr.open_dataset(io.BytesIO(data), engine="h5netcdf") as ds:
-        return _unflatten({name: np.asarray(ds[name].values) for name in ds.data_vars})
+        return _unflatten(
+            {str(name).replace(".", "/"): np.asarray(ds[name].values) for name in ds.data_vars}
+        )
 
 
 def write_model(
