@@ -8,7 +8,7 @@ Shape2d(x=10, y=10)
 
 from __future__ import annotations
 
-from xfusion import accessor, errors, grids
+from xfusion import accessor, datasets, errors, grids, models, recipes, viz
 from xfusion.grids import grid
 from xfusion.io.ee import open_ee
 from xfusion.io.raster import open_raster
@@ -35,6 +35,14 @@ from xfusion.preprocess.texture import lbp
 grid.to_xee = grids.to_xee  # type: ignore[attr-defined]
 grid.to_stackstac = grids.to_stackstac  # type: ignore[attr-defined]
 
+
+def load_model(path):
+    """Load a model saved with ``model.save(path)``; see :func:`xfusion.models.persist.load_model`."""
+    from xfusion.models.persist import load_model as _load_model
+
+    return _load_model(path)
+
+
 __version__ = "0.1.0"
 __all__ = [
     "CLASS_PRESETS",
@@ -44,6 +52,7 @@ __all__ = [
     "accessor",
     "class_balance",
     "composite",
+    "datasets",
     "dihedral",
     "dilate",
     "errors",
@@ -53,15 +62,19 @@ __all__ = [
     "index",
     "lags",
     "lbp",
+    "load_model",
     "mask_bits",
     "mask_classes",
     "mask_range",
+    "models",
     "open_ee",
     "open_raster",
     "open_stac",
     "patches",
+    "recipes",
     "resample",
     "sample",
     "scale",
     "standardize",
+    "viz",
 ]
