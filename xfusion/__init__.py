@@ -37,7 +37,7 @@ grid.to_stackstac = grids.to_stackstac  # type: ignore[attr-defined]
 
 
 def load_model(path):
-    """Load a model saved with ``model.save(path)`` (see :func:`xfusion.models.persist.load_model`)."""
+    """Load a model saved with ``model.save(path)``: :func:`xfusion.models.persist.load_model`."""
     from xfusion.models.persist import load_model as _load_model
 
     return _load_model(path)

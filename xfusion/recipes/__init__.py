@@ -22,7 +22,7 @@ __all__ = ["RECIPES", "get", *RECIPES]
 
 
 def get(name: str) -> ModuleType:
-    """Return the recipe module called ``name`` (:class:`~xfusion.errors.ConfigError` if unknown)."""
+    """Return the recipe module ``name`` (:class:`~xfusion.errors.ConfigError` if unknown)."""
     from xfusion.errors import ConfigError
 
     if name not in RECIPES:
