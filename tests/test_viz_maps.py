@@ -340,3 +340,40 @@ def test_explore_picks_the_named_bands(chunked):
     assert name == "B8"
     expected = np.round(matplotlib.colormaps["viridis"](values[3])[..., :3] * 255)
     assert np.abs(img[..., :3].astype(int) - expected).max() <= 1
+
+
+def test_explore_real_landsat_scene_at_high_latitude(shared_data):
+    """A real Landsat scene in East Greenland (UTM 24N, ~70° N), against a rasterio warp."""
+    import rioxarray
+
+    folder = shared_data / "landsat_c2l2_stac" / "assets"
+    stem = "LC08_L2SP_005009_20150710_20200908_02_T2_SR_"
+    bands = []
+    for band in ("B4", "B3", "B2"):
+        raw = rioxarray.open_rasterio(folder / f"{stem}{band}.TIF", chunks={"y": 256, "x": 256})
+        bands.append(raw.where(raw != 0).astype(np.float32) * 2.75e-5 - 0.2)
+    cube = xr.concat(bands, "band").assign_coords(band=["SR_B4", "SR_B3", "SR_B2"])
+    with raise_if_dask_computes(max_computes=1):
+        m = explore(cube, max_size=128, stretch=(2, 98))
+    ((img, bounds, name),) = _overlays(m)
+    assert name == "SR_B4/SR_B3/SR_B2" and max(img.shape[:2]) == 128
+    gbox = xf.grids.geobox_of(cube)
+    red = cube.isel(band=0).values
+    ref = _reference_warp(red, gbox, bounds, img.shape[:2])
+    valid = np.isfinite(ref)
+    assert np.mean((img[..., 3] == 255) == valid) > 0.98
+    lo, hi = np.nanpercentile(ref, [2, 98])
+    expected = np.round(np.clip((ref - lo) / (hi - lo), 0, 1) * 255)
+    both = valid & (img[..., 3] == 255)
+    assert np.mean(np.abs(img[..., 0][both].astype(int) - expected[both]) <= 2) > 0.97
+
+
+def test_explore_legend_shows_the_colour_limits():
+    m = explore(_ramp(), vmin=0, vmax=20000, cmap="magma", name="radiance")
+    (html,) = [c.html for c in m._children.values() if getattr(c, "class_name", "") == "xf-legend"]
+    assert "radiance" in html
+    ticks = re.findall(r'text-align:(?:left|center|right)">([^<]*)<', html)
+    assert ticks == ["0", "10,000", "20,000"]
+    magma = matplotlib.colormaps["magma"]
+    first, last = (matplotlib.colors.to_hex(magma(v)) for v in (0.0, 1.0))
+    assert f"{first} 0%" in html and f"{last} 100%" in html

@@ -327,7 +327,7 @@ def _legend_html(caption: str, cmap: str, low: float, high: float) -> str:
     stops = ", ".join(f"{to_hex(c)} {i * 10}%" for i, c in enumerate(colours))
     mid = (low + high) / 2
     ticks = "".join(
-        f'<span style="flex:1;text-align:{a}">{v:.4g}</span>'
+        f'<span style="flex:1;text-align:{a}">{_tick(v)}</span>'
         for v, a in ((low, "left"), (mid, "center"), (high, "right"))
     )
     return (
@@ -337,6 +337,11 @@ def _legend_html(caption: str, cmap: str, low: float, high: float) -> str:
         f'<div style="height:12px;background:linear-gradient(to right, {stops})"></div>'
         f'<div style="display:flex">{ticks}</div></div>'
     )
+
+
+def _tick(value: float) -> str:
+    """Format a legend tick: thousands separated, small numbers with four significant digits."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 def _escape(text: str) -> str:
