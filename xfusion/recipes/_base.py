@@ -159,7 +159,9 @@ def write_zarr(cubes: Mapping[str, xr.DataArray], path: str | os.PathLike[str]) 
             ds = cube.rename(name).to_dataset()
             for var in ds.variables.values():
                 var.encoding.clear()
-            ds.to_zarr(tmp, group=name, mode="a" if tmp.exists() else "w", consolidated=True)
+            ds.to_zarr(
+                tmp, group=name, mode="a" if tmp.exists() else "w", zarr_format=2, consolidated=True
+            )
         _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
