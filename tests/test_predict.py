@@ -355,3 +355,41 @@ def test_local_cluster_processes_equal_local(training):
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     for key in jobs:
         np.testing.assert_allclose(remote[key].values, local[key].values, rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# A small real U-Net (depth 2): seamless when the halo covers its receptive field
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_unet():
+    estimators = pytest.importorskip("xfusion.models.estimators")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4, 2, 16, 16)).astype(np.float32)
+    model = estimators.UNetRegressor(widths=(4, 8), center=8, epochs=1, progress=False)
+    return model.fit(X, X[:, :1] * 2 - X[:, 1:], bands=["B04", "B08"])
+
+
+def test_unet_blockwise_is_seamless_and_compiles_once(tiny_unet):
+    from xfusion.models import unet
+
+    assert tiny_unet.default_halo_ >= unet.receptive_field_radius(2)
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=(2, 44, 52)).astype(np.float32)
+    data[:, 5, 7] = np.nan
+    cube = xr.DataArray(data, dims=("band", "y", "x"), coords={"band": ["B04", "B08"]})
+    lazy = predict(cube.chunk({"y": 20, "x": 24}), tiny_unet, tile=24)
+    before = unet.compile_count()
+    blockwise = lazy.values
+    assert unet.compile_count() - before <= 1  # one block/tile shape, edge blocks padded
+    whole = predict(cube, tiny_unet, tile=24).values
+    np.testing.assert_allclose(blockwise, whole, rtol=1e-5, atol=1e-5)
+    assert np.isnan(blockwise[0, 5, 7])
+    assert np.isfinite(np.delete(blockwise.ravel(), 5 * 52 + 7)).all()
+    # the whole array through the network in one piece (no tiles, reflect-padded by the halo)
+    padded = np.pad(data, ((0, 0), (32, 32), (32, 32)), mode="reflect")
+    config, params = tiny_unet.inference_state()
+    direct = unet.apply_tiles(config, params, padded[None])[0, :, 32:-32, 32:-32]
+    ok = ~np.isnan(data).any(0)
+    np.testing.assert_allclose(blockwise[:, ok], direct[:, ok], rtol=1e-4, atol=1e-4)

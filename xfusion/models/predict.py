@@ -263,6 +263,24 @@ def _cosine_ramp(size: int, halo: int) -> np.ndarray:
     return w
 
 
+_first_call_lock = threading.Lock()
+_warm: set[tuple[Any, ...]] = set()
+
+
+def _apply_once_per_shape(apply, config, params, batch: np.ndarray) -> np.ndarray:
+    """Call ``apply``; the first call per (function, config, shape) holds a lock.
+
+    Threads that reach a new shape together would otherwise each trace and compile it.
+    """
+    key = (id(apply), id(config), batch.shape)
+    if key in _warm:
+        return np.asarray(apply(config, params, batch), dtype=np.float32)
+    with _first_call_lock:
+        out = np.asarray(apply(config, params, batch), dtype=np.float32)
+        _warm.add(key)
+    return out
+
+
 def _spatial_block(
     block: np.ndarray,
     config: Any,
@@ -307,7 +325,7 @@ def _spatial_block(
     for start in range(0, len(tiles), batch_size):
         batch = tiles[start : start + batch_size]
         batch += [empty] * (batch_size - len(batch))
-        pred = np.asarray(apply(config, params, np.stack(batch)), dtype=np.float32)
+        pred = _apply_once_per_shape(apply, config, params, np.stack(batch))
         if pred.shape != (batch_size, n_out, size, size):
             raise ModelError(
                 f"apply_tiles returned shape {pred.shape}; expected "
