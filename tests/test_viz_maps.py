@@ -236,6 +236,8 @@ def test_split_map_shares_one_colour_scale():
     assert not re.search(REMOTE, html)
     with pytest.raises(InputError, match="unknown arguments"):
         split_map(left, right, colour="red")
+    with pytest.raises(InputError, match="position"):
+        split_map(left, right, position=1.5)
 
 
 def test_save_html_and_make_offline(tmp_path):
@@ -301,16 +303,19 @@ def test_chromium_renders_explore_layer(tmp_path):
 def test_chromium_renders_split_map_sides(tmp_path):
     left = _cube(np.zeros((1, *MERC.shape)), MERC, ["v"])
     right = _cube(np.ones((1, *MERC.shape)), MERC, ["v"])
-    m = split_map(left, right, cmap="viridis", legend=False)
-    shot = _screenshot(save_html(m, tmp_path / "split.html"), tmp_path)
     viridis = matplotlib.colormaps["viridis"]
-    dark = _near(shot, np.round(np.array(viridis(0.0)[:3]) * 255))
-    yellow = _near(shot, np.round(np.array(viridis(1.0)[:3]) * 255))
-    assert dark.mean() > 0.05 and yellow.mean() > 0.05
-    # The left cube is shown left of the divider (the middle), the right cube right of it.
-    cols = np.arange(shot.shape[1])
-    assert cols[dark.any(axis=0)].max() <= shot.shape[1] // 2 + 2
-    assert cols[yellow.any(axis=0)].min() >= shot.shape[1] // 2 - 2
+    for position in (0.5, 0.45):
+        m = split_map(left, right, cmap="viridis", legend=False, position=position)
+        shot = _screenshot(save_html(m, tmp_path / "split.html"), tmp_path)
+        dark = _near(shot, np.round(np.array(viridis(0.0)[:3]) * 255))
+        yellow = _near(shot, np.round(np.array(viridis(1.0)[:3]) * 255))
+        assert dark.mean() > 0.02 and yellow.mean() > 0.02
+        # The left cube is shown left of the divider, the right cube right of it.
+        cols = np.arange(shot.shape[1])
+        cut = shot.shape[1] * position
+        # (the divider line and its shadow cover a few pixels at the cut)
+        assert cut - 8 <= cols[dark.any(axis=0)].max() <= cut + 1
+        assert cut - 1 <= cols[yellow.any(axis=0)].min() <= cut + 8
 
 
 @pytest.mark.parametrize("chunked", [False, True])

@@ -604,6 +604,7 @@ def split_map(
     *,
     left_name: str = "left",
     right_name: str = "right",
+    position: float = 0.5,
     **kwargs: Any,
 ) -> Any:
     """Compare two cubes on one map with a draggable split-screen divider (works offline).
@@ -622,6 +623,8 @@ def split_map(
         The cubes (any grids and CRSs), e.g. two years of the same area.
     left_name, right_name : str
         Labels shown in the map's top corners and in the layer control.
+    position : float
+        Initial place of the divider, as a fraction of the map's width from the left.
     **kwargs
         ``bands``, ``cmap``, ``vmin``, ``vmax``, ``stretch``, ``time``, ``basemap``,
         ``max_size``, ``opacity``, ``resampling`` and ``legend`` as in :func:`explore`, applied
@@ -679,6 +682,8 @@ def split_map(
     }
     if not 0 <= float(opt["opacity"]) <= 1:
         raise InputError(f"opacity must be between 0 and 1; got {opt['opacity']}")
+    if not 0 <= float(position) <= 1:
+        raise InputError(f"position must be a fraction of the map's width, 0 to 1; got {position}")
     sides = {}
     for side, da in (("left", left), ("right", right)):
         cube, idx = _select(da, opt["bands"], opt["time"])
@@ -697,7 +702,7 @@ def split_map(
     control = MacroElement()
     control._name = "SplitControl"
     control._template = jinja2.Template(_SPLIT_TEMPLATE)
-    control.position = 0.5
+    control.position = float(position)
     for side, label in (("left", left_name), ("right", right_name)):
         pane = f"{control.get_name()}_{side}"
         setattr(control, f"{side}_pane", pane)
