@@ -180,6 +180,8 @@ class Config(RecipeConfig):
         Trees of the random forest.
     max_depth : int, optional
         Depth limit of the trees (default unlimited).
+    figures : bool
+        Write the PNG figures and the HTML split map (``False`` for batch runs).
 
     Examples
     --------
@@ -218,6 +220,7 @@ class Config(RecipeConfig):
     stratify: bool = False
     n_estimators: int = 60
     max_depth: int | None = None
+    figures: bool = True
 
     def __post_init__(self) -> None:
         if self.source not in _SOURCES:
@@ -363,8 +366,10 @@ def run(config: Config) -> RecipeResult:
     cubes = {"fused": fused, "labels": labels, "builtup": builtup, "change": change}
     log.info("builtup: writing outputs to %s", out)
     files = _write_outputs(config, out, cubes, model, train, metrics)
-    figures = _figures(config, out, cubes)
-    files["split_map"] = _split_map(config, out, builtup)
+    figures = {}
+    if config.figures:
+        figures = _figures(config, out, cubes)
+        files["split_map"] = _split_map(config, out, builtup)
     return RecipeResult("builtup", metrics, cubes, figures, out, files)
 
 
