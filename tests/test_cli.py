@@ -36,9 +36,9 @@ def _check_png(path: Path) -> None:
     assert len(np.unique(np.round(rgb * 20), axis=0)) > 50  # many distinct colours
 
 
-def test_demo_in_process(tmp_path, capsys):
+def test_scene_in_process(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--size", "32", "--seed", "3"]) == 0
+    assert main(["scene", "--out", str(out), "--size", "32", "--seed", "3"]) == 0
     printed = capsys.readouterr().out
     catalog = out / "stac" / "catalog.json"
     assert json.loads(catalog.read_text())["type"] == "Catalog"
@@ -68,8 +68,17 @@ def test_recipes_lists_every_recipe(capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["demo", "--size", "8"], "error: size must be an integer >= 16"),
-        (["demo", "--out", "{blocker}/sub"], "error: cannot write to output folder"),
+        (["scene", "--size", "8"], "error: size must be an integer >= 16"),
+        (["scene", "--out", "{blocker}/sub"], "error: cannot write to output folder"),
+        (["run", "cloudmask", "--out", "{blocker}/sub"], "error: output directory"),
+        (["run", "nosuchrecipe"], "error: unknown recipe 'nosuchrecipe'"),
+        (
+            ["run", "cloudmask", "--set", "bogus_key=1"],
+            "error: unknown config key(s) ['bogus_key']",
+        ),
+        (["run", "cloudmask", "--set", "max_lags='three'"], "error: config key 'max_lags' must be"),
+        (["run", "cloudmask", "--config", "{blocker}.toml"], "error: config file"),
+        (["run", "cloudmask", "--scheduler", "tcp://127.0.0.1:1"], "error: cannot connect"),
     ],
 )
 def test_bad_input_is_a_clean_error(tmp_path, capsys, argv, message):
@@ -83,7 +92,9 @@ def test_bad_input_is_a_clean_error(tmp_path, capsys, argv, message):
     assert err.startswith(message) and "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv", [["demo", "--size", "abc"], ["demo", "nosuchrecipe"], ["fly"]])
+@pytest.mark.parametrize(
+    "argv", [["scene", "--size", "abc"], ["demo", "nosuchrecipe"], ["fly"], ["run"]]
+)
 def test_usage_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -96,13 +107,27 @@ def test_help_and_no_command(capsys):
         main(["--help"])
     assert info.value.code == 0
     help_text = capsys.readouterr().out
-    assert "demo" in help_text and "recipes" in help_text
+    assert all(cmd in help_text for cmd in ("demo", "run", "recipes", "scene"))
     assert main([]) == 2
 
 
-def test_python_dash_m_runs_the_demo(tmp_path):
+def test_run_recipe_with_toml_config(tmp_path, capsys):
+    config = tmp_path / "cloudmask.toml"
+    config.write_text(f'[cloudmask]\nout_dir = "{tmp_path / "ignored"}"\nseed = 1\n')
+    out = tmp_path / "cm"
+    assert main(["run", "cloudmask", "--config", str(config), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    # the summary prints the real metrics and where every output is
+    assert f"{metrics['accuracy']:.4g}" in printed
+    assert str(out / "metrics.json") in printed and str(out / "outputs.zarr") in printed
+    assert json.loads((out / "config.json").read_text())["seed"] == 1
+    assert not (tmp_path / "ignored").exists()  # --out wins over the file's out_dir
+
+
+def test_python_dash_m_runs_the_scene_command(tmp_path):
     out = tmp_path / "demo"
-    done = _run("demo", "--out", str(out), "--size", "32")
+    done = _run("scene", "--out", str(out), "--size", "32")
     assert done.returncode == 0, done.stderr
     assert "quicklook" in done.stdout
     _check_png(out / "quicklook_nightlights.png")

@@ -1,21 +1,37 @@
-"""The ``xfusion`` command line: ``xfusion demo``, ``xfusion recipes``.
+"""The ``xfusion`` command line.
 
-``xfusion demo`` writes a synthetic scene as a local STAC catalog of COGs, opens it again through
-:func:`xfusion.open_stac` (the same path real catalogs take), prints a summary of every source and
-writes a quicklook PNG. Mistakes are reported as ``error: <message>`` on stderr with exit code 2.
+============================================  ==================================================
+``xfusion demo``                              the main job: the ``nightlights`` recipe on the
+                                              synthetic scene through the STAC path
+``xfusion demo --all``                        all five recipes
+``xfusion run RECIPE --config FILE``          a recipe with a TOML configuration
+``xfusion recipes``                           list the recipes
+``xfusion scene RECIPE``                      write a synthetic scene as STAC, summarise it
+============================================  ==================================================
+
+Common options: ``--out DIR``, ``--set KEY=VALUE`` (override a config field), ``--scheduler``
+(``threads``, ``processes``, ``synchronous`` or the address of a Dask scheduler, e.g. one started
+by dask-jobqueue or dask-gateway), ``--device`` (``cpu`` or ``gpu``). Mistakes are reported as
+``error: <message>`` on stderr with exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
-from collections.abc import Sequence
+import time
+import tomllib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import dask
 import pandas as pd
 import xarray as xr
 
-from xfusion.errors import SourceError, XFusionError
+from xfusion.errors import ConfigError, SourceError, XFusionError
 
 __all__ = ["RECIPE_TABLE", "main"]
 
@@ -46,33 +62,79 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", help="output folder (default: the config's out_dir)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field (repeatable); VALUE is read as TOML, e.g. --set epochs=5",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scheduler", default=None,
+        help="Dask scheduler: threads (default), processes, synchronous, or a scheduler address "
+        "such as tcp://10.0.0.1:8786",
+    )  # fmt: skip
+    parser.add_argument(
+        "--device", choices=("cpu", "gpu"), default=None,
+        help="where JAX runs the models (default: a GPU if JAX sees one, else the CPU)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``xfusion`` command."""
     parser = argparse.ArgumentParser(
         prog="xfusion",
         description="Lazy, Dask-native satellite data fusion and machine learning on datacubes.",
+        epilog="Run 'xfusion COMMAND --help' for the options of a command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser(
         "demo",
-        help="write a synthetic scene as a STAC catalog, open it, summarise it, draw a quicklook",
-        description="Write the synthetic scene of RECIPE (default: nightlights) as COGs and a STAC "
-        "catalog in OUT/stac, open it with xfusion.open_stac, print a summary of every source and "
-        "write a quicklook PNG to OUT.",
+        help="run the main job (the nightlights recipe) on the embedded synthetic scene",
+        description="Run a recipe (default: nightlights) offline on its synthetic scene, written "
+        "as a local STAC catalog and read back through xfusion.open_stac; print a summary table "
+        "and where the outputs are. --all runs all five recipes.",
     )
     demo.add_argument(
         "recipe", nargs="?", default="nightlights", choices=sorted(RECIPE_TABLE),
+        help="which recipe (default: nightlights)",
+    )  # fmt: skip
+    demo.add_argument("--all", action="store_true", help="run all five recipes")
+    _add_common(demo)
+    demo.set_defaults(func=_demo)
+
+    run = sub.add_parser(
+        "run",
+        help="run a recipe with a TOML configuration",
+        description="Run RECIPE with the configuration in FILE (TOML: the config fields as "
+        "top-level keys or under a [RECIPE] table). Fields not given keep their defaults.",
+    )
+    run.add_argument("recipe", help=f"one of {', '.join(RECIPE_TABLE)}")
+    run.add_argument("--config", help="TOML configuration file")
+    _add_common(run)
+    run.set_defaults(func=_run)
+
+    recipes = sub.add_parser("recipes", help="list the recipes", description="List the recipes.")
+    recipes.set_defaults(func=_recipes)
+
+    scene = sub.add_parser(
+        "scene",
+        help="write a synthetic scene as a STAC catalog, open it, summarise it, draw a quicklook",
+        description="Write the synthetic scene of RECIPE as COGs and a STAC catalog in OUT/stac, "
+        "open it with xfusion.open_stac, print a summary of every source and write a quicklook.",
+    )
+    scene.add_argument(
+        "recipe", nargs="?", default="nightlights", choices=sorted(RECIPE_TABLE),
         help="which recipe's synthetic scene (default: nightlights)",
     )  # fmt: skip
-    demo.add_argument("--out", default="xfusion-demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--seed", type=_positive_int, default=0, help="random seed (default: 0)")
-    demo.add_argument(
+    scene.add_argument(
+        "--out", default="xfusion-scene", help="output folder (default: %(default)s)"
+    )
+    scene.add_argument("--seed", type=_positive_int, default=0, help="random seed (default: 0)")
+    scene.add_argument(
         "--size", type=_positive_int, default=256,
         help="pixels along each side of the finest grid (default: 256, at least 16)",
     )  # fmt: skip
-    demo.set_defaults(func=_demo)
-    recipes = sub.add_parser("recipes", help="list the recipes", description="List the recipes.")
-    recipes.set_defaults(func=_recipes)
+    scene.set_defaults(func=_scene)
     return parser
 
 
@@ -96,6 +158,98 @@ def main(argv: Sequence[str] | None = None) -> int:
     except XFusionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE; got {item!r}")
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key.strip()] = text  # a bare word is a string
+    return values
+
+
+def _load_config(recipe: str, path: str | None, args: argparse.Namespace) -> Any:
+    from xfusion import recipes
+
+    module = recipes.get(recipe)
+    config = module.Config.from_toml(path) if path else module.Config()
+    overrides = _parse_overrides(args.overrides)
+    if args.out is not None:
+        overrides["out_dir"] = str(Path(args.out) / recipe) if args.all_recipes else args.out
+    if overrides:
+        config = module.Config.from_dict({**config.to_dict(), **overrides})
+    return module, config
+
+
+@contextlib.contextmanager
+def _execution(args: argparse.Namespace) -> Iterator[None]:
+    """Select the JAX device and the Dask scheduler for the duration of a run."""
+    if args.device == "cpu":
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    elif args.device == "gpu":
+        os.environ["JAX_PLATFORMS"] = "cuda"
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    scheduler = args.scheduler
+    if scheduler is None or scheduler in ("threads", "processes", "synchronous", "sync"):
+        with dask.config.set(scheduler=scheduler or "threads"):
+            yield
+        return
+    try:
+        from distributed import Client
+
+        client = Client(scheduler, timeout="20s")
+    except (OSError, TimeoutError, ValueError) as err:
+        raise SourceError(
+            f"cannot connect to the Dask scheduler at {scheduler!r} ({err}); expected an address "
+            "like tcp://host:8786, or one of threads/processes/synchronous"
+        ) from err
+    with client:
+        print(f"Dask cluster: {client.dashboard_link}")
+        yield
+
+
+def _run_one(recipe: str, config_path: str | None, args: argparse.Namespace) -> Any:
+    module, config = _load_config(recipe, config_path, args)
+    print(f"running {recipe!r} -> {config.out_dir}", flush=True)
+    started = time.perf_counter()
+    result = module.run(config)
+    elapsed = time.perf_counter() - started
+    print(result.summary())
+    for name, path in {**result.files, **result.figures}.items():
+        print(f"  {name:<24} {path}")
+    print(f"{recipe} finished in {elapsed:.0f} s", flush=True)
+    return result
+
+
+def _demo(args: argparse.Namespace) -> int:
+    args.all_recipes = args.all
+    names = list(RECIPE_TABLE) if args.all else [args.recipe]
+    with _execution(args):
+        results = [_run_one(name, None, args) for name in names]
+    if len(results) > 1:
+        print()
+        print("all recipes finished:")
+        for res in results:
+            print(f"  {res.recipe:<12} {res.out_dir}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from xfusion import recipes
+
+    args.all_recipes = False
+    recipes.get(args.recipe)  # unknown recipe -> ConfigError before any work
+    with _execution(args):
+        _run_one(args.recipe, args.config, args)
+    return 0
 
 
 def _recipes(args: argparse.Namespace) -> int:
@@ -119,7 +273,7 @@ def _prepare_out(out: Path) -> Path:
     return out
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _scene(args: argparse.Namespace) -> int:
     # Imported here so that `xfusion --help` and `xfusion recipes` stay fast.
     import xfusion
     from xfusion.datasets import synthetic_scene, write_stac
