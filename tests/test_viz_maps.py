@@ -382,3 +382,42 @@ def test_explore_legend_shows_the_colour_limits():
     magma = matplotlib.colormaps["magma"]
     first, last = (matplotlib.colors.to_hex(magma(v)) for v in (0.0, 1.0))
     assert f"{first} 0%" in html and f"{last} 100%" in html
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_explore_and_split_map_draw_class_maps(chunked):
+    rng = np.random.default_rng(5)
+    codes = rng.choice([0.0, 1.0, 2.0], size=MERC.shape)
+    codes[:3, :3] = np.nan
+    classes = {0: ("non built-up", "#d9d9d9"), 1: ("built-up", "#d7301f"), 2: "water"}
+    da = _maybe_chunk(_cube(codes[None], MERC, ["smod"]), chunked)
+    m = explore(da, classes=classes)
+    ((img, _, _),) = _overlays(m)
+    tab10 = matplotlib.colormaps["tab10"]
+    for code, colour in ((0, "#d9d9d9"), (1, "#d7301f"), (2, tab10(2))):
+        expected = np.round(np.array(matplotlib.colors.to_rgba(colour)) * 255)
+        np.testing.assert_array_equal(
+            img[codes == code], np.broadcast_to(expected, (np.sum(codes == code), 4))
+        )
+    assert np.all(img[np.isnan(codes)][:, 3] == 0)
+    (legend,) = [
+        c.html for c in m._children.values() if getattr(c, "class_name", "") == "xf-legend"
+    ]
+    assert [t for t in ("non built-up", "built-up", "water") if t in legend] == [
+        "non built-up",
+        "built-up",
+        "water",
+    ]
+    assert "#d7301f" in legend
+    # A split map of two years of classes shares the table.
+    later = _cube(np.where(np.isnan(codes), np.nan, 1.0)[None], MERC, ["smod"])
+    (a, _, _), (b, _, _) = _overlays(split_map(da, later, classes=classes))
+    np.testing.assert_array_equal(a, img)
+    assert np.all(b[np.isfinite(codes)][:, :3] == [215, 48, 31])
+    with pytest.raises(InputError, match=r"codes \[2.0\] that are not in classes"):
+        explore(da, classes={0: "a", 1: "b"})
+    with pytest.raises(InputError, match="'nearest' or 'mode'"):
+        explore(da, classes=classes, resampling="average")
+    rgb = _cube(np.zeros((3, *MERC.shape)), MERC, ["r", "g", "b"])
+    with pytest.raises(InputError, match="one band of class codes"):
+        explore(rgb, classes=classes)

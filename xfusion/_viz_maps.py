@@ -25,6 +25,7 @@ import jinja2
 import numpy as np
 import xarray as xr
 
+from xfusion._viz_panels import class_table
 from xfusion.errors import BandError, InputError, SourceError
 from xfusion.grids import geobox_of
 
@@ -43,7 +44,18 @@ _RGB_NAMES = (
 
 # Options of one layer that may differ between the entries of ``layers=``.
 _LAYER_OPTIONS = frozenset(
-    {"bands", "cmap", "vmin", "vmax", "stretch", "time", "opacity", "resampling", "legend"}
+    {
+        "bands",
+        "cmap",
+        "vmin",
+        "vmax",
+        "stretch",
+        "time",
+        "opacity",
+        "resampling",
+        "legend",
+        "classes",
+    }
 )
 
 
@@ -319,6 +331,54 @@ def _rgba(values: np.ndarray, low: np.ndarray, high: np.ndarray, cmap: str) -> n
     return np.round(rgba * 255).astype(np.uint8)
 
 
+def _class_rgba(codes: np.ndarray, values: np.ndarray, colours: Sequence[Any]) -> np.ndarray:
+    """Class codes ``(y, x)`` to an RGBA uint8 image; NaN transparent."""
+    rgba = np.zeros((*codes.shape, 4))
+    for value, colour in zip(values, colours, strict=True):
+        rgba[codes == value] = colour
+    return np.round(rgba * 255).astype(np.uint8)
+
+
+def _class_legend_html(caption: str, labels: Sequence[str], colours: Sequence[Any]) -> str:
+    from matplotlib.colors import to_hex
+
+    rows = "".join(
+        f'<div><span style="display:inline-block;width:12px;height:12px;margin-right:6px;'
+        f'vertical-align:middle;border:1px solid #555;background:{to_hex(c)}"></span>'
+        f"{_escape(label)}</div>"
+        for label, c in zip(labels, colours, strict=True)
+    )
+    return (
+        '<div style="background:rgba(255,255,255,0.85);padding:4px 8px;border-radius:4px;'
+        'font:12px sans-serif">'
+        f'<div style="font-weight:bold;margin-bottom:2px">{_escape(caption)}</div>{rows}</div>'
+    )
+
+
+def _colourise(
+    images: Sequence[np.ndarray], spec: Mapping[str, Any], caption: str
+) -> tuple[list[np.ndarray], str | None]:
+    """Colour display images on one shared scale; return the RGBA images and the legend HTML."""
+    if spec["classes"] is not None:
+        if images[0].shape[0] != 1:
+            raise InputError("classes= colours one band of class codes; choose it with bands=...")
+        if spec["resampling"] not in ("nearest", "mode"):
+            raise InputError(
+                f"class codes need resampling 'nearest' or 'mode'; got {spec['resampling']!r}"
+            )
+        codes = np.concatenate([img[0].ravel() for img in images])
+        values, labels, colours = class_table(spec["classes"], codes)
+        rgbas = [_class_rgba(img[0], values, colours) for img in images]
+        legend = _class_legend_html(caption, labels, colours)
+    else:
+        low, high = _limits(images, spec["vmin"], spec["vmax"], spec["stretch"])
+        rgbas = [_rgba(img, low, high, spec["cmap"]) for img in images]
+        legend = None
+        if images[0].shape[0] == 1:
+            legend = _legend_html(caption, spec["cmap"], float(low[0]), float(high[0]))
+    return rgbas, legend if spec["legend"] else None
+
+
 def _legend_html(caption: str, cmap: str, low: float, high: float) -> str:
     import matplotlib
     from matplotlib.colors import to_hex
@@ -428,6 +488,7 @@ def explore(
     m: Any = None,
     resampling: str = "nearest",
     legend: bool = True,
+    classes: Mapping[Any, tuple[str, Any] | str] | None = None,
 ) -> Any:
     """Show a cube on an interactive Leaflet map (folium) that works offline.
 
@@ -468,13 +529,17 @@ def explore(
         Several layers of the same cube, e.g.
         ``{"RGB": {"bands": ["B4", "B3", "B2"]}, "NIR": {"bands": "B8", "cmap": "magma"}}``; each
         entry may set ``bands``, ``cmap``, ``vmin``, ``vmax``, ``stretch``, ``time``, ``opacity``,
-        ``resampling`` and ``legend``, and the other arguments are their defaults.
+        ``resampling``, ``legend`` and ``classes``; the other arguments are their defaults.
     m : folium.Map, optional
         Add the layer(s) to this map instead of a new one (``basemap`` is then ignored).
     resampling : str
         Resampling of the display warp (``"nearest"``, ``"average"``, ``"bilinear"``...).
     legend : bool
-        Add a colour-bar legend for single-band layers.
+        Add a legend: a colour bar for a single-band layer, swatches for a class map.
+    classes : mapping of code to (name, colour) or to name, optional
+        Draw one band of class codes with one colour per class (as in
+        :func:`~xfusion._viz_panels.plot_classes`); a code not listed raises
+        :class:`~xfusion.errors.InputError`.
 
     Returns
     -------
@@ -506,6 +571,7 @@ def explore(
         "opacity": opacity,
         "resampling": resampling,
         "legend": legend,
+        "classes": classes,
     }
     if layers is None:
         specs = {name: defaults}
@@ -531,17 +597,13 @@ def explore(
     for layer_name, spec in specs.items():
         cube, idx = _select(da, spec["bands"], spec["time"])
         values, bounds = _render(cube, idx, max_size=max_size, resampling=spec["resampling"])
-        low, high = _limits([values], spec["vmin"], spec["vmax"], spec["stretch"])
         label = _layer_name(da, cube, idx, layer_name)
+        (rgba,), legend_html = _colourise([values], spec, label)
         folium.raster_layers.ImageOverlay(
-            _rgba(values, low, high, spec["cmap"]),
-            bounds=bounds,
-            name=label,
-            opacity=float(spec["opacity"]),
+            rgba, bounds=bounds, name=label, opacity=float(spec["opacity"])
         ).add_to(m)
-        if spec["legend"] and values.shape[0] == 1:
-            html = _legend_html(label, spec["cmap"], float(low[0]), float(high[0]))
-            _html_control(html, "bottomright", "xf-legend").add_to(m)
+        if legend_html is not None:
+            _html_control(legend_html, "bottomright", "xf-legend").add_to(m)
         all_bounds.append(bounds)
     return _finish(m, _union(all_bounds))
 
@@ -627,8 +689,8 @@ def split_map(
         Initial place of the divider, as a fraction of the map's width from the left.
     **kwargs
         ``bands``, ``cmap``, ``vmin``, ``vmax``, ``stretch``, ``time``, ``basemap``,
-        ``max_size``, ``opacity``, ``resampling`` and ``legend`` as in :func:`explore`, applied
-        to both sides.
+        ``max_size``, ``opacity``, ``resampling``, ``legend`` and ``classes`` as in
+        :func:`explore`, applied to both sides.
 
     Returns
     -------
@@ -660,6 +722,7 @@ def split_map(
         "opacity",
         "resampling",
         "legend",
+        "classes",
     }
     unknown = set(kwargs) - allowed
     if unknown:
@@ -678,6 +741,7 @@ def split_map(
         "opacity": 1.0,
         "resampling": "nearest",
         "legend": True,
+        "classes": None,
         **kwargs,
     }
     if not 0 <= float(opt["opacity"]) <= 1:
@@ -695,31 +759,25 @@ def split_map(
             f"left has bands {sides['left'][0]} and right {sides['right'][0]}; "
             "draw both with one band or both with three"
         )
-    low, high = _limits(
-        [sides["left"][1], sides["right"][1]], opt["vmin"], opt["vmax"], opt["stretch"]
+    rgbas, legend_html = _colourise(
+        [sides["left"][1], sides["right"][1]], opt, f"{left_name} | {right_name}"
     )
     m = _new_map(opt["basemap"])
     control = MacroElement()
     control._name = "SplitControl"
     control._template = jinja2.Template(_SPLIT_TEMPLATE)
     control.position = float(position)
-    for side, label in (("left", left_name), ("right", right_name)):
+    for side, label, rgba in (("left", left_name, rgbas[0]), ("right", right_name, rgbas[1])):
         pane = f"{control.get_name()}_{side}"
         setattr(control, f"{side}_pane", pane)
         folium.map.CustomPane(pane, z_index=400, pointer_events=False).add_to(m)
-        _, values, bounds = sides[side]
+        bounds = sides[side][2]
         folium.raster_layers.ImageOverlay(
-            _rgba(values, low, high, opt["cmap"]),
-            bounds=bounds,
-            name=str(label),
-            opacity=float(opt["opacity"]),
-            pane=pane,
+            rgba, bounds=bounds, name=str(label), opacity=float(opt["opacity"]), pane=pane
         ).add_to(m)
-        position = "topleft" if side == "left" else "topright"
-        _html_control(_escape(label), position, "xf-split-label").add_to(m)
-    if opt["legend"] and sides["left"][1].shape[0] == 1:
-        caption = f"{left_name} | {right_name}"
-        _legend_html_ = _legend_html(caption, opt["cmap"], float(low[0]), float(high[0]))
-        _html_control(_legend_html_, "bottomright", "xf-legend").add_to(m)
+        corner = "topleft" if side == "left" else "topright"
+        _html_control(_escape(label), corner, "xf-split-label").add_to(m)
+    if legend_html is not None:
+        _html_control(legend_html, "bottomright", "xf-legend").add_to(m)
     control.add_to(m)
     return _finish(m, _union([sides["left"][2], sides["right"][2]]))

@@ -315,6 +315,57 @@ def plot_loss(
     return fig
 
 
+def class_table(
+    classes: Mapping[Any, tuple[str, Any] | str] | None, codes: np.ndarray
+) -> tuple[np.ndarray, list[str], list[tuple[float, float, float, float]]]:
+    """Return the sorted class codes, their names and RGBA colours; check ``codes`` against them.
+
+    ``classes`` maps a code to ``(name, colour)`` or to a name (coloured from ``tab10``); by
+    default every code found in ``codes`` is a class named by its value. A finite code that is
+    not a class raises :class:`InputError`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> class_table({1: ("water", "blue"), 0: "land"}, np.array([0.0, 1.0, np.nan]))[:2]
+    (array([0., 1.]), ['land', 'water'])
+    """
+    import matplotlib
+    from matplotlib.colors import to_rgba
+
+    present = np.unique(codes[np.isfinite(codes)])
+    if classes is None:
+        keys = [int(c) if float(c).is_integer() else float(c) for c in present]
+        classes = {k: str(k) for k in keys}
+    if not isinstance(classes, Mapping) or not classes:
+        raise InputError("classes must be a non-empty mapping of code to (name, colour)")
+    keys = sorted(classes, key=float)
+    unknown = sorted(set(present.tolist()) - {float(k) for k in keys})
+    if unknown:
+        raise InputError(
+            f"class map has codes {unknown} that are not in classes {keys}; add them to classes"
+        )
+    default = matplotlib.colormaps["tab10"]
+    labels, colours = [], []
+    for i, key in enumerate(keys):
+        entry = classes[key]
+        if isinstance(entry, str):
+            name, colour = entry, default(i % 10)
+        else:
+            try:
+                name, colour = entry
+            except (TypeError, ValueError) as err:
+                raise InputError(
+                    f"classes[{key!r}] must be a name or (name, colour); got {entry!r}"
+                ) from err
+        try:
+            colours.append(to_rgba(colour))
+        except ValueError as err:
+            raise InputError(f"classes[{key!r}] has an unknown colour {colour!r}") from err
+        labels.append(str(name))
+    return np.asarray([float(k) for k in keys]), labels, colours
+
+
 def plot_classes(
     da: xr.DataArray | np.ndarray,
     classes: Mapping[Any, tuple[str, str] | str] | None = None,
@@ -361,46 +412,14 @@ def plot_classes(
     >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     ['non built-up (50.0 %)', 'built-up (50.0 %)']
     """
-    from matplotlib.colors import BoundaryNorm, ListedColormap, to_rgba
+    from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.patches import Patch
 
     img = _squeeze_image(da, "class map", time)
     (codes,) = _load(img)
-    present = np.unique(codes[np.isfinite(codes)])
-    if classes is None:
-        keys = [int(c) if float(c).is_integer() else float(c) for c in present]
-        classes = {k: str(k) for k in keys}
-    if not isinstance(classes, Mapping) or not classes:
-        raise InputError("classes must be a non-empty mapping of code to (name, colour)")
-    keys = sorted(classes, key=float)
-    unknown = sorted(set(present.tolist()) - {float(k) for k in keys})
-    if unknown:
-        raise InputError(
-            f"class map has codes {unknown} that are not in classes {keys}; add them to classes"
-        )
-    import matplotlib
-
-    default = matplotlib.colormaps["tab10"]
-    labels, colours = [], []
-    for i, key in enumerate(keys):
-        entry = classes[key]
-        if isinstance(entry, str):
-            name, colour = entry, default(i % 10)
-        else:
-            try:
-                name, colour = entry
-            except (TypeError, ValueError) as err:
-                raise InputError(
-                    f"classes[{key!r}] must be a name or (name, colour); got {entry!r}"
-                ) from err
-        try:
-            colours.append(to_rgba(colour))
-        except ValueError as err:
-            raise InputError(f"classes[{key!r}] has an unknown colour {colour!r}") from err
-        labels.append(str(name))
-    values = np.asarray([float(k) for k in keys])
+    values, labels, colours = class_table(classes, codes)
     edges = np.concatenate([[values[0] - 0.5], (values[:-1] + values[1:]) / 2, [values[-1] + 0.5]])
-    norm = BoundaryNorm(edges, ncolors=len(keys))
+    norm = BoundaryNorm(edges, ncolors=len(values))
     valid = np.isfinite(codes)
     total = max(int(valid.sum()), 1)
     fig, axes = _figure(1, 1, panel=4.5)
