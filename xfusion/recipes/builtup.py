@@ -50,6 +50,7 @@ import xarray as xr
 from xfusion.errors import ConfigError, EmptySelectionError, InputError, ModelError
 from xfusion.grids import geobox_of
 from xfusion.grids import grid as make_grid
+from xfusion.preprocess.fuse import fuse
 from xfusion.preprocess.mask import CLASS_PRESETS, QA_PRESETS
 from xfusion.recipes._base import (
     RecipeConfig,
@@ -506,23 +507,12 @@ def _fused_cube(config: Config, sources: Mapping[str, xr.DataArray], grid: Any) 
     mean_ref, std_ref = lights(config.viirs_mean_year), lights(config.viirs_std_year)
     layers = []
     for year in config.years():
-        s2_year = _season(config, reflectance, year, "Sentinel-2").xf.resample(grid, "average")
+        s2_year = _season(config, reflectance, year, "Sentinel-2")
         viirs_year = lights(year).xf.standardize(mean=mean_ref, std=std_ref)
-        layers.append(_fuse({"s2": s2_year, "viirs": viirs_year}))
+        layers.append(fuse({"s2": s2_year, "viirs": viirs_year}, grid=grid, resampling="average"))
     times = pd.DatetimeIndex([pd.Timestamp(y, config.season[0], 1) for y in config.years()])
     fused = xr.concat(layers, dim=pd.Index(times.as_unit("ns"), name="time"))
     return fused.transpose("time", "band", "y", "x").rename("fused")
-
-
-def _fuse(layers: Mapping[str, xr.DataArray]) -> xr.DataArray:
-    """Stack same-grid cubes along ``band`` as ``"source:band"`` with a ``source`` coordinate."""
-    parts = []
-    for name, cube in layers.items():
-        bands = [f"{name}:{b}" for b in cube.band.values]
-        parts.append(
-            cube.assign_coords(band=bands, source=("band", [name] * len(bands))).astype("float32")
-        )
-    return xr.concat(parts, dim="band", coords="different", compat="equals", join="exact")
 
 
 def _labels(config: Config, ghsl: xr.DataArray, grid: Any) -> xr.DataArray:
