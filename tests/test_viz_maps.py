@@ -13,6 +13,8 @@ import matplotlib
 import numpy as np
 import pytest
 import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pyproj import Transformer
 from rasterio.crs import CRS as RioCRS
@@ -421,3 +423,13 @@ def test_explore_and_split_map_draw_class_maps(chunked):
     rgb = _cube(np.zeros((3, *MERC.shape)), MERC, ["r", "g", "b"])
     with pytest.raises(InputError, match="one band of class codes"):
         explore(rgb, classes=classes)
+
+
+@settings(max_examples=8, deadline=None)
+@given(cy=st.integers(5, 40), cx=st.integers(5, 60), max_size=st.integers(8, 80))
+def test_explore_display_does_not_depend_on_chunks(cy, cx, max_size):
+    da = _ramp()
+    eager = _overlays(explore(da, max_size=max_size, vmin=0, vmax=80))[0]
+    lazy = _overlays(explore(da.chunk({"y": cy, "x": cx}), max_size=max_size, vmin=0, vmax=80))[0]
+    np.testing.assert_array_equal(eager[0], lazy[0])
+    assert eager[1] == lazy[1] and max(eager[0].shape[:2]) <= max_size
