@@ -239,3 +239,7 @@ def test_plot_bands_time_and_errors():
         plot_bands(cube, ["c"], time="2019-01-01")
     with pytest.raises(InputError, match="'band' dimension"):
         plot_bands(cube.isel(band=0))
+    with pytest.raises(InputError, match="time '2021-01-01' not in band 'a'"):
+        plot_bands(cube, time="2021-01-01")
+    with pytest.raises(InputError, match="no 'time' dimension"):
+        plot_bands(cube.isel(time=0), time="2019-01-01")

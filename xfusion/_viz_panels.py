@@ -54,7 +54,12 @@ def _squeeze_image(obj: Any, what: str, time: Any = None) -> xr.DataArray:
         raise InputError(f"{what} must be a DataArray or numpy array; got {type(obj).__name__}")
     if "time" in obj.dims:
         if time is not None:
-            obj = obj.sel(time=time)
+            try:
+                obj = obj.sel(time=time)
+            except (KeyError, TypeError, ValueError) as err:
+                raise InputError(
+                    f"time {time!r} not in {what}; times are {[str(t) for t in obj.time.values]}"
+                ) from err
         if "time" in obj.dims:
             if obj.sizes["time"] != 1:
                 raise InputError(
@@ -62,6 +67,8 @@ def _squeeze_image(obj: Any, what: str, time: Any = None) -> xr.DataArray:
                     "or composite first"
                 )
             obj = obj.isel(time=0)
+    elif time is not None:
+        raise InputError(f"time={time!r} given but {what} has no 'time' dimension")
     for dim in [d for d in obj.dims if d not in ("y", "x")]:
         if obj.sizes[dim] != 1:
             raise InputError(
