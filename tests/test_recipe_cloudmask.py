@@ -215,7 +215,7 @@ def test_same_metrics_on_a_process_cluster(result, tmp_path):
     config = cloudmask.Config(out_dir=str(tmp_path))
     with (
         distributed.LocalCluster(
-            n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
         ) as cluster,
         distributed.Client(cluster),
     ):

@@ -818,7 +818,9 @@ def _figures(out: Path, cubes: dict, config: Config, metrics: dict) -> dict[str,
 
     bands = list(config.bands)
     image = cubes["image"]
-    values = image.values[np.isfinite(image.values)]
+    # stretch on the cloud-free forecast, so the ground stays visible beside the bright clouds
+    forecast = cubes[f"forecast_{config.forecast_model}"].values
+    values = forecast[np.isfinite(forecast)]
     limits = tuple(np.percentile(values, [2, 98])) if values.size else (0.0, 1.0)
     palette = ListedColormap(["#1b1b1b", "#f2f2f2", "#3b6fd1"])
     main = f"k{config.n_clusters[0]}"
