@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -57,6 +58,9 @@ _HTTP_REASONS = {
 }
 
 
+_IMAGE_IDS = itertools.count()
+
+
 class FakeImage:
     """A local image standing in for an Earth Engine asset.
 
@@ -73,7 +77,7 @@ class FakeImage:
     masks : mapping of band name to boolean array, optional
         ``True`` where a band is valid (besides NaN).
     id : str, optional
-        ``system:id`` of the image.
+        ``system:id`` of the image (default: a unique ``fake/image_<n>``).
     """
 
     def __init__(
@@ -97,8 +101,9 @@ class FakeImage:
         self.properties = dict(properties or {})
         if time is not None:
             self.properties["system:time_start"] = _millis(time)
-        if id is not None:
-            self.properties["system:id"] = id
+        # Every Earth Engine image has an id; xee reads it together with the time, and without
+        # one it falls back to integer positions instead of dates.
+        self.properties["system:id"] = id if id is not None else f"fake/image_{next(_IMAGE_IDS)}"
 
 
 # --------------------------------------------------------------------------------------------
