@@ -463,7 +463,7 @@ def _open_sources(config: Config, out: Path) -> tuple[dict[str, xr.DataArray], x
 
 
 def _region_grids(config: Config) -> tuple[Any, Any]:
-    """The VIIRS grid over ``config.region`` and the 30 m grid with the same bounds (or Nones)."""
+    """Return the VIIRS grid over ``config.region`` and the 30 m grid with its bounds (or Nones)."""
     if config.region is None:
         return None, None
     from odc.geo.geom import BoundingBox
@@ -628,7 +628,7 @@ def _pixel_rows(train: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fit_ridge(config: Config, train: xr.Dataset) -> Any:
-    """The pixelwise baseline, fitted on the same training pixels as the U-Net."""
+    """Fit the pixelwise baseline on the same training pixels as the U-Net."""
     from xfusion.models import Ridge
 
     x, y = _pixel_rows(train)
