@@ -99,6 +99,12 @@ class XFusionAccessor(_Base):
     def explore(self, **kwargs):  # noqa: D102
         return viz.explore(self._obj, **kwargs)
 
+    def plot_bands(self, bands=None, **kwargs):  # noqa: D102
+        return viz.plot_bands(self._obj, bands, **kwargs)
+
+    def plot_classes(self, classes=None, **kwargs):  # noqa: D102
+        return viz.plot_classes(self._obj, classes, **kwargs)
+
 
 @xr.register_dataset_accessor("xf")
 class XFusionDatasetAccessor(_Base):

@@ -14,9 +14,23 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xfusion._viz_maps import explore, make_offline, save_html, split_map
+from xfusion._viz_panels import plot_bands, plot_classes, plot_loss, plot_panels
 from xfusion.errors import BandError, InputError, SourceError
 
-__all__ = ["explore", "plot_rgb", "quicklook", "rgb_array"]
+__all__ = [
+    "explore",
+    "make_offline",
+    "plot_bands",
+    "plot_classes",
+    "plot_loss",
+    "plot_panels",
+    "plot_rgb",
+    "quicklook",
+    "rgb_array",
+    "save_html",
+    "split_map",
+]
 
 # Red, green, blue band names of common products, tried in order when ``bands`` is not given.
 _RGB_NAMES = (
@@ -239,8 +253,3 @@ def quicklook(
     except OSError as err:
         raise SourceError(f"cannot write quicklook to {str(path)!r}: {err}") from err
     return path
-
-
-def explore(da, **kwargs):
-    """Not implemented yet."""
-    raise NotImplementedError
