@@ -1,0 +1,240 @@
+"""Stream a blockwise U-Net prediction of a large lazy cube to Zarr within a memory budget.
+
+The cube (9 bands) is a lazy Dask array computed block by block from its position (smooth
+fields plus seeded noise), never materialised. ``predict(cube, model)`` with a tiny U-Net is
+written with ``to_zarr(compute=True)`` under
+
+* (a) Dask's local threaded scheduler,
+* (b) ``LocalCluster(n_workers=1, processes=True, threads_per_worker=1)``,
+* (c) the same cluster scaled to 2 workers.
+
+Reported for each: wall time, output Mpx/s, and the peak resident memory of the whole process
+tree (this process plus every worker and nanny, sampled with psutil and summed), against the
+2 GB budget. Every scheduler's store is read back and compared with the threaded one; in the
+smoke run all three are also checked against xfusion's eager (numpy) prediction of the computed
+cube.
+
+Compilation is not timed: each process (this one, or every worker) first applies the model to
+one zero block of the shape ``predict`` uses. With 2 CPU cores and XLA's own thread pool the
+2-worker run is not expected to be faster than 1 worker; it shows that the method distributes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import dask
+import dask.array as dsa
+import numpy as np
+import psutil
+import xarray as xr
+
+import xfusion as xf
+from benchmarks._util import case_result
+from benchmarks.bench_unet import N_BANDS, RandomUNet, conv_flops, random_model
+from xfusion.grids import assign_grid
+from xfusion.models.predict import predict
+from xfusion.models.unet import apply_tiles
+
+CASE = "scale"
+BUDGET_MB = 2000.0
+
+
+class TreePeakRSS:
+    """Peak of the summed RSS of this process and all its descendants (MB), sampled."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self._proc = psutil.Process()
+        self._stop = threading.Event()
+        self.peak_mb = 0.0
+        self.peak_processes = 0
+
+    def _tree_rss(self) -> tuple[float, int]:
+        procs = [self._proc, *self._proc.children(recursive=True)]
+        total = 0
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:  # a process that exited between listing and reading
+                pass
+        return total / 2**20, len(procs)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            rss, n = self._tree_rss()
+            if rss > self.peak_mb:
+                self.peak_mb, self.peak_processes = rss, n
+            time.sleep(self.interval)
+
+    def __enter__(self) -> TreePeakRSS:
+        self.start_mb, _ = self._tree_rss()
+        self.peak_mb = self.start_mb
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _field_block(block: np.ndarray, size: int, seed: int, block_info=None) -> np.ndarray:
+    """One ``(band, y, x)`` block of the synthetic cube, computed from its position."""
+    info = block_info[None]
+    (b0, b1), (y0, y1), (x0, x1) = info["array-location"]
+    yy = (np.arange(y0, y1, dtype=np.float32) / size)[:, None]
+    xx = (np.arange(x0, x1, dtype=np.float32) / size)[None, :]
+    rng = np.random.default_rng([seed, *info["chunk-location"]])
+    out = np.empty(info["chunk-shape"], np.float32)
+    for i, k in enumerate(range(b0, b1)):
+        out[i] = 0.1 + 0.05 * np.sin(2 * np.pi * (k + 1) * yy) * np.cos(2 * np.pi * (k + 2) * xx)
+    out += rng.normal(0.0, 0.01, out.shape).astype(np.float32)
+    return out
+
+
+def make_cube(size: int, chunk: int, *, seed: int = 0) -> xr.DataArray:
+    """Lazy ``(band=9, y, x)`` float32 cube on a 10 m UTM grid; nothing is held in memory."""
+    template = dsa.empty((N_BANDS, size, size), chunks=(-1, chunk, chunk), dtype=np.float32)
+    data = template.map_blocks(_field_block, size, seed, dtype=np.float32)
+    cube = xr.DataArray(
+        data, dims=("band", "y", "x"), coords={"band": [f"b{k}" for k in range(N_BANDS)]}
+    )
+    gbox = xf.grid((500000, 4000000, 500000 + 10 * size, 4000000 + 10 * size), "EPSG:32633", 10)
+    return assign_grid(cube, gbox)
+
+
+def _warm(config, params, shape: tuple[int, ...]) -> None:
+    """Compile the model for ``shape`` in the calling process."""
+    apply_tiles(config, params, np.zeros(shape, np.float32))
+
+
+def _write(pred: xr.DataArray, store: Path) -> dict:
+    with TreePeakRSS() as mem:
+        t0 = time.perf_counter()
+        pred.to_dataset(name="prediction").to_zarr(
+            store, mode="w", compute=True, consolidated=False
+        )
+        elapsed = time.perf_counter() - t0
+    return {
+        "median_s": elapsed,
+        "times_s": [elapsed],
+        "peak_mem_mb": mem.peak_mb,
+        "start_tree_rss_mb": mem.start_mb,
+        "processes_at_peak": mem.peak_processes,
+    }
+
+
+def _read(store: Path) -> np.ndarray:
+    return xr.open_zarr(store, consolidated=False)["prediction"].values
+
+
+def run(*, smoke: bool = False, repeats: int = 1) -> dict:
+    from distributed import Client, LocalCluster
+
+    widths, center = (8, 16), 32
+    size, chunk, halo = (96, 32, 32) if smoke else (4096, 1024, 32)
+    config, params = random_model(widths, center)
+    cube = make_cube(size, chunk)
+    model = RandomUNet(config, params, cube.band.values, halo)
+    pred = predict(cube, model, halo=halo)
+    # variable-length band names: Zarr v3 has no specification for fixed-width unicode
+    pred = pred.assign_coords(band=pred.band.astype(object))
+    block_in = chunk + 2 * halo
+    shape = (1, N_BANDS, block_in, block_in)
+    mpx = size * size / 1e6
+    workdir = Path(tempfile.mkdtemp(prefix="xfusion-bench-scale-"))
+    results: dict[str, dict] = {}
+    try:
+        _warm(config, params, shape)
+        with dask.config.set(scheduler="threads"):
+            results["threaded"] = _write(pred, workdir / "threaded.zarr")
+        reference = _read(workdir / "threaded.zarr")
+        cluster_start = time.perf_counter()
+        with (
+            LocalCluster(
+                n_workers=1, processes=True, threads_per_worker=1, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            startup = {"1 worker": time.perf_counter() - cluster_start}
+            client.run(_warm, config, params, shape)
+            results["1 process worker"] = _write(pred, workdir / "one.zarr")
+            t0 = time.perf_counter()
+            cluster.scale(2)
+            client.wait_for_workers(2)
+            startup["second worker"] = time.perf_counter() - t0
+            client.run(_warm, config, params, shape)
+            results["2 process workers"] = _write(pred, workdir / "two.zarr")
+        for name, store in (("1 process worker", "one.zarr"), ("2 process workers", "two.zarr")):
+            np.testing.assert_allclose(
+                _read(workdir / store), reference, rtol=1e-5, atol=1e-6, err_msg=name
+            )
+        if smoke:
+            eager = predict(cube.compute(), model, halo=halo).values
+            np.testing.assert_allclose(reference, eager, rtol=1e-5, atol=1e-6, err_msg="eager")
+        if not np.isfinite(reference).all():
+            raise AssertionError("the streamed prediction has non-finite values")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    threaded = results.pop("threaded")
+    flops = (size // chunk) ** 2 * conv_flops(config["architecture"], block_in, block_in)
+    summary = {
+        name: {
+            "seconds": res["median_s"],
+            "mpx_per_s": mpx / res["median_s"],
+            "achieved_gflop_per_s": flops / res["median_s"] / 1e9,
+            "peak_tree_rss_mb": res["peak_mem_mb"],
+            "within_2gb": res["peak_mem_mb"] <= BUDGET_MB,
+        }
+        for name, res in (("threaded", threaded), *results.items())
+    }
+    return case_result(
+        CASE,
+        xfusion=threaded,
+        competitors=results,
+        params={
+            "what": "predict(cube, tiny U-Net, halo) streamed with to_zarr(compute=True)",
+            "model": f"U-Net widths {list(widths)}, centre {center}, 9 -> 1 bands, random weights",
+            "shape": [N_BANDS, size, size],
+            "input_gb_if_materialised": N_BANDS * size * size * 4 / 1e9,
+            "chunks": [N_BANDS, chunk, chunk],
+            "halo": halo,
+            "block_shape": list(shape),
+            "size_note": (
+                "full run at 4096x4096 instead of 16384x16384: the tiny U-Net runs at a few "
+                "GFLOP/s on the shared 2-core CPU; memory per task is set by the block shape, "
+                "not the cube size, so peak RSS does not grow with the cube"
+                if not smoke
+                else "smoke"
+            ),
+            "smoke": smoke,
+            "repeats": 1,
+        },
+        packages=("jax", "jaxlib", "distributed", "zarr"),
+        extra={
+            "peak_rss_budget_mb": BUDGET_MB,
+            "summary": summary,
+            "cluster_startup_s": startup,
+            "speedup_2_workers_vs_1": results["1 process worker"]["median_s"]
+            / results["2 process workers"]["median_s"],
+            "rss_note": "peak_mem_mb is the absolute summed RSS of the process tree, not a delta",
+            "target": "peak RSS <= 2 GB; 2 process workers vs 1 reported (ratio = 1 worker "
+            "time / threaded time, 2 workers time / threaded time)",
+        },
+    )
+
+
+if __name__ == "__main__":
+    result = run(smoke="--smoke" in sys.argv)
+    out = Path(__file__).resolve().parent / "results" / f"{CASE}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
