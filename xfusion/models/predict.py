@@ -28,6 +28,7 @@ from typing import Any
 import dask
 import dask.array as dsa
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from xfusion.errors import BandError, InputError, ModelError
@@ -149,9 +150,12 @@ def _pixel_block(
     idx = np.flatnonzero(valid)
     step = batch_size or max(len(idx), 1)
     fn = getattr(model, "predict_proba" if method == "proba" else "predict")
+    # An estimator fitted on a named table expects the same column names (else it warns).
+    names = getattr(model, "feature_names_in_", None)
     for start in range(0, len(idx), step):
         sel = idx[start : start + step]
-        result = np.asarray(fn(rows[sel]))
+        chunk = rows[sel] if names is None else pd.DataFrame(rows[sel], columns=list(names))
+        result = np.asarray(fn(chunk))
         out[sel] = result.reshape(len(sel), -1).astype(np.float32)
     out = out.reshape(*lead, ny, nx, n_out)
     return np.moveaxis(out, -1, -3)
