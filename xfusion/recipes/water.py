@@ -389,7 +389,7 @@ def run(config: Config) -> RecipeResult:
         raise ConfigError(f"run needs a water Config; got {type(config).__name__}")
     config.validate()
     out = prepare_out_dir(config.out_dir)
-    layers = _open_sources(config, out)
+    layers, truth = _open_sources(config, out)
     cube = _stack(layers, config)
     labels = _labels(layers["labels"], config)
     holdout = _holdout_mask(cube, config)
@@ -406,6 +406,8 @@ def run(config: Config) -> RecipeResult:
         "water": water,
         "holdout": holdout.astype(np.float32).rename("holdout"),
     }
+    if truth is not None:
+        cubes["truth_water"] = truth
     log.info("water: predicting %d×%d px with both models", cube.sizes["y"], cube.sizes["x"])
     (computed,) = dask.compute(cubes)  # xf: computes every output cube once
     metrics = _metrics(computed, chips, models, config)
@@ -417,8 +419,12 @@ def run(config: Config) -> RecipeResult:
 # ----------------------------------------------------------------------------------------------
 
 
-def _open_sources(config: Config, out: Path) -> dict[str, xr.DataArray]:
-    """Open the four layers lazily, bands renamed to the config's names."""
+def _open_sources(config: Config, out: Path) -> tuple[dict[str, xr.DataArray], xr.DataArray | None]:
+    """Open the four layers lazily, bands renamed to the config's names, and the truth if known.
+
+    The truth (synthetic scenes only) is ``(y, x)``: 1 where water covers at least half of the
+    pixel, 0 elsewhere, everywhere (under the labels' clouds and on partial water too).
+    """
     names = {
         "sar": list(config.sar_bands),
         "optical": list(config.optical_bands),
@@ -438,10 +444,14 @@ def _open_sources(config: Config, out: Path) -> dict[str, xr.DataArray]:
         sources = {k: catalog.parent / k / "collection.json" for k in _LAYERS}
         assets = {k: names[k] for k in ("sar", "optical", "terrain")}
         assets["labels"] = ["water"]
-        return {
+        layers = {
             k: _open_stac_layer(sources[k], assets[k], names[k], grid, config, how=_how(k))
             for k in _LAYERS
         }
+        fraction = scene["truth_cover"].sel(band="water", drop=True)
+        truth = (fraction >= 0.5).astype(np.float32).rename("truth_water")
+        truth.attrs = {"classes": "1 water (cover fraction >= 0.5), 0 land"}
+        return layers, _plain(truth)
     grid = make_grid(config.bounds, config.crs, config.resolution)
     source_bands = {
         "sar": list(config.sar_source_bands),
@@ -457,7 +467,7 @@ def _open_sources(config: Config, out: Path) -> dict[str, xr.DataArray]:
     }  # fmt: skip
     if config.sar_calibration == "palsar_dn":
         layers["sar"] = _palsar_db(layers["sar"])
-    return layers
+    return layers, None
 
 
 def _how(layer: str) -> str:
@@ -712,6 +722,10 @@ def _metrics(
         for key, value in scores.items():
             metrics[f"{name}_{key}"] = value
         metrics[f"{name}_final_loss"] = float(model.history_["loss"][-1])
+        if "truth_water" in cubes:
+            # every held-out pixel, no data of the labels included, against the cover truth
+            truth = np.where(held, cubes["truth_water"].values, np.nan)
+            metrics[f"{name}_iou_all"] = segmentation_scores(water, truth)["iou"]
     for key in ("iou", "f1"):
         metrics[key] = metrics[f"fusion_{key}"]
         metrics[f"baseline_{key}"] = metrics[f"sar_only_{key}"]
