@@ -253,7 +253,12 @@ def _render(
     gbox = geobox_of(da)
     dst = gbox.to_crs("EPSG:3857", tight=True)
     if max(dst.shape) > int(max_size):
-        dst = dst.zoom_to(int(max_size))
+        # zoom_to rounds the other side up, which can overshoot by a pixel: step down until it fits
+        full, target = dst, int(max_size)
+        dst = full.zoom_to(target)
+        while max(dst.shape) > int(max_size) and target > 1:
+            target -= 1
+            dst = full.zoom_to(target)
     if resampling == "nearest":
         warped = _nearest(da, bands, gbox, dst)
     else:

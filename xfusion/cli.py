@@ -205,7 +205,7 @@ def _execution(args: argparse.Namespace) -> Iterator[None]:
     try:
         from distributed import Client
 
-        client = Client(scheduler, timeout="20s")
+        client = Client(scheduler, timeout="10s")
     except (OSError, TimeoutError, ValueError) as err:
         raise SourceError(
             f"cannot connect to the Dask scheduler at {scheduler!r} ({err}); expected an address "
