@@ -4,11 +4,18 @@ Every function here works on plain arrays and is jitted; callers choose the prec
 inside ``jax.enable_x64(True)`` (kernel systems are badly conditioned, so fitting uses float64).
 Rows are processed in fixed-size, zero-padded batches (:func:`batched`) so each function compiles
 once per batch shape instead of once per number of rows.
+
+Nyström fitting never forms the feature matrix ``Φ = K(x, L) Nᵀ``: :func:`kernel_stats` reduces
+the kernel block ``K(x, L)`` directly to centred sufficient statistics (one GEMM per batch, on
+the device, merged exactly batch by batch) and :func:`project_stats` maps them through ``N``
+afterwards (``C_ΦΦ = N C_KK Nᵀ``), which saves the ``n × m × m`` product with ``Nᵀ`` and the
+``n × m`` feature matrix; prediction uses ``K(x, L) (Nᵀ coefᵀ)`` for the same reason.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -19,11 +26,15 @@ __all__ = [
     "exact_dual",
     "exact_dual_weighted",
     "kernel_predict",
+    "kernel_stats",
     "nystroem_features",
     "nystroem_normalization",
+    "project_stats",
     "rbf_kernel",
     "rff_features",
 ]
+
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 @jax.jit
@@ -111,3 +122,80 @@ def batched(fn: Callable[[jax.Array], jax.Array], x: np.ndarray, batch: int) -> 
             chunk = np.concatenate([chunk, np.zeros((batch - m, *x.shape[1:]), dtype=x.dtype)])
         parts.append(np.asarray(fn(jnp.asarray(chunk)))[:m])
     return np.concatenate(parts)
+
+
+@partial(jax.jit, donate_argnums=(0,))
+def _kernel_stats_step(acc, x, y, w, landmarks, gamma):
+    """Merge one batch's weighted, centred statistics of ``K(x, L)`` into ``acc``.
+
+    The batch is centred on its own weighted means before its Gram matrix is taken and merged
+    with the pairwise update of Chan, Golub and LeVeque (as ``xfusion._kernels.ridge``), so no
+    ``KᵀK − n·k̄k̄ᵀ`` cancellation builds up over many rows. Zero-weight rows (the padding of
+    the last batch) contribute nothing.
+    """
+    sw, mk, my, ckk, cky = acc
+    k = rbf_kernel(x, landmarks, gamma)
+    bw = jnp.sum(w)
+    safe_bw = jnp.where(bw > 0, bw, 1.0)
+    bmk = jnp.dot(w, k, precision=_HIGHEST) / safe_bw
+    bmy = jnp.dot(w, y, precision=_HIGHEST) / safe_bw
+    kc = k - bmk
+    kw = kc * w[:, None]
+    bckk = jnp.dot(kw.T, kc, precision=_HIGHEST)
+    bcky = jnp.dot(kw.T, y - bmy, precision=_HIGHEST)
+    total = sw + bw
+    safe_total = jnp.where(total > 0, total, 1.0)
+    dk = bmk - mk
+    dy = bmy - my
+    f = sw * bw / safe_total
+    ckk = ckk + bckk + f * jnp.outer(dk, dk)
+    cky = cky + bcky + f * jnp.outer(dk, dy)
+    mk = mk + dk * (bw / safe_total)
+    my = my + dy * (bw / safe_total)
+    return total, mk, my, ckk, cky
+
+
+def kernel_stats(
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray | None,
+    landmarks: np.ndarray,
+    gamma: float,
+    batch: int,
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted, centred statistics ``(Σw, k̄, ȳ, C_KK, C_Ky)`` of the RBF kernel features.
+
+    ``x`` (n, p) and ``y`` (n, k) hold valid rows only; ``K(x, L)`` is computed and reduced in
+    batches of ``batch`` rows (the last one zero-padded with zero weight) and never held whole.
+    Call inside ``jax.enable_x64(True)`` for float64 statistics.
+    """
+    n, m = x.shape[0], landmarks.shape[0]
+    dtype = jnp.result_type(float)
+    if w is None:
+        w = np.ones(n, dtype=dtype)
+    size = min(batch, max(64, 1 << max(n - 1, 1).bit_length()))
+    acc = (
+        jnp.zeros((), dtype),
+        jnp.zeros(m, dtype),
+        jnp.zeros(y.shape[1], dtype),
+        jnp.zeros((m, m), dtype),
+        jnp.zeros((m, y.shape[1]), dtype),
+    )
+    landmarks = jnp.asarray(landmarks, dtype)
+    for start in range(0, n, size):
+        xb, yb, wb = x[start : start + size], y[start : start + size], w[start : start + size]
+        short = size - xb.shape[0]
+        if short:
+            xb = np.concatenate([xb, np.zeros((short, xb.shape[1]), xb.dtype)])
+            yb = np.concatenate([yb, np.zeros((short, yb.shape[1]), yb.dtype)])
+            wb = np.concatenate([wb, np.zeros(short, wb.dtype)])
+        acc = _kernel_stats_step(acc, xb, yb, wb, landmarks, gamma)
+    sw, mk, my, ckk, cky = (np.asarray(a) for a in acc)
+    return float(sw), mk, my, ckk, cky
+
+
+def project_stats(stats, normalization: np.ndarray):
+    """Statistics of the Nyström features ``Φ = K Nᵀ`` from those of ``K`` (exact, linear)."""
+    sw, mk, my, ckk, cky = stats
+    n = np.asarray(normalization)
+    return sw, n @ mk, my, n @ ckk @ n.T, n @ cky

@@ -408,6 +408,7 @@ class Ridge(_Estimator):
 
 _METHODS = ("nystroem", "rff", "exact")
 _BATCH = 16384
+_BATCH_STATS = 4096  # rows per kernel-statistics batch: a (4096, m) block stays cache-sized
 
 
 class KernelRidge(_Estimator):
@@ -527,23 +528,37 @@ class KernelRidge(_Estimator):
                 self.normalization_ = np.asarray(
                     _kr.nystroem_normalization(_kr.rbf_kernel(landmarks, landmarks, self.gamma))
                 )
+                # Statistics of the kernel block K(x, L), mapped through N afterwards: the
+                # feature matrix Φ = K Nᵀ is never formed (see xfusion._kernels.kernel_ridge).
+                n_out = landmarks.shape[0]
+                if rows is not None:
+                    stats = _kr.kernel_stats(
+                        rows, targets, weights, landmarks, self.gamma, _BATCH_STATS
+                    )
+                    k = targets.shape[1]
+                else:
+                    stats, p, k, info = _accumulate(
+                        X, y, sample_weight, transform=self._kernel_features, p_out=n_out
+                    )
+                stats = _kr.project_stats(stats, self.normalization_)
             else:
                 self.random_weights_ = np.sqrt(2 * self.gamma) * rng.normal(size=(p, m))
                 self.random_offset_ = rng.uniform(0, 2 * np.pi, size=m)
-            transform = self._transform
-            n_out = self.landmarks_.shape[0] if self.method == "nystroem" else m
-            if rows is not None:
-                stats = _rk.combine_stats(
-                    _rk.block_stats(rows, targets, weights, transform), n_out, targets.shape[1]
-                )
-                k = targets.shape[1]
-            else:
-                stats, p, k, info = _accumulate(
-                    X, y, sample_weight, transform=transform, p_out=n_out
-                )
+                if rows is not None:
+                    stats = _rk.combine_stats(
+                        _rk.block_stats(rows, targets, weights, self._transform),
+                        m,
+                        targets.shape[1],
+                    )
+                    k = targets.shape[1]
+                else:
+                    stats, p, k, info = _accumulate(
+                        X, y, sample_weight, transform=self._transform, p_out=m
+                    )
             coef, intercept = _rk.solve_ridge(stats, self.alpha)
         self._finish_fit(p, k, info)
         self.coef_, self.intercept_ = coef, intercept
+        self._restore()
         return self
 
     def _components(self, n: int) -> int:
@@ -570,18 +585,18 @@ class KernelRidge(_Estimator):
         self.dual_coef_ = dual
         self._finish_fit(rows.shape[1], targets.shape[1], info)
 
-    def _transform(self, rows: np.ndarray) -> np.ndarray:
+    def _kernel_features(self, rows: np.ndarray) -> np.ndarray:
+        """``K(rows, landmarks)``: the Nyström features before the normalisation ``N``."""
         from xfusion._kernels import kernel_ridge as _kr
 
-        if self.method == "nystroem":
-            fn = partial(
-                _kr.nystroem_features,
-                landmarks=self.landmarks_,
-                normalization=self.normalization_,
-                gamma=self.gamma,
-            )
-        else:
-            fn = partial(_kr.rff_features, weights=self.random_weights_, offset=self.random_offset_)
+        fn = partial(_kr.rbf_kernel, b=self.landmarks_, gamma=self.gamma)
+        return _kr.batched(fn, np.asarray(rows, dtype=np.float64), _BATCH)
+
+    def _transform(self, rows: np.ndarray) -> np.ndarray:
+        """Random Fourier features of ``rows``."""
+        from xfusion._kernels import kernel_ridge as _kr
+
+        fn = partial(_kr.rff_features, weights=self.random_weights_, offset=self.random_offset_)
         return _kr.batched(fn, np.asarray(rows, dtype=np.float64), _BATCH)
 
     def _predict_2d(self, rows: np.ndarray) -> np.ndarray:
@@ -595,7 +610,20 @@ class KernelRidge(_Estimator):
                     _kr.kernel_predict, x_fit=self.X_fit_, dual=self.dual_coef_, gamma=self.gamma
                 )
                 return _kr.batched(fn, rows, _BATCH)
+            if self.method == "nystroem":
+                # Φ coefᵀ = K(x, L) (Nᵀ coefᵀ): one (m × k) product instead of (m × m).
+                fn = partial(
+                    _kr.kernel_predict,
+                    x_fit=self.landmarks_,
+                    dual=self._kernel_coef,
+                    gamma=self.gamma,
+                )
+                return _kr.batched(fn, rows, _BATCH) + self.intercept_
             return self._transform(rows) @ self.coef_.T + self.intercept_
+
+    def _restore(self) -> None:
+        if self.method == "nystroem":
+            self._kernel_coef = np.asarray(self.normalization_).T @ np.atleast_2d(self.coef_).T
 
     def _state(self) -> dict[str, np.ndarray]:
         names = {
