@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +225,11 @@ class Config(RecipeConfig):
                     f"coarse_resolution / resolution must be an integer factor; got "
                     f"{self.coarse_resolution} / {self.resolution} = {ratio}"
                 )
+            if self.patch_size % round(ratio):
+                raise ConfigError(
+                    f"config field 'patch_size' must be a multiple of the resolution factor "
+                    f"{round(ratio)}; got {self.patch_size}"
+                )
             if not self.coarse_collection:
                 raise ConfigError(
                     f"source={self.source!r} needs coarse_collection (the gridded coarse field)"
@@ -265,7 +269,7 @@ def real_sources() -> dict[str, dict[str, Any]]:
         "start": "2019-05-09",
         "end": "2019-09-30",
         "chunks": 256,
-        "patch_size": 40,
+        "patch_size": 160,
         "n_patches": 400,
         "widths": (16, 32, 64, 128, 256),
         "center": 512,
@@ -294,7 +298,6 @@ def real_sources() -> dict[str, dict[str, Any]]:
             "resolution": 500.0,
             "coarse_resolution": 5000.0,
             **region,
-            "patch_size": 80,
         },
     }
 
@@ -479,7 +482,7 @@ def _aggregate(
 
 
 def _resolution_factor(fine: xr.DataArray, coarse: xr.DataArray) -> int:
-    """The integer factor between the grids; a :class:`GridError` unless they are matched."""
+    """Return the integer factor between the grids (a :class:`GridError` unless matched)."""
     fg, cg = geobox_of(fine), geobox_of(coarse)
     fa, ca = fg.affine, cg.affine
     ratio = ca.a / fa.a
@@ -525,6 +528,11 @@ def _regions(features: xr.DataArray, factor: int, config: Config) -> xr.DataArra
         raise ConfigError(
             f"the scene is {cy}×{cx} coarse pixels: too small for a held-out strip of {held} "
             f"and a validation strip of {val} coarse pixels"
+        )
+    if config.patch_size % factor:
+        raise ConfigError(
+            f"config field 'patch_size' must be a multiple of the resolution factor {factor}; "
+            f"got {config.patch_size}"
         )
     need = config.patch_size // factor
     if cx - held < need or val < need or cy - val < need:
@@ -636,7 +644,7 @@ def _renamed(da: xr.DataArray, band: str, name: str) -> xr.DataArray:
 
 
 def _match_truth(truth: xr.DataArray, like: xr.DataArray) -> xr.DataArray:
-    """The truth on the output periods and grid (synthetic scenes are already aligned)."""
+    """Put the truth on the output periods (synthetic scenes are already on the grid)."""
     truth = truth.sel(time=like.time.values, method="nearest")
     truth = truth.assign_coords(time=like.time.values)
     return truth.rename("truth")
