@@ -305,16 +305,17 @@ def patches(
     chosen = _draw(rng, candidates, n)
     rows, cols = np.unravel_index(chosen, ok.shape)
 
-    def _cut(arr: xr.DataArray) -> Any:
+    def _cut(arr: xr.DataArray) -> list[Any]:
         data = arr.data
-        pieces = [data[:, r : r + height, c : c + width] for r, c in zip(rows, cols, strict=True)]
-        stack = dask.array.stack if isinstance(data, dask.array.Array) else np.stack
-        return stack(pieces)
+        return [data[:, r : r + height, c : c + width] for r, c in zip(rows, cols, strict=True)]
 
     cuts = {"inputs": _cut(inputs)}
     if tgt is not None:
         cuts["target"] = _cut(tgt)
     (cut,) = dask.compute(cuts)  # xf: computes the drawn patches only
+    # Stacked after computing: a lazy stack of patches straddling chunk boundaries would
+    # rechunk every patch to common (tiny) chunks, tens of thousands of tasks for 50 patches.
+    cut = {key: np.stack(pieces) for key, pieces in cut.items()}
 
     coords: dict[str, Any] = {
         "sample": np.arange(len(rows)),
