@@ -43,39 +43,47 @@ from xfusion.models.predict import predict
 from xfusion.models.unet import apply_tiles
 
 CASE = "scale"
-BUDGET_MB = 2000.0
+BUDGET_MB = 2e9 / 2**20  # 2 GB in MiB
 
 
 class TreePeakRSS:
-    """Peak of the summed RSS of this process and all its descendants (MB), sampled."""
+    """Peak memory of this process and all its descendants, sampled with psutil (MiB).
+
+    ``peak_mb`` is the peak of the summed RSS (shared library pages, e.g. JAX's, are counted
+    once per process); ``peak_pss_mb`` the peak of the summed PSS (shared pages divided among
+    the processes that map them), the memory the tree actually occupies.
+    """
 
     def __init__(self, interval: float = 0.05) -> None:
         self.interval = interval
         self._proc = psutil.Process()
         self._stop = threading.Event()
-        self.peak_mb = 0.0
+        self.peak_mb = self.peak_pss_mb = 0.0
         self.peak_processes = 0
 
-    def _tree_rss(self) -> tuple[float, int]:
+    def _tree(self) -> tuple[float, float, int]:
         procs = [self._proc, *self._proc.children(recursive=True)]
-        total = 0
+        rss = pss = 0
         for proc in procs:
             try:
-                total += proc.memory_info().rss
+                info = proc.memory_full_info()
             except psutil.Error:  # a process that exited between listing and reading
-                pass
-        return total / 2**20, len(procs)
+                continue
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+        return rss / 2**20, pss / 2**20, len(procs)
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            rss, n = self._tree_rss()
+            rss, pss, n = self._tree()
             if rss > self.peak_mb:
                 self.peak_mb, self.peak_processes = rss, n
+            self.peak_pss_mb = max(self.peak_pss_mb, pss)
             time.sleep(self.interval)
 
     def __enter__(self) -> TreePeakRSS:
-        self.start_mb, _ = self._tree_rss()
-        self.peak_mb = self.start_mb
+        self.start_mb, self.start_pss_mb, _ = self._tree()
+        self.peak_mb, self.peak_pss_mb = self.start_mb, self.start_pss_mb
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -126,7 +134,9 @@ def _write(pred: xr.DataArray, store: Path) -> dict:
         "median_s": elapsed,
         "times_s": [elapsed],
         "peak_mem_mb": mem.peak_mb,
+        "peak_tree_pss_mb": mem.peak_pss_mb,
         "start_tree_rss_mb": mem.start_mb,
+        "start_tree_pss_mb": mem.start_pss_mb,
         "processes_at_peak": mem.peak_processes,
     }
 
@@ -155,11 +165,15 @@ def run(*, smoke: bool = False, repeats: int = 1) -> dict:
         _warm(config, params, shape)
         with dask.config.set(scheduler="threads"):
             results["threaded"] = _write(pred, workdir / "threaded.zarr")
+            # the same at half the side (a quarter of the pixels): streaming keeps the peak flat
+            half = predict(make_cube(size // 2, chunk), model, halo=halo)
+            half = half.assign_coords(band=half.band.astype(object))
+            half_size = _write(half, workdir / "half.zarr")
         reference = _read(workdir / "threaded.zarr")
         cluster_start = time.perf_counter()
         with (
             LocalCluster(
-                n_workers=1, processes=True, threads_per_worker=1, dashboard_address=None
+                n_workers=1, processes=True, threads_per_worker=1, dashboard_address=":0"
             ) as cluster,
             Client(cluster) as client,
         ):
@@ -192,7 +206,9 @@ def run(*, smoke: bool = False, repeats: int = 1) -> dict:
             "mpx_per_s": mpx / res["median_s"],
             "achieved_gflop_per_s": flops / res["median_s"] / 1e9,
             "peak_tree_rss_mb": res["peak_mem_mb"],
-            "within_2gb": res["peak_mem_mb"] <= BUDGET_MB,
+            "peak_tree_pss_mb": res["peak_tree_pss_mb"],
+            "rss_within_2gb": res["peak_mem_mb"] <= BUDGET_MB,
+            "pss_within_2gb": res["peak_tree_pss_mb"] <= BUDGET_MB,
         }
         for name, res in (("threaded", threaded), *results.items())
     }
@@ -223,9 +239,17 @@ def run(*, smoke: bool = False, repeats: int = 1) -> dict:
             "peak_rss_budget_mb": BUDGET_MB,
             "summary": summary,
             "cluster_startup_s": startup,
+            "threaded_half_side": {
+                "shape": [N_BANDS, size // 2, size // 2],
+                "seconds": half_size["median_s"],
+                "peak_tree_rss_mb": half_size["peak_mem_mb"],
+                "peak_tree_pss_mb": half_size["peak_tree_pss_mb"],
+            },
             "speedup_2_workers_vs_1": results["1 process worker"]["median_s"]
             / results["2 process workers"]["median_s"],
-            "rss_note": "peak_mem_mb is the absolute summed RSS of the process tree, not a delta",
+            "rss_note": "peak_mem_mb is the absolute summed RSS of the process tree (not a "
+            "delta), which counts shared library pages once per process; peak_tree_pss_mb "
+            "shares them out (PSS)",
             "target": "peak RSS <= 2 GB; 2 process workers vs 1 reported (ratio = 1 worker "
             "time / threaded time, 2 workers time / threaded time)",
         },
