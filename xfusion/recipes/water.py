@@ -123,6 +123,9 @@ class Config(RecipeConfig):
         Water where the predicted water probability exceeds this.
     halo : int, optional
         Context (pixels) read around every block when predicting; default the model's.
+    persist : bool
+        Keep the stacked cube and the labels in (distributed) memory once read, so the sources
+        are read once rather than by the chip cutting and again by each model's prediction.
     sar_source, optical_source, terrain_source, label_source : str
         Real sources of the four layers: Earth Engine asset ids (``source="ee"``), or STAC
         ItemCollection / Collection / Catalog JSON files (``source="stac"``). The defaults are the
@@ -173,6 +176,7 @@ class Config(RecipeConfig):
     augment: bool = True
     threshold: float = 0.5
     halo: int | None = None
+    persist: bool = True
     sar_source: str = "JAXA/ALOS/PALSAR/YEARLY/SAR"
     sar_source_bands: tuple[str, ...] = ("HH", "HV")
     optical_source: str = "UMD/hansen/global_forest_change_2023_v1_11"
@@ -392,6 +396,9 @@ def run(config: Config) -> RecipeResult:
     layers, truth = _open_sources(config, out)
     cube = _stack(layers, config)
     labels = _labels(layers["labels"], config)
+    if config.persist and cube.chunks is not None:
+        # xf: computes the sources once into (distributed) memory, read by every later step
+        cube, labels = dask.persist(cube, labels)
     holdout = _holdout_mask(cube, config)
     chips = _chips(cube, labels, holdout, config)
     models = {name: _fit(chips, bands, config) for name, bands in _model_bands(config).items()}
