@@ -168,6 +168,26 @@ def kernel_stats(
     ``x`` (n, p) and ``y`` (n, k) hold valid rows only; ``K(x, L)`` is computed and reduced in
     batches of ``batch`` rows (the last one zero-padded with zero weight) and never held whole.
     Call inside ``jax.enable_x64(True)`` for float64 statistics.
+
+    Examples
+    --------
+    The same statistics as :func:`xfusion._kernels.ridge.block_stats` on the explicit kernel
+    matrix, and through :func:`project_stats` on features ``K Nᵀ`` for any matrix ``N``:
+
+    >>> import jax, numpy as np
+    >>> from xfusion._kernels import ridge
+    >>> rng = np.random.default_rng(0)
+    >>> x, y, w = rng.uniform(size=(100, 3)), rng.normal(size=(100, 1)), rng.uniform(size=100)
+    >>> with jax.enable_x64(True):
+    ...     stats = kernel_stats(x, y, w, x[:10], 0.5, batch=64)
+    ...     k = np.asarray(rbf_kernel(x, x[:10], 0.5))
+    >>> ref = ridge.combine_stats(ridge.block_stats(k, y, w), 10, 1)
+    >>> all(np.allclose(a, b, rtol=1e-10) for a, b in zip(stats, ref))
+    True
+    >>> n = rng.normal(size=(10, 10))
+    >>> ref = ridge.combine_stats(ridge.block_stats(k @ n.T, y, w), 10, 1)
+    >>> all(np.allclose(a, b, rtol=1e-8) for a, b in zip(project_stats(stats, n), ref))
+    True
     """
     n, m = x.shape[0], landmarks.shape[0]
     dtype = jnp.result_type(float)
