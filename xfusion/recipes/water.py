@@ -376,9 +376,10 @@ def run(config: Config) -> RecipeResult:
     RecipeResult
         ``metrics`` (per model ``<model>_iou``, ``_f1``, ``_precision``, ``_recall``,
         ``_accuracy`` on held-out labelled pixels; ``iou``/``f1`` of the SAR + optical model and
-        ``baseline_iou``/``baseline_f1`` of the SAR-only one), ``cubes`` (``inputs``,
-        ``labels``, ``probability`` and ``water`` with one band per model, ``holdout``) and the
-        written paths.
+        ``baseline_iou``/``baseline_f1`` of the SAR-only one; on synthetic scenes also
+        ``<model>_iou_all``, every held-out pixel against the cover truth), ``cubes``
+        (``inputs``, ``labels``, ``probability`` and ``water`` with one band per model,
+        ``holdout``, and ``truth_water`` on synthetic scenes) and the written paths.
 
     Examples
     --------
