@@ -7,6 +7,7 @@ the accessor holds no state, because xarray re-creates it for every new object.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import xarray as xr
@@ -134,7 +135,9 @@ def _share_docstrings() -> None:
             for module in modules:
                 target = getattr(module, name, None)
                 if callable(target) and target.__doc__:
-                    method.__doc__ = target.__doc__
+                    # the function's doctests stay with the function (they run there)
+                    doc = re.split(r"\n\s*Examples\n\s*-{8}", target.__doc__)[0].rstrip()
+                    method.__doc__ = f"{doc}\n\n    See :func:`{module.__name__}.{name}`.\n"
                     break
 
 
