@@ -761,7 +761,9 @@ def _write_outputs(
         "metrics": write_json(dict(metrics), out / "metrics.json"),
         "config": config.to_toml(out / "config.toml"),
         "model": Path(model.save(out / "model")),
-        "baseline_model": Path(baseline.save(out / "baseline_model")),
+        # msgpack: NetCDF weights cannot be written under a distributed client (xarray asks
+        # the scheduler for a lock named after the in-memory file)
+        "baseline_model": Path(baseline.save(out / "baseline_model", fmt="msgpack")),
     }
     return files
 

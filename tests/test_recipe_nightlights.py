@@ -1,0 +1,295 @@
+"""The nightlights recipe on a small synthetic scene: quality, outputs, config, cluster, EE path.
+
+References are independent of the recipe's code path: the Landsat features and the VIIRS target
+are recomputed with plain numpy from the synthetic scene's arrays, the scores from the saved
+maps against the scene's 30 m radiance truth, and the baseline map from the saved Ridge
+coefficients with a matrix product.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+import numpy as np
+import pytest
+import rioxarray
+import xarray as xr
+from rasterio.warp import Resampling, reproject
+
+import xfusion as xf
+from xfusion.datasets import synthetic_scene
+from xfusion.errors import ConfigError
+from xfusion.grids import geobox_of
+from xfusion.recipes import nightlights
+from xfusion.testing import raise_if_dask_computes
+
+SIZE = 256
+SMALL = {"size": SIZE, "n_patches": 48, "epochs": 10}  # the defaults, spelt out
+FACTOR = 16  # VIIRS pixel = 16 Landsat pixels
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    config = nightlights.Config(out_dir=str(tmp_path_factory.mktemp("nightlights")), **SMALL)
+    return nightlights.run(config)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return synthetic_scene("nightlights", seed=0, size=SIZE)
+
+
+def _open(result, name):
+    return xr.open_zarr(result.files["zarr"], group=name)[name]
+
+
+def _eval_columns(result):
+    """Columns of the evaluation region: east of the default split on a VIIRS pixel edge."""
+    cells = SIZE // FACTOR
+    split = round(2 / 3 * cells) * FACTOR
+    return slice(split, None)
+
+
+def _reference_features(scene):
+    """Landsat composite with numpy: QA bits 1-4, 7273 < DN < 43636, C2 scaling, median."""
+    landsat = scene["landsat"]
+    dn = landsat.values.astype(np.float64)
+    names = list(landsat.band.values)
+    qa = dn[:, names.index("QA_PIXEL")].astype(np.int64)
+    cloudy = (qa & 0b11110) != 0
+    optical = dn[:, :7]
+    out_of_range = ((optical <= 7273) | (optical >= 43636)).any(axis=1)
+    bad = cloudy | out_of_range
+    sr = optical * 2.75e-5 - 0.2
+    kelvin = np.clip(dn[:, 7:8] * 0.00341802 + 149.0, 273.15, 373.15)
+    stack = np.concatenate([sr, (kelvin - 273.15) / 100.0], axis=1)
+    stack[np.broadcast_to(bad[:, None], stack.shape)] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(stack, axis=0)
+
+
+# --- quality bar -------------------------------------------------------------------------------
+
+
+def test_quality_bar_on_held_out_region(result):
+    m = result.metrics
+    assert m["reference"] == "truth"
+    assert m["rmse"] <= 0.8 * m["baseline_rmse"], m
+    assert m["rmse_ratio"] == pytest.approx(m["rmse"] / m["baseline_rmse"])
+    assert m["r2"] > m["baseline_r2"] and m["r2"] > 0.3
+    assert m["coarse_rmse"] < m["baseline_coarse_rmse"]
+    assert m["n_pixels"] == SIZE * (SIZE - _eval_columns(result).start)
+    assert m["n_patches"] == SMALL["n_patches"]
+
+
+def test_scores_against_scene_truth(result, scene):
+    truth = scene["truth_radiance"].isel(band=0).values / 60.0
+    cols = _eval_columns(result)
+    for key, prefix in (("prediction", ""), ("baseline", "baseline_")):
+        pred = _open(result, key).isel(band=0).values[:, cols]
+        err = pred.astype(np.float64) - truth[:, cols]
+        assert np.isfinite(err).all()
+        rmse = np.sqrt(np.mean(err**2))
+        r2 = 1 - np.sum(err**2) / np.sum((truth[:, cols] - truth[:, cols].mean()) ** 2)
+        assert result.metrics[f"{prefix}rmse"] == pytest.approx(rmse, rel=1e-5)
+        assert result.metrics[f"{prefix}r2"] == pytest.approx(r2, rel=1e-5, abs=1e-6)
+
+
+def test_coarse_scores_against_viirs(result, scene):
+    viirs = np.median(scene["viirs"].isel(band=0).values, axis=0) / 60.0
+    cells = _eval_columns(result).start // FACTOR
+    pred = _open(result, "prediction").isel(band=0).values
+    n = SIZE // FACTOR
+    coarse = pred.reshape(n, FACTOR, n, FACTOR).mean(axis=(1, 3))
+    err = coarse[:, cells:] - viirs[:, cells:]
+    assert result.metrics["coarse_rmse"] == pytest.approx(np.sqrt(np.mean(err**2)), rel=1e-4)
+
+
+# --- preprocessing against numpy ------------------------------------------------------------
+
+
+def test_features_and_target_against_numpy(result, scene):
+    features = _open(result, "features")
+    assert list(features.band.values) == [*(f"SR_B{i}" for i in range(1, 8)), "ST_B10"]
+    np.testing.assert_allclose(features.values, _reference_features(scene), rtol=1e-5, atol=1e-6)
+    viirs = np.median(scene["viirs"].isel(band=0).values, axis=0) / 60.0
+    np.testing.assert_allclose(_open(result, "viirs").isel(band=0).values, viirs, rtol=1e-6)
+    fine = np.full((SIZE, SIZE), np.nan, np.float32)
+    reproject(
+        viirs.astype(np.float32),
+        fine,
+        src_transform=geobox_of(scene["viirs"]).affine,
+        src_crs="EPSG:32737",
+        dst_transform=geobox_of(scene["landsat"]).affine,
+        dst_crs="EPSG:32737",
+        resampling=Resampling.bilinear,
+    )
+    np.testing.assert_allclose(
+        _open(result, "target").isel(band=0).values, fine, rtol=1e-5, atol=1e-7
+    )
+    truth = scene["truth_radiance"].isel(band=0).values / 60.0
+    np.testing.assert_allclose(_open(result, "truth").isel(band=0).values, truth, rtol=1e-6)
+
+
+def test_baseline_map_is_the_saved_ridge(result):
+    ridge = xf.load_model(result.files["baseline_model"])
+    features = _open(result, "features").values
+    rows = features.reshape(features.shape[0], -1).T.astype(np.float64)
+    expected = (rows @ np.ravel(ridge.coef_) + ridge.intercept_).reshape(features.shape[1:])
+    np.testing.assert_allclose(
+        _open(result, "baseline").isel(band=0).values, expected, rtol=1e-4, atol=1e-5
+    )
+    assert list(ridge.bands_) == list(_open(result, "features").band.values)
+
+
+# --- outputs -----------------------------------------------------------------------------------
+
+
+def test_outputs_reopen(result):
+    out = result.out_dir
+    for name in ("features", "viirs", "target", "prediction", "baseline", "difference", "truth"):
+        reopened = _open(result, name)
+        assert reopened.dtype == np.float32
+        np.testing.assert_array_equal(reopened.values, result.cubes[name].values)
+    assert not [p for p in out.iterdir() if ".partial" in p.name]
+    cog = rioxarray.open_rasterio(result.files["cog"])
+    assert cog.rio.crs.to_epsg() == 32737
+    np.testing.assert_allclose(cog.values[0], _open(result, "prediction").values[0], rtol=1e-6)
+    assert json.loads((out / "metrics.json").read_text()) == pytest.approx(result.metrics)
+    assert result.metrics == json.loads(json.dumps(result.metrics))
+    for path in result.figures.values():
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(result.figures) == ["baseline_panels", "loss", "panels", "quicklook"]
+
+
+def test_saved_unet_reloads_and_predicts_the_same(result):
+    model = xf.load_model(result.files["model"])
+    assert model.bands_ == tuple(_open(result, "features").band.values)
+    assert len(model.history_["loss"]) == SMALL["epochs"]
+    again = nightlights._predict(result_config(result), _open(result, "features"), model)
+    np.testing.assert_allclose(
+        again.values, _open(result, "prediction").values, rtol=1e-5, atol=1e-6
+    )
+
+
+def result_config(result):
+    return nightlights.Config.from_toml(result.files["config"])
+
+
+# --- laziness and chunking ---------------------------------------------------------------------
+
+
+def test_preprocess_and_predict_are_lazy(result, tmp_path):
+    config = dataclasses.replace(result_config(result), out_dir=str(tmp_path))
+    sources, _ = nightlights._open_sources(config, tmp_path)
+    model = xf.load_model(result.files["model"])
+    with raise_if_dask_computes():
+        features, _, _ = nightlights._preprocess(config, sources)
+        prediction = nightlights._predict(config, features, model)
+    assert prediction.chunks is not None
+    np.testing.assert_allclose(
+        prediction.values, _open(result, "prediction").values, rtol=1e-5, atol=1e-6
+    )
+    eager = nightlights._predict(config, _open(result, "features").load(), model)
+    np.testing.assert_allclose(eager.values, prediction.values, rtol=1e-5, atol=1e-6)
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def test_config_toml_round_trip(tmp_path):
+    config = nightlights.Config(out_dir=str(tmp_path), epochs=3, train_region=(0, 0, 1, 1),
+                                eval_region=(2, 0, 3, 1))  # fmt: skip
+    again = nightlights.Config.from_toml(config.to_toml(tmp_path / "c.toml"))
+    assert again == config
+    real = nightlights.Config.real_sources(out_dir="x")
+    assert nightlights.Config.from_toml(real.to_toml(tmp_path / "r.toml")) == real
+    assert real.viirs_collection == "NOAA/VIIRS/DNB/MONTHLY_V1/VCMSLCFG"
+    assert real.landsat_collection == "LANDSAT/LC08/C02/T1_L2"
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        ({"epoch": 3}, "unknown config key"),
+        ({"epochs": "3"}, "epochs"),
+        ({"size": 200}, "multiple of 16"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"viirs_resolution": 500.0}, "whole multiple"),
+        ({"source": "ee"}, "needs a region"),
+        ({"train_region": (0, 0, 1, 1)}, "both train_region"),
+    ],
+)
+def test_bad_config_raises_config_error(values, match):
+    with pytest.raises(ConfigError, match=match):
+        nightlights.Config.from_dict(values)
+
+
+def test_overlapping_regions_are_rejected(tmp_path):
+    config = nightlights.Config(
+        out_dir=str(tmp_path), train_region=(0, 0, 10, 10), eval_region=(5, 0, 20, 10)
+    )
+    with pytest.raises(ConfigError, match="overlap"):
+        nightlights._regions(config, None, None)
+
+
+# --- other sources and schedulers --------------------------------------------------------------
+
+
+def test_earth_engine_path_offline(result, scene):
+    from xfusion.testing.ee import FakeImage, fake_earth_engine
+
+    def images(key):
+        cube = scene[key]
+        gbox = geobox_of(cube)
+        return [
+            FakeImage(
+                {str(b): cube.sel(time=t, band=b).values for b in cube.band.values},
+                grid=gbox,
+                time=t,
+                id=f"{key}/{i}",
+            )
+            for i, t in enumerate(cube.time.values)
+        ]
+
+    collections = {
+        "LANDSAT/LC08/C02/T1_L2": images("landsat"),
+        "NOAA/VIIRS/DNB/MONTHLY_V1/VCMSLCFG": images("viirs"),
+    }
+    bounds = tuple(geobox_of(scene["landsat"]).boundingbox)
+    config = nightlights.Config.real_sources(
+        out_dir="unused", region=bounds, region_crs="EPSG:32737", target_resampling="bilinear"
+    )
+    with fake_earth_engine(collections) as fake:
+        with raise_if_dask_computes():
+            sources = nightlights._open_ee_sources(config)
+            features, _, target = nightlights._preprocess(config, sources)
+        assert list(sources["landsat"].band.values) == [
+            *(f"SR_B{i}" for i in range(1, 8)),
+            "ST_B10",
+            "QA_PIXEL",
+        ]
+        np.testing.assert_allclose(
+            features.values, _open(result, "features").values, rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(target.values, _open(result, "target").values, rtol=1e-6)
+        assert fake.pixel_requests
+        requests = json.dumps(fake.value_requests, default=str)
+        # filterDate(2020-01-01, 2023-01-01): the config's last day is included
+        assert "1577836800000" in requests and "1672531200000" in requests
+
+
+def test_distributed_run_gives_the_same_metrics(result, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    config = dataclasses.replace(result_config(result), out_dir=str(tmp_path))
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
+        remote = nightlights.run(config)
+    assert remote.metrics == pytest.approx(result.metrics, rel=1e-5)
