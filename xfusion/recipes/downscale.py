@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 _SOURCES = ("synthetic", "stac", "ee")
 _REDUCTIONS = ("median", "mean", "min", "max")
+_SCHEDULES = ("cosine", "constant", "exponential")
 #: Values of the ``regions`` output map.
 TRAIN, VALIDATION, HELDOUT = 0, 1, 2
 
@@ -109,7 +110,10 @@ class Config(RecipeConfig):
     epochs, batch_size : int
         Training length and mini-batch size.
     learning_rate : float
-        Adam learning rate.
+        Initial Adam learning rate.
+    schedule : {"cosine", "constant", "exponential"}
+        Learning-rate schedule over all training steps (cosine decay settles the weights, so
+        the best validation epoch is not a lucky one).
     smoothness : float
         Weight of the penalty on squared differences of neighbouring fine predictions, added to
         the coarse-supervision loss (the block averages alone leave the sub-block pattern free).
@@ -157,14 +161,15 @@ class Config(RecipeConfig):
     lbp_points: int = 8
     lbp_radius: float = 1.0
     patch_size: int = 20
-    n_patches: int = 40
+    n_patches: int = 80
     n_validation_patches: int = 8
     widths: tuple[int, ...] = (16, 32)
     center: int | None = None
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 32
     learning_rate: float = 0.01
-    smoothness: float = 0.05
+    schedule: str = "cosine"
+    smoothness: float = 0.1
     ridge_alpha: float = 1e-3
     holdout_fraction: float = 0.33
     validation_fraction: float = 0.25
@@ -204,6 +209,7 @@ class Config(RecipeConfig):
             (self.epochs >= 1, "epochs", ">= 1"),
             (self.batch_size >= 1, "batch_size", ">= 1"),
             (self.learning_rate > 0, "learning_rate", "> 0"),
+            (self.schedule in _SCHEDULES, "schedule", f"one of {_SCHEDULES}"),
             (self.smoothness >= 0, "smoothness", ">= 0"),
             (self.ridge_alpha >= 0, "ridge_alpha", ">= 0"),
             (0.0 < self.holdout_fraction < 1.0, "holdout_fraction", "strictly between 0 and 1"),
@@ -336,7 +342,7 @@ def run(config: Config) -> RecipeResult:
 
     Examples
     --------
-    >>> config = Config(out_dir="downscale-out", epochs=20)
+    >>> config = Config(out_dir="downscale-out", epochs=30)
     >>> config.period, config.patch_size
     ('16D', 20)
     >>> result = run(config)  # doctest: +SKIP
@@ -616,6 +622,7 @@ def _fit_unet(train: xr.Dataset, validation: xr.Dataset, factor: int, config: Co
         center=config.center,
         optimizer="adam",
         learning_rate=config.learning_rate,
+        schedule=config.schedule,
         batch_size=config.batch_size,
         epochs=config.epochs,
         seed=config.seed,
