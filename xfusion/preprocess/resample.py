@@ -72,6 +72,8 @@ _PADDING = {
 }
 _MIN_CHUNK = 256
 _MAX_CHUNK = 2048
+# error threshold (source pixels) of GDAL's approximate coordinate transformer
+_WARP_TOLERANCE = 0.125
 # tolerance (in pixels) when deciding that a ratio of resolutions or an offset is an integer
 _TOL = 1e-6
 
@@ -341,9 +343,11 @@ def _warp(
 
 def _warp_block(data: np.ndarray, src: GeoBox, dst: GeoBox, method: str) -> np.ndarray:
     """GDAL warp of every ``(y, x)`` plane of ``data`` from ``src`` onto ``dst``; NaN is nodata."""
-    out = np.full((*data.shape[:-2], *dst.shape), np.nan, dtype=data.dtype)
+    # GDAL fills the output with nodata itself (INIT_DEST), so it is not pre-filled here
+    out = np.empty((*data.shape[:-2], *dst.shape), dtype=data.dtype)
     planes_in = data.reshape((-1, *data.shape[-2:]))
     planes_out = out.reshape((-1, *dst.shape))
+    # one plane per call: with several bands GDAL shares validity between them
     for plane_in, plane_out in zip(planes_in, planes_out, strict=True):
         rasterio.warp.reproject(
             plane_in,
@@ -355,6 +359,11 @@ def _warp_block(data: np.ndarray, src: GeoBox, dst: GeoBox, method: str) -> np.n
             resampling=Resampling[method],
             src_nodata=np.nan,
             dst_nodata=np.nan,
+            init_dest_nodata=True,
+            # Dask runs one task per core; GDAL's own threads would only compete with them
+            num_threads=1,
+            # the approximate transformer's error threshold (pixels): GDAL's and odc-geo's
+            tolerance=_WARP_TOLERANCE,
             # interpolate with a 1-pixel radius whatever the scale change (as odc-geo does, see
             # GDAL #7750): use "average" to go coarser
             XSCALE=1,
