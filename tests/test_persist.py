@@ -171,3 +171,18 @@ def test_saving_is_atomic_and_replaces_models_only(fitted, saved, tmp_path, data
         fitted.save(tmp_path / "notes")
     with pytest.raises(ModelError, match="not fitted"):
         UNetRegressor().save(tmp_path / "unfitted")
+
+
+def test_netcdf_model_saves_while_a_distributed_client_is_active(tmp_path):
+    from distributed import Client
+
+    from xfusion.models.ridge import Ridge
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + 0.3
+    model = Ridge(alpha=0.1).fit(X, y)
+    with Client(processes=True, n_workers=1, threads_per_worker=1, dashboard_address=None):
+        model.save(tmp_path / "ridge")
+        loaded = load_model(tmp_path / "ridge")
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))

@@ -148,7 +148,12 @@ def _encode(state: Mapping[str, Any], fmt: str) -> bytes:
             for name, arr in flat.items()
         }
     )
-    return ds.to_netcdf(engine="h5netcdf")
+    # In memory and eager: with a distributed client active, xarray would otherwise pick the
+    # client's write lock, which cannot guard an in-memory buffer.
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        return ds.to_netcdf(engine="h5netcdf")
 
 
 def _decode(data: bytes, fmt: str) -> dict[str, Any]:
