@@ -9,16 +9,15 @@ scikit-learn is timed twice: as installed (OpenBLAS with one thread per core) an
 limited to one thread (``threadpoolctl``). On a shared, oversubscribed machine OpenBLAS's
 spinning worker threads can make the multi-threaded run several times slower than the
 single-threaded one, so both numbers are kept; xfusion's Gram products run in XLA (its own
-thread pool) and are not affected by that setting. The CPU seconds of the process (all
-threads, ``time.process_time``) of every timed fit are recorded as well.
+thread pool) and are not affected by that setting. The fits are timed round-robin (one run
+each per round); the CPU seconds of the process (all threads, ``time.process_time``) of every
+timed fit are recorded as well.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from sklearn.pipeline import make_pipeline
 from threadpoolctl import threadpool_limits
 
 from benchmarks._util import case_result, measure
+from benchmarks.bench_reproject import measure_interleaved
 from xfusion.models.ridge import KernelRidge
 
 CASE = "kernel_ridge"
@@ -40,18 +40,6 @@ def make_data(n: int, p: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     X = rng.uniform(0.0, 1.0, size=(n, p))
     y = np.sin(3 * X[:, 0]) + X[:, 1] * X[:, 2] + 0.5 * np.cos(2 * X[:, 3:].sum(axis=1))
     return X, y + rng.normal(scale=0.05, size=n)
-
-
-def cpu_timed(fn, sink: list[float]):
-    """``fn`` that also appends the process CPU seconds of every call to ``sink``."""
-
-    def timed():
-        start = time.process_time()
-        out = fn()
-        sink.append(time.process_time() - start)
-        return out
-
-    return timed
 
 
 def run(*, smoke: bool = False, repeats: int = 3) -> dict:
@@ -72,12 +60,11 @@ def run(*, smoke: bool = False, repeats: int = 3) -> dict:
         with threadpool_limits(limits=1, user_api="blas"):
             return sk_fit()
 
-    cpu: dict[str, list[float]] = {"xfusion": [], "scikit-learn": [], "scikit-learn 1 thread": []}
-    ours = measure(cpu_timed(ours_fit, cpu["xfusion"]), repeats=repeats)
-    sk = measure(cpu_timed(sk_fit, cpu["scikit-learn"]), repeats=repeats)
-    sk_one = measure(cpu_timed(sk_fit_one_thread, cpu["scikit-learn 1 thread"]), repeats=repeats)
-    # the first call of each is the untimed warm-up
-    cpu_s = {name: statistics.median(times[-repeats:]) for name, times in cpu.items()}
+    runs, cpu_s = measure_interleaved(
+        {"xfusion": ours_fit, "scikit-learn": sk_fit, "scikit-learn 1 thread": sk_fit_one_thread},
+        repeats=repeats,
+    )
+    ours, sk, sk_one = runs["xfusion"], runs["scikit-learn"], runs["scikit-learn 1 thread"]
     r2_ours = r2_score(y_test, ours["result"].predict(X_test))
     r2_sk = r2_score(y_test, sk["result"].predict(X_test))
     assert abs(r2_ours - r2_sk) <= 0.01, (r2_ours, r2_sk)

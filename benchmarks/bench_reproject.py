@@ -4,9 +4,10 @@ xfusion's padded tile-intersection warp against odc-geo ``xr_reproject`` (Dask-n
 chunk) and rioxarray ``rio.reproject`` (eager: it loads the whole array), onto the same target
 grid. Targets: at least odc-geo's speed, peak memory at most 1.2x odc-geo's.
 
-Besides wall-clock medians, the CPU seconds of the process (all threads, ``time.process_time``)
-are recorded for each timed run: on a shared, oversubscribed machine the wall clock mostly
-measures how much CPU the process was given, the CPU time how much work it did.
+The contenders are timed round-robin (one run each per round). Besides wall-clock medians, the
+CPU seconds of the process (all threads, ``time.process_time``) are recorded for each timed
+run: on a shared, oversubscribed machine the wall clock mostly measures how much CPU the
+process was given, the CPU time how much work it did.
 """
 
 from __future__ import annotations
@@ -42,16 +43,37 @@ def make_cube(size: int, chunk: int, *, seed: int = 0) -> xr.DataArray:
     return assign_grid(xr.DataArray(arr, dims=("band", "y", "x"), coords={"band": ["b"]}), gbox)
 
 
-def cpu_timed(fn, sink: list[float]):
-    """``fn`` that also appends the process CPU seconds of every call to ``sink``."""
+def measure_interleaved(fns: dict, *, repeats: int) -> tuple[dict, dict[str, float]]:
+    """:func:`measure` each function once per round, round-robin, ``repeats`` rounds.
 
-    def timed():
-        start = time.process_time()
-        out = fn()
-        sink.append(time.process_time() - start)
-        return out
+    Interleaving spreads slow phases of a shared machine over every contender instead of
+    whichever ran during them. Returns the merged measurements and the median process CPU
+    seconds (all threads, ``time.process_time``) of each function's timed runs.
+    """
+    rounds: dict[str, list[dict]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(repeats):
+        for name, fn in fns.items():
 
-    return timed
+            def timed(fn=fn, sink=cpu[name]):
+                start = time.process_time()
+                out = fn()
+                sink.append(time.process_time() - start)
+                return out
+
+            rounds[name].append(measure(timed, repeats=1, warmup=1 if r == 0 else 0))
+    merged = {}
+    for name, runs in rounds.items():
+        times = [t for m in runs for t in m["times_s"]]
+        merged[name] = {
+            "median_s": statistics.median(times),
+            "times_s": times,
+            "peak_mem_mb": max(m["peak_mem_mb"] for m in runs),
+            "result": runs[-1]["result"],
+        }
+    # the first call of each function is its untimed warm-up
+    cpu_s = {name: statistics.median(times[1:]) for name, times in cpu.items()}
+    return merged, cpu_s
 
 
 def run(*, smoke: bool = False, repeats: int = 3) -> dict:
@@ -59,23 +81,13 @@ def run(*, smoke: bool = False, repeats: int = 3) -> dict:
     cube = make_cube(size, chunk)
     dst = cube.odc.output_geobox("EPSG:4326")
 
-    cpu: dict[str, list[float]] = {"xfusion": [], "odc-geo": [], "rioxarray": []}
-    ours = measure(
-        cpu_timed(lambda: xf.resample(cube, dst, "bilinear").data.compute(), cpu["xfusion"]),
-        repeats=repeats,
-    )
-    odc = measure(
-        cpu_timed(
-            lambda: xr_reproject(
+    runs, cpu_s = measure_interleaved(
+        {
+            "xfusion": lambda: xf.resample(cube, dst, "bilinear").data.compute(),
+            "odc-geo": lambda: xr_reproject(
                 cube, dst, resampling="bilinear", src_nodata=np.nan, dst_nodata=np.nan
             ).data.compute(),
-            cpu["odc-geo"],
-        ),
-        repeats=repeats,
-    )
-    rio = measure(
-        cpu_timed(
-            lambda: (
+            "rioxarray": lambda: (
                 cube.rio.reproject(
                     "EPSG:4326",
                     shape=tuple(dst.shape),
@@ -84,12 +96,10 @@ def run(*, smoke: bool = False, repeats: int = 3) -> dict:
                     nodata=np.nan,
                 ).values
             ),
-            cpu["rioxarray"],
-        ),
+        },
         repeats=repeats,
     )
-    # the first call of each is the untimed warm-up
-    cpu_s = {name: statistics.median(times[-repeats:]) for name, times in cpu.items()}
+    ours, odc, rio = runs["xfusion"], runs["odc-geo"], runs["rioxarray"]
     a, b = ours["result"][0], odc["result"][0]
     both = np.isfinite(a) & np.isfinite(b)
     extra = {

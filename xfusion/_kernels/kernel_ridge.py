@@ -6,20 +6,22 @@ Rows are processed in fixed-size, zero-padded batches (:func:`batched`) so each 
 once per batch shape instead of once per number of rows.
 
 Nyström fitting never forms the feature matrix ``Φ = K(x, L) Nᵀ``: :func:`kernel_stats` reduces
-the kernel block ``K(x, L)`` directly to centred sufficient statistics (one GEMM per batch, on
-the device, merged exactly batch by batch) and :func:`project_stats` maps them through ``N``
+the kernel block ``K(x, L)`` directly to centred sufficient statistics (one symmetric rank-k
+update per batch, merged exactly batch by batch) and :func:`project_stats` maps them through ``N``
 afterwards (``C_ΦΦ = N C_KK Nᵀ``), which saves the ``n × m × m`` product with ``Nᵀ`` and the
 ``n × m`` feature matrix; prediction uses ``K(x, L) (Nᵀ coefᵀ)`` for the same reason.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 __all__ = [
     "batched",
@@ -33,8 +35,6 @@ __all__ = [
     "rbf_kernel",
     "rff_features",
 ]
-
-_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 @jax.jit
@@ -124,37 +124,6 @@ def batched(fn: Callable[[jax.Array], jax.Array], x: np.ndarray, batch: int) -> 
     return np.concatenate(parts)
 
 
-@partial(jax.jit, donate_argnums=(0,))
-def _kernel_stats_step(acc, x, y, w, landmarks, gamma):
-    """Merge one batch's weighted, centred statistics of ``K(x, L)`` into ``acc``.
-
-    The batch is centred on its own weighted means before its Gram matrix is taken and merged
-    with the pairwise update of Chan, Golub and LeVeque (as ``xfusion._kernels.ridge``), so no
-    ``KᵀK − n·k̄k̄ᵀ`` cancellation builds up over many rows. Zero-weight rows (the padding of
-    the last batch) contribute nothing.
-    """
-    sw, mk, my, ckk, cky = acc
-    k = rbf_kernel(x, landmarks, gamma)
-    bw = jnp.sum(w)
-    safe_bw = jnp.where(bw > 0, bw, 1.0)
-    bmk = jnp.dot(w, k, precision=_HIGHEST) / safe_bw
-    bmy = jnp.dot(w, y, precision=_HIGHEST) / safe_bw
-    kc = k - bmk
-    kw = kc * w[:, None]
-    bckk = jnp.dot(kw.T, kc, precision=_HIGHEST)
-    bcky = jnp.dot(kw.T, y - bmy, precision=_HIGHEST)
-    total = sw + bw
-    safe_total = jnp.where(total > 0, total, 1.0)
-    dk = bmk - mk
-    dy = bmy - my
-    f = sw * bw / safe_total
-    ckk = ckk + bckk + f * jnp.outer(dk, dk)
-    cky = cky + bcky + f * jnp.outer(dk, dy)
-    mk = mk + dk * (bw / safe_total)
-    my = my + dy * (bw / safe_total)
-    return total, mk, my, ckk, cky
-
-
 def kernel_stats(
     x: np.ndarray,
     y: np.ndarray,
@@ -162,12 +131,19 @@ def kernel_stats(
     landmarks: np.ndarray,
     gamma: float,
     batch: int,
+    *,
+    workers: int | None = None,
 ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Weighted, centred statistics ``(Σw, k̄, ȳ, C_KK, C_Ky)`` of the RBF kernel features.
 
-    ``x`` (n, p) and ``y`` (n, k) hold valid rows only; ``K(x, L)`` is computed and reduced in
-    batches of ``batch`` rows (the last one zero-padded with zero weight) and never held whole.
-    Call inside ``jax.enable_x64(True)`` for float64 statistics.
+    ``x`` (n, p) and ``y`` (n, k) hold valid rows only. ``K(x, L)`` is computed in JAX in
+    batches of ``batch`` rows (never held whole); each batch is centred on its own weighted
+    means, its Gram matrix taken with a single-threaded BLAS ``syrk``/``gemm``, and the batches
+    are merged with the pairwise update of Chan, Golub and LeVeque (as
+    :func:`xfusion._kernels.ridge.combine_stats`), so no ``KᵀK − n·k̄k̄ᵀ`` cancellation builds
+    up. Batches run on ``workers`` threads (default: one per CPU) with BLAS limited to one
+    thread each: spinning multi-threaded OpenBLAS workers were 4× slower than one thread on a
+    busy 2-core host. Call inside ``jax.enable_x64(True)`` for float64 statistics.
 
     Examples
     --------
@@ -189,29 +165,51 @@ def kernel_stats(
     >>> all(np.allclose(a, b, rtol=1e-8) for a, b in zip(project_stats(stats, n), ref))
     True
     """
-    n, m = x.shape[0], landmarks.shape[0]
-    dtype = jnp.result_type(float)
-    if w is None:
-        w = np.ones(n, dtype=dtype)
+    n, m, k = x.shape[0], landmarks.shape[0], y.shape[1]
     size = min(batch, max(64, 1 << max(n - 1, 1).bit_length()))
-    acc = (
-        jnp.zeros((), dtype),
-        jnp.zeros(m, dtype),
-        jnp.zeros(y.shape[1], dtype),
-        jnp.zeros((m, m), dtype),
-        jnp.zeros((m, y.shape[1]), dtype),
-    )
-    landmarks = jnp.asarray(landmarks, dtype)
-    for start in range(0, n, size):
-        xb, yb, wb = x[start : start + size], y[start : start + size], w[start : start + size]
-        short = size - xb.shape[0]
-        if short:
-            xb = np.concatenate([xb, np.zeros((short, xb.shape[1]), xb.dtype)])
-            yb = np.concatenate([yb, np.zeros((short, yb.shape[1]), yb.dtype)])
-            wb = np.concatenate([wb, np.zeros(short, wb.dtype)])
-        acc = _kernel_stats_step(acc, xb, yb, wb, landmarks, gamma)
-    sw, mk, my, ckk, cky = (np.asarray(a) for a in acc)
-    return float(sw), mk, my, ckk, cky
+    landmarks = jnp.asarray(landmarks)
+    # jax.enable_x64 is thread-local: carry the caller's precision into the worker threads
+    x64 = jnp.result_type(float) == jnp.float64
+
+    def one(start: int):
+        xb, yb = x[start : start + size], y[start : start + size]
+        rows = xb.shape[0]
+        if rows < size:  # one compiled shape: pad the last batch
+            xb = np.concatenate([xb, np.zeros((size - rows, xb.shape[1]), xb.dtype)])
+        with jax.enable_x64(x64):
+            kb = np.asarray(rbf_kernel(xb, landmarks, gamma))[:rows]
+        if w is None:
+            bw = float(rows)
+            bmk, bmy = kb.mean(axis=0), yb.mean(axis=0)
+            kc = kb - bmk
+            return bw, bmk, bmy, kc.T @ kc, kc.T @ (yb - bmy)
+        wb = w[start : start + size]
+        bw = float(wb.sum())
+        if bw == 0.0:
+            return None
+        bmk, bmy = wb @ kb / bw, wb @ yb / bw
+        kc = kb - bmk
+        kw = kc * wb[:, None]
+        return bw, bmk, bmy, kw.T @ kc, kw.T @ (yb - bmy)
+
+    sw, mk, my = 0.0, np.zeros(m), np.zeros(k)
+    ckk, cky = np.zeros((m, m)), np.zeros((m, k))
+    workers = workers or os.cpu_count() or 1
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        for part in pool.map(one, range(0, n, size)):
+            if part is None:
+                continue
+            bw, bmk, bmy, bckk, bcky = part
+            total = sw + bw
+            dk, dy = bmk - mk, bmy - my
+            f = sw * bw / total
+            ckk += bckk
+            ckk += f * np.outer(dk, dk)
+            cky += bcky + f * np.outer(dk, dy)
+            mk += dk * (bw / total)
+            my += dy * (bw / total)
+            sw = total
+    return sw, mk, my, ckk, cky
 
 
 def project_stats(stats, normalization: np.ndarray):

@@ -22,6 +22,7 @@ import dask.array as dsa
 import numpy as np
 import pandas as pd
 import xarray as xr
+from threadpoolctl import threadpool_limits
 
 from xfusion._kernels import ridge as _rk
 from xfusion.errors import BandError, GridError, InputError, ModelError
@@ -408,7 +409,8 @@ class Ridge(_Estimator):
 
 _METHODS = ("nystroem", "rff", "exact")
 _BATCH = 16384
-_BATCH_STATS = 4096  # rows per kernel-statistics batch: a (4096, m) block stays cache-sized
+# rows per kernel-statistics batch (timed 1024-16384 on 200k x 11, m = 300: 4096 was fastest)
+_BATCH_STATS = 4096
 
 
 class KernelRidge(_Estimator):
@@ -445,7 +447,10 @@ class KernelRidge(_Estimator):
     sample) contributes to the fit. Its β weighting of prediction/estimation rows is passed as
     ``sample_weight`` (see :class:`Ridge`). ``fit`` on a numpy array or DataFrame computes in
     memory; on a cube or Dask array the Nyström/RFF fit reads the data twice (landmark sample,
-    then the blockwise statistics) and ``"exact"`` loads the valid rows.
+    then the blockwise statistics) and ``"exact"`` loads the valid rows. The Nyström fit never
+    forms the ``(samples, n_components)`` feature matrix ``Φ = K(x, L) Nᵀ``: it reduces the
+    kernel block ``K(x, L)`` to sufficient statistics (in float64, batch by batch) and maps
+    them through ``N`` (``ΦᵀΦ = N KᵀK Nᵀ``), and prediction computes ``K(x, L) (Nᵀ coefᵀ)``.
 
     Examples
     --------
@@ -525,9 +530,11 @@ class KernelRidge(_Estimator):
                 if landmarks.ndim != 2 or landmarks.shape[1] != p:
                     raise InputError(f"landmarks must be (n, {p}); got shape {landmarks.shape}")
                 self.landmarks_ = landmarks
-                self.normalization_ = np.asarray(
-                    _kr.nystroem_normalization(_kr.rbf_kernel(landmarks, landmarks, self.gamma))
-                )
+                k_mm = _kr.rbf_kernel(landmarks, landmarks, self.gamma)
+                # An (m × m) SVD gains nothing from BLAS threads, and spinning OpenBLAS workers
+                # made it ~10× slower (1.2 s instead of 15 ms at m = 300) on a busy 2-core host.
+                with threadpool_limits(limits=1, user_api="blas"):
+                    self.normalization_ = np.asarray(_kr.nystroem_normalization(k_mm))
                 # Statistics of the kernel block K(x, L), mapped through N afterwards: the
                 # feature matrix Φ = K Nᵀ is never formed (see xfusion._kernels.kernel_ridge).
                 n_out = landmarks.shape[0]
@@ -540,7 +547,8 @@ class KernelRidge(_Estimator):
                     stats, p, k, info = _accumulate(
                         X, y, sample_weight, transform=self._kernel_features, p_out=n_out
                     )
-                stats = _kr.project_stats(stats, self.normalization_)
+                with threadpool_limits(limits=1, user_api="blas"):
+                    stats = _kr.project_stats(stats, self.normalization_)
             else:
                 self.random_weights_ = np.sqrt(2 * self.gamma) * rng.normal(size=(p, m))
                 self.random_offset_ = rng.uniform(0, 2 * np.pi, size=m)
@@ -555,7 +563,8 @@ class KernelRidge(_Estimator):
                     stats, p, k, info = _accumulate(
                         X, y, sample_weight, transform=self._transform, p_out=m
                     )
-            coef, intercept = _rk.solve_ridge(stats, self.alpha)
+            with threadpool_limits(limits=1, user_api="blas"):  # small dense solve, as above
+                coef, intercept = _rk.solve_ridge(stats, self.alpha)
         self._finish_fit(p, k, info)
         self.coef_, self.intercept_ = coef, intercept
         self._restore()

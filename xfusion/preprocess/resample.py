@@ -9,8 +9,10 @@ Two engines sit behind :func:`resample`:
   (:mod:`xfusion._kernels.aggregate`) on a tile-intersection graph: each output chunk reads the
   input chunks it overlaps without copying them, so input chunks need not be multiples of ``k``.
 * **warping** — everything else (CRS changes, fractional factors, going finer, ``nearest``,
-  ``bilinear``, ``cubic``) goes through odc-geo's Dask-native ``xr_reproject``, i.e. GDAL per
-  output chunk, with NaN declared as nodata on both sides so NaN is never averaged as 0.
+  ``bilinear``, ``cubic``) runs GDAL (``rasterio.warp.reproject``) per output chunk on a
+  tile-intersection graph whose source windows are padded by the kernel's reach (so chunk edges
+  equal the whole-array warp, which odc-geo's chunked ``xr_reproject`` does not guarantee for
+  ``cubic``), with NaN declared as nodata on both sides so NaN is never averaged as 0.
 
 Output chunks are chosen explicitly (see ``chunks`` in :func:`resample`) rather than inherited, so
 small input tiles do not turn into tiny output chunks.
