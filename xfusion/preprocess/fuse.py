@@ -212,7 +212,8 @@ def mosaic_cubes(parts: Sequence[xr.DataArray], how: Mosaic = "first") -> xr.Dat
     if how == "mean":
         total = sum(p.fillna(0) for p in parts)
         count = sum(p.notnull().astype(np.int16) for p in parts)
-        return (total / count).where(count > 0).astype(first.dtype)
+        # dividing by a count of 1 where nothing is valid avoids 0/0 (those pixels become NaN)
+        return (total / count.where(count > 0, 1)).where(count > 0).astype(first.dtype)
     raise InputError(f"unknown mosaic {how!r}; expected one of {MOSAIC} or a callable")
 
 
