@@ -19,8 +19,11 @@ RESULTS = HERE / "results"
 
 def discover() -> list[str]:
     """Names of the available cases (modules ``benchmarks/bench_<case>.py``)."""
-    return sorted(m.name[len("bench_") :] for m in pkgutil.iter_modules([str(HERE)])
-                  if m.name.startswith("bench_"))
+    return sorted(
+        m.name[len("bench_") :]
+        for m in pkgutil.iter_modules([str(HERE)])
+        if m.name.startswith("bench_")
+    )
 
 
 def run_case(case: str, *, smoke: bool, repeats: int) -> dict:

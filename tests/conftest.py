@@ -17,5 +17,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 def shared_data() -> Path:
     """``../shared/data`` (real satellite samples); skips where the folder is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real-data samples not found at {SHARED_DATA} (they sit beside the project in CI)")
+        pytest.skip(
+            f"real-data samples not found at {SHARED_DATA} (they sit beside the project in CI)"
+        )
     return SHARED_DATA

@@ -13,7 +13,7 @@ class XFusionError(Exception):
     """Base class of every error raised by xfusion."""
 
     def __str__(self) -> str:
-        # KeyError quotes its message; keep messages readable for the subclasses that derive from it.
+        # KeyError quotes its message; keep messages readable for the subclasses deriving from it.
         return str(self.args[0]) if len(self.args) == 1 else super().__str__()
 
 

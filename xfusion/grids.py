@@ -35,7 +35,9 @@ def _parse_crs(crs: Any) -> CRS:
     try:
         return CRS(crs)
     except Exception as err:  # pyproj raises several unrelated types
-        raise GridError(f"cannot understand CRS {crs!r}; expected e.g. 'EPSG:32633' or 4326") from err
+        raise GridError(
+            f"cannot understand CRS {crs!r}; expected e.g. 'EPSG:32633' or 4326"
+        ) from err
 
 
 def grid(
@@ -95,12 +97,13 @@ def as_geobox(grid_or_like: Any) -> GeoBox:
     if isinstance(grid_or_like, xr.DataArray | xr.Dataset):
         return geobox_of(grid_or_like)
     raise GridError(
-        f"expected a grid (odc.geo GeoBox from xf.grid) or a cube; got {type(grid_or_like).__name__}"
+        "expected a grid (odc.geo GeoBox from xf.grid) or a cube; "
+        f"got {type(grid_or_like).__name__}"
     )
 
 
 def geobox_of(obj: xr.DataArray | xr.Dataset) -> GeoBox:
-    """The grid of a cube (read from its ``spatial_ref`` coordinate and x/y coordinates)."""
+    """Return the grid of a cube (from its ``spatial_ref`` and x/y coordinates)."""
     gbox = getattr(getattr(obj, "odc", None), "geobox", None)
     if gbox is None or gbox.crs is None:
         raise GridError(
@@ -118,12 +121,14 @@ def grid_coords(gbox: GeoBox) -> dict[str, xr.DataArray]:
 def assign_grid(obj: xr.DataArray, gbox: GeoBox) -> xr.DataArray:
     """Attach ``gbox``'s coordinates and CRS to an array whose last two dims are ``(y, x)``."""
     if obj.shape[-2:] != tuple(gbox.shape):
-        raise GridError(f"array of spatial shape {obj.shape[-2:]} does not fit grid {tuple(gbox.shape)}")
+        raise GridError(
+            f"array of spatial shape {obj.shape[-2:]} does not fit grid {tuple(gbox.shape)}"
+        )
     return obj.assign_coords(grid_coords(gbox))
 
 
 def to_xee(gbox: GeoBox) -> dict[str, Any]:
-    """Arguments for ``xr.open_dataset(..., engine="ee")``: ``crs``, ``crs_transform``, ``shape_2d``.
+    """Return ``crs``, ``crs_transform``, ``shape_2d`` for ``xr.open_dataset(..., engine="ee")``.
 
     ``crs_transform`` is Earth Engine's ``[xScale, xShear, xOffset, yShear, yScale, yOffset]``;
     ``shape_2d`` is ``(width, height)``.

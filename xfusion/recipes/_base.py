@@ -81,7 +81,7 @@ class RecipeConfig:
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as plain JSON-able values."""
+        """Return the config as plain JSON-able values."""
         return dataclasses.asdict(self)
 
 
@@ -96,8 +96,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return float(value)
         if base is tuple and isinstance(value, list):
             return tuple(value)
-        if isinstance(base, type) and isinstance(value, base) and not (
-            base is int and isinstance(value, bool)
+        if (
+            isinstance(base, type)
+            and isinstance(value, base)
+            and not (base is int and isinstance(value, bool))
         ):
             return value
     raise ConfigError(f"config key {key!r} must be {hint}; got {value!r} ({type(value).__name__})")
@@ -115,7 +117,7 @@ class RecipeResult:
     files: dict[str, Path] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
-        """A small plain-text table of the metrics."""
+        """Return a small plain-text table of the metrics."""
         width = max((len(k) for k in self.metrics), default=0)
         lines = [f"{self.recipe} — outputs in {self.out_dir}"]
         for key, value in self.metrics.items():

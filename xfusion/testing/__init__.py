@@ -26,6 +26,7 @@ class CountingScheduler:
         self.max_computes = max_computes
 
     def __call__(self, dsk, keys, **kwargs):
+        """Count this compute, fail past the limit, else run it synchronously."""
         self.total_computes += 1
         if self.total_computes > self.max_computes:
             raise RuntimeError(
