@@ -84,6 +84,31 @@ class RecipeConfig:
         """Return the config as plain JSON-able values."""
         return dataclasses.asdict(self)
 
+    def to_toml(self, path: str | os.PathLike[str]) -> Path:
+        """Write the config as a ``[<recipe>]`` TOML table (``None`` fields are left out).
+
+        The file loads back with :meth:`from_toml`.
+        """
+        lines = [f"[{type(self).__module__.rsplit('.', 1)[-1]}]"]
+        for key, value in self.to_dict().items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        path = Path(path)
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")
+
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)

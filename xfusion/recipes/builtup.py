@@ -277,16 +277,6 @@ class Config(RecipeConfig):
         """
         return cls.from_dict({**REAL_SOURCES, **overrides})
 
-    def to_toml(self, path: str | os.PathLike[str]) -> Path:
-        """Write the config as a ``[builtup]`` TOML table (``None`` fields are left out)."""
-        lines = ["[builtup]"]
-        for key, value in self.to_dict().items():
-            if value is not None:
-                lines.append(f"{key} = {_toml_value(value)}")
-        path = Path(path)
-        path.write_text("\n".join(lines) + "\n")
-        return path
-
     # The years whose composites are needed, and each year's composite window.
     def years(self) -> list[int]:
         """Return the mapped years: the training year, then the inference years (no repeats)."""
@@ -297,18 +287,6 @@ class Config(RecipeConfig):
         first, last = self.season
         end = pd.Timestamp(year, last, 1) + pd.offsets.MonthEnd(0)
         return f"{year}-{first:02d}-01", end.strftime("%Y-%m-%d")
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,10 +29,8 @@ The steps of :func:`run`:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
@@ -356,32 +354,10 @@ class Config(RecipeConfig):
         """
         return cls.from_dict({**REAL_SOURCES, **overrides})
 
-    def to_toml(self, path: str | os.PathLike[str]) -> Path:
-        """Write the config as a ``[nightlights]`` TOML table (``None`` fields are left out)."""
-        lines = ["[nightlights]"]
-        for key, value in self.to_dict().items():
-            if value is not None:
-                lines.append(f"{key} = {_toml_value(value)}")
-        path = Path(path)
-        path.write_text("\n".join(lines) + "\n")
-        return path
-
     @property
     def factor(self) -> int:
         """VIIRS pixel size in Landsat pixels (16)."""
         return round(self.viirs_resolution / self.resolution)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")
 
 
 # ---------------------------------------------------------------------------------------------
