@@ -27,8 +27,7 @@ from sklearn.metrics import r2_score
 from sklearn.pipeline import make_pipeline
 from threadpoolctl import threadpool_limits
 
-from benchmarks._util import case_result, measure
-from benchmarks.bench_reproject import measure_interleaved
+from benchmarks._util import case_result, measure, measure_interleaved
 from xfusion.models.ridge import KernelRidge
 
 CASE = "kernel_ridge"

@@ -13,9 +13,7 @@ process was given, the CPU time how much work it did.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import dask.array
@@ -26,7 +24,7 @@ from odc.geo.xr import xr_reproject
 from rasterio.enums import Resampling
 
 import xfusion as xf
-from benchmarks._util import case_result, measure
+from benchmarks._util import case_result, measure_interleaved
 from xfusion.grids import assign_grid
 
 CASE = "reproject"
@@ -41,39 +39,6 @@ def make_cube(size: int, chunk: int, *, seed: int = 0) -> xr.DataArray:
     gbox = xf.grid((500000, 4000000, 500000 + 10 * size, 4000000 + 10 * size), "EPSG:32633", 10)
     arr = dask.array.from_array(data, chunks=(1, chunk, chunk))
     return assign_grid(xr.DataArray(arr, dims=("band", "y", "x"), coords={"band": ["b"]}), gbox)
-
-
-def measure_interleaved(fns: dict, *, repeats: int) -> tuple[dict, dict[str, float]]:
-    """:func:`measure` each function once per round, round-robin, ``repeats`` rounds.
-
-    Interleaving spreads slow phases of a shared machine over every contender instead of
-    whichever ran during them. Returns the merged measurements and the median process CPU
-    seconds (all threads, ``time.process_time``) of each function's timed runs.
-    """
-    rounds: dict[str, list[dict]] = {name: [] for name in fns}
-    cpu: dict[str, list[float]] = {name: [] for name in fns}
-    for r in range(repeats):
-        for name, fn in fns.items():
-
-            def timed(fn=fn, sink=cpu[name]):
-                start = time.process_time()
-                out = fn()
-                sink.append(time.process_time() - start)
-                return out
-
-            rounds[name].append(measure(timed, repeats=1, warmup=1 if r == 0 else 0))
-    merged = {}
-    for name, runs in rounds.items():
-        times = [t for m in runs for t in m["times_s"]]
-        merged[name] = {
-            "median_s": statistics.median(times),
-            "times_s": times,
-            "peak_mem_mb": max(m["peak_mem_mb"] for m in runs),
-            "result": runs[-1]["result"],
-        }
-    # the first call of each function is its untimed warm-up
-    cpu_s = {name: statistics.median(times[1:]) for name, times in cpu.items()}
-    return merged, cpu_s
 
 
 def run(*, smoke: bool = False, repeats: int = 3) -> dict:
