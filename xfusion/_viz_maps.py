@@ -25,7 +25,7 @@ import jinja2
 import numpy as np
 import xarray as xr
 
-from xfusion._viz_panels import class_table
+from xfusion._viz_panels import class_table, select_time
 from xfusion.errors import BandError, InputError, SourceError
 from xfusion.grids import geobox_of
 
@@ -191,23 +191,7 @@ def _select(da: xr.DataArray, bands: Any, time: Any) -> tuple[xr.DataArray, list
             da = da.expand_dims("band")
         else:
             da = da.expand_dims(band=[str(da.name) if da.name is not None else "value"])
-    if "time" in da.dims:
-        if time is not None:
-            try:
-                da = da.sel(time=time)
-            except (KeyError, TypeError, ValueError) as err:
-                raise InputError(
-                    f"time {time!r} not in cube; times are {[str(t) for t in da.time.values]}"
-                ) from err
-        if "time" in da.dims:
-            if da.sizes["time"] != 1:
-                raise InputError(
-                    f"cube has {da.sizes['time']} time steps; choose one with time=... "
-                    "(or da.isel(time=i)), or composite the cube first"
-                )
-            da = da.isel(time=0)
-    elif time is not None:
-        raise InputError(f"time={time!r} given but the cube has no 'time' dimension")
+    da = select_time(da, time, "cube")
     extra = [d for d in da.dims if d not in ("band", "y", "x")]
     if extra:
         raise InputError(f"expected dims ('time', 'band', 'y', 'x'); got extra dims {extra}")

@@ -44,14 +44,8 @@ def _percentile_limits(
     return float(low), float(high)
 
 
-def _squeeze_image(obj: Any, what: str, time: Any = None) -> xr.DataArray:
-    """Return a 2-D ``(y, x)`` DataArray from an image, a one-band cube or a numpy array."""
-    if isinstance(obj, np.ndarray):
-        obj = xr.DataArray(obj)
-        if obj.ndim == 2:
-            obj = obj.rename({obj.dims[0]: "y", obj.dims[1]: "x"})
-    if not isinstance(obj, xr.DataArray):
-        raise InputError(f"{what} must be a DataArray or numpy array; got {type(obj).__name__}")
+def select_time(obj: xr.DataArray, time: Any, what: str) -> xr.DataArray:
+    """Return ``obj`` at one time step: ``time`` if given, else its only one (drawing needs one)."""
     if "time" in obj.dims:
         if time is not None:
             try:
@@ -64,11 +58,23 @@ def _squeeze_image(obj: Any, what: str, time: Any = None) -> xr.DataArray:
             if obj.sizes["time"] != 1:
                 raise InputError(
                     f"{what} has {obj.sizes['time']} time steps; choose one with time=... "
-                    "or composite first"
+                    "(or .isel(time=i)), or composite first"
                 )
             obj = obj.isel(time=0)
     elif time is not None:
         raise InputError(f"time={time!r} given but {what} has no 'time' dimension")
+    return obj
+
+
+def _squeeze_image(obj: Any, what: str, time: Any = None) -> xr.DataArray:
+    """Return a 2-D ``(y, x)`` DataArray from an image, a one-band cube or a numpy array."""
+    if isinstance(obj, np.ndarray):
+        obj = xr.DataArray(obj)
+        if obj.ndim == 2:
+            obj = obj.rename({obj.dims[0]: "y", obj.dims[1]: "x"})
+    if not isinstance(obj, xr.DataArray):
+        raise InputError(f"{what} must be a DataArray or numpy array; got {type(obj).__name__}")
+    obj = select_time(obj, time, what)
     for dim in [d for d in obj.dims if d not in ("y", "x")]:
         if obj.sizes[dim] != 1:
             raise InputError(
