@@ -31,6 +31,7 @@ import dask
 import pandas as pd
 import xarray as xr
 
+from xfusion._files import writable_dir
 from xfusion.errors import ConfigError, SourceError, XFusionError
 
 __all__ = ["RECIPE_TABLE", "main"]
@@ -260,17 +261,11 @@ def _recipes(args: argparse.Namespace) -> int:
 
 
 def _prepare_out(out: Path) -> Path:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".xfusion-write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError as err:
-        raise SourceError(
-            f"cannot write to output folder {str(out)!r} ({err.strerror or err}); "
-            "expected a writable folder, e.g. --out ./xfusion-demo"
-        ) from err
-    return out
+    return writable_dir(
+        out,
+        "cannot write to output folder {path} ({reason}); "
+        "expected a writable folder, e.g. --out ./xfusion-demo",
+    )
 
 
 def _scene(args: argparse.Namespace) -> int:

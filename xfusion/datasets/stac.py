@@ -19,7 +19,8 @@ import rasterio
 import xarray as xr
 from pyproj import Transformer
 
-from xfusion.errors import InputError, SourceError
+from xfusion._files import writable_dir
+from xfusion.errors import InputError
 from xfusion.grids import geobox_of
 
 __all__ = ["write_stac"]
@@ -91,16 +92,7 @@ def write_stac(
         raise InputError(f"blocksize must be a positive multiple of 16; got {blocksize}")
     encodings = encodings if encodings is not None else getattr(scene, "encodings", {}) or {}
     descriptions = getattr(scene, "descriptions", {}) or {}
-    root = Path(directory)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".xfusion-write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError as err:
-        raise SourceError(
-            f"cannot write a STAC catalog to {str(root)!r}: {err.strerror or err}"
-        ) from err
+    root = writable_dir(directory, "cannot write a STAC catalog to {path}: {reason}")
 
     for key, cube in scene.items():
         _check_cube(key, cube)

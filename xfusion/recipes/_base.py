@@ -26,7 +26,8 @@ from typing import Any, Self
 
 import xarray as xr
 
-from xfusion.errors import ConfigError, SourceError
+from xfusion._files import writable_dir
+from xfusion.errors import ConfigError
 
 __all__ = ["RecipeConfig", "RecipeResult", "write_cog", "write_json", "write_zarr"]
 
@@ -153,15 +154,7 @@ class RecipeResult:
 
 def prepare_out_dir(out_dir: str | os.PathLike[str]) -> Path:
     """Create ``out_dir`` and check it is writable (a clear :class:`SourceError` otherwise)."""
-    path = Path(out_dir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{uuid.uuid4().hex}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise SourceError(f"output directory {str(path)!r} is not writable: {err}") from err
-    return path
+    return writable_dir(out_dir, "output directory {path} is not writable: {reason}")
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
