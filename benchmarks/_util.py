@@ -9,10 +9,12 @@ from __future__ import annotations
 import gc
 import platform
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -117,8 +119,20 @@ def device() -> str:
 
 def versions(*packages: str) -> dict[str, str]:
     """Installed versions of the named packages (``'missing'`` where absent)."""
-    found = {}
-    for name in ("xfusion", "numpy", "dask", "xarray", *packages):
+    import xfusion
+
+    found = {"xfusion": xfusion.__version__}
+    try:
+        found["xfusion_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout
+        found["xfusion_commit"] = "unknown"
+    for name in ("numpy", "dask", "xarray", *packages):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

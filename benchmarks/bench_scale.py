@@ -141,15 +141,28 @@ def _write(pred: xr.DataArray, store: Path) -> dict:
     }
 
 
-def _read(store: Path) -> np.ndarray:
-    return xr.open_zarr(store, consolidated=False)["prediction"].values
+def _read(store: Path) -> xr.DataArray:
+    """The stored prediction, lazily (compared chunk by chunk, never held whole)."""
+    return xr.open_zarr(store, consolidated=False)["prediction"]
+
+
+def _assert_close(actual: xr.DataArray, expected: xr.DataArray, name: str) -> None:
+    """Streamed comparison: max |a - b| <= 1e-6 + 1e-5 |b| everywhere, and the same NaNs."""
+    excess = abs(actual - expected) - (1e-6 + 1e-5 * abs(expected))
+    worst, nan_mismatch = dask.compute(
+        excess.max().data, (actual.isnull() != expected.isnull()).sum().data
+    )
+    if not worst <= 0 or nan_mismatch:
+        raise AssertionError(
+            f"{name}: stores differ (worst excess {worst}, {nan_mismatch} NaN mismatches)"
+        )
 
 
 def run(*, smoke: bool = False, repeats: int = 1) -> dict:
     from distributed import Client, LocalCluster
 
     widths, center = (8, 16), 32
-    size, chunk, halo = (96, 32, 32) if smoke else (4096, 1024, 32)
+    size, chunk, halo = (96, 32, 32) if smoke else (16384, 1024, 32)
     config, params = random_model(widths, center)
     cube = make_cube(size, chunk)
     model = RandomUNet(config, params, cube.band.values, halo)
@@ -165,8 +178,8 @@ def run(*, smoke: bool = False, repeats: int = 1) -> dict:
         _warm(config, params, shape)
         with dask.config.set(scheduler="threads"):
             results["threaded"] = _write(pred, workdir / "threaded.zarr")
-            # the same at half the side (a quarter of the pixels): streaming keeps the peak flat
-            half = predict(make_cube(size // 2, chunk), model, halo=halo)
+            # the same at a quarter of the side (1/16 of the pixels): the peak stays flat
+            half = predict(make_cube(size // 4, chunk), model, halo=halo)
             half = half.assign_coords(band=half.band.astype(object))
             half_size = _write(half, workdir / "half.zarr")
         reference = _read(workdir / "threaded.zarr")
@@ -187,13 +200,11 @@ def run(*, smoke: bool = False, repeats: int = 1) -> dict:
             client.run(_warm, config, params, shape)
             results["2 process workers"] = _write(pred, workdir / "two.zarr")
         for name, store in (("1 process worker", "one.zarr"), ("2 process workers", "two.zarr")):
-            np.testing.assert_allclose(
-                _read(workdir / store), reference, rtol=1e-5, atol=1e-6, err_msg=name
-            )
+            _assert_close(_read(workdir / store), reference, name)
         if smoke:
-            eager = predict(cube.compute(), model, halo=halo).values
-            np.testing.assert_allclose(reference, eager, rtol=1e-5, atol=1e-6, err_msg="eager")
-        if not np.isfinite(reference).all():
+            eager = predict(cube.compute(), model, halo=halo)
+            _assert_close(reference, eager, "eager")
+        if not bool(np.isfinite(reference).all()):
             raise AssertionError("the streamed prediction has non-finite values")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -224,13 +235,7 @@ def run(*, smoke: bool = False, repeats: int = 1) -> dict:
             "chunks": [N_BANDS, chunk, chunk],
             "halo": halo,
             "block_shape": list(shape),
-            "size_note": (
-                "full run at 4096x4096 instead of 16384x16384: the tiny U-Net runs at a few "
-                "GFLOP/s on the shared 2-core CPU; memory per task is set by the block shape, "
-                "not the cube size, so peak RSS does not grow with the cube"
-                if not smoke
-                else "smoke"
-            ),
+            "size_note": "smoke" if smoke else "full size",
             "smoke": smoke,
             "repeats": 1,
         },
@@ -239,8 +244,8 @@ def run(*, smoke: bool = False, repeats: int = 1) -> dict:
             "peak_rss_budget_mb": BUDGET_MB,
             "summary": summary,
             "cluster_startup_s": startup,
-            "threaded_half_side": {
-                "shape": [N_BANDS, size // 2, size // 2],
+            "threaded_quarter_side": {
+                "shape": [N_BANDS, size // 4, size // 4],
                 "seconds": half_size["median_s"],
                 "peak_tree_rss_mb": half_size["peak_mem_mb"],
                 "peak_tree_pss_mb": half_size["peak_tree_pss_mb"],
