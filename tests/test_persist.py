@@ -186,3 +186,198 @@ def test_netcdf_model_saves_while_a_distributed_client_is_active(tmp_path):
         model.save(tmp_path / "ridge")
         loaded = load_model(tmp_path / "ridge")
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint faults: flipped bytes, missing files, future versions, schema violations
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ridge():
+    from xfusion.models.ridge import Ridge
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(50, 3))
+    return Ridge(alpha=0.1).fit(X, X @ np.array([1.0, -2.0, 0.5]) + 0.3), X
+
+
+@pytest.fixture(params=["msgpack", "netcdf"])
+def saved_any(request, fitted, ridge, tmp_path):
+    """A U-Net saved as msgpack or a Ridge saved as NetCDF."""
+    if request.param == "msgpack":
+        return fitted.save(tmp_path / "unet"), "weights.msgpack"
+    return ridge[0].save(tmp_path / "ridge"), "weights.nc"
+
+
+@pytest.mark.parametrize("where", [0, 1, 4, 9, 0.5, -1])
+def test_one_flipped_byte_anywhere_in_the_weights_raises(saved_any, where):
+    # offsets 0-9 are the msgpack map header / the HDF5 signature and superblock
+    path, name = saved_any
+    weights = path / name
+    data = bytearray(weights.read_bytes())
+    offset = int(where * len(data)) if isinstance(where, float) else where % len(data)
+    data[offset] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="corrupt or was modified") as err:
+        load_model(path)
+    assert str(weights) in str(err.value)
+
+
+def test_missing_sidecar_raises_naming_it(saved_any):
+    path, _ = saved_any
+    (path / "model.json").unlink()
+    with pytest.raises(ModelError, match=r"no saved model at .*: model\.json not found"):
+        load_model(path)
+
+
+def test_missing_weights_file_raises_naming_it(saved_any):
+    path, name = saved_any
+    (path / name).unlink()
+    with pytest.raises(ModelError, match="cannot be read") as err:
+        load_model(path)
+    assert str(path / name) in str(err.value)
+
+
+def test_sidecar_from_a_future_format_version_raises(saved_any):
+    path, _ = saved_any
+    meta = json.loads((path / "model.json").read_text())
+    meta["format_version"] += 1
+    meta["future_entry"] = {"new": True}  # a newer writer may add entries: still the version
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="fails the sidecar schema"):
+        load_model(path)
+    meta.pop("future_entry")
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"format version 2 by a newer xfusion .* reads version 1"):
+        load_model(path)
+
+
+def _delete(key):
+    return lambda m: m.pop(key)
+
+
+def _set(key, value):
+    return lambda m: m.update({key: value})
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_delete("class"), r"lacks 'class' \(str\)"),
+        (_delete("params"), r"lacks 'params' \(dict\)"),
+        (_delete("weights_format"), r"lacks 'weights_format' \(str\)"),
+        (_set("format_version", "1"), r"'format_version' is str '1'; expected int"),
+        (_set("format_version", True), r"'format_version' is bool True; expected int"),
+        (_set("params", [1, 2]), r"'params' is list \[1, 2\]; expected dict"),
+        (_set("bands", ["B04", 8]), r"'bands' must be a list of strings"),
+        (_set("versions", {"numpy": 2}), r"'versions' must map package names to strings"),
+        (_set("weights_sha256", "ab" * 31), r"'weights_sha256' 'abab.*' is not 64 lowercase hex"),
+        (_set("default_halo", 3.5), r"'default_halo' is float 3.5; expected int"),
+        (_set("loader", "pickle"), r"unknown entries \['loader'\]"),
+    ],
+)
+def test_sidecar_failing_the_schema_raises(saved, edit, message):
+    sidecar = saved / "model.json"
+    meta = json.loads(sidecar.read_text())
+    edit(meta)
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=message) as err:
+        load_model(saved)
+    assert str(sidecar) in str(err.value)
+
+
+def test_validate_sidecar_directly(saved):
+    from xfusion.models.persist import validate_sidecar
+
+    meta = json.loads((saved / "model.json").read_text())
+    validate_sidecar(meta)  # a written sidecar passes
+    with pytest.raises(ModelError, match="must hold a JSON object; got list"):
+        validate_sidecar([meta], source="x.json")
+    bad = {**meta, "extra_key": 1, "history": None}
+    del bad["weights"]
+    with pytest.raises(ModelError) as err:
+        validate_sidecar(bad, source="x.json")
+    text = str(err.value)  # every problem is listed, not only the first
+    assert text.startswith("x.json fails the sidecar schema")
+    assert "lacks 'weights' (str)" in text
+    assert "'history' is NoneType None; expected dict" in text
+    assert "unknown entries ['extra_key']" in text
+
+
+class DecoderCalled(AssertionError):
+    pass
+
+
+@pytest.fixture
+def decoders(monkeypatch):
+    """Replace the third-party weight decoders (Flax msgpack, xarray NetCDF) by recorders."""
+    import flax.serialization
+    import xarray
+
+    calls = []
+    restore, open_dataset = flax.serialization.msgpack_restore, xarray.open_dataset
+
+    def fake_restore(data):
+        calls.append("msgpack")
+        return restore(data)
+
+    def fake_open(*args, **kwargs):
+        calls.append("netcdf")
+        return open_dataset(*args, **kwargs)
+
+    monkeypatch.setattr(flax.serialization, "msgpack_restore", fake_restore)
+    monkeypatch.setattr(xarray, "open_dataset", fake_open)
+    return calls
+
+
+def test_checksum_and_schema_are_checked_before_any_weight_is_deserialised(
+    saved_any, fitted, ridge, tmp_path, decoders
+):
+    path, name = saved_any
+    fmt = "msgpack" if name.endswith("msgpack") else "netcdf"
+    load_model(path)
+    assert decoders == [fmt]  # the recorders see a normal load: the checks below can fail
+    decoders.clear()
+    # valid weights of another model of the same kind: decodable, but not the recorded bytes
+    if fmt == "msgpack":
+        other_path = write_model(
+            tmp_path / "other",
+            fitted,
+            state=jax.tree.map(lambda a: a + 1, fitted.params_),
+            extra={
+                "config": fitted.config_,
+                "tile_multiple": fitted.tile_multiple_,
+                "default_halo": fitted.default_halo_,
+            },
+        )
+    else:
+        other_path = type(ridge[0])(alpha=5.0).fit(*_ridge_rows()).save(tmp_path / "other")
+    (path / name).write_bytes((other_path / name).read_bytes())
+    assert load_model(other_path) is not None and decoders == [fmt]
+    decoders.clear()
+    with pytest.raises(ModelError, match="corrupt or was modified"):
+        load_model(path)
+    assert decoders == []  # refused before the decoder saw a byte
+    # a sidecar failing the schema is refused before the weights are even read
+    (path / name).write_bytes((other_path / name).read_bytes())
+    meta = json.loads((other_path / "model.json").read_text())
+    meta["bands"] = "B04"
+    (other_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="fails the sidecar schema"):
+        load_model(other_path)
+    assert decoders == []
+
+
+def _ridge_rows():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(30, 3))
+    return X, X[:, 0] - X[:, 2]
+
+
+def test_write_model_refuses_entries_outside_the_schema(fitted, tmp_path):
+    with pytest.raises(ModelError, match=r"unknown entries \['notes'\]"):
+        write_model(tmp_path / "m", fitted, state=fitted.params_, extra={"notes": "x"})
+    with pytest.raises(ModelError, match=r"'tile_multiple' is str '4'; expected int"):
+        write_model(tmp_path / "m", fitted, state=fitted.params_, extra={"tile_multiple": "4"})
+    assert list(tmp_path.iterdir()) == []  # nothing written

@@ -10,7 +10,9 @@ A saved model is a directory::
       weights.nc        array state of a linear model (an xarray Dataset written with h5netcdf)
 
 Loading never imports a class named by the file: the ``class`` entry must be in
-:data:`MODEL_CLASSES`, an allow-list, and the weights must match their checksum. Writing is
+:data:`MODEL_CLASSES`, an allow-list. The sidecar is checked against a closed schema
+(:func:`validate_sidecar`: required and optional entries with their types, no unknown entries)
+and the weights bytes against their SHA-256 before any weight is deserialised. Writing is
 atomic: files go to a temporary directory beside the target, which is renamed into place only
 when complete.
 """
@@ -24,6 +26,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -40,6 +43,7 @@ __all__ = [
     "MODEL_CLASSES",
     "load_model",
     "read_model",
+    "validate_sidecar",
     "write_model",
 ]
 
@@ -58,7 +62,7 @@ MODEL_CLASSES: frozenset[str] = frozenset(
 
 _SIDECAR = "model.json"
 _WEIGHTS = {"msgpack": "weights.msgpack", "netcdf": "weights.nc"}
-_REQUIRED = {
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
     "format_version": int,
     "class": str,
     "params": dict,
@@ -73,6 +77,92 @@ _REQUIRED = {
     "weights_format": str,
     "weights_sha256": str,
 }
+#: Entries a sidecar may hold besides the required ones (written by some model classes).
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {
+    "created": str,
+    "config": dict,
+    "tile_multiple": int,
+    "default_halo": int,
+    "bands_": (list, type(None)),
+    "output_bands_": list,
+    "n_features_in_": int,
+    "y_1d": bool,
+}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+
+
+def _has_kind(value: Any, kind: type | tuple[type, ...]) -> bool:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # JSON true/false are Python bools, which are ints too: only a bool entry accepts them
+    if isinstance(value, bool) and bool not in kinds:
+        return False
+    return isinstance(value, kinds)
+
+
+def validate_sidecar(meta: Any, *, source: str | os.PathLike = _SIDECAR) -> None:
+    """Check a parsed sidecar against the schema of this format version; raise if it fails.
+
+    The schema is closed: every required entry present with its JSON type, optional entries
+    typed, no other top-level entries, ``bands``/``output_bands`` lists of strings,
+    ``versions`` strings, ``weights_sha256`` 64 lowercase hex digits. The format version, class
+    and weights layout are checked by :func:`read_model`. Nothing is read from disk here.
+
+    Parameters
+    ----------
+    meta : object
+        The parsed ``model.json``.
+    source : str or path-like
+        Named in the error message (the sidecar's path).
+
+    Raises
+    ------
+    ModelError
+        Listing every problem found, e.g. ``lacks 'weights_sha256' (str)``.
+
+    Examples
+    --------
+    >>> validate_sidecar({"format_version": 1})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    xfusion.errors.ModelError: model.json fails the sidecar schema: lacks 'class' (str); ...
+    """
+    if not isinstance(meta, dict):
+        raise ModelError(f"{source} must hold a JSON object; got {type(meta).__name__}")
+    problems = []
+    for key, kind in _REQUIRED.items():
+        if key not in meta:
+            problems.append(f"lacks {key!r} ({_kind_name(kind)})")
+        elif not _has_kind(meta[key], kind):
+            problems.append(
+                f"{key!r} is {type(meta[key]).__name__} {meta[key]!r:.60}; "
+                f"expected {_kind_name(kind)}"
+            )
+    for key, kind in _OPTIONAL.items():
+        if key in meta and not _has_kind(meta[key], kind):
+            problems.append(
+                f"{key!r} is {type(meta[key]).__name__} {meta[key]!r:.60}; "
+                f"expected {_kind_name(kind)}"
+            )
+    unknown = sorted(str(k) for k in meta if k not in _REQUIRED and k not in _OPTIONAL)
+    if unknown:
+        problems.append(f"unknown entries {unknown} (known: {sorted([*_REQUIRED, *_OPTIONAL])})")
+    for key in ("bands", "output_bands"):
+        value = meta.get(key)
+        if isinstance(value, list) and not all(isinstance(b, str) for b in value):
+            problems.append(f"{key!r} must be a list of strings; got {value!r:.80}")
+    versions = meta.get("versions")
+    if isinstance(versions, dict) and not all(isinstance(v, str) for v in versions.values()):
+        problems.append(f"'versions' must map package names to strings; got {versions!r:.80}")
+    digest = meta.get("weights_sha256")
+    if isinstance(digest, str) and not _SHA256.fullmatch(digest):
+        problems.append(f"'weights_sha256' {digest!r:.80} is not 64 lowercase hex digits")
+    if problems:
+        raise ModelError(f"{source} fails the sidecar schema: {'; '.join(problems)}")
 
 
 def _versions() -> dict[str, str]:
@@ -230,7 +320,9 @@ def write_model(
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
         **extra,
     }
-    text = json.dumps(_jsonable(meta), indent=2, allow_nan=True)
+    meta = _jsonable(meta)
+    validate_sidecar(meta, source=f"the sidecar for {target}")
+    text = json.dumps(meta, indent=2, allow_nan=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
@@ -273,19 +365,13 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]
         meta = json.loads(sidecar.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelError(f"{sidecar} is not valid JSON: {err}") from err
-    if not isinstance(meta, dict):
-        raise ModelError(f"{sidecar} must hold a JSON object; got {type(meta).__name__}")
-    problems = [
-        f"{key} ({kind.__name__})"
-        for key, kind in _REQUIRED.items()
-        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool)
-    ]
-    if problems:
-        raise ModelError(f"{sidecar} lacks or mistypes required entries: {', '.join(problems)}")
+    validate_sidecar(meta, source=sidecar)
     if meta["format_version"] != FORMAT_VERSION:
+        newer = "a newer" if meta["format_version"] > FORMAT_VERSION else "an older"
         raise ModelError(
-            f"{root} was written in format version {meta['format_version']}; this xfusion "
-            f"reads version {FORMAT_VERSION} (saved with {meta['versions'].get('xfusion', '?')})"
+            f"{root} was written in format version {meta['format_version']} by {newer} "
+            f"xfusion ({meta['versions'].get('xfusion', '?')}); this xfusion reads version "
+            f"{FORMAT_VERSION}"
         )
     if meta["class"] not in MODEL_CLASSES:
         raise ModelError(f"{root} names class {meta['class']!r}; loadable: {sorted(MODEL_CLASSES)}")
