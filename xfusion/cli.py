@@ -9,10 +9,15 @@
 ``xfusion scene RECIPE``                      write a synthetic scene as STAC, summarise it
 ============================================  ==================================================
 
-Common options: ``--out DIR``, ``--set KEY=VALUE`` (override a config field), ``--scheduler``
+Common options: ``--out DIR``, ``--set KEY=VALUE`` (override a config field), ``--resume``
+(continue the ``outputs.zarr`` of an interrupted run with the same configuration), ``--scheduler``
 (``threads``, ``processes``, ``synchronous`` or the address of a Dask scheduler, e.g. one started
 by dask-jobqueue or dask-gateway), ``--device`` (``cpu`` or ``gpu``). Mistakes are reported as
-``error: <message>`` on stderr with exit code 2.
+one line, ``error: <message>``, on stderr with exit code 2.
+
+Output folders: a folder that does not exist or is empty is created and marked with
+``.xfusion-output.json``; a folder holding that marker (an earlier output) is reused; any other
+non-empty folder is refused and nothing is written into it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import dask
 import pandas as pd
 import xarray as xr
 
-from xfusion._files import writable_dir
+from xfusion._files import claim_output_dir
 from xfusion.errors import ConfigError, SourceError, XFusionError
 
 __all__ = ["RECIPE_TABLE", "main"]
@@ -64,7 +69,16 @@ def _positive_int(text: str) -> int:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", help="output folder (default: the config's out_dir)")
+    parser.add_argument(
+        "--out",
+        help="output folder (default: the config's out_dir); it must be new, empty or an "
+        "earlier xfusion output (marked by .xfusion-output.json)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", default=None,
+        help="continue the outputs.zarr.partial left by an interrupted run with the same "
+        "configuration instead of starting over (a different configuration is an error)",
+    )  # fmt: skip
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config field (repeatable); VALUE is read as TOML, e.g. --set epochs=5",
@@ -108,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a recipe with a TOML configuration",
         description="Run RECIPE with the configuration in FILE (TOML: the config fields as "
         "top-level keys or under a [RECIPE] table). Fields not given keep their defaults.",
+        epilog="Outputs: OUT/outputs.zarr is written as OUT/outputs.zarr.partial, region by "
+        "region, and renamed once complete, so outputs.zarr is never half-written. After an "
+        "interruption, run the same command with --resume (or resume = true in FILE) to "
+        "continue it; the result is identical to an uninterrupted run. Without --resume a "
+        "partial store is discarded. metrics.json and the figures are written after the store. "
+        "OUT must be new, empty or an earlier xfusion output (it holds .xfusion-output.json); "
+        "a folder of other files is refused, as are links inside OUT leading outside it.",
     )
     run.add_argument("recipe", help=f"one of {', '.join(RECIPE_TABLE)}")
     run.add_argument("--config", help="TOML configuration file")
@@ -157,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except XFusionError as err:
-        print(f"error: {err}", file=sys.stderr)
+        message = " ".join(str(err).split())  # one line, however the message was wrapped
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -185,6 +207,8 @@ def _load_config(recipe: str, path: str | None, args: argparse.Namespace) -> Any
     overrides = _parse_overrides(args.overrides)
     if args.out is not None:
         overrides["out_dir"] = str(Path(args.out) / recipe) if args.all_recipes else args.out
+    if args.resume:
+        overrides["resume"] = True
     if overrides:
         config = module.Config.from_dict({**config.to_dict(), **overrides})
     return module, config
@@ -261,9 +285,10 @@ def _recipes(args: argparse.Namespace) -> int:
 
 
 def _prepare_out(out: Path) -> Path:
-    return writable_dir(
+    return claim_output_dir(
         out,
-        "cannot write to output folder {path} ({reason}); "
+        owner="scene",
+        message="cannot write to output folder {path} ({reason}); "
         "expected a writable folder, e.g. --out ./xfusion-demo",
     )
 

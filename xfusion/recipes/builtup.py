@@ -327,7 +327,7 @@ def run(config: Config) -> RecipeResult:
     """
     if not isinstance(config, Config):
         raise InputError(f"run expects a builtup Config; got {type(config).__name__}")
-    out = prepare_out_dir(config.out_dir)
+    out = prepare_out_dir(config.out_dir, config=config)
     log.info("builtup: opening %s sources", config.source)
     sources, truth = _open_sources(config, out)
     grid = _target_grid(config, sources["ghsl"])
@@ -651,7 +651,12 @@ def _write_outputs(
     per_year = per_year.assign_coords(band=years).transpose("band", "y", "x")
     per_year = per_year.rio.write_nodata(np.nan, encoded=False)
     files = {
-        "zarr": write_zarr(zarr_cubes, out / "outputs.zarr"),
+        "zarr": write_zarr(
+            zarr_cubes,
+            out / "outputs.zarr",
+            resume=config.resume,
+            fingerprint=config.fingerprint(),
+        ),
         "cog": write_cog(per_year, out / "builtup.tif"),
         "metrics": write_json(dict(metrics), out / "metrics.json"),
         "config": config.to_toml(out / "config.toml"),

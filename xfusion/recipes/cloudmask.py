@@ -338,7 +338,7 @@ def run(config: Config) -> RecipeResult:
     if not isinstance(config, Config):
         raise ConfigError(f"run needs a cloudmask Config; got {type(config).__name__}")
     config.validate()
-    out = prepare_out_dir(config.out_dir)
+    out = prepare_out_dir(config.out_dir, config=config)
     cube, truth = _open_source(config, out)
     stack = _prepare(cube, config)
     weights = _training_weights(stack, config)
@@ -771,7 +771,13 @@ def _write_outputs(
     clusterings: dict,
 ) -> RecipeResult:
     files: dict[str, Path] = {}
-    files["zarr"] = write_zarr(cubes, out / "outputs.zarr")
+    files["zarr"] = write_zarr(
+        cubes,
+        out / "outputs.zarr",
+        resume=config.resume,
+        fingerprint=config.fingerprint(),
+        chunks={"y": config.chunks, "x": config.chunks},
+    )
     main = cubes["cloudmask"].sel(band=f"k{config.n_clusters[0]}", drop=True)
     files["cog"] = write_cog(main.rename("cloudmask"), out / "cloudmask.tif")
     model_dir = out / "model"

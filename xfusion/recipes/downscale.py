@@ -352,7 +352,7 @@ def run(config: Config) -> RecipeResult:
     if not isinstance(config, Config):
         raise ConfigError(f"run needs a downscale Config; got {type(config).__name__}")
     config.validate()
-    out = prepare_out_dir(config.out_dir)
+    out = prepare_out_dir(config.out_dir, config=config)
     fine, coarse, truth = _open_sources(config, out)
     fine, coarse = _aggregate(fine, coarse, config)
     factor = _resolution_factor(fine, coarse)
@@ -778,7 +778,13 @@ def _write_outputs(
     ridge: Any,
 ) -> RecipeResult:
     files: dict[str, Path] = {}
-    files["zarr"] = write_zarr(cubes, out / "outputs.zarr")
+    files["zarr"] = write_zarr(
+        cubes,
+        out / "outputs.zarr",
+        resume=config.resume,
+        fingerprint=config.fingerprint(),
+        chunks={"y": config.chunks, "x": config.chunks},
+    )
     files["cog"] = write_cog(_cog_bands(cubes["downscaled"]), out / "downscaled.tif")
     model_dir = out / "model"
     model_dir.mkdir(exist_ok=True)

@@ -401,7 +401,7 @@ def run(config: Config) -> RecipeResult:
     """
     if not isinstance(config, Config):
         raise InputError(f"run expects a nightlights Config; got {type(config).__name__}")
-    out = prepare_out_dir(config.out_dir)
+    out = prepare_out_dir(config.out_dir, config=config)
     log.info("nightlights: opening %s sources", config.source)
     sources, truth = _open_sources(config, out)
     features, viirs, target = _preprocess(config, sources)
@@ -735,7 +735,12 @@ def _write_outputs(
 ) -> dict[str, Path]:
     radiance = cubes["prediction"].rio.write_nodata(np.nan, encoded=False)
     files = {
-        "zarr": write_zarr(dict(cubes), out / "outputs.zarr"),
+        "zarr": write_zarr(
+            dict(cubes),
+            out / "outputs.zarr",
+            resume=config.resume,
+            fingerprint=config.fingerprint(),
+        ),
         "cog": write_cog(radiance, out / "radiance.tif"),
         "metrics": write_json(dict(metrics), out / "metrics.json"),
         "config": config.to_toml(out / "config.toml"),

@@ -393,7 +393,7 @@ def run(config: Config) -> RecipeResult:
     if not isinstance(config, Config):
         raise ConfigError(f"run needs a water Config; got {type(config).__name__}")
     config.validate()
-    out = prepare_out_dir(config.out_dir)
+    out = prepare_out_dir(config.out_dir, config=config)
     layers, truth = _open_sources(config, out)
     cube = _stack(layers, config)
     labels = _labels(layers["labels"], config)
@@ -754,7 +754,13 @@ def _write_outputs(
     models: dict[str, Any],
 ) -> RecipeResult:
     files: dict[str, Path] = {}
-    files["zarr"] = write_zarr(cubes, out / "outputs.zarr")
+    files["zarr"] = write_zarr(
+        cubes,
+        out / "outputs.zarr",
+        resume=config.resume,
+        fingerprint=config.fingerprint(),
+        chunks={"y": config.chunks, "x": config.chunks},
+    )
     main = cubes["water"].sel(band="fusion", drop=True).rename("water")
     files["cog"] = write_cog(main, out / "water.tif")
     model_dir = out / "model"
