@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
+import traceback
+import warnings
 
 import ee
 import hypothesis.strategies as st
@@ -330,17 +334,163 @@ def test_retries_then_succeeds(scene):
     np.testing.assert_array_equal(values, _truth(scene, range(5), ["B02"]))
 
 
-def test_retries_stop_at_the_cap(scene):
+ALL_AT_ONCE = {"time": -1, "y": -1, "x": -1}  # one pixel request per band
+PIXEL_REQUEST = (
+    r"computePixels for 'TEST/S2', band 'B02', images 0-4 \('TEST/S2/0' to 'TEST/S2/4'\) of 5, "
+    r"rows 0:60, cols 0:80"
+)
+METADATA_REQUEST = r"computeValue for the metadata of 'TEST/S2', bands \['B02'\]"
+
+
+@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize("call", ["computePixels", "computeValue"])
+def test_first_k_failures_of_every_request_are_retried(scene, status, call):
+    k, retries = 2, 3
+    delays: list[float] = []
+    backoff = Backoff(max_retries=retries, initial_delay=0.25, jitter=0, sleep=delays.append)
+    fake = scene["fake"]
+    fake.fail_each(k, status=status, call=call)
+    # 2 bands x 3 time chunks x 2 x 2 tiles: 24 distinct pixel requests, fetched concurrently.
+    cube = xf.open_ee(
+        "TEST/S2",
+        grid=GRID,
+        bands=["B02", "B03"],
+        chunks={"time": 2, "y": 32, "x": 48},
+        retry=backoff,
+    )
+    values = cube.values
+    np.testing.assert_array_equal(values, _truth(scene, range(5), ["B02", "B03"]))
+    attempts = fake.attempts(call)
+    assert len(attempts) == (24 if call == "computePixels" else 1)
+    assert set(attempts.values()) == {k + 1}
+    assert fake.failures_served == k * len(attempts)
+    assert sorted(delays) == sorted([0.25, 0.5] * len(attempts))
+
+
+@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize("call", ["computePixels", "computeValue"])
+def test_persistent_failure_names_the_request_after_the_configured_retries(scene, status, call):
     delays: list[float] = []
     backoff = Backoff(max_retries=2, initial_delay=1, max_delay=1.5, jitter=0, sleep=delays.append)
-    cube = xf.open_ee(
-        "TEST/S2", grid=GRID, bands="B02", chunks={"time": -1, "y": -1, "x": -1}, retry=backoff
-    )
-    scene["fake"].fail_next(50, status=503)
-    with pytest.raises(SourceError, match=r"after 3 attempts.*Service Unavailable"):
-        cube.compute()
-    assert len(scene["fake"].pixel_requests) == 3
+    fake = scene["fake"]
+    fake.fail_each(10**6, status=status, call=call)
+    reason = {429: "Too Many Requests", 503: "Service Unavailable"}[status]
+    request = PIXEL_REQUEST if call == "computePixels" else METADATA_REQUEST
+    with pytest.raises(
+        SourceError, match=rf"{request}.* failed after 3 attempts.*{reason}"
+    ) as info:
+        xf.open_ee("TEST/S2", grid=GRID, bands="B02", chunks=ALL_AT_ONCE, retry=backoff).compute()
+    assert f"HTTP {status}" in str(info.value)
+    assert list(fake.attempts(call).values()) == [3]
     assert delays == [1.0, 1.5]
+
+
+class FakeClock:
+    """A clock that only moves when slept on, so time limits are tested exactly."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_retry_timeout_stops_retrying_before_it_passes(scene):
+    clock = FakeClock()
+    backoff = Backoff(
+        max_retries=100, initial_delay=1, factor=1, jitter=0, timeout=3.5,
+        sleep=clock.sleep, clock=clock.time,
+    )  # fmt: skip
+    scene["fake"].fail_each(10**6, status=503)
+    cube = xf.open_ee("TEST/S2", grid=GRID, bands="B02", chunks=ALL_AT_ONCE, retry=backoff)
+    # Attempts at t = 0, 1, 2, 3 s; a fifth at 4 s would start after the 3.5 s timeout.
+    with pytest.raises(
+        SourceError, match=rf"{PIXEL_REQUEST} failed after 4 attempts in 3 s.*3.5 s"
+    ):
+        cube.compute()
+    assert list(scene["fake"].attempts().values()) == [4]
+    assert clock.now == 3.0
+
+
+@pytest.mark.parametrize(
+    "backoff",
+    [
+        Backoff(max_retries=3, initial_delay=0.05, max_delay=0.08, jitter=0),  # sleeps 0.21 s
+        Backoff(max_retries=10**6, initial_delay=0.01, max_delay=0.02, jitter=0, timeout=0.3),
+    ],
+    ids=["retries", "timeout"],
+)
+def test_persistent_failure_is_raised_within_the_configured_time(scene, backoff):
+    scene["fake"].fail_each(10**6, status=429)
+    cube = xf.open_ee("TEST/S2", grid=GRID, bands="B02", chunks=ALL_AT_ONCE, retry=backoff)
+    if backoff.timeout is None:
+        bound = sum(backoff.delays())
+    else:
+        bound = backoff.timeout
+    start = time.monotonic()
+    with pytest.raises(SourceError, match=PIXEL_REQUEST):
+        cube.compute()
+    elapsed = time.monotonic() - start
+    (attempts,) = scene["fake"].attempts().values()
+    if backoff.timeout is None:
+        assert attempts == 4 and elapsed >= bound
+    else:
+        assert 2 <= attempts < 10**6
+    # The bound holds the waits; allow for the attempts themselves and Dask on a busy host.
+    assert elapsed < bound + 3.0
+
+
+SECRETS = (
+    "ya29.a0AfH6SMB-fake-access-token",
+    "AIzaSyD-fake-api-key-0123456789abcdef",
+    "MIIEvQIBADANBgkqhkiG9w0fakekey",
+    "fake-refresh-secret-42",
+)
+LEAKY_MESSAGE = (
+    "<HttpError when requesting https://earthengine.googleapis.com/v1/projects/p/"
+    f"image:computePixels?alt=json&key={SECRETS[1]} returned 'denied'> "
+    f"headers={{'Authorization': 'Bearer {SECRETS[0]}'}} access_token={SECRETS[0]} "
+    f'key file {{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\\n'
+    f'{SECRETS[2]}\\n-----END PRIVATE KEY-----\\n", "refresh_token": "{SECRETS[3]}"}}'
+)
+
+
+def _chain(err):
+    seen = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"), [(503, "Service Unavailable"), (401, "Unauthorized")]
+)
+@pytest.mark.parametrize("call", ["computePixels", "computeValue"])
+def test_credentials_never_reach_messages_or_logs(scene, caplog, status, reason, call):
+    caplog.set_level(logging.DEBUG)
+    scene["fake"].fail_each(10**6, status=status, call=call, message=LEAKY_MESSAGE)
+    backoff = Backoff(max_retries=2, initial_delay=0, jitter=0)
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(SourceError) as info:
+        warnings.simplefilter("always")
+        xf.open_ee("TEST/S2", grid=GRID, bands="B02", chunks=ALL_AT_ONCE, retry=backoff).compute()
+    err = info.value
+    texts = [str(err), repr(err), "".join(traceback.format_exception(err))]
+    texts += [f"{e!s} {e!r} {e.args!r}" for e in _chain(err)]
+    texts += [r.getMessage() for r in caplog.records] + [caplog.text]
+    texts += [str(w.message) for w in caught]
+    for secret in SECRETS:
+        assert not any(secret in text for text in texts), secret
+    # What helps the user is kept: the status, the request, that credentials were involved.
+    assert f"{reason} (HTTP {status})" in str(err) and "'TEST/S2'" in str(err)
+    assert "key=<redacted>" in str(err) and "Authorization" in str(err)
+    if status == 503:  # retried: each retry is logged, redacted
+        retries = [r for r in caplog.records if r.name == "xfusion.io"]
+        assert len(retries) == 2 and all("HTTP 503" in r.getMessage() for r in retries)
+    assert len(_chain(err)) >= 2  # the upstream error stays in the chain, redacted
 
 
 def test_client_errors_are_not_retried(scene):

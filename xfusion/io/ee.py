@@ -21,6 +21,7 @@ import pandas as pd
 import xarray as xr
 from odc.geo.geobox import GeoBox
 from xarray.backends import store as backends_store
+from xarray.core import indexing as xr_indexing
 from xarray.core import utils as xr_utils
 from xee import ext as xee_ext
 
@@ -33,9 +34,9 @@ from xfusion.errors import (
     SourceError,
 )
 from xfusion.grids import as_geobox, assign_grid, to_xee
-from xfusion.io._retry import Backoff, call_with_retry
+from xfusion.io._retry import Backoff, call_with_retry, redact, sanitized
 
-__all__ = ["MAX_GRID_SIDE", "REQUEST_BYTE_LIMIT", "open_ee"]
+__all__ = ["MAX_GRID_SIDE", "REQUEST_BYTE_LIMIT", "Backoff", "open_ee"]
 
 #: Earth Engine rejects ``computePixels`` answers larger than this (48 MiB).
 REQUEST_BYTE_LIMIT = 48 * 2**20
@@ -76,7 +77,9 @@ def open_ee(
     ``ee.Initialize(project="my-cloud-project")``). Opening reads metadata only; pixels are
     requested with ``computePixels`` when the cube is computed, each request at most
     ``request_byte_limit`` bytes for the bands' real data type, transient failures (429 rate
-    limits, 5xx) retried on the ``retry`` schedule.
+    limits, 5xx, dropped connections) retried on the ``retry`` schedule, for the metadata request
+    and every pixel request alike. Messages never quote tokens, keys or ``Authorization``
+    headers from upstream errors (see :func:`xfusion.io._retry.redact`).
 
     Parameters
     ----------
@@ -99,7 +102,11 @@ def open_ee(
     request_byte_limit : int
         Bytes per ``computePixels`` request, one mask byte per pixel included.
     retry : Backoff, optional
-        Retry schedule for transient failures (default ``Backoff()``: 5 retries from 0.5 s).
+        Retry schedule for transient failures, per request (default ``Backoff()``: 5 retries,
+        delays from 0.5 s doubling up to 30 s, 25 % jitter, no timeout). For example
+        ``Backoff(max_retries=8, max_delay=60, timeout=300)`` retries each request up to 8 times
+        and starts no retry later than 300 s after its first attempt. ``Backoff`` is
+        importable from ``xfusion.io.ee``.
 
     Returns
     -------
@@ -111,7 +118,11 @@ def open_ee(
     Raises
     ------
     SourceError
-        Earth Engine is not initialised, the collection does not exist, or the service fails.
+        Earth Engine is not initialised, the collection does not exist, or the service fails:
+        a non-transient error at once, a transient one once the retries are spent (or the
+        ``retry.timeout`` would pass). The message names the request (collection, bands and,
+        for pixels, the images and the row/column window of the grid) and the number of
+        attempts. Raised when the cube is opened (metadata) or computed (pixels).
     EmptySelectionError
         The date range is empty or no image matches the filters and the grid's footprint.
     GridError
@@ -135,7 +146,10 @@ def open_ee(
     gbox = _check_grid(grid)
     backoff = retry if retry is not None else Backoff()
     if not isinstance(backoff, Backoff):
-        raise InputError(f"retry must be an xfusion Backoff; got {type(retry).__name__}")
+        raise InputError(
+            "retry must be an xfusion.io.ee.Backoff, e.g. Backoff(max_retries=3, timeout=60); "
+            f"got {type(retry).__name__}"
+        )
     if not isinstance(request_byte_limit, int | np.integer) or request_byte_limit <= 0:
         raise InputError(
             f"request_byte_limit must be a positive integer; got {request_byte_limit!r}"
@@ -413,7 +427,7 @@ def _plan_chunks(
 
 
 def _translate(err: Exception, description: str, bands: list[str] | None) -> Exception:
-    message = str(err)
+    message = redact(err)
     lowered = message.lower()
     if "did not match any bands" in lowered:
         return BandError(f"band(s) {bands} not all in {description!r}: {message}")
@@ -423,21 +437,42 @@ def _translate(err: Exception, description: str, bands: list[str] | None) -> Exc
 
 
 class _RetryingPixels:
-    """``computePixels`` with bounded backoff (xee's ``pixels_getter`` hook)."""
+    """``computePixels`` with bounded backoff (xee's ``pixels_getter`` hook).
 
-    def __init__(self, backoff: Backoff, description: str) -> None:
+    ``request`` describes the request in messages: collection, band, images and pixel window.
+    """
+
+    def __init__(self, backoff: Backoff, request: str) -> None:
         self.backoff = backoff
-        self.description = description
+        self.request = request
 
     def __getitem__(self, params: dict[str, Any]) -> np.ndarray:
-        what = f"computePixels for {self.description!r}"
+        what = f"computePixels for {self.request}"
         try:
             return call_with_retry(
                 ee.data.computePixels, params, backoff=self.backoff, what=what,
-                catch=ee.ee_exception.EEException,
+                catch=(ee.ee_exception.EEException, ConnectionError, TimeoutError),
             )  # fmt: skip
-        except ee.ee_exception.EEException as err:
-            raise SourceError(f"{what} failed: {err}") from err
+        except SourceError:
+            raise
+        except Exception as err:  # a non-transient answer: any failure of the service call
+            failure = err
+        # Raised outside the except block so that the unredacted error is not the context.
+        raise SourceError(redact(f"{what} failed after 1 attempt: {failure}")) from sanitized(
+            failure
+        )
+
+
+class _BackendArray(xee_ext.EarthEngineBackendArray):
+    """xee's array for one band, naming each tile's request for messages."""
+
+    def _make_tile(self, tile_index):
+        tile_idx, (istart, iend, *bbox) = tile_index
+        target_image = self._slice_collection(slice(istart, iend))
+        request = self.store.describe_request(self.variable_name, istart, iend, bbox)
+        return tile_idx, self.store.image_to_array(
+            target_image, grid=self.store.project(tuple(bbox)), dtype=self.dtype, request=request
+        )
 
 
 class _EarthEngineStore(xee_ext.EarthEngineStore):
@@ -483,13 +518,22 @@ class _EarthEngineStore(xee_ext.EarthEngineStore):
     @xee_ext.functools.cached_property
     def get_info(self) -> dict[str, Any]:
         base = xee_ext.EarthEngineStore.get_info.func
-        what = f"reading the metadata of {self.xf_description!r}"
+        bands = f", bands {self.xf_bands}" if self.xf_bands else ""
+        what = (
+            f"computeValue for the metadata of {self.xf_description!r}{bands} "
+            "(image count, properties, band types)"
+        )
         try:
             info = call_with_retry(
-                base, self, backoff=self.xf_backoff, what=what, catch=ee.ee_exception.EEException
-            )
+                base, self, backoff=self.xf_backoff, what=what,
+                catch=(ee.ee_exception.EEException, ConnectionError, TimeoutError),
+            )  # fmt: skip
+            failure = None
         except ee.ee_exception.EEException as err:
-            raise _translate(err, self.xf_description, self.xf_bands) from err
+            failure = err
+        if failure is not None:
+            # Raised outside the except block so that the unredacted error is not the context.
+            raise _translate(failure, self.xf_description, self.xf_bands) from sanitized(failure)
         if not info.get("size") or not info.get("first"):
             raise EmptySelectionError(
                 f"no image of {self.xf_description!r} matches the date range, filters and the "
@@ -497,8 +541,28 @@ class _EarthEngineStore(xee_ext.EarthEngineStore):
             )
         return info
 
-    def image_to_array(self, image, pixels_getter=None, dtype=np.float32, **kwargs):
-        getter = _RetryingPixels(self.xf_backoff, self.xf_description)
+    def open_store_variable(self, name: str) -> xr.Variable:
+        variable = super().open_store_variable(name)
+        data = xr_indexing.LazilyIndexedArray(_BackendArray(name, self))
+        return xr.Variable(variable.dims, data, variable.attrs, variable.encoding)
+
+    def describe_request(self, band: str, istart: int, iend: int, bbox: Sequence[int]) -> str:
+        """Name one pixel request: collection, band, images and the grid's row/column window."""
+        wmin, hmin, wmax, hmax = (int(v) for v in bbox)
+        ids = [str(i) for i in (self.image_ids or [])[istart:iend]]
+        if iend - istart == 1:
+            images = f"image {istart}" + (f" ({ids[0]!r})" if ids else "")
+        else:
+            images = f"images {istart}-{iend - 1}" + (
+                f" ({ids[0]!r} to {ids[-1]!r})" if ids else ""
+            )
+        return (
+            f"{self.xf_description!r}, band {band!r}, {images} of {self.n_images}, "
+            f"rows {hmin}:{hmax}, cols {wmin}:{wmax}"
+        )
+
+    def image_to_array(self, image, pixels_getter=None, dtype=np.float32, request=None, **kwargs):
+        getter = _RetryingPixels(self.xf_backoff, request or repr(self.xf_description))
         return super().image_to_array(image, pixels_getter=getter, dtype=dtype, **kwargs)
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import json
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -49,6 +50,8 @@ __all__ = ["FakeEarthEngine", "FakeImage", "fake_earth_engine", "initialize_offl
 
 _HTTP_REASONS = {
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     429: "Too Many Requests",
     500: "Internal Server Error",
@@ -557,7 +560,7 @@ class FakeEarthEngine:
         ``dtype`` and ``nbytes`` (bytes of the answer, counting one mask byte per pixel as
         Earth Engine does).
     failures_served : int
-        How many injected failures were raised.
+        How many injected failures were raised (:meth:`fail_next`, :meth:`fail_each`).
     """
 
     def __init__(
@@ -572,24 +575,72 @@ class FakeEarthEngine:
         self.value_requests: list[dict[str, Any]] = []
         self.pixel_requests: list[dict[str, Any]] = []
         self.failures_served = 0
-        self._failures: dict[str, list[int]] = {"computeValue": [], "computePixels": []}
+        self._failures: dict[str, list[tuple[int, str | None]]] = {
+            "computeValue": [],
+            "computePixels": [],
+        }
+        self._fail_each: dict[str, tuple[int, int, str | None]] = {}
+        self._attempts: dict[str, dict[str, int]] = {"computeValue": {}, "computePixels": {}}
         self._lock = threading.Lock()
 
     # -- failure injection ---------------------------------------------------------------
-    def fail_next(self, n: int, *, status: int = 429, call: str = "computePixels") -> None:
-        """Make the next ``n`` calls of ``call`` fail with an HTTP ``status`` error."""
+    def fail_next(
+        self,
+        n: int,
+        *,
+        status: int = 429,
+        call: str = "computePixels",
+        message: str | None = None,
+    ) -> None:
+        """Make the next ``n`` calls of ``call`` fail with an HTTP ``status`` error.
+
+        The error text is ``"<reason> (HTTP <status>)"``, followed by ``": <message>"`` when
+        ``message`` is given (e.g. to put a URL or a token into it).
+        """
+        self._check_call(call)
+        with self._lock:
+            self._failures[call].extend([(status, message)] * n)
+
+    def fail_each(
+        self,
+        k: int,
+        *,
+        status: int = 429,
+        call: str = "computePixels",
+        message: str | None = None,
+    ) -> None:
+        """Make every distinct request of ``call`` fail its first ``k`` attempts.
+
+        A request is identified by its content (expression, and for pixels the grid and band
+        ids), so a retried request counts as the same one; :meth:`attempts` reports how many
+        times each was made. Calls from before this one count as attempts too.
+        """
+        self._check_call(call)
+        with self._lock:
+            self._fail_each[call] = (int(k), status, message)
+
+    def attempts(self, call: str = "computePixels") -> dict[str, int]:
+        """How many times each distinct request of ``call`` was made (by its canonical JSON)."""
+        self._check_call(call)
+        with self._lock:
+            return dict(self._attempts[call])
+
+    def _check_call(self, call: str) -> None:
         if call not in self._failures:
             raise ValueError(f"call must be 'computeValue' or 'computePixels'; got {call!r}")
-        with self._lock:
-            self._failures[call].extend([status] * n)
 
-    def _maybe_fail(self, call: str) -> None:
+    def _maybe_fail(self, call: str, key: str) -> None:
         with self._lock:
-            if not self._failures[call]:
+            self._attempts[call][key] = attempt = self._attempts[call].get(key, 0) + 1
+            if self._failures[call]:
+                status, message = self._failures[call].pop(0)
+            elif call in self._fail_each and attempt <= self._fail_each[call][0]:
+                _, status, message = self._fail_each[call]
+            else:
                 return
-            status = self._failures[call].pop(0)
             self.failures_served += 1
-        raise _error(f"{_HTTP_REASONS.get(status, 'HTTP error')} (HTTP {status})")
+        text = f"{_HTTP_REASONS.get(status, 'HTTP error')} (HTTP {status})"
+        raise _error(text if message is None else f"{text}: {message}")
 
     # -- the two network calls -------------------------------------------------------------
     def compute_value(self, obj: Any) -> Any:
@@ -597,7 +648,7 @@ class FakeEarthEngine:
         encoded = ee.serializer.encode(obj, for_cloud_api=True)
         with self._lock:
             self.value_requests.append(encoded)
-        self._maybe_fail("computeValue")
+        self._maybe_fail("computeValue", _request_key(encoded))
         return _to_info(self.evaluate(encoded))
 
     def compute_pixels(self, params: Mapping[str, Any]) -> np.ndarray:
@@ -614,7 +665,7 @@ class FakeEarthEngine:
         record = {"expression": expression, "grid": grid, "band_ids": params.get("bandIds")}
         with self._lock:
             self.pixel_requests.append(record)
-        self._maybe_fail("computePixels")
+        self._maybe_fail("computePixels", _request_key(record))
         image = self.evaluate(expression)
         if not isinstance(image, _Image):
             raise _error("computePixels: expression is not an Image")
@@ -784,6 +835,10 @@ class FakeEarthEngine:
             "Image.and": _binary(np.logical_and, "compare"),
             "Image.or": _binary(np.logical_or, "compare"),
         }
+
+
+def _request_key(request: Mapping[str, Any]) -> str:
+    return json.dumps(request, sort_keys=True, default=str)
 
 
 def initialize_offline(project: str = "offline-project") -> None:
