@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from xfusion.errors import MissingFileError
+from xfusion.io._retry import redact
 
 __all__ = ["check_local_exists", "is_remote", "local_path"]
 
@@ -57,8 +58,9 @@ def local_path(href: str | os.PathLike[str]) -> Path | None:
 def check_local_exists(href: str | os.PathLike[str], what: str) -> None:
     """Raise :class:`MissingFileError` when a local ``href`` does not exist (remote hrefs pass).
 
-    ``what`` describes the href in the message, e.g. ``"asset 'B04' of item 'S2A_...'"``.
+    ``what`` describes the href in the message, e.g. ``"asset 'B04' of item 'S2A_...'"``; tokens
+    in the href (signed URLs, API keys) are redacted.
     """
     path = local_path(href)
     if path is not None and not path.is_file():
-        raise MissingFileError(f"{what}: file {os.fspath(href)!r} does not exist")
+        raise MissingFileError(redact(f"{what}: file {os.fspath(href)!r} does not exist"))

@@ -8,14 +8,18 @@ lazy arithmetic, clean coordinates, the grid's own ``x``/``y``/``spatial_ref``).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import threading
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pystac
+import rasterio
 import stackstac
 import xarray as xr
 from affine import Affine
@@ -29,11 +33,14 @@ from xfusion.errors import (
     EmptySelectionError,
     GridError,
     InputError,
+    MissingFileError,
     SourceError,
+    XFusionWarning,
 )
 from xfusion.grids import as_geobox, assign_grid, to_stackstac
 from xfusion.grids import grid as make_grid
 from xfusion.io._hrefs import check_local_exists, local_path
+from xfusion.io._retry import redact, sanitized
 
 __all__ = ["open_stac"]
 
@@ -43,14 +50,74 @@ _DEFAULT_CHUNKS = {"time": -1, "band": 1, "y": 512, "x": 512}
 _DIMS = ("time", "band", "y", "x")
 
 
-class _SourceErrorReader(AutoParallelRioReader):
-    """stackstac's reader, raising :class:`SourceError` (naming the href) when a read fails."""
+_ON_ERROR = ("raise", "nan")
+# What a failed open or read raises: stackstac's RuntimeError (wrapping rasterio's error), or
+# rasterio's and the OS's own errors.
+_READ_ERRORS = (RuntimeError, OSError, rasterio.errors.RasterioError)
+
+
+class _AssetReader(AutoParallelRioReader):
+    """stackstac's reader, naming the asset when it cannot be read, or reading it as NaN.
+
+    With ``on_error="raise"`` a failure raises :class:`SourceError` (:class:`MissingFileError`
+    for a local file that is gone) naming the asset, its item and its href. With
+    ``on_error="nan"`` the failed window reads as NaN and the first failure of the reader issues
+    one :class:`XFusionWarning` naming the asset; a file that cannot be opened is not tried again.
+    Dask shares one reader per asset between all blocks of a computation, so an unreadable asset
+    warns once per computation however many blocks it spans.
+    """
+
+    def __init__(
+        self,
+        *,
+        labels: Mapping[str, str] | None = None,
+        label: str | None = None,
+        on_error: str = "raise",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.label = label or (labels or {}).get(self.url) or "STAC asset"
+        self.on_error = on_error
+        self._open_failure: str | None = None
+        self._warned = False
+        self._warn_lock = threading.Lock()
 
     def read(self, window, **kwargs):
-        try:
-            return super().read(window, **kwargs)
-        except RuntimeError as err:
-            raise SourceError(f"cannot read STAC asset {self.url!r}: {err}") from err
+        failure = None
+        if self._open_failure is None:
+            try:
+                return super().read(window, **kwargs)
+            except _READ_ERRORS as err:
+                failure = err
+                if self._dataset is None:  # the file could not be opened: do not try again
+                    self._open_failure = self._message(err)
+        message = self._open_failure if failure is None else self._message(failure)
+        if self.on_error == "raise":
+            cause = None if failure is None else sanitized(failure.__cause__ or failure)
+            raise self._error_type()(message) from cause
+        self._warn_once(message)
+        return np.full((int(window.height), int(window.width)), self.fill_value, self.dtype)
+
+    def _message(self, err: BaseException) -> str:
+        cause = err.__cause__ or err  # stackstac wraps rasterio's error in a RuntimeError
+        text = f"cannot read {self.label} (href {self.url!r}): {type(cause).__name__}: {cause}"
+        return redact(text)
+
+    def _error_type(self) -> type[SourceError]:
+        path = local_path(self.url)
+        return MissingFileError if path is not None and not path.exists() else SourceError
+
+    def _warn_once(self, message: str) -> None:
+        with self._warn_lock:
+            if self._warned:
+                return
+            self._warned = True
+        warnings.warn(
+            f"{message}; its pixels read as NaN (on_error='nan')", XFusionWarning, stacklevel=2
+        )
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "label": self.label, "on_error": self.on_error}
 
 
 def open_stac(
@@ -61,6 +128,7 @@ def open_stac(
     chunks: int | tuple[int, ...] | Mapping[str, int] | None = None,
     scale_offset: bool = True,
     resampling: str = "nearest",
+    on_error: str = "raise",
 ) -> xr.DataArray:
     """Open STAC items as a lazy cube with dims ``("time", "band", "y", "x")``.
 
@@ -90,6 +158,16 @@ def open_stac(
         fields). ``False`` keeps the raw digital numbers (still float32 with NaN for nodata).
     resampling : str, default "nearest"
         Rasterio resampling used when an asset must be warped onto the grid.
+    on_error : {"raise", "nan"}, default "raise"
+        What to do with an asset file that cannot be read (missing, corrupt, truncated, refused
+        by its server). ``"raise"``: opening raises :class:`MissingFileError` for a local file
+        that does not exist, and computing raises :class:`SourceError` (:class:`MissingFileError`
+        for a file gone since) naming the item, the asset key and the href. ``"nan"``: nothing is
+        checked at opening; when computing, an asset that cannot be opened reads as NaN for its
+        item and band (a damaged file that opens: its unreadable blocks), and each such asset
+        issues one :class:`~xfusion.errors.XFusionWarning` per computation naming it and the
+        cause, however many blocks it spans, so the warnings count the unreadable assets. With a
+        distributed scheduler the warnings are issued on the workers (once per asset and worker).
 
     Returns
     -------
@@ -106,9 +184,14 @@ def open_stac(
         No grid given and the items lack projection information or use several CRSs; or the grid
         does not overlap any asset.
     MissingFileError
-        A local asset href names a file that does not exist.
+        A local asset href names a file that does not exist (with ``on_error="raise"``).
+    SourceError
+        When computing, with ``on_error="raise"``: an asset cannot be read; the message names it.
     EmptySelectionError
         No items, or no assets selected.
+    InputError
+        ``on_error`` is not ``"raise"`` or ``"nan"``, or ``items``/``chunks``/``resampling`` are
+        malformed.
 
     Examples
     --------
@@ -129,6 +212,8 @@ def open_stac(
     >>> cube.isel(time=0, band=0, y=0).values
     array([nan, 0.5, 1. , 1.5], dtype=float32)
     """
+    if on_error not in _ON_ERROR:
+        raise InputError(f"on_error must be one of {list(_ON_ERROR)}; got {on_error!r}")
     stac_items = _collect_items(items)
     if not stac_items:
         raise EmptySelectionError(f"no STAC items to open in {_describe(items)}")
@@ -136,10 +221,19 @@ def open_stac(
     footprints = _footprints(stac_items, asset_keys)
     gbox = _native_grid(footprints) if grid is None else as_geobox(grid)
     _check_overlap(footprints, gbox)
+    labels: dict[str, list[str]] = {}
     for item in stac_items:
         for key in asset_keys:
             if key in item.assets:
-                check_local_exists(item.assets[key].href, f"asset {key!r} of item {item.id!r}")
+                label = f"asset {key!r} of item {item.id!r}"
+                labels.setdefault(item.assets[key].href, []).append(label)
+                if on_error == "raise":
+                    check_local_exists(item.assets[key].href, label)
+    reader = functools.partial(
+        _AssetReader,
+        labels={href: " and ".join(names) for href, names in labels.items()},
+        on_error=on_error,
+    )
 
     try:
         raw = stackstac.stack(
@@ -156,10 +250,15 @@ def open_stac(
             band_coords=False,
             resampling=_rasterio_resampling(resampling),
             errors_as_nodata=(),
-            reader=_SourceErrorReader,
+            reader=reader,
         )
+        failure = None
     except ValueError as err:  # stackstac's metadata checks, e.g. multi-band raster:bands
-        raise SourceError(f"stackstac cannot stack these items: {err}") from err
+        failure = err
+    if failure is not None:
+        raise SourceError(redact(f"stackstac cannot stack these items: {failure}")) from sanitized(
+            failure
+        )
 
     # stackstac drops items (and assets) that miss the grid entirely; the item ids we gave it are
     # positions, so the surviving items are known, and dropped assets come back as NaN bands.
@@ -195,7 +294,7 @@ def _stackstac_dict(item: pystac.Item, position: int) -> dict:
 
 
 def _describe(obj: Any) -> str:
-    text = repr(obj)
+    text = redact(repr(obj))
     return text if len(text) < 80 else text[:77] + "..."
 
 
@@ -261,7 +360,10 @@ def _read_stac_file(path: str | os.PathLike) -> Any:
     try:
         return pystac.read_file(os.fspath(local if local is not None else path))
     except (OSError, ValueError, pystac.STACError, pystac.STACTypeError) as err:
-        raise SourceError(f"cannot read STAC JSON {os.fspath(path)!r}: {err}") from err
+        failure = err
+    raise SourceError(redact(f"cannot read STAC JSON {os.fspath(path)!r}: {failure}")) from (
+        sanitized(failure)
+    )
 
 
 def _translate_proj_code(fields: dict) -> None:

@@ -1,0 +1,132 @@
+"""Damaged inputs: STAC assets and raster files missing, corrupt or truncated; tokens in hrefs."""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import pystac
+import pytest
+import xarray as xr
+
+import xfusion as xf
+from xfusion.datasets import write_stac
+from xfusion.errors import InputError, MissingFileError, SourceError, XFusionWarning
+from xfusion.grids import assign_grid
+
+GRID = xf.grid((500000, 4000000, 500320, 4000320), "EPSG:32633", 10)  # 32 x 32 px
+TIMES = pd.date_range("2021-01-01", periods=3)
+BANDS = ["B1", "B2"]
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    """Three items of two float32 bands as COGs; their data, hrefs and item ids."""
+    data = np.random.default_rng(7).random((3, 2, 32, 32)).astype("float32")
+    cube = xr.DataArray(
+        data, dims=("time", "band", "y", "x"), coords={"time": TIMES, "band": BANDS}
+    )
+    path = write_stac({"s": assign_grid(cube, GRID)}, tmp_path / "cat")
+    items = sorted(pystac.read_file(str(path)).get_items(recursive=True), key=lambda i: i.datetime)
+    hrefs = {(i.id, k): a.get_absolute_href() for i in items for k, a in i.assets.items()}
+    return {"path": path, "data": data, "hrefs": hrefs, "ids": [i.id for i in items]}
+
+
+def damage(catalog) -> dict[tuple[int, int], str]:
+    """Delete one asset, overwrite one with garbage and truncate one; (time, band) -> href."""
+    ids, hrefs = catalog["ids"], catalog["hrefs"]
+    missing, garbage, truncated = hrefs[ids[0], "B1"], hrefs[ids[0], "B2"], hrefs[ids[1], "B1"]
+    os.remove(missing)
+    size = os.path.getsize(garbage)
+    with open(garbage, "wb") as f:
+        f.write(np.random.default_rng(0).integers(0, 256, size, dtype="uint8").tobytes())
+    with open(truncated, "rb") as f:
+        head = f.read(300)
+    with open(truncated, "wb") as f:
+        f.write(head)
+    return {(0, 0): missing, (0, 1): garbage, (1, 0): truncated}
+
+
+def item(catalog, t: int) -> pystac.Item:
+    found = pystac.read_file(str(catalog["path"])).get_child("s").get_item(catalog["ids"][t])
+    return found.full_copy()
+
+
+def label(catalog, t: int, b: int) -> str:
+    return f"asset {BANDS[b]!r} of item {catalog['ids'][t]!r}"
+
+
+def xfusion_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, XFusionWarning)]
+
+
+def test_on_error_nan_reads_unreadable_assets_as_nan_and_warns_once_per_asset(catalog):
+    damaged = damage(catalog)
+    # 8-px chunks: every asset spans 16 blocks, each of which fails for a damaged asset.
+    cube = xf.open_stac(catalog["path"], chunks=8, on_error="nan")
+    with pytest.warns(XFusionWarning) as record:
+        values = cube.values
+    messages = xfusion_warnings(record)
+    assert len(messages) == len(damaged)
+    for (t, b), href in damaged.items():
+        (message,) = [m for m in messages if label(catalog, t, b) in m]
+        assert repr(href) in message and "on_error='nan'" in message
+    for t in range(3):
+        for b in range(2):
+            if (t, b) in damaged:
+                assert np.isnan(values[t, b]).all()
+            else:  # the readable assets are exactly what was written
+                np.testing.assert_array_equal(values[t, b], catalog["data"][t, b])
+
+    # Every computation reports the unreadable assets it reads, once each: a band is one chunk of
+    # assets, so computing band B2 reads (and reports) only the B2 assets.
+    with pytest.warns(XFusionWarning) as record:
+        b2 = cube.sel(band="B2").values
+    assert xfusion_warnings(record) == [m for m in messages if label(catalog, 0, 1) in m]
+    np.testing.assert_array_equal(b2, values[:, 1])
+
+
+def test_on_error_raise_names_the_asset(catalog):
+    ids, hrefs = catalog["ids"], catalog["hrefs"]
+    damaged = damage(catalog)
+    # A local file that is missing is reported when opening.
+    with pytest.raises(MissingFileError, match=re.escape(label(catalog, 0, 0))):
+        xf.open_stac(catalog["path"])
+    # Corrupt and truncated files are found when read.
+    for (t, b), href in list(damaged.items())[1:]:
+        cube = xf.open_stac(item(catalog, t), assets=[BANDS[b]], chunks=8)
+        with pytest.raises(SourceError, match=re.escape(label(catalog, t, b))) as info:
+            cube.compute()
+        assert repr(href) in str(info.value)
+    # A file deleted after opening is a MissingFileError when read.
+    cube = xf.open_stac(item(catalog, 2), assets=["B2"], chunks=8)
+    os.remove(hrefs[ids[2], "B2"])
+    with pytest.raises(MissingFileError, match=re.escape(label(catalog, 2, 1))):
+        cube.compute()
+
+
+def test_on_error_is_validated(catalog):
+    with pytest.raises(InputError, match=r"on_error must be one of \['raise', 'nan'\]; got 'skip'"):
+        xf.open_stac(catalog["path"], on_error="skip")
+
+
+def test_tokens_in_hrefs_are_redacted(catalog, tmp_path):
+    secret = "sv2021Zm9vYmFyc2VjcmV0"
+    signed = item(catalog, 0)
+    signed.make_asset_hrefs_absolute()
+    signed.assets["B1"].href = f"file://{tmp_path}/gone.tif?se=2030-01-01&sig={secret}"
+    with pytest.raises(MissingFileError, match=r"gone\.tif\?se=2030-01-01&sig=<redacted>") as info:
+        xf.open_stac(signed, assets=["B1"])
+    assert secret not in str(info.value) and secret not in repr(info.value)
+    cube = xf.open_stac(signed, assets=["B1", "B2"], on_error="nan")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        values = cube.values
+    (message,) = xfusion_warnings(record)
+    assert "sig=<redacted>" in message and label(catalog, 0, 0) in message
+    assert not any(secret in str(w.message) for w in record)
+    assert np.isnan(values[0, 0]).all()
+    np.testing.assert_array_equal(values[0, 1], catalog["data"][0, 1])
