@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pystac
 import pytest
+import rasterio
 import xarray as xr
 
 import xfusion as xf
@@ -130,3 +131,33 @@ def test_tokens_in_hrefs_are_redacted(catalog, tmp_path):
     assert not any(secret in str(w.message) for w in record)
     assert np.isnan(values[0, 0]).all()
     np.testing.assert_array_equal(values[0, 1], catalog["data"][0, 1])
+
+
+def write_raster(path, data) -> None:
+    """A tiled, compressed single-band GeoTIFF on ``GRID``."""
+    profile = {"driver": "GTiff", "width": 32, "height": 32, "count": 1, "dtype": "float32"}
+    profile.update(crs="EPSG:32633", transform=GRID.affine, tiled=True, blockxsize=16)
+    with rasterio.open(path, "w", **profile, blockysize=16, compress="deflate") as dst:
+        dst.write(data[np.newaxis])
+
+
+def test_open_raster_missing_garbage_and_truncated_files_name_the_path(tmp_path):
+    data = np.random.default_rng(3).random((32, 32)).astype("float32")
+    good, cut = tmp_path / "good.tif", tmp_path / "cut.tif"
+    write_raster(good, data)
+    write_raster(cut, data)
+    with pytest.raises(MissingFileError, match=r"raster: file '.*gone\.tif' does not exist"):
+        xf.open_raster([good, tmp_path / "gone.tif"])
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, "uint8").tobytes())
+    with pytest.raises(SourceError, match=r"cannot open raster '.*garbage\.tif'"):
+        xf.open_raster([good, garbage])
+    # Header intact, tiles cut off: the file opens, and the read names it.
+    size = os.path.getsize(cut)
+    with open(cut, "r+b") as f:
+        f.truncate(size * 2 // 3)
+    cube = xf.open_raster([good, cut], chunks=16)
+    with pytest.raises(SourceError, match=rf"cannot read raster {re.escape(repr(str(cut)))}"):
+        cube.compute()
+    # The readable file's blocks still read as written.
+    np.testing.assert_array_equal(cube.isel(band=0).values, data)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import dask.base
 import numpy as np
 import pandas as pd
 import rasterio
@@ -21,6 +22,8 @@ import rioxarray
 import xarray as xr
 from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_reproject
+from xarray.backends import BackendArray
+from xarray.core import indexing as xr_indexing
 
 from xfusion.errors import (
     BandError,
@@ -31,6 +34,7 @@ from xfusion.errors import (
 )
 from xfusion.grids import as_geobox, assign_grid
 from xfusion.io._hrefs import check_local_exists, local_path
+from xfusion.io._retry import redact, sanitized
 
 __all__ = ["open_raster"]
 
@@ -222,29 +226,36 @@ def _open_one(
     gbox = da.odc.geobox
     if gbox is None or gbox.crs is None:
         raise SourceError(
-            f"file {path!r} has no CRS or georeferencing; expected a georeferenced raster "
-            "(write one with rio.write_crs, or declare it with rioxarray before opening)"
+            redact(
+                f"file {path!r} has no CRS or georeferencing; expected a georeferenced raster "
+                "(write one with rio.write_crs, or declare it with rioxarray before opening)"
+            )
         )
     return da, gbox
 
 
 def _open_gdal(path: str, sizes: dict[str, int], *, nodata, scale_offset) -> xr.DataArray:
+    failure = None
     try:
         with warnings.catch_warnings():
             # Per-band scales/offsets are read from the 'scales'/'offsets' attributes below.
             warnings.filterwarnings("ignore", "(Scales|Offsets) differ across bands")
-            da = rioxarray.open_rasterio(
-                path,
-                chunks={"band": sizes["band"], "y": sizes["y"], "x": sizes["x"]},
-                masked=True,
-                mask_and_scale=False,
-            )
+            # a file without georeferencing is refused below with a SourceError
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            # Not chunked here: the reads are wrapped first, so that a failed one names the file.
+            da = rioxarray.open_rasterio(path, cache=False, masked=True, mask_and_scale=False)
     except (rasterio.errors.RasterioError, OSError, ValueError) as err:
-        raise SourceError(f"cannot open raster {path!r}: {err}") from err
+        failure = err
+    if failure is not None:
+        raise SourceError(redact(f"cannot open raster {path!r}: {failure}")) from sanitized(failure)
     if isinstance(da, list | xr.Dataset):
         raise SourceError(
-            f"file {path!r} holds several subdatasets; open one of them (e.g. 'NETCDF:file:var')"
+            redact(
+                f"file {path!r} holds several subdatasets; open one of them "
+                "(e.g. 'NETCDF:file:var')"
+            )
         )
+    da = _chunk_naming_read_errors(da, path, sizes)
     count = da.sizes["band"]
     descriptions = da.attrs.get("long_name")
     if isinstance(descriptions, str):
@@ -262,11 +273,53 @@ def _open_gdal(path: str, sizes: dict[str, int], *, nodata, scale_offset) -> xr.
     return da.assign_coords(band=names)
 
 
+class _ReadsNamingFile(BackendArray):
+    """rioxarray's lazily read array, raising :class:`SourceError` naming the file on failure.
+
+    A file whose header is intact but whose data are not (a truncated download) opens fine and
+    fails when read; rasterio's error then often names neither the file nor the block.
+    """
+
+    def __init__(self, array: BackendArray, path: str) -> None:
+        self.array = array
+        self.path = path
+        self.shape = array.shape
+        self.dtype = array.dtype
+
+    def __getitem__(self, key):
+        try:
+            return self.array[key]
+        except (rasterio.errors.RasterioError, OSError) as err:
+            failure = err
+        cause = f" ({failure.__cause__})" if failure.__cause__ is not None else ""
+        message = f"cannot read raster {self.path!r}: {type(failure).__name__}: {failure}{cause}"
+        raise SourceError(redact(message)) from sanitized(failure)
+
+
+def _chunk_naming_read_errors(da: xr.DataArray, path: str, sizes: dict[str, int]) -> xr.DataArray:
+    # rioxarray's layers: CopyOnWriteArray(LazilyIndexedArray(RasterioArrayWrapper)).
+    backend = da.variable._data.array.array
+    data = xr_indexing.LazilyIndexedArray(_ReadsNamingFile(backend, path))
+    try:
+        mtime = os.path.getmtime(path)
+    except OSError:  # a URL
+        mtime = None
+    chunks = {"band": sizes["band"], "y": sizes["y"], "x": sizes["x"]}
+    # Named like rioxarray's own graph: equal files and chunks give equal Dask keys.
+    token = dask.base.tokenize(path, mtime, chunks)
+    return da.copy(deep=False, data=data).chunk(
+        chunks, name_prefix=f"open_rasterio-{token}", token=token
+    )
+
+
 def _open_netcdf(path: str, sizes: dict[str, int], *, nodata, scale_offset, names) -> xr.DataArray:
+    failure = None
     try:
         ds = xr.open_dataset(path, chunks={}, mask_and_scale=False, decode_coords="all")
     except (OSError, ValueError) as err:
-        raise SourceError(f"cannot open NetCDF {path!r}: {err}") from err
+        failure = err
+    if failure is not None:
+        raise SourceError(redact(f"cannot open NetCDF {path!r}: {failure}")) from sanitized(failure)
     spatial = [n for n, v in ds.data_vars.items() if {"y", "x"} <= set(v.dims)]
     if names is None:
         names = spatial
@@ -355,8 +408,10 @@ def _common_grid(opened, files) -> GeoBox:
     for (_, gbox), f in zip(opened[1:], files[1:], strict=True):
         if gbox != first:
             raise GridError(
-                f"files lie on different grids ({files[0]!r}: {_describe(first)}; "
-                f"{f!r}: {_describe(gbox)}); pass grid=xf.grid(...) to warp them onto one"
+                redact(
+                    f"files lie on different grids ({files[0]!r}: {_describe(first)}; "
+                    f"{f!r}: {_describe(gbox)}); pass grid=xf.grid(...) to warp them onto one"
+                )
             )
     return first
 
@@ -375,8 +430,10 @@ def _place(da: xr.DataArray, gbox: GeoBox, target: GeoBox, path: str, resampling
     if not footprint.intersects(target.extent):
         bb = target.boundingbox
         raise GridError(
-            f"the grid {tuple(round(v, 3) for v in bb)} in {target.crs} does not overlap "
-            f"file {path!r}"
+            redact(
+                f"the grid {tuple(round(v, 3) for v in bb)} in {target.crs} does not overlap "
+                f"file {path!r}"
+            )
         )
     warped = xr_reproject(da, target, resampling=resampling, dst_nodata=np.nan)
     return _bare(warped)
