@@ -17,6 +17,7 @@ import xfusion as xf
 from xfusion.datasets import write_stac
 from xfusion.errors import InputError, MissingFileError, SourceError, XFusionWarning
 from xfusion.grids import assign_grid
+from xfusion.io._retry import has_secret, redact, sanitized
 
 GRID = xf.grid((500000, 4000000, 500320, 4000320), "EPSG:32633", 10)  # 32 x 32 px
 TIMES = pd.date_range("2021-01-01", periods=3)
@@ -161,3 +162,67 @@ def test_open_raster_missing_garbage_and_truncated_files_name_the_path(tmp_path)
         cube.compute()
     # The readable file's blocks still read as written.
     np.testing.assert_array_equal(cube.isel(band=0).values, data)
+
+
+@pytest.mark.parametrize(
+    ("text", "secret", "kept"),
+    [
+        ("ya29.a0AfH6SMBx-1_2 expired", "a0AfH6SMBx-1_2", "expired"),
+        ("Authorization: Bearer abc.DEF-123", "abc.DEF-123", "Authorization: <redacted>"),
+        ("headers {'authorization': 'Basic dXNlcjpwdw=='}", "dXNlcjpwdw==", "headers"),
+        ("got bearer tok_987654321 back", "tok_987654321", "bearer <redacted>"),
+        ("GET /v1/x?alt=json&key=AIzaSyA-1234567890abcdefghijk 403", "1234567890abc", "403"),
+        ("oauth answer access_token=ab12cd34&expires_in=3599", "ab12cd34", "expires_in=3599"),
+        ('{"refresh_token": "1//0gXYZ-secret_token_value_1234"}', "secret_token", "refresh_token"),
+        ("'client_secret': 'GOCSPX-abcdef'", "GOCSPX-abcdef", "client_secret"),
+        (
+            '{"private_key": "-----BEGIN PRIVATE KEY-----\\nMIIEvQ\\n-----END PRIVATE KEY-----\\n"}',
+            "MIIEvQ",
+            "private_key",
+        ),
+        ("key file: -----BEGIN RSA PRIVATE KEY-----\nMIIEow", "MIIEow", "key file"),
+        ("https://b.blob.core.windows.net/c/x.tif?sv=2021&sig=AbC%2Bd%3D 403", "AbC%2Bd", "403"),
+        (
+            "s3 https://b.s3.amazonaws.com/x.tif?X-Amz-Signature=f00ba4&X-Amz-Date=2024",
+            "f00ba4",
+            "X-Amz-Date=2024",
+        ),
+        ("id token eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl", "c2lnbmF0dXJl", "id token"),
+        ("ftp://user:hunter2@host/x.tif unreachable", "hunter2", "host/x.tif unreachable"),
+        ("password = hunter2;", "hunter2", "password"),
+    ],
+)
+def test_redact_removes_secrets_and_keeps_the_rest(text, secret, kept):
+    out = redact(text)
+    assert secret not in out and kept in out and "<redacted" in out
+    assert not has_secret(out)  # idempotent
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "band 'QA60' not in cube; bands are ['B02', 'B03']",
+        "asset 'B04' of item 'S2A_32TQM_20210701': file '/data/s2/B04.tif' does not exist",
+        "Service Unavailable (HTTP 503); rows 0:512, cols 512:1024",
+        "https://example.com/catalog/items/a.json?limit=10&page=2",
+        "Dictionary.get: Dictionary does not contain key: 'CLOUD_COVER'.",
+    ],
+)
+def test_redact_leaves_ordinary_messages_alone(text):
+    assert redact(text) == text and not has_secret(text)
+
+
+def test_sanitized_copies_only_chains_holding_a_secret():
+    plain = RuntimeError("Internal Server Error (HTTP 500)")
+    assert sanitized(plain) is plain
+    try:
+        try:
+            raise ValueError("requesting https://x.org/a?key=AIzaSyA-1234567890abcdefghijk")
+        except ValueError as inner:
+            raise RuntimeError("Forbidden (HTTP 403)") from inner
+    except RuntimeError as err:
+        outer = err
+    copy = sanitized(outer)
+    assert copy is not outer and str(copy) == "builtins.RuntimeError: Forbidden (HTTP 403)"
+    assert str(copy.__cause__) == "builtins.ValueError: requesting https://x.org/a?key=<redacted>"
+    assert copy.__cause__.__cause__ is None

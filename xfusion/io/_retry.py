@@ -74,7 +74,9 @@ _SECRETS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization headers, whatever the scheme (Bearer, Basic, token ...).
     (
         re.compile(
-            r"""(authorization["']?\s*[:=]\s*["']?)(?:[A-Za-z]+\s+)?[^\s"',;})\]>]+""", re.I
+            r"""(authorization["']?\s*[:=]\s*["']?)(?!<redacted)(?:[A-Za-z]+\s+)?"""
+            r"""[^\s"',;})\]>]+""",
+            re.I,
         ),
         rf"\1{_REDACTED}",
     ),
@@ -87,7 +89,7 @@ _SECRETS: tuple[tuple[re.Pattern[str], str], ...] = (
     # "name": "value", 'name': 'value', name=value, name: value.
     (
         re.compile(
-            rf"""((?<![\w-])["']?(?:{_SECRET_FIELDS})["']?\s*[:=]\s*)"""
+            rf"""((?<![\w-])["']?(?:{_SECRET_FIELDS})["']?\s*[:=]\s*)(?!<redacted)"""
             r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s&,;}\])"']+)""",
             re.I,
         ),
