@@ -103,12 +103,26 @@ def as_geobox(grid_or_like: Any) -> GeoBox:
 
 
 def geobox_of(obj: xr.DataArray | xr.Dataset) -> GeoBox:
-    """Return the grid of a cube (from its ``spatial_ref`` and x/y coordinates)."""
+    """Return the grid of a cube (from its ``spatial_ref`` and x/y coordinates).
+
+    Raises
+    ------
+    GridError
+        The cube has no ``y``/``x`` coordinates, or no CRS (the message lists what it has).
+    """
     gbox = getattr(getattr(obj, "odc", None), "geobox", None)
     if gbox is None or gbox.crs is None:
+        coords = sorted(str(c) for c in obj.coords)
+        spatial = [{"y", "x"}, {"latitude", "longitude"}]
+        if not any(pair <= set(obj.dims) for pair in spatial):
+            what = f"no 'y'/'x' dims (dims are {tuple(obj.dims)})"
+        elif gbox is None and not any(pair <= set(coords) for pair in spatial):
+            what = f"no 'y'/'x' coordinates (coordinates are {coords})"
+        else:
+            what = f"no CRS (no 'spatial_ref' coordinate with one; coordinates are {coords})"
         raise GridError(
-            "cube has no usable grid: expected 'x'/'y' coordinates and a CRS on 'spatial_ref' "
-            "(e.g. from xf.open_stac or da.rio.write_crs)"
+            f"cube has no usable grid: it has {what}; expected 'x'/'y' coordinates and a CRS on "
+            "'spatial_ref' (e.g. from xf.open_stac, or cube.rio.write_crs('EPSG:32633'))"
         )
     return gbox
 

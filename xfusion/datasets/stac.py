@@ -22,6 +22,7 @@ from pyproj import Transformer
 from xfusion._files import writable_dir
 from xfusion.errors import InputError
 from xfusion.grids import geobox_of
+from xfusion.preprocess._validate import check_unique_bands, check_unique_times
 
 __all__ = ["write_stac"]
 
@@ -73,6 +74,19 @@ def write_stac(
     pathlib.Path
         Path of ``catalog.json``.
 
+    Raises
+    ------
+    InputError
+        ``scene`` is empty, a cube is not ``([time,] band, y, x)``, a key cannot name a folder,
+        a cube repeats a time, or ``blocksize`` is not a positive multiple of 16.
+    BandError
+        A cube repeats a band name.
+    GridError
+        A cube has no CRS or no ``x``/``y`` coordinates.
+
+    Every cube is checked before anything is written: on these errors ``directory`` is left
+    as it was (not even created).
+
     Examples
     --------
     >>> import json, tempfile
@@ -92,10 +106,9 @@ def write_stac(
         raise InputError(f"blocksize must be a positive multiple of 16; got {blocksize}")
     encodings = encodings if encodings is not None else getattr(scene, "encodings", {}) or {}
     descriptions = getattr(scene, "descriptions", {}) or {}
-    root = writable_dir(directory, "cannot write a STAC catalog to {path}: {reason}")
-
-    for key, cube in scene.items():
+    for key, cube in scene.items():  # every cube is checked before anything is written
         _check_cube(key, cube)
+    root = writable_dir(directory, "cannot write a STAC catalog to {path}: {reason}")
     default_time = _default_time(scene)
     catalog = pystac.Catalog(
         id=catalog_id,
@@ -131,6 +144,10 @@ def _check_cube(key: str, cube: Any) -> None:
         raise InputError(
             f"scene key {key!r} must be letters, digits, '_' or '-' (it names folders)"
         )
+    check_unique_bands(cube, f"scene[{key!r}]")
+    if "time" in cube.dims:
+        check_unique_times(cube, f"scene[{key!r}]")
+    geobox_of(cube)  # GridError when the cube has no CRS or no x/y coordinates
 
 
 def _default_time(scene: Mapping[str, xr.DataArray]) -> pd.Timestamp:

@@ -105,6 +105,21 @@ def _training_arrays(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray, tuple | No
     return xa, ya, bands, target_names
 
 
+def _target_labels(n: int) -> tuple[str, ...]:
+    return ("target",) if n == 1 else tuple(f"target_{i}" for i in range(n))
+
+
+def _check_no_inf(a: np.ndarray, names: Sequence[str], what: str) -> None:
+    """Raise :class:`InputError` naming the bands of ``(sample, band, y, x)`` that hold ±inf."""
+    counts = np.isinf(a).sum(axis=(0, 2, 3))
+    if counts.any():
+        bad = {str(b): int(c) for b, c in zip(names, counts, strict=True) if c}
+        raise InputError(
+            f"{what} bands hold infinite values (pixels per band: {bad}); expected finite "
+            "values, with NaN for nodata: replace them, e.g. X.where(np.isfinite(X))"
+        )
+
+
 def _nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
@@ -171,23 +186,57 @@ class _UNetEstimator(BaseEstimator):
         Returns
         -------
         self
+
+        Raises
+        ------
+        InputError
+            Malformed inputs: not ``(sample, band, y, x)`` (a channels-last array is named as
+            such), band names that do not match the bands, patch sides that are not multiples
+            of ``2 ** depth``, a band of ``X`` or of the target with no finite value, ±inf in
+            ``X`` or the target (the message names the bands), labels outside the classes.
+        ModelError
+            The training loss becomes NaN or infinite (the message names the epoch and step).
+
+        Notes
+        -----
+        Missing values: NaN input pixels take their band's training mean (0 after the
+        standardisation), so a patch with a few NaN pixels still trains; NaN target pixels
+        (and ``ignore_value`` labels) are left out of the loss and the metrics, except with
+        ``loss="mse"``, which refuses them. The input mean and standard deviation are computed
+        over the finite pixels only.
         """
         xa, ya, x_bands, target_names = _training_arrays(X, y)
+        if bands is not None:
+            x_bands = tuple(str(b) for b in bands)
+        if x_bands is not None and len(x_bands) != xa.shape[1]:
+            hint = ""
+            if xa.shape[-1] == len(x_bands):
+                hint = (
+                    " (the array looks channels-last, (sample, y, x, band): "
+                    "transpose it with X.transpose(0, 3, 1, 2))"
+                )
+            raise InputError(
+                f"{len(x_bands)} band names {list(x_bands)} for X of shape {xa.shape}, which has "
+                f"{xa.shape[1]} bands; expected X as (sample, band, y, x){hint}"
+            )
         widths, center = self._architecture_widths()
         mult = 2 ** len(widths)
         self._check_spatial(xa.shape, mult, "training")
-        if bands is not None:
-            x_bands = tuple(str(b) for b in bands)
         if x_bands is None:
             x_bands = tuple(f"band_{i}" for i in range(xa.shape[1]))
-        if len(x_bands) != xa.shape[1]:
-            raise InputError(f"{len(x_bands)} band names for {xa.shape[1]} input bands")
+        _check_no_inf(xa, x_bands, "input")
+        _check_no_inf(ya, target_names or _target_labels(ya.shape[1]), "target")
 
-        mean = np.nanmean(xa, axis=(0, 2, 3)).astype(np.float64)
-        std = np.nanstd(xa, axis=(0, 2, 3)).astype(np.float64)
+        with warnings.catch_warnings():  # an all-NaN band is reported just below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(xa, axis=(0, 2, 3)).astype(np.float64)
+            std = np.nanstd(xa, axis=(0, 2, 3)).astype(np.float64)
         if not np.all(np.isfinite(mean)):
             empty = [b for b, m in zip(x_bands, mean, strict=True) if not np.isfinite(m)]
-            raise InputError(f"input bands {empty} have no valid (non-NaN) pixel in the patches")
+            raise InputError(
+                f"input bands {empty} have no valid (non-NaN) pixel in the patches; expected at "
+                "least one finite value per band"
+            )
         std = np.where(std > 0, std, 1.0)
         self._set_target(ya, target_names, xa.shape)
         spec = self._loss_spec()
@@ -216,6 +265,8 @@ class _UNetEstimator(BaseEstimator):
                 raise InputError(
                     f"validation inputs have {vx.shape[1]} bands; expected {xa.shape[1]}"
                 )
+            _check_no_inf(vx, x_bands, "validation input")
+            _check_no_inf(vy, target_names or _target_labels(vy.shape[1]), "validation target")
             self._check_spatial(vx.shape, mult, "validation")
             val = (self._prepare_x(vx, config), self._prepare_y(vy, vx.shape, "validation"))
 
@@ -541,7 +592,11 @@ class UNetRegressor(_UNetEstimator):
             else:
                 offset, scale = np.nanmean(ya, axis=(0, 2, 3)), np.nanstd(ya, axis=(0, 2, 3))
         if not np.all(np.isfinite(offset)):
-            raise InputError("a target band has no valid (non-NaN) pixel in the patches")
+            empty = [b for b, o in zip(self.output_bands_, offset, strict=True) if np.isnan(o)]
+            raise InputError(
+                f"target bands {empty} have no valid (non-NaN) pixel in the patches; expected "
+                "at least one finite target value per band"
+            )
         self._target_offset = offset.astype(np.float64)
         self._target_scale = np.where(scale > 0, scale, 1.0).astype(np.float64)
 

@@ -32,6 +32,7 @@ import pandas as pd
 import xarray as xr
 
 from xfusion.errors import BandError, InputError, ModelError
+from xfusion.preprocess._validate import check_unique_bands
 
 __all__ = ["enable_compilation_cache", "model_bands", "predict"]
 
@@ -72,6 +73,7 @@ def _check_cube(da: Any) -> list[str]:
         raise InputError(f"a cube needs dims {_SPATIAL} (time optional); {da.dims} lacks {missing}")
     if "band" not in da.coords:
         raise BandError("the cube has no 'band' coordinate of band names")
+    check_unique_bands(da, "predict")
     return [str(b) for b in da.band.values]
 
 
@@ -93,6 +95,23 @@ def _check_bands(cube_bands: list[str], model: Any) -> None:
             f"the model was trained on {int(n)} features but the cube has {len(cube_bands)} "
             f"bands {cube_bands}"
         )
+
+
+def _check_fitted(model: Any) -> None:
+    """Raise :class:`ModelError` now for an unfitted model, not later inside a Dask task."""
+    check = getattr(model, "_check_fitted", None)
+    if callable(check):
+        check()
+        return
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    try:
+        check_is_fitted(model)
+    except NotFittedError as err:
+        raise ModelError(f"this {type(model).__name__} is not fitted yet; call fit first") from err
+    except TypeError:  # not a scikit-learn estimator: nothing to check
+        pass
 
 
 def _output_da(da: xr.DataArray, data, dims: Sequence[str], bands: list[str], name: str):
@@ -377,6 +396,11 @@ def _predict_spatial(
     multiple = int(getattr(model, "tile_multiple_", 1) or 1)
     if halo is None:
         halo = int(getattr(model, "default_halo_", 0) or 0)
+    elif halo > min(da.sizes["y"], da.sizes["x"]):
+        raise InputError(
+            f"halo={halo} px is larger than the cube ({da.sizes['y']}×{da.sizes['x']} px); "
+            f"expected at most {min(da.sizes['y'], da.sizes['x'])} px of context around a block"
+        )
     if halo < 0:
         raise InputError(f"halo must be >= 0 pixels; got {halo}")
     halo = _round_up(halo, multiple) if halo else 0
@@ -640,6 +664,16 @@ def predict(
         clusterers, ``"prediction"`` otherwise). NaN where any input band is NaN. Lazy for a
         chunked cube, numpy-backed for an eager one.
 
+    Raises
+    ------
+    InputError
+        ``da`` lacks ``band``/``y``/``x`` dims, or ``halo``/``tile``/``batch_size``/``blend``/
+        ``boundary`` are invalid (a given ``halo`` larger than the cube's smaller side included).
+    BandError
+        The cube's bands are not the model's training bands in order, or band names repeat.
+    ModelError
+        The model is not fitted or cannot be applied.
+
     Notes
     -----
     The model (pixel) or its ``config``/``params`` (spatial) are single keys of the Dask graph,
@@ -663,6 +697,7 @@ def predict(
     (('band', 'y', 'x'), ['prediction'], (2, 2))
     """
     cube_bands = _check_cube(da)
+    _check_fitted(model)
     _check_bands(cube_bands, model)
     if hasattr(model, "inference_state"):
         if proba:

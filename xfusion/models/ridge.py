@@ -186,7 +186,10 @@ def _accumulate(X, y, sample_weight, *, transform=None, p_out=None):
         (stats,) = dask.compute(stats)  # xf: computes the per-block statistics (fitting)
     merged = _rk.combine_stats(stats, p_stats, k)
     if merged[0] <= 0:
-        raise InputError("no valid samples: every row has a NaN in X, y or sample_weight")
+        raise InputError(
+            "no valid samples: every row has a NaN or infinite value in X, y or sample_weight; "
+            "expected at least one row of finite values"
+        )
     return merged, p, k, info
 
 
@@ -321,7 +324,8 @@ class Ridge(_Estimator):
     Minimises ``Σᵢ wᵢ ‖yᵢ − xᵢB − b‖² + α‖B‖²`` (scikit-learn's ``Ridge`` objective) for one or
     several targets. The data are reduced block by block to weighted, centred sufficient
     statistics, so a Dask-backed cube or table is read once and the design matrix is never held
-    in memory. Rows with a NaN in ``X``, ``y`` or ``sample_weight`` are dropped.
+    in memory. Rows with a NaN or ±inf in ``X``, ``y`` or ``sample_weight`` are dropped (so
+    are pixels of a cube with such a value in any band or in the target).
 
     Parameters
     ----------
@@ -644,7 +648,7 @@ class KernelRidge(_Estimator):
 
 
 def _valid_rows(X, y, w):
-    """Rows of any input as numpy (loads a cube or Dask array), NaN rows dropped."""
+    """Rows of any input as numpy (loads a cube or Dask array), NaN/inf rows dropped."""
     info: dict[str, Any] = {"bands": None, "output_bands": None}
     if isinstance(X, xr.DataArray):
         merged_info = _cube_stats(X, y, w, None, None)[4]
@@ -682,7 +686,10 @@ def _valid_rows(X, y, w):
         valid &= np.isfinite(weights)
         weights = weights[valid]
     if not valid.any():
-        raise InputError("no valid samples: every row has a NaN in X, y or sample_weight")
+        raise InputError(
+            "no valid samples: every row has a NaN or infinite value in X, y or sample_weight; "
+            "expected at least one row of finite values"
+        )
     return rows[valid], targets[valid], weights, info
 
 

@@ -19,6 +19,7 @@ import xarray as xr
 from dask.utils import parse_bytes
 
 from xfusion.errors import EmptySelectionError, InputError
+from xfusion.preprocess._validate import check_float_nodata
 
 __all__ = ["COMPOSITE_METHODS", "composite"]
 
@@ -153,7 +154,10 @@ def composite(
     EmptySelectionError
         The window ``start``/``end`` holds no image; the message gives the cube's time range.
     InputError
-        ``da`` has no ``time`` dimension, ``how`` or ``freq`` is unknown, or a date is invalid.
+        ``da`` has no ``time`` dimension, ``how`` or ``freq`` is unknown, a date is invalid, or
+        ``da`` is an integer cube that declares a nodata value (``_FillValue``/``nodata``
+        attribute), which the reduction would take for data (convert to float with NaN first).
+        Integer cubes without a declared nodata value are composited as float32.
 
     Examples
     --------
@@ -188,6 +192,7 @@ def composite(
         raise InputError(f"composite expects a DataArray or Dataset; got {type(da).__name__}")
     if "time" not in da.dims:
         raise InputError(f"composite needs a 'time' dimension; cube dims are {da.dims}")
+    check_float_nodata(da, "composite")
     start = _parse_time(start, "start")
     end = _parse_time(end, "end")
 

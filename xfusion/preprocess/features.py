@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from xfusion.errors import BandError, InputError
+from xfusion.preprocess._validate import check_float_nodata, check_unique_bands
 
 __all__ = ["BAND_ALIASES", "INDICES", "index", "standardize"]
 
@@ -139,9 +140,11 @@ def standardize(da: xr.DataArray, mean: Any = None, std: Any = None) -> xr.DataA
     Raises
     ------
     BandError
-        A mapping, DataArray or reference cube lacks one of ``da``'s bands.
+        A mapping, DataArray or reference cube lacks one of ``da``'s bands, or band names repeat.
     InputError
-        A given standard deviation is not positive, or an argument has an unusable type.
+        A given standard deviation is not positive, an argument has an unusable type, or ``da``
+        is an integer cube that declares a nodata value (``_FillValue``/``nodata`` attribute),
+        which would be counted in the statistics (convert it to float with NaN first).
 
     Examples
     --------
@@ -157,6 +160,8 @@ def standardize(da: xr.DataArray, mean: Any = None, std: Any = None) -> xr.DataA
     """
     if not isinstance(da, xr.DataArray):
         raise InputError(f"standardize expects an xarray.DataArray cube; got {type(da).__name__}")
+    check_unique_bands(da, "standardize")
+    check_float_nodata(da, "standardize")
     mean_v = _statistic(da, mean, std, "mean")
     std_v = _statistic(da, std, mean, "std")
     if isinstance(std_v, xr.DataArray):
@@ -259,7 +264,8 @@ def index(da: xr.DataArray, name: str | Sequence[str]) -> xr.DataArray:
     Raises
     ------
     BandError
-        A band the index needs is missing (the message lists the cube's bands) or ambiguous.
+        A band the index needs is missing (the message lists the cube's bands) or ambiguous, or
+        band names repeat.
     InputError
         Unknown index name, or ``da`` has no ``band`` dimension.
 
@@ -276,6 +282,7 @@ def index(da: xr.DataArray, name: str | Sequence[str]) -> xr.DataArray:
         raise InputError(f"index expects an xarray.DataArray cube; got {type(da).__name__}")
     if "band" not in da.dims:
         raise InputError(f"index needs a 'band' dimension; cube dims are {da.dims}")
+    check_unique_bands(da, "index")
     names = [name] if isinstance(name, str) else list(name)
     if not names:
         raise InputError("index needs at least one index name")

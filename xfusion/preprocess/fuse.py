@@ -18,6 +18,7 @@ from odc.geo.geobox import GeoBox
 
 from xfusion.errors import BandError, EmptySelectionError, GridError, InputError
 from xfusion.grids import as_geobox, geobox_of
+from xfusion.preprocess._validate import check_unique_bands, check_unique_times
 from xfusion.preprocess.resample import RESAMPLING, resample
 
 __all__ = ["MOSAIC", "choose_resampling", "fuse", "mosaic_cubes"]
@@ -84,11 +85,12 @@ def fuse(
     ------
     InputError
         Empty or malformed ``sources``, unknown method/source in ``resampling``, unknown
-        ``align``/``mosaic``, mismatched time axes.
+        ``align``/``mosaic``, mismatched time axes (the same times in another order included:
+        sort them first), repeated times within a source.
     EmptySelectionError
         ``align="exact"`` and the sources share no time.
     BandError
-        The cubes of a list source have different bands.
+        The cubes of a list source have different bands, or a source repeats a band name.
     GridError
         A source that cannot be transformed to, or does not overlap, the grid.
 
@@ -260,6 +262,8 @@ def _as_cubes(name: Any, value: Any) -> list[xr.DataArray]:
     for cube in cubes:
         if "band" not in cube.dims:
             cube = cube.expand_dims(band=[cube.name if cube.name is not None else "value"])
+        check_unique_bands(cube, f"fuse: source {name!r}")
+        check_unique_times(cube, f"fuse: source {name!r}")
         out.append(cube)
     bands = [list(map(str, c.band.values)) for c in out]
     if any(b != bands[0] for b in bands[1:]):
@@ -286,6 +290,16 @@ def _align_times(
     if align is None:
         for name, cube in timed.items():
             if not np.array_equal(cube.time.values, times):
+                if np.array_equal(np.sort(cube.time.values), np.sort(times)):
+                    unsorted = ref_name if _first_unsorted(times) else name
+                    values = fused[unsorted].time.values
+                    i = _first_unsorted(values)
+                    raise InputError(
+                        f"sources {ref_name!r} and {name!r} have the same times in another "
+                        f"order: the time of {unsorted!r} is not increasing ({values[i]} comes "
+                        f"after {values[i - 1]}); expected increasing times: sort it with "
+                        "cube.sortby('time')"
+                    )
                 raise InputError(
                     f"sources have different time axes: {ref_name!r} has {times.size} times "
                     f"{_span(times)}, {name!r} has {cube.time.size} {_span(cube.time.values)}; "
@@ -314,6 +328,12 @@ def _align_times(
             "broadcast" if name not in timed else "identical" if align is None else align
         )
     return times
+
+
+def _first_unsorted(times: np.ndarray) -> int:
+    """Index of the first time not later than its predecessor (0 when increasing)."""
+    bad = np.flatnonzero(times[1:] <= times[:-1])
+    return int(bad[0]) + 1 if bad.size else 0
 
 
 def _span(times: np.ndarray) -> str:

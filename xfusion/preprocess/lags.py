@@ -11,6 +11,7 @@ import pandas as pd
 import xarray as xr
 
 from xfusion.errors import BandError, EmptySelectionError, InputError
+from xfusion.preprocess._validate import check_unique_bands, check_unique_times
 
 __all__ = ["cloud_fraction", "lags"]
 
@@ -122,7 +123,10 @@ def lags(
     Raises
     ------
     InputError
-        ``n`` is larger than the number of clear images that precede any target.
+        ``n`` is larger than the number of clear images that precede any target, or two images
+        share a time (which one is "earlier" would be undefined).
+    BandError
+        Band names repeat.
     EmptySelectionError
         No target has ``n`` earlier clear images.
 
@@ -208,6 +212,8 @@ def _check_cube(da: Any) -> None:
         raise InputError(
             f"lags need a time series cube with dims {_DIMS}; cube has dims {list(da.dims)}"
         )
+    check_unique_bands(da, "lags")
+    check_unique_times(da, "lags")
 
 
 def _target_positions(times: np.ndarray, targets: Any, time_coord: xr.DataArray) -> list[int]:

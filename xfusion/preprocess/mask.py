@@ -17,6 +17,7 @@ import xarray as xr
 
 from xfusion._kernels.morphology import binary_dilate_disk
 from xfusion.errors import BandError, InputError
+from xfusion.preprocess._validate import check_unique_bands
 
 __all__ = [
     "CLASS_PRESETS",
@@ -125,6 +126,7 @@ def _require_dataarray(obj: Any, func: str) -> xr.DataArray:
 def _band_names(da: xr.DataArray, func: str) -> list[Hashable]:
     if "band" not in da.dims:
         raise InputError(f"{func} needs a 'band' dimension; cube dims are {da.dims}")
+    check_unique_bands(da, func)
     return da["band"].values.tolist()
 
 
@@ -348,6 +350,7 @@ def _by_band(obj: xr.DataArray, value: Any, default: float, what: str) -> Any:
             raise InputError(f"{what} must be a number or a mapping of band name -> number")
         return value
     if "band" in obj.dims:
+        check_unique_bands(obj, what)
         bands = obj["band"].values.tolist()
         unknown = [k for k in value if k not in bands]
         if unknown:

@@ -42,6 +42,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from xfusion._kernels.aggregate import aggregate_blocks, aggregate_pieces
 from xfusion.errors import GridError, InputError
 from xfusion.grids import as_geobox, geobox_of
+from xfusion.preprocess._validate import check_float_nodata
 
 __all__ = ["RESAMPLING", "is_aligned", "resample"]
 
@@ -61,6 +62,8 @@ warnings.filterwarnings(
 RESAMPLING = ("average", "sum", "mode", "nearest", "bilinear", "cubic", "min", "max")
 
 _KERNEL_METHODS = ("average", "sum", "mode", "min", "max")
+# methods that pick one of the input values, so an integer fill value stays a fill value
+_VALUE_KEEPING = ("nearest", "mode")
 # source pixels read beyond a chunk's footprint: the reach of each method's kernel
 _PADDING = {
     "nearest": 1,
@@ -119,7 +122,9 @@ def resample(
     Raises
     ------
     InputError
-        Unknown ``resampling`` or a cube without ``y``/``x`` dims.
+        Unknown ``resampling``, a cube without ``y``/``x`` dims, or (for every method but
+        ``nearest`` and ``mode``) an integer cube that declares a nodata value
+        (``_FillValue``/``nodata`` attribute), which would be averaged in as data.
     GridError
         No usable grid, a target CRS the cube's CRS cannot be transformed to, or a target grid
         that does not overlap the cube.
@@ -275,6 +280,8 @@ def _resample_da(
     da: xr.DataArray, dst: GeoBox, method: str, chunks: tuple[int, int] | None
 ) -> xr.DataArray:
     da = _spatial_last(da)
+    if method not in _VALUE_KEEPING:
+        check_float_nodata(da, f"resample(resampling={method!r})")
     src = geobox_of(da)
     _check_overlap(src, dst)
     if da.dtype.kind != "f":

@@ -25,6 +25,7 @@ from shapely.geometry.base import BaseGeometry
 
 from xfusion._kernels.augment import dihedral
 from xfusion.errors import BandError, EmptySelectionError, GridError, InputError
+from xfusion.preprocess._validate import check_float_nodata, check_unique_bands
 
 __all__ = ["class_balance", "dihedral", "patches", "sample"]
 
@@ -68,6 +69,18 @@ def sample(
     pandas.DataFrame
         Columns ``x``, ``y`` (pixel-centre coordinates), one column per band, and ``label``; rows
         in raster order. ``df.attrs["class_balance"]`` holds :func:`class_balance` of the labels.
+
+    Raises
+    ------
+    InputError
+        ``da`` is not a ``(band, y, x)`` cube, ``n`` is not a positive integer, or ``da`` is an
+        integer cube that declares a nodata value (its fill value would be sampled as data).
+    BandError
+        Band names repeat, or ``labels`` names a band that is not in ``da``.
+    GridError
+        ``labels`` is not on the cube's grid.
+    EmptySelectionError
+        No pixel has finite values in every band and in the labels.
 
     Examples
     --------
@@ -245,6 +258,19 @@ def patches(
         transform is ``Affine(a, b, x0[i], d, e, y0[i])`` with ``attrs["transform"]``'s ``a, b,
         d, e``. ``attrs["crs"]`` holds the cube's CRS as WKT.
 
+    Raises
+    ------
+    InputError
+        ``da`` is not a ``(band, y, x)`` cube, ``size``/``n``/``stride``/``max_nodata`` are
+        invalid, the patch is larger than the cube, or ``da`` is an integer cube that declares a
+        nodata value (its fill value would pass for data).
+    BandError
+        Band names repeat, or a target band is not in ``da``.
+    GridError
+        The target or the regions are not on (or do not overlap) the cube's grid.
+    EmptySelectionError
+        No patch position satisfies ``regions`` and ``max_nodata``.
+
     Examples
     --------
     >>> import numpy as np, xarray as xr, xfusion as xf
@@ -366,6 +392,8 @@ def _check_image(da: Any, what: str) -> None:
     if set(da.dims) != {"band", "y", "x"}:
         hint = " (select a time or composite first)" if "time" in da.dims else ""
         raise InputError(f"{what} needs a cube with dims ('band', 'y', 'x'); got {da.dims}{hint}")
+    check_unique_bands(da, what)
+    check_float_nodata(da, what)
 
 
 def _positive_int(value: Any, name: str) -> int:
