@@ -220,7 +220,7 @@ def test_config_toml_round_trip_and_errors(tmp_path):
     with pytest.raises(ConfigError, match="holdout_fraction"):
         downscale.Config(holdout_fraction=1.0)
     with pytest.raises(ConfigError, match=r"too small|does not fit"):
-        downscale.run(downscale.Config(out_dir=str(tmp_path), size=40, patch_size=40))
+        downscale.run(downscale.Config(out_dir=str(tmp_path / "out"), size=40, patch_size=40))
     # every real-source field set is a valid configuration
     for fields in downscale.real_sources().values():
         assert downscale.Config(**fields).source == fields["source"]
