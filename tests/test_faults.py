@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import threading
 import time
 
 import dask
@@ -33,7 +34,7 @@ TIMEOUT = 90
 def client():
     with (
         distributed.LocalCluster(
-            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
@@ -84,7 +85,7 @@ def test_worker_killed_mid_prediction_gives_the_undisturbed_result(client, model
     total = len(futures)
     assert total == 64
     seen = kill_a_busy_worker(client, lambda: sum(f.done() for f in futures), total)
-    assert 0 < seen["done"] < total, seen  # the kill landed mid-run
+    assert 0 < seen["done"] < total and seen["lost"] > 0, seen  # the kill landed mid-run
     result = client.compute(persisted).result(timeout=TIMEOUT)
     assert seen["address"] not in client.scheduler_info()["workers"]  # the worker is gone
     np.testing.assert_array_equal(result, expected)
@@ -102,12 +103,21 @@ def test_worker_killed_while_streaming_to_zarr_gives_the_undisturbed_store(clien
     job = lazy_prediction(model, seed=2)
     ds = job.assign_coords(band=job.band.astype(object)).to_dataset(name="prediction")
     store = tmp_path / "prediction.zarr"
-    write = ds.to_zarr(store, mode="w", compute=False, consolidated=False)
-    future = client.compute(write)
     total = 64
-    seen = kill_a_busy_worker(client, lambda: _written_chunks(store), total)
-    assert 0 < seen["done"] < total, seen
-    future.result(timeout=TIMEOUT)
+    seen: dict = {}
+
+    def killer():
+        try:
+            seen.update(kill_a_busy_worker(client, lambda: _written_chunks(store), total))
+        except BaseException as err:  # reported by the main thread
+            seen["error"] = err
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    ds.to_zarr(store, mode="w", compute=True, consolidated=False)  # on the client's cluster
+    thread.join(TIMEOUT)
+    assert "error" not in seen, seen.get("error")
+    assert 0 < seen["done"] < total and seen["lost"] > 0, seen
     assert _written_chunks(store) == total
     with xr.open_zarr(store, consolidated=False) as out:
         got = out["prediction"].values

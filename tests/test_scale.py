@@ -130,7 +130,7 @@ def test_local_cluster_streaming_prediction_has_bounded_memory(model, tmp_path):
     pred = predict(source, model)
     with (
         distributed.LocalCluster(
-            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
