@@ -1,4 +1,4 @@
-"""Resumable recipe outputs, output-directory ownership, and outputs that stay inside ``out_dir``."""
+"""Resumable recipe outputs, output-folder ownership, and outputs that stay inside ``out_dir``."""
 
 from __future__ import annotations
 
