@@ -605,7 +605,7 @@ def test_bad_filters(scene, filters, match):
 def test_bad_bands_and_chunks(scene):
     with pytest.raises(BandError, match="B99"):
         xf.open_ee("TEST/S2", grid=GRID, bands=["B02", "B99"])
-    with pytest.raises(InputError, match="unique"):
+    with pytest.raises(BandError, match="unique"):
         xf.open_ee("TEST/S2", grid=GRID, bands=["B02", "B02"])
     with pytest.raises(InputError, match="unknown dims"):
         xf.open_ee("TEST/S2", grid=GRID, chunks={"lat": 4})

@@ -222,7 +222,7 @@ def _check_bands(bands: Any) -> list[str] | None:
         raise InputError(f"bands must be a band name or a non-empty list of names; got {bands!r}")
     duplicates = sorted({b for b in band_list if band_list.count(b) > 1})
     if duplicates:
-        raise InputError(f"bands must be unique; {duplicates} repeated in {band_list}")
+        raise BandError(f"bands must be unique; {duplicates} repeated in {band_list}")
     return band_list
 
 
