@@ -9,6 +9,12 @@
 ========================  ==================================================================
 
 Modules are imported on first use (``xf.recipes.nightlights``), so ``import xfusion`` stays light.
+
+Every recipe writes into ``config.out_dir``, which must be new, empty or an earlier xfusion output
+(marked by ``.xfusion-output.json``); a folder of other files is refused before anything is
+written. ``outputs.zarr`` only ever appears complete; after an interruption, the same run with
+``resume=True`` (``xfusion run RECIPE --resume``) continues it and gives the same bytes as an
+uninterrupted run. The details are in :mod:`xfusion.recipes._base`.
 """
 
 from __future__ import annotations

@@ -119,6 +119,9 @@ class Config(RecipeConfig):
         ``*_collection`` fields are paths or URLs of STAC catalogs, collections, item collections
         or items. ``"ee"``: they are Earth Engine collection ids, opened with
         :func:`xfusion.open_ee` (initialise Earth Engine first).
+    resume : bool
+        Continue the ``outputs.zarr.partial`` of an interrupted run with the same
+        configuration rather than starting over (see :mod:`xfusion.recipes._base`).
     size : int
         Synthetic scene only: pixels (100 m) along each side of the scene; at least 100, so the
         1 km grid has at least 10×10 pixels.

@@ -74,6 +74,9 @@ class Config(RecipeConfig):
         Seed of the synthetic scene, the held-out tiles, the Nyström landmarks and k-means.
     source : {"synthetic", "stac", "ee"}
         Where the image series comes from.
+    resume : bool
+        Continue the ``outputs.zarr.partial`` of an interrupted run with the same
+        configuration rather than starting over (see :mod:`xfusion.recipes._base`).
     size : int
         Side of the synthetic scene in pixels (``source="synthetic"`` only).
     chunks : int

@@ -76,6 +76,9 @@ class Config(RecipeConfig):
         Seed of the synthetic scene, the patch draws and the U-Net initialisation.
     source : {"synthetic", "stac", "ee"}
         Where the fine and coarse series come from.
+    resume : bool
+        Continue the ``outputs.zarr.partial`` of an interrupted run with the same
+        configuration rather than starting over (see :mod:`xfusion.recipes._base`).
     size : int
         Side of the synthetic scene in fine pixels (``source="synthetic"`` only; rounded up to
         a multiple of 5).

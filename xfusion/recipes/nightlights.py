@@ -115,6 +115,9 @@ class Config(RecipeConfig):
         ``*_collection`` fields are paths or URLs of STAC catalogs, collections or items.
         ``"ee"``: they are Earth Engine collection ids, opened with :func:`xfusion.open_ee`
         (initialise Earth Engine first).
+    resume : bool
+        Continue the ``outputs.zarr.partial`` of an interrupted run with the same
+        configuration rather than starting over (see :mod:`xfusion.recipes._base`).
     size : int
         Synthetic scene only: pixels (30 m) along each side, a multiple of 16 (the VIIRS pixel
         is 16 Landsat pixels) and at least ``3 * patch_size / 2``. The default, 384 px

@@ -73,6 +73,9 @@ class Config(RecipeConfig):
         Seed of the synthetic scene, the chip draw and the network initialisation.
     source : {"synthetic", "stac", "ee"}
         Where the layers come from.
+    resume : bool
+        Continue the ``outputs.zarr.partial`` of an interrupted run with the same
+        configuration rather than starting over (see :mod:`xfusion.recipes._base`).
     size : int
         Side of the synthetic scene in pixels (``source="synthetic"`` only).
     chunks : int
