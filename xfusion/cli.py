@@ -182,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        resumable = args.command in ("run", "demo")
+        hint = " (run the same command with --resume to continue)" if resumable else ""
+        print(f"interrupted{hint}", file=sys.stderr)
         return 130
 
 
