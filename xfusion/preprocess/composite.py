@@ -41,9 +41,13 @@ def _reduce_time(block: np.ndarray, how: str) -> np.ndarray:
         return ufunc.reduce(block, axis=0, keepdims=True)
     count = np.count_nonzero(~np.isnan(block), axis=0)[None]
     if how == "mean":
-        total = np.nansum(block, axis=0, keepdims=True)
+        # One image at a time, in float64: numpy's own reduction order depends on the block's
+        # shape (pairwise along a contiguous axis), so the result would depend on the chunking.
+        total = np.zeros((1, *block.shape[1:]), dtype=np.float64)
+        for image in block:
+            total[0] += np.where(np.isnan(image), 0.0, image)
         out = np.full(total.shape, np.nan, dtype=block.dtype)
-        return np.divide(total, count, out=out, where=count > 0)
+        return np.divide(total, count, out=out, where=count > 0, casting="unsafe")
     # median: NaN sorts last, so the valid values of each series come first; an all-NaN series
     # picks its first (NaN) element.
     ordered = np.sort(block, axis=0)
