@@ -12,6 +12,7 @@ from xfusion import accessor, datasets, errors, grids, models, recipes, viz
 from xfusion.grids import grid
 from xfusion.io.raster import open_raster
 from xfusion.io.stac import open_stac
+from xfusion.io.zarr import store_is_complete, write_zarr
 from xfusion.preprocess.composite import composite
 from xfusion.preprocess.features import index, standardize
 from xfusion.preprocess.fuse import fuse
@@ -89,5 +90,7 @@ __all__ = [
     "sample",
     "scale",
     "standardize",
+    "store_is_complete",
     "viz",
+    "write_zarr",
 ]

@@ -35,11 +35,9 @@ Interrupted runs and ``resume``
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import shutil
 import tomllib
 import types
 import typing
@@ -48,13 +46,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
-import numpy as np
 import xarray as xr
 
 from xfusion._files import claim_output_dir
 from xfusion.errors import ConfigError
+from xfusion.io.zarr import (
+    COMPLETE_ATTR,
+    PROGRESS_FILE,
+    _cannot_resume,
+    _jsonable,
+    _partial_path,
+    _read_progress,
+    fingerprint_difference,
+    store_is_complete,
+    write_zarr,
+)
 
 __all__ = [
+    "COMPLETE_ATTR",
+    "PROGRESS_FILE",
     "RecipeConfig",
     "RecipeResult",
     "prepare_out_dir",
@@ -65,12 +75,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Inside a partial Zarr store: the regions written so far (JSON).
-PROGRESS_FILE = ".xfusion-progress.json"
-#: Attribute of the root group of a finished Zarr store, set once every region is written.
-COMPLETE_ATTR = "xfusion_complete"
-_STORE_FORMAT = 1
 
 
 @dataclasses.dataclass
@@ -139,7 +143,7 @@ class RecipeConfig:
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
             data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from err
         if len(data) == 1 and isinstance(next(iter(data.values())), dict):
             data = next(iter(data.values()))
@@ -240,311 +244,10 @@ def prepare_out_dir(out_dir: str | os.PathLike[str], *, config: RecipeConfig | N
         partial = _partial_path(out / "outputs.zarr")
         progress = _read_progress(partial)
         if progress is not None:
-            reason = _config_difference(progress.get("fingerprint"), config.fingerprint())
+            reason = fingerprint_difference(progress.get("fingerprint"), config.fingerprint())
             if reason:
                 raise ConfigError(_cannot_resume(partial, reason))
     return out
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON values (tuples as lists, numpy scalars as Python numbers)."""
-    return json.loads(json.dumps(value, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex}")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
-
-
-def _partial_path(final: Path) -> Path:
-    return final.with_name(final.name + ".partial")
-
-
-def store_is_complete(path: str | os.PathLike[str]) -> bool:
-    """Return whether ``path`` is a Zarr store that :func:`write_zarr` finished.
-
-    A store being written (``outputs.zarr.partial``), or one left by an interrupted run, is
-    never complete.
-
-    Examples
-    --------
-    >>> store_is_complete("no-such-store.zarr")
-    False
-    """
-    return _completed_digest(Path(path)) is not None
-
-
-def write_zarr(
-    cubes: Mapping[str, xr.DataArray],
-    path: str | os.PathLike[str],
-    *,
-    resume: bool = False,
-    fingerprint: Mapping[str, Any] | None = None,
-    chunks: Mapping[str, int] | None = None,
-) -> Path:
-    """Write ``cubes`` as one Zarr store, one group per cube; resumable, and complete or absent.
-
-    The store is written into ``<path>.partial``: the metadata of every cube first, then the
-    data one region at a time (a slab of whole chunks along ``y``, or along the first dimension
-    of a cube without ``y``), each finished region recorded in the partial store's
-    ``.xfusion-progress.json``. When all regions are written the root group gets an
-    ``xfusion_complete`` attribute, the metadata is consolidated and the store is renamed to
-    ``path`` (replacing an older store there), so ``path`` only ever holds a complete store.
-    If writing fails or is killed, the partial store stays behind.
-
-    This function computes: it computes the cubes, one region at a time.
-
-    Parameters
-    ----------
-    cubes : mapping of str to xarray.DataArray
-        The cubes, by group name.
-    path : path-like
-        The store to write (``.zarr``).
-    resume : bool
-        Continue a partial store left by an interrupted call with the same ``fingerprint`` and
-        the same cubes' names, dimensions, shapes, chunks, dtypes, coordinates and attributes:
-        its finished regions are not written again. A partial store that does not match raises
-        :class:`~xfusion.errors.ConfigError` saying why. Without ``resume`` a partial store is
-        discarded. With ``resume``, a complete store at ``path`` that matches is kept as is.
-    fingerprint : mapping, optional
-        JSON-able values identifying what produced the cubes (a recipe passes
-        :meth:`RecipeConfig.fingerprint`).
-    chunks : mapping of str to int, optional
-        Chunk sizes of the store along the named dimensions, for cubes held in memory; cubes
-        backed by Dask keep their chunks unless given here. Default: in-memory cubes are one
-        chunk.
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
-
-    Examples
-    --------
-    >>> import tempfile, numpy as np, xarray as xr
-    >>> cube = xr.DataArray(np.arange(12.0).reshape(4, 3), dims=("y", "x"))
-    >>> store = write_zarr({"a": cube}, tempfile.mkdtemp() + "/out.zarr", chunks={"y": 2})
-    >>> store_is_complete(store)
-    True
-    >>> xr.open_zarr(store, group="a")["a"].values.tolist()[1]
-    [3.0, 4.0, 5.0]
-    """
-    final = Path(path)
-    partial = _partial_path(final)
-    datasets = {name: _zarr_dataset(name, cube, chunks) for name, cube in cubes.items()}
-    identity = {
-        "format": _STORE_FORMAT,
-        "fingerprint": _jsonable(dict(fingerprint or {})),
-        "schema": _schema(datasets),
-    }
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    regions = _zarr_regions(datasets)
-    if resume and _completed_digest(final) == digest:
-        log.info("%s is already complete for this configuration", final)
-        return final
-    if resume and _completed_digest(partial) == digest:  # stopped just before the rename
-        _replace_dir(partial, final)
-        return final
-    done: set[str] = set()
-    progress = _read_progress(partial)
-    if partial.exists() and resume and progress is not None:
-        if progress.get("digest") != digest:
-            raise ConfigError(_cannot_resume(partial, _difference(progress, identity)))
-        done = set(progress.get("regions", [])) & {r[0] for r in regions}
-        log.info("resuming %s: %d of %d regions already written", final, len(done), len(regions))
-    else:
-        if partial.exists():
-            log.info("discarding the partial store %s", partial)
-            shutil.rmtree(partial)
-        for i, (name, ds) in enumerate(datasets.items()):
-            # metadata and coordinates only: the data variable is lazy and not computed here
-            ds.to_zarr(
-                partial,
-                group=name,
-                mode="w" if i == 0 else "a",
-                compute=False,
-                zarr_format=2,
-                consolidated=False,
-            )
-    record = {**identity, "digest": digest, "n_regions": len(regions)}
-    _write_progress(partial, {**record, "regions": [r[0] for r in regions if r[0] in done]})
-    for key, name, dim, where in regions:
-        if key in done:
-            continue
-        data = datasets[name][name]
-        piece = data.isel({dim: where}) if dim is not None else data
-        piece = piece.drop_vars(list(piece.coords)).to_dataset(name=name)
-        piece.to_zarr(
-            partial,
-            group=name,
-            mode="r+",
-            region={dim: where} if dim is not None else None,
-            zarr_format=2,
-            consolidated=False,
-        )
-        done.add(key)
-        _write_progress(partial, {**record, "regions": [r[0] for r in regions if r[0] in done]})
-    _finish_store(partial, final, digest, len(regions))
-    return final
-
-
-def _zarr_dataset(name: str, cube: xr.DataArray, chunks: Mapping[str, int] | None) -> xr.Dataset:
-    """One cube as a Dataset ready for Zarr: lazy data in regular chunks, coordinates loaded."""
-    ds = cube.rename(name).to_dataset()
-    for var in ds.variables.values():
-        var.encoding.clear()
-    lazy = [k for k, v in ds.coords.items() if v.chunks is not None]
-    if lazy:
-        ds = ds.assign_coords({k: ds[k].compute() for k in lazy})  # xf: computes coordinates
-    data = ds[name]
-    wanted = {d: int(s) for d, s in (chunks or {}).items() if d in data.dims}
-    if data.chunks is None or wanted:
-        data = data.chunk(wanted)
-    irregular = {
-        dim: max(sizes)
-        for dim, sizes in zip(data.dims, data.chunks or (), strict=True)
-        if len(sizes) > 1 and (len(set(sizes[:-1])) > 1 or sizes[-1] > sizes[0])
-    }
-    if irregular:  # Zarr needs equal chunks (the last may be smaller)
-        data = data.chunk(irregular)
-    ds[name] = data
-    return ds
-
-
-def _digest_array(values: np.ndarray) -> str:
-    if values.dtype == object:
-        raw = json.dumps(values.tolist(), default=str).encode()
-    else:
-        raw = np.ascontiguousarray(values).tobytes()
-    head = f"{values.dtype.str}{values.shape}".encode()
-    return hashlib.sha256(head + raw).hexdigest()[:16]
-
-
-def _schema(datasets: Mapping[str, xr.Dataset]) -> dict[str, Any]:
-    """Names, dimensions, shapes, chunks, dtypes, attributes and coordinate digests."""
-    schema = {}
-    for name, ds in datasets.items():
-        data = ds[name]
-        schema[name] = _jsonable(
-            {
-                "dims": list(data.dims),
-                "shape": list(data.shape),
-                "chunks": [int(c[0]) for c in data.chunks or ()],
-                "dtype": data.dtype.str,
-                "attrs": dict(data.attrs),
-                "coords": {
-                    str(k): [_digest_array(v.values), dict(v.attrs)] for k, v in ds.coords.items()
-                },
-            }
-        )
-    return schema
-
-
-def _zarr_regions(
-    datasets: Mapping[str, xr.Dataset],
-) -> list[tuple[str, str, str | None, slice]]:
-    """``(key, cube, dim, slice)`` of every region: one chunk row along ``y`` (or dim 0)."""
-    regions = []
-    for name, ds in datasets.items():
-        data = ds[name]
-        if not data.dims:
-            regions.append((f"{name}", name, None, slice(None)))
-            continue
-        dim = "y" if "y" in data.dims else data.dims[0]
-        start = 0
-        for size in data.chunks[data.get_axis_num(dim)]:
-            stop = start + int(size)
-            regions.append((f"{name}/{dim}={start}:{stop}", name, dim, slice(start, stop)))
-            start = stop
-    return regions
-
-
-def _read_progress(partial: Path) -> dict[str, Any] | None:
-    try:
-        progress = json.loads((partial / PROGRESS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return progress if isinstance(progress, dict) else None
-
-
-def _write_progress(partial: Path, progress: Mapping[str, Any]) -> None:
-    tmp = partial / f"{PROGRESS_FILE}.tmp"
-    tmp.write_text(json.dumps(progress, sort_keys=True))
-    os.replace(tmp, partial / PROGRESS_FILE)
-
-
-def _completed_digest(store: Path) -> str | None:
-    try:
-        attrs = json.loads((store / ".zattrs").read_text())
-        return attrs[COMPLETE_ATTR]["digest"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _finish_store(partial: Path, final: Path, digest: str, n_regions: int) -> None:
-    import zarr
-
-    root = zarr.open_group(str(partial), mode="r+", zarr_format=2)
-    root.attrs.update(
-        {COMPLETE_ATTR: {"digest": digest, "format": _STORE_FORMAT, "regions": n_regions}}
-    )
-    (partial / PROGRESS_FILE).unlink()
-    zarr.consolidate_metadata(str(partial), zarr_format=2)
-    _replace_dir(partial, final)
-
-
-def _cannot_resume(partial: Path, reason: str) -> str:
-    return (
-        f"cannot resume {str(partial)!r}: it was written by a different run ({reason}); run "
-        "with the same configuration, or without resume to discard it and start over"
-    )
-
-
-def _config_difference(before: Any, now: Mapping[str, Any]) -> str:
-    """Say what differs between two :meth:`RecipeConfig.fingerprint` values ('' if nothing)."""
-    before = before if isinstance(before, dict) else {}
-    now = _jsonable(dict(now))
-    for key in ("recipe", "xfusion"):
-        if before.get(key) != now.get(key):
-            return f"{key} was {before.get(key)!r}, now {now.get(key)!r}"
-    old, new = before.get("config") or {}, now.get("config") or {}
-    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    if changed:
-        return "; ".join(
-            f"config field {k!r} was {old.get(k, '<unset>')!r}, now {new.get(k, '<unset>')!r}"
-            for k in changed
-        )
-    if before != now:
-        return "its fingerprint differs"
-    return ""
-
-
-def _difference(progress: Mapping[str, Any], identity: Mapping[str, Any]) -> str:
-    """Why a partial store does not match what is being written."""
-    reason = _config_difference(progress.get("fingerprint"), identity["fingerprint"])
-    if reason:
-        return reason
-    old, new = progress.get("schema") or {}, identity["schema"]
-    if sorted(old) != sorted(new):
-        return f"outputs were {sorted(old)}, now {sorted(new)}"
-    for name in sorted(new):
-        for key in ("dims", "shape", "chunks", "dtype", "attrs", "coords"):
-            if old[name].get(key) != new[name].get(key):
-                return f"output {name!r} {key} was {old[name].get(key)}, now {new[name].get(key)}"
-    return f"store format {progress.get('format')!r}, expected {_STORE_FORMAT}"
 
 
 def write_cog(cube: xr.DataArray, path: str | os.PathLike[str]) -> Path:
