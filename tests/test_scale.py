@@ -20,6 +20,7 @@ import dask.array as dsa
 import numpy as np
 import psutil
 import pytest
+import threadpoolctl
 import xarray as xr
 
 from xfusion.models.predict import predict
@@ -115,7 +116,9 @@ def test_threaded_streaming_prediction_has_bounded_memory(model, tmp_path):
     source = cube()
     pred = predict(source, model)
     assert pred.nbytes == 2 * SIZE * SIZE * 4
-    with dask.config.set(scheduler="threads"):
+    # one BLAS thread per Dask thread, as the nannies set for the cluster's workers: two
+    # threads each running a multi-threaded BLAS on two cores are several times slower
+    with dask.config.set(scheduler="threads"), threadpoolctl.threadpool_limits(1, "blas"):
         write(predict(cube(256, 128), model), tmp_path / "warm.zarr")  # imports, thread pools
         with TreePeakRSS() as mem:
             write(pred, tmp_path / "prediction.zarr")
