@@ -344,6 +344,11 @@ def write_model(
 def read_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a saved model's sidecar and weights, verifying schema, version and checksum.
 
+    In order: the sidecar parses as JSON, its format version is this one, it passes
+    :func:`validate_sidecar`, its class is allow-listed and its weights layout known; then the
+    weights file is read once, its SHA-256 compared with the recorded one, and only then are
+    those same bytes decoded.
+
     Returns
     -------
     meta : dict
@@ -365,14 +370,17 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]
         meta = json.loads(sidecar.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelError(f"{sidecar} is not valid JSON: {err}") from err
-    validate_sidecar(meta, source=sidecar)
-    if meta["format_version"] != FORMAT_VERSION:
-        newer = "a newer" if meta["format_version"] > FORMAT_VERSION else "an older"
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if _has_kind(version, int) and version != FORMAT_VERSION:
+        # before the schema: another version may have other entries
+        versions = meta.get("versions")
+        saved_with = versions.get("xfusion", "?") if isinstance(versions, dict) else "?"
+        newer = "a newer" if version > FORMAT_VERSION else "an older"
         raise ModelError(
-            f"{root} was written in format version {meta['format_version']} by {newer} "
-            f"xfusion ({meta['versions'].get('xfusion', '?')}); this xfusion reads version "
-            f"{FORMAT_VERSION}"
+            f"{root} was written in format version {version} by {newer} xfusion "
+            f"({saved_with}); this xfusion reads version {FORMAT_VERSION}"
         )
+    validate_sidecar(meta, source=sidecar)
     if meta["class"] not in MODEL_CLASSES:
         raise ModelError(f"{root} names class {meta['class']!r}; loadable: {sorted(MODEL_CLASSES)}")
     fmt, name = meta["weights_format"], meta["weights"]
