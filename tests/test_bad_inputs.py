@@ -421,6 +421,39 @@ def test_cli_mistake_is_one_line_on_stderr_exit_2_and_no_output(tmp_path, capsys
     assert not out.exists() and _entries(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    "how",
+    ["api", "cli-run", "cli-demo"],
+)
+def test_output_folder_that_is_not_an_xfusion_output_is_refused_untouched(tmp_path, capsys, how):
+    foreign = tmp_path / "fieldwork"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("do not delete")
+    before = _entries(tmp_path)
+    if how == "api":
+        with pytest.raises(ConfigError) as info:
+            cloudmask.run(cloudmask.Config(out_dir=str(foreign)))
+        message = str(info.value)
+    else:
+        argv = ["run", "cloudmask"] if how == "cli-run" else ["demo", "cloudmask"]
+        assert main([*argv, "--out", str(foreign)]) == 2
+        message = capsys.readouterr().err
+    assert str(foreign) in message and "not an xfusion output" in message
+    assert _entries(tmp_path) == before
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_zarr_store_path_that_is_a_file_is_refused_with_nothing_written(tmp_path):
+    target = tmp_path / "out.zarr"
+    target.write_text("not a store")
+    cube = make_cube(("B02",))
+    with pytest.raises(ConfigError, match="not a Zarr store written by xfusion") as info:
+        xf.write_zarr({"a": cube}, target)
+    assert str(target) in str(info.value)
+    assert target.read_text() == "not a store"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+
+
 # ------------------------------------------------------------------------------------------------
 # NaN and ±inf in training data, and a diverging loss
 # ------------------------------------------------------------------------------------------------

@@ -110,6 +110,9 @@ def write_zarr(
         its finished regions are not written again. A partial store that does not match raises
         :class:`~xfusion.errors.ConfigError` saying why. Without ``resume`` a partial store is
         discarded. With ``resume``, a complete store at ``path`` that matches is kept as is.
+        A complete store at ``path`` is replaced only once the new one is complete; anything
+        else at ``path`` (a file, another program's store) is refused with
+        :class:`~xfusion.errors.ConfigError` and left untouched.
     fingerprint : mapping, optional
         JSON-able values identifying what produced the cubes (a recipe passes
         :meth:`RecipeConfig.fingerprint`).
@@ -143,6 +146,11 @@ def write_zarr(
     """
     final = Path(path)
     partial = _partial_path(final)
+    if (final.exists() or final.is_symlink()) and _completed_digest(final) is None:
+        raise ConfigError(
+            f"{str(final)!r} exists and is not a Zarr store written by xfusion.write_zarr; "
+            "expected a new path or an earlier xfusion output (remove it or choose another path)"
+        )
     datasets = {name: _zarr_dataset(name, cube, chunks) for name, cube in cubes.items()}
     identity = {
         "format": _STORE_FORMAT,
