@@ -19,6 +19,7 @@ __all__ = [
     "UNetRegressor",
     "UNetSegmenter",
     "load_model",
+    "validate_sidecar",
 ]
 
 _LAZY = {
@@ -28,6 +29,7 @@ _LAZY = {
     "Ridge": "xfusion.models.ridge",
     "KernelRidge": "xfusion.models.ridge",
     "load_model": "xfusion.models.persist",
+    "validate_sidecar": "xfusion.models.persist",
 }
 
 
