@@ -7,6 +7,7 @@ and builds its result with :func:`case_result`; ``python -m benchmarks`` runs th
 from __future__ import annotations
 
 import gc
+import os
 import platform
 import statistics
 import subprocess
@@ -130,8 +131,8 @@ def versions(*packages: str) -> dict[str, str]:
             text=True,
             check=True,
         ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):  # not a git checkout
-        found["xfusion_commit"] = "unknown"
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout (e.g. an export)
+        found["xfusion_commit"] = os.environ.get("XFUSION_COMMIT", "unknown")
     for name in ("numpy", "dask", "xarray", *packages):
         try:
             found[name] = metadata.version(name)
