@@ -71,6 +71,7 @@ __all__ = [
     "store_is_complete",
     "write_cog",
     "write_json",
+    "write_outputs",
     "write_zarr",
 ]
 
@@ -248,6 +249,27 @@ def prepare_out_dir(out_dir: str | os.PathLike[str], *, config: RecipeConfig | N
             if reason:
                 raise ConfigError(_cannot_resume(partial, reason))
     return out
+
+
+def write_outputs(
+    cubes: Mapping[str, xr.DataArray],
+    out_dir: Path,
+    config: RecipeConfig,
+    *,
+    chunks: int | None = None,
+) -> Path:
+    """Write a recipe's output cubes to ``out_dir/outputs.zarr`` with :func:`write_zarr`.
+
+    Resumes when ``config.resume`` is set; the store is identified by ``config.fingerprint()``.
+    ``chunks``: the store's chunk size along ``y`` and ``x`` for cubes held in memory.
+    """
+    return write_zarr(
+        dict(cubes),
+        Path(out_dir) / "outputs.zarr",
+        resume=config.resume,
+        fingerprint=config.fingerprint(),
+        chunks=None if chunks is None else {"y": chunks, "x": chunks},
+    )
 
 
 def write_cog(cube: xr.DataArray, path: str | os.PathLike[str]) -> Path:

@@ -58,7 +58,7 @@ from xfusion.recipes._base import (
     prepare_out_dir,
     write_cog,
     write_json,
-    write_zarr,
+    write_outputs,
 )
 
 __all__ = ["Config", "load_classifier", "run", "save_classifier"]
@@ -654,12 +654,7 @@ def _write_outputs(
     per_year = per_year.assign_coords(band=years).transpose("band", "y", "x")
     per_year = per_year.rio.write_nodata(np.nan, encoded=False)
     files = {
-        "zarr": write_zarr(
-            zarr_cubes,
-            out / "outputs.zarr",
-            resume=config.resume,
-            fingerprint=config.fingerprint(),
-        ),
+        "zarr": write_outputs(zarr_cubes, out, config),
         "cog": write_cog(per_year, out / "builtup.tif"),
         "metrics": write_json(dict(metrics), out / "metrics.json"),
         "config": config.to_toml(out / "config.toml"),

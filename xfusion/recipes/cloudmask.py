@@ -45,7 +45,7 @@ from xfusion.recipes._base import (
     prepare_out_dir,
     write_cog,
     write_json,
-    write_zarr,
+    write_outputs,
 )
 
 __all__ = ["Config", "real_sources", "run"]
@@ -774,13 +774,7 @@ def _write_outputs(
     clusterings: dict,
 ) -> RecipeResult:
     files: dict[str, Path] = {}
-    files["zarr"] = write_zarr(
-        cubes,
-        out / "outputs.zarr",
-        resume=config.resume,
-        fingerprint=config.fingerprint(),
-        chunks={"y": config.chunks, "x": config.chunks},
-    )
+    files["zarr"] = write_outputs(cubes, out, config, chunks=config.chunks)
     main = cubes["cloudmask"].sel(band=f"k{config.n_clusters[0]}", drop=True)
     files["cog"] = write_cog(main.rename("cloudmask"), out / "cloudmask.tif")
     model_dir = out / "model"

@@ -45,7 +45,7 @@ from xfusion.recipes._base import (
     prepare_out_dir,
     write_cog,
     write_json,
-    write_zarr,
+    write_outputs,
 )
 
 __all__ = ["Config", "aggregation_rmse", "real_sources", "regression_scores", "run"]
@@ -781,13 +781,7 @@ def _write_outputs(
     ridge: Any,
 ) -> RecipeResult:
     files: dict[str, Path] = {}
-    files["zarr"] = write_zarr(
-        cubes,
-        out / "outputs.zarr",
-        resume=config.resume,
-        fingerprint=config.fingerprint(),
-        chunks={"y": config.chunks, "x": config.chunks},
-    )
+    files["zarr"] = write_outputs(cubes, out, config, chunks=config.chunks)
     files["cog"] = write_cog(_cog_bands(cubes["downscaled"]), out / "downscaled.tif")
     model_dir = out / "model"
     model_dir.mkdir(exist_ok=True)

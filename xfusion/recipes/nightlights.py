@@ -49,7 +49,7 @@ from xfusion.recipes._base import (
     prepare_out_dir,
     write_cog,
     write_json,
-    write_zarr,
+    write_outputs,
 )
 
 __all__ = ["REAL_SOURCES", "Config", "run"]
@@ -738,12 +738,7 @@ def _write_outputs(
 ) -> dict[str, Path]:
     radiance = cubes["prediction"].rio.write_nodata(np.nan, encoded=False)
     files = {
-        "zarr": write_zarr(
-            dict(cubes),
-            out / "outputs.zarr",
-            resume=config.resume,
-            fingerprint=config.fingerprint(),
-        ),
+        "zarr": write_outputs(cubes, out, config),
         "cog": write_cog(radiance, out / "radiance.tif"),
         "metrics": write_json(dict(metrics), out / "metrics.json"),
         "config": config.to_toml(out / "config.toml"),

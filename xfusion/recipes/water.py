@@ -39,7 +39,7 @@ from xfusion.recipes._base import (
     prepare_out_dir,
     write_cog,
     write_json,
-    write_zarr,
+    write_outputs,
 )
 
 __all__ = ["MODELS", "Config", "real_sources", "run", "segmentation_scores"]
@@ -757,13 +757,7 @@ def _write_outputs(
     models: dict[str, Any],
 ) -> RecipeResult:
     files: dict[str, Path] = {}
-    files["zarr"] = write_zarr(
-        cubes,
-        out / "outputs.zarr",
-        resume=config.resume,
-        fingerprint=config.fingerprint(),
-        chunks={"y": config.chunks, "x": config.chunks},
-    )
+    files["zarr"] = write_outputs(cubes, out, config, chunks=config.chunks)
     main = cubes["water"].sel(band="fusion", drop=True).rename("water")
     files["cog"] = write_cog(main, out / "water.tif")
     model_dir = out / "model"
