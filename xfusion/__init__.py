@@ -37,7 +37,7 @@ grid.to_stackstac = grids.to_stackstac  # type: ignore[attr-defined]
 
 
 def __getattr__(name: str):
-    # ``open_ee`` pulls in the Earth Engine client and xee (~0.8 s and ~55 MB per process); load it
+    # ``open_ee`` pulls in the Earth Engine client and xee, heavy imports; load them
     # on first use so that Dask workers and STAC-only users do not pay for it.
     if name == "open_ee":
         from xfusion.io.ee import open_ee
