@@ -176,7 +176,8 @@ def test_open_raster_missing_garbage_and_truncated_files_name_the_path(tmp_path)
         ('{"refresh_token": "1//0gXYZ-secret_token_value_1234"}', "secret_token", "refresh_token"),
         ("'client_secret': 'GOCSPX-abcdef'", "GOCSPX-abcdef", "client_secret"),
         (
-            '{"private_key": "-----BEGIN PRIVATE KEY-----\\nMIIEvQ\\n-----END PRIVATE KEY-----\\n"}',
+            '{"private_key": "-----BEGIN PRIVATE KEY-----\\nMIIEvQ'
+            '\\n-----END PRIVATE KEY-----\\n"}',
             "MIIEvQ",
             "private_key",
         ),
