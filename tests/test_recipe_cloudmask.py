@@ -130,23 +130,9 @@ def test_agreement_matches_scikit_learn():
     assert got["kappa"] == pytest.approx(cohen_kappa_score(b, a))
 
 
-def _toml(values: dict) -> str:
-    def fmt(v):
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        return repr(v)
-
-    return "\n".join(f"{k} = {fmt(v)}" for k, v in values.items() if v is not None)
-
-
 def test_config_toml_round_trip_and_errors(tmp_path):
     config = cloudmask.Config(out_dir=str(tmp_path), n_clusters=(4,), beta=0.3, target="2015-06-08")
-    path = tmp_path / "cloudmask.toml"
-    path.write_text("[cloudmask]\n" + _toml(config.to_dict()))
+    path = config.to_toml(tmp_path / "cloudmask.toml")
     assert cloudmask.Config.from_toml(path) == config
     with pytest.raises(ConfigError, match="unknown config key"):
         cloudmask.Config.from_dict({"max_lag": 3})

@@ -187,23 +187,9 @@ def test_scores_match_numpy_and_scikit_learn():
     assert downscale.aggregation_rmse(fine, coarse, FACTOR) == pytest.approx(expected)
 
 
-def _toml(values: dict) -> str:
-    def fmt(v):
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        return repr(v)
-
-    return "\n".join(f"{k} = {fmt(v)}" for k, v in values.items() if v is not None)
-
-
 def test_config_toml_round_trip_and_errors(tmp_path):
     config = downscale.Config(out_dir=str(tmp_path), epochs=7, widths=(8, 16), smoothness=0.1)
-    path = tmp_path / "downscale.toml"
-    path.write_text("[downscale]\n" + _toml(config.to_dict()))
+    path = config.to_toml(tmp_path / "downscale.toml")
     assert downscale.Config.from_toml(path) == config
     with pytest.raises(ConfigError, match="unknown config key"):
         downscale.Config.from_dict({"epoch": 3})

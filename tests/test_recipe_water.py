@@ -177,23 +177,9 @@ def test_saved_models_predict_lazily_seamlessly_and_identically(result):
         np.testing.assert_allclose(lazy.values[0][inner], whole[inner], atol=1e-4)
 
 
-def _toml(values: dict) -> str:
-    def fmt(v):
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        return repr(v)
-
-    return "\n".join(f"{k} = {fmt(v)}" for k, v in values.items() if v is not None)
-
-
 def test_config_toml_round_trip_and_errors(tmp_path):
     config = water.Config(out_dir=str(tmp_path), chip_size=64, chip_stride=64, epochs=3)
-    path = tmp_path / "water.toml"
-    path.write_text("[water]\n" + _toml(config.to_dict()))
+    path = config.to_toml(tmp_path / "water.toml")
     assert water.Config.from_toml(path) == config
     with pytest.raises(ConfigError, match="unknown config key"):
         water.Config.from_dict({"chip": 512})
