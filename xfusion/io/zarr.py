@@ -24,7 +24,7 @@ import xarray as xr
 
 from xfusion.errors import ConfigError, InputError
 
-__all__ = ["COMPLETE_ATTR", "PROGRESS_FILE", "store_is_complete", "write_zarr"]
+__all__ = ["COMPLETE_ATTR", "PROGRESS_FILE", "check_resumable", "store_is_complete", "write_zarr"]
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,20 @@ def write_zarr(
         _write_progress(partial, {**record, "regions": [r[0] for r in regions if r[0] in done]})
     _finish_store(partial, final, digest, len(regions))
     return final
+
+
+def check_resumable(path: str | os.PathLike[str], fingerprint: Mapping[str, Any]) -> None:
+    """Raise :class:`~xfusion.errors.ConfigError` if ``path``'s partial store has another origin.
+
+    The check :func:`write_zarr` makes with ``resume=True``, on the fingerprint alone, so that a
+    caller can refuse before doing the work that produces the cubes. No partial store: no error.
+    """
+    partial = _partial_path(Path(path))
+    progress = _read_progress(partial)
+    if progress is not None:
+        reason = fingerprint_difference(progress.get("fingerprint"), fingerprint)
+        if reason:
+            raise ConfigError(_cannot_resume(partial, reason))
 
 
 def _zarr_dataset(name: str, cube: xr.DataArray, chunks: Mapping[str, int] | None) -> xr.Dataset:

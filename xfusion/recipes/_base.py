@@ -53,11 +53,8 @@ from xfusion.errors import ConfigError
 from xfusion.io.zarr import (
     COMPLETE_ATTR,
     PROGRESS_FILE,
-    _cannot_resume,
     _jsonable,
-    _partial_path,
-    _read_progress,
-    fingerprint_difference,
+    check_resumable,
     store_is_complete,
     write_zarr,
 )
@@ -242,12 +239,7 @@ def prepare_out_dir(out_dir: str | os.PathLike[str], *, config: RecipeConfig | N
         out_dir, owner=owner, message="output directory {path} is not writable: {reason}"
     )
     if config is not None and config.resume:
-        partial = _partial_path(out / "outputs.zarr")
-        progress = _read_progress(partial)
-        if progress is not None:
-            reason = fingerprint_difference(progress.get("fingerprint"), config.fingerprint())
-            if reason:
-                raise ConfigError(_cannot_resume(partial, reason))
+        check_resumable(out / "outputs.zarr", config.fingerprint())
     return out
 
 
