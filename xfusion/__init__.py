@@ -8,7 +8,7 @@ Shape2d(x=10, y=10)
 
 from __future__ import annotations
 
-from xfusion import accessor, datasets, errors, grids, models, recipes, viz
+from xfusion import accessor, bands, datasets, errors, grids, models, recipes, viz
 from xfusion.grids import grid
 from xfusion.io.raster import open_raster
 from xfusion.io.stac import open_stac
@@ -64,6 +64,7 @@ __all__ = [
     "SCALE_PRESETS",
     "__version__",
     "accessor",
+    "bands",
     "class_balance",
     "composite",
     "datasets",
