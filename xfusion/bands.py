@@ -87,7 +87,7 @@ def _kind_from_name(name: Hashable) -> str:
 
 
 def band_kinds(da: xr.DataArray) -> dict[Hashable, str]:
-    """The kind of each band: from the ``band_kind`` coordinate, else inferred from its name.
+    """Return the kind of each band: the ``band_kind`` coordinate, else inferred from the name.
 
     A cube without a ``band`` dimension is one continuous band under the key ``None``, unless its
     ``band_kind`` attribute or scalar coordinate says otherwise.
@@ -100,7 +100,8 @@ def band_kinds(da: xr.DataArray) -> dict[Hashable, str]:
     if KIND_COORD in da.coords and da.coords[KIND_COORD].dims == ("band",):
         stored = [str(k) for k in da.coords[KIND_COORD].values]
         return {
-            n: (k if k in BAND_KINDS else _kind_from_name(n)) for n, k in zip(names, stored, strict=True)
+            n: (k if k in BAND_KINDS else _kind_from_name(n))
+            for n, k in zip(names, stored, strict=True)
         }
     return {n: _kind_from_name(n) for n in names}
 
@@ -137,7 +138,9 @@ def set_band_kinds(da: xr.DataArray, kinds: Mapping[Hashable, str] | str) -> xr.
     current = band_kinds(da)
     unknown = [n for n in kinds if n not in current]
     if unknown:
-        raise BandError(f"band kinds given for {unknown}, not in the cube; bands are {list(current)}")
+        raise BandError(
+            f"band kinds given for {unknown}, not in the cube; bands are {list(current)}"
+        )
     current.update(kinds)
     return da.assign_coords({KIND_COORD: ("band", np.array(list(current.values()), dtype=object))})
 
@@ -180,6 +183,7 @@ def set_band_scaling(
 
 
 def is_physical_scaling(pair: tuple[float, float] | None) -> bool:
+    """Whether ``(scale, offset)`` from :func:`band_scaling` changed the raw numbers."""
     return pair is not None and (pair[0] != 1.0 or pair[1] != 0.0)
 
 
