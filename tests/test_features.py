@@ -216,3 +216,46 @@ def test_accessor_delegates():
     ref = cube.isel(time=0)
     xr.testing.assert_identical(cube.xf.standardize(ref, None), xf.standardize(cube, ref, None))
     xr.testing.assert_identical(cube.xf.index(["NDVI", "NDBI"]), xf.index(cube, ["NDVI", "NDBI"]))
+
+
+# --- indices refuse bands whose kind or recorded scaling makes them wrong ----------------------
+
+
+def _landsat_dn(seed=0, shape=(4, 5)):
+    """Raw Collection-2 DN for red and nir, and the physical reflectances they stand for."""
+    rng = np.random.default_rng(seed)
+    dn = rng.integers(8000, 30000, size=(2, *shape)).astype("float32")
+    cube = xr.DataArray(dn, dims=("band", "y", "x"), coords={"band": ["SR_B4", "SR_B5"]})
+    return cube, dn * 2.75e-5 - 0.2
+
+
+def test_index_refuses_raw_landsat_c2_numbers_recorded_as_raw():
+    cube, _ = _landsat_dn()
+    raw = xf.bands.set_band_scaling(cube, {"SR_B4": (1.0, 0.0), "SR_B5": (1.0, 0.0)})
+    with pytest.raises(InputError, match=r"raw Landsat Collection-2.*LANDSAT_C2_SR"):
+        index(raw, "NDVI")
+    # the raw-DN ratio is not the index: the check guards against a real error
+    physical = xf.bands.set_band_scaling(
+        cube * 2.75e-5 - 0.2, {"SR_B4": (2.75e-5, -0.2), "SR_B5": (2.75e-5, -0.2)}
+    )
+    _, refl = _landsat_dn()
+    want = (refl[1] - refl[0]) / (refl[1] + refl[0])
+    np.testing.assert_allclose(index(physical, "NDVI").values[0], want, rtol=1e-5)
+    raw_ratio = (cube.values[1] - cube.values[0]) / (cube.values[1] + cube.values[0])
+    assert np.abs(raw_ratio - want).max() > 0.05
+
+
+def test_index_refuses_bands_on_different_scales():
+    cube, _ = _landsat_dn()
+    mixed = xf.bands.set_band_scaling(cube, {"SR_B4": (2.75e-5, -0.2), "SR_B5": (1.0, 0.0)})
+    with pytest.raises(InputError, match=r"different scales.*'SR_B5'.*'SR_B4'"):
+        index(mixed, "NDVI")
+
+
+def test_index_refuses_a_flag_band():
+    cube = _cube(bands=("B04", "B08"))
+    flagged = xf.bands.set_band_kinds(cube, {"B08": "flags"})
+    with pytest.raises(BandError, match=r"continuous nir band.*'B08' is a flags band"):
+        index(flagged, "NDVI")
+    # unknown scaling (no coordinates) and continuous kinds: unchanged behaviour
+    assert index(cube, "NDVI").sizes["band"] == 1

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xfusion.bands import band_kinds, band_scaling
 from xfusion.errors import BandError, InputError
 from xfusion.preprocess._validate import check_float_nodata, check_unique_bands
 
@@ -229,6 +230,33 @@ def _find_band(bands: list[Hashable], common: str, index_name: str) -> Hashable:
     )
 
 
+def _check_index_bands(da: xr.DataArray, used: Mapping[str, Hashable], index_name: str) -> None:
+    """Refuse bands whose kind or recorded scaling makes the index meaningless (metadata only)."""
+    kinds = band_kinds(da)
+    for common, band in used.items():
+        if kinds.get(band, "continuous") != "continuous":
+            raise BandError(
+                f"{index_name} needs a continuous {common} band (a reflectance); band {band!r} is "
+                f"a {kinds[band]} band (see xfusion.bands)"
+            )
+    scaling = band_scaling(da)
+    known = {b: scaling.get(b) for b in used.values() if scaling.get(b) is not None}
+    if len(set(known.values())) > 1:
+        given = ", ".join(f"{b!r}: scale {p[0]:g}, offset {p[1]:g}" for b, p in known.items())
+        raise InputError(
+            f"{index_name} mixes bands on different scales ({given}); scale them alike first "
+            "(e.g. .xf.scale(...) on the raw ones)"
+        )
+    for band, pair in known.items():
+        # Collection-2 Level-2 reflectance has an offset: an index of its raw DN is not the index.
+        if pair == (1.0, 0.0) and str(band).rsplit(":", 1)[-1].startswith("SR_B"):
+            raise InputError(
+                f"{index_name}: band {band!r} holds raw Landsat Collection-2 digital numbers "
+                "(band_scale 1, band_offset 0), whose physical scaling has an offset (-0.2), so "
+                "the index of raw numbers is wrong; apply .xf.scale('LANDSAT_C2_SR') first"
+            )
+
+
 def index(da: xr.DataArray, name: str | Sequence[str]) -> xr.DataArray:
     """Compute spectral indices from a cube's bands, by name.
 
@@ -267,7 +295,11 @@ def index(da: xr.DataArray, name: str | Sequence[str]) -> xr.DataArray:
         A band the index needs is missing (the message lists the cube's bands) or ambiguous, or
         band names repeat.
     InputError
-        Unknown index name, or ``da`` has no ``band`` dimension.
+        Unknown index name, or ``da`` has no ``band`` dimension; or the bands' recorded scaling
+        (the ``band_scale``/``band_offset`` coordinates, see :mod:`xfusion.bands`) makes the index
+        wrong: bands on different scales, or raw Landsat Collection-2 ``SR_B*`` numbers (their
+        scaling has an offset, so a ratio of raw numbers is not the index). A band whose
+        ``band_kind`` is not continuous (a QA or class band) is a :class:`BandError`.
 
     Examples
     --------
@@ -301,9 +333,10 @@ def index(da: xr.DataArray, name: str | Sequence[str]) -> xr.DataArray:
     results = []
     for index_name in resolved:
         needs, formula = INDICES[index_name]
+        used = {common: _find_band(bands, common, index_name) for common in needs}
+        _check_index_bands(da, used, index_name)
         selected = {
-            common: clean.sel(band=_find_band(bands, common, index_name), drop=True).astype(dtype)
-            for common in needs
+            common: clean.sel(band=band, drop=True).astype(dtype) for common, band in used.items()
         }
         values = formula(selected).astype(dtype)
         results.append(values.expand_dims(band=[index_name]))
