@@ -199,3 +199,22 @@ def test_composite_chunking_invariance(n, ct, cy, how, freq, seed):
     xr.testing.assert_identical(chunked.compute(), eager)
     if freq is None:
         np.testing.assert_allclose(eager.values, _reference(cube.values, how), rtol=1e-6)
+
+
+def test_composite_refuses_flag_and_class_bands():
+    from xfusion.errors import BandError
+
+    times = pd.date_range("2020-01-01", periods=3, freq="D")
+    data = np.array([21824, 21824, 54596], "float32").reshape(3, 1, 1, 1)
+    qa = xr.DataArray(
+        data, dims=("time", "band", "y", "x"), coords={"time": times, "band": ["QA_PIXEL"]}
+    )
+    # the median of flag words is a flag word none of the images had
+    with pytest.raises(BandError, match=r"'QA_PIXEL' \(flags\).*mask_bits"):
+        composite(qa, "median")
+    lab = xf.bands.set_band_kinds(qa.assign_coords(band=["lab"]), {"lab": "categorical"})
+    with pytest.raises(BandError, match=r"'lab' \(categorical\)"):
+        composite(lab, "mean")
+    # an explicit override to continuous composites as before
+    cont = xf.bands.set_band_kinds(qa, "continuous")
+    assert float(composite(cont, "max").values.ravel()[0]) == 54596.0

@@ -18,7 +18,8 @@ import pandas as pd
 import xarray as xr
 from dask.utils import parse_bytes
 
-from xfusion.errors import EmptySelectionError, InputError
+from xfusion.bands import band_kinds
+from xfusion.errors import BandError, EmptySelectionError, InputError
 from xfusion.preprocess._validate import check_float_nodata
 
 __all__ = ["COMPOSITE_METHODS", "composite"]
@@ -115,6 +116,20 @@ def _groups(
     return [int(c) for c in counts.to_numpy()], pd.DatetimeIndex(counts.index)
 
 
+def _check_continuous(da: xr.DataArray, how: str) -> None:
+    """Refuse reducing bit-flag or class bands with a numeric reduction (metadata only)."""
+    if "band" not in da.dims:
+        return
+    odd = {b: k for b, k in band_kinds(da).items() if k != "continuous"}
+    if odd:
+        listed = ", ".join(f"{b!r} ({k})" for b, k in odd.items())
+        raise BandError(
+            f"composite {how!r} would mix the codes of non-continuous bands {listed}: a {how} of "
+            "bit flags or class values is no flag or class; mask with them first (mask_bits / "
+            "mask_classes drop them) or drop them (.drop_sel(band=[...]))"
+        )
+
+
 def composite(
     da: T_Xarray,
     how: str = "median",
@@ -157,6 +172,10 @@ def composite(
     ------
     EmptySelectionError
         The window ``start``/``end`` holds no image; the message gives the cube's time range.
+    BandError
+        The cube holds bit-flag or categorical bands (``band_kind``, see :mod:`xfusion.bands`;
+        QA60, QA_PIXEL, BQA, SCL by name): their codes cannot be averaged, mask with them or
+        drop them first.
     InputError
         ``da`` has no ``time`` dimension, ``how`` or ``freq`` is unknown, a date is invalid, or
         ``da`` is an integer cube that declares a nodata value (``_FillValue``/``nodata``
@@ -197,6 +216,7 @@ def composite(
     if "time" not in da.dims:
         raise InputError(f"composite needs a 'time' dimension; cube dims are {da.dims}")
     check_float_nodata(da, "composite")
+    _check_continuous(da, how)
     start = _parse_time(start, "start")
     end = _parse_time(end, "end")
 
