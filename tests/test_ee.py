@@ -154,6 +154,8 @@ def test_pixels_equal_truth(scene, chunks):
     assert cube.dims == ("time", "band", "y", "x")
     assert cube.dtype == np.float32
     assert list(cube.band.values) == ["B03", "B02"]
+    # Earth Engine's stored numbers: nothing rescaled, and the cube says so
+    assert xf.bands.band_scaling(cube) == {"B03": (1.0, 0.0), "B02": (1.0, 0.0)}
     np.testing.assert_array_equal(cube.time.values, TIMES[:4].values)
     result = cube.compute()
     assert isinstance(result.data, np.ndarray)

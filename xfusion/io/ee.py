@@ -25,6 +25,7 @@ from xarray.core import indexing as xr_indexing
 from xarray.core import utils as xr_utils
 from xee import ext as xee_ext
 
+from xfusion.bands import set_band_scaling
 from xfusion.errors import (
     BandError,
     EmptySelectionError,
@@ -113,7 +114,10 @@ def open_ee(
     xarray.DataArray
         ``("time", "band", "y", "x")`` float32 (``("band", "y", "x")`` for an ``ee.Image``),
         NaN where Earth Engine masks pixels, pixel-centre coordinates of ``grid`` and its CRS on
-        ``spatial_ref``.
+        ``spatial_ref``. The values are the numbers Earth Engine stores (e.g. Landsat
+        Collection-2 digital numbers): the ``band_scale``/``band_offset`` coordinates record
+        ``1``/``0`` (nothing applied, see :mod:`xfusion.bands`), so apply the product's scaling
+        with ``.xf.scale(...)``.
 
     Raises
     ------
@@ -185,6 +189,9 @@ def open_ee(
     cube = ds[names].to_dataarray(dim="band").transpose("time", "band", "y", "x")
     cube = cube.assign_coords(band=np.array(names, dtype=str))
     cube = assign_grid(cube.drop_vars(["y", "x"]), gbox)
+    # Earth Engine serves the stored numbers (e.g. Landsat Collection-2 DN): nothing is rescaled,
+    # and saying so lets `scale` and `index` tell raw numbers from physical values.
+    cube = set_band_scaling(cube, dict.fromkeys(names, (1.0, 0.0)))
     cube.attrs = {"source": "earthengine", "collection": description}
     cube.name = None
     if "band" in user_chunks:
