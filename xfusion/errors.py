@@ -53,8 +53,16 @@ class ConfigError(InputError):
     """A recipe configuration has an unknown key or an invalid value."""
 
 
+class ScaleError(InputError):
+    """A band cannot be rescaled: already scaled, scaling unknown, or flags/class labels."""
+
+
 class XFusionWarning(UserWarning):
     """Warnings issued by xfusion (turned into errors in the test-suite)."""
+
+
+class MissingAssetWarning(XFusionWarning):
+    """A STAC item lacks some of the selected assets: their bands read as NaN for that item."""
 
 
 __all__ = [
@@ -63,9 +71,11 @@ __all__ = [
     "EmptySelectionError",
     "GridError",
     "InputError",
+    "MissingAssetWarning",
     "MissingFileError",
     "ModelError",
     "RequestTooLargeError",
+    "ScaleError",
     "SourceError",
     "XFusionError",
     "XFusionWarning",
