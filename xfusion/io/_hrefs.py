@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from xfusion.errors import MissingFileError
 from xfusion.io._retry import redact
 
-__all__ = ["check_local_exists", "is_remote", "local_path"]
+__all__ = ["check_local_exists", "is_remote", "local_href", "local_path"]
 
 # GDAL virtual file systems and URL schemes that name data elsewhere than the local disk.
 _REMOTE_PREFIXES = ("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift")
@@ -40,19 +41,43 @@ def is_remote(href: str | os.PathLike[str]) -> bool:
 def local_path(href: str | os.PathLike[str]) -> Path | None:
     """Return the local filesystem path that ``href`` names, or ``None`` for a remote href.
 
+    A ``file:`` URL is decoded: its percent-escapes (``%20``, ``%C3%A9`` for UTF-8 ``é``) become
+    the characters they stand for, as :meth:`pathlib.Path.as_uri` writes them. A plain path is
+    taken literally.
+
     Examples
     --------
     >>> str(local_path("file:///data/scene%201.tif"))
     '/data/scene 1.tif'
+    >>> str(local_path("file://localhost/data/caf%C3%A9.tif"))
+    '/data/café.tif'
     >>> local_path("s3://bucket/a.tif") is None
     True
     """
     if is_remote(href):
         return None
     text = os.fspath(href)
-    if text.startswith("file://"):
-        return Path(unquote(urlparse(text).path))
+    parsed = urlparse(text)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path))
     return Path(text)
+
+
+def local_href(href: str) -> str:
+    """Return ``href`` as readers (GDAL, rasterio) open it: a decoded path for a ``file:`` URL.
+
+    GDAL does not understand ``file://`` URLs, and rasterio passes their path on undecoded, so
+    ``file:///data/scene%201.tif`` would be looked up as a file literally named ``scene%201.tif``.
+    Remote hrefs and plain paths are returned unchanged.
+
+    Examples
+    --------
+    >>> local_href("file:///data/scene%201.tif"), local_href("https://x.org/a%20b.tif")
+    ('/data/scene 1.tif', 'https://x.org/a%20b.tif')
+    """
+    if is_remote(href) or urlparse(href).scheme != "file":
+        return href
+    return os.fspath(local_path(href))
 
 
 def check_local_exists(href: str | os.PathLike[str], what: str) -> None:

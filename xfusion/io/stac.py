@@ -15,6 +15,7 @@ import threading
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -28,18 +29,25 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import box
 from stackstac.rio_reader import AutoParallelRioReader
 
+from xfusion.bands import (
+    BAND_KINDS,
+    KIND_COORD,
+    NAMED_KINDS,
+    set_band_scaling,
+)
 from xfusion.errors import (
     BandError,
     EmptySelectionError,
     GridError,
     InputError,
+    MissingAssetWarning,
     MissingFileError,
     SourceError,
     XFusionWarning,
 )
 from xfusion.grids import as_geobox, assign_grid, to_stackstac
 from xfusion.grids import grid as make_grid
-from xfusion.io._hrefs import check_local_exists, local_path
+from xfusion.io._hrefs import check_local_exists, local_href, local_path
 from xfusion.io._retry import redact, sanitized
 
 __all__ = ["open_stac"]
@@ -129,6 +137,7 @@ def open_stac(
     scale_offset: bool = True,
     resampling: str = "nearest",
     on_error: str = "raise",
+    kinds: Mapping[str, str] | None = None,
 ) -> xr.DataArray:
     """Open STAC items as a lazy cube with dims ``("time", "band", "y", "x")``.
 
@@ -155,7 +164,10 @@ def open_stac(
         chunk, as compositing wants).
     scale_offset : bool, default True
         Apply each asset's ``raster:bands`` ``scale``/``offset`` (or the older ``eo:bands``
-        fields). ``False`` keeps the raw digital numbers (still float32 with NaN for nodata).
+        fields) where the items declare them; the ``band_scale``/``band_offset`` coordinates
+        record what was applied (see Returns). ``False`` keeps the raw digital numbers (still
+        float32 with NaN for nodata). Flag and class bands are never scaled (a declared scale on
+        one is ignored with an :class:`~xfusion.errors.XFusionWarning`).
     resampling : str, default "nearest"
         Rasterio resampling used when an asset must be warped onto the grid.
     on_error : {"raise", "nan"}, default "raise"
@@ -168,13 +180,38 @@ def open_stac(
         issues one :class:`~xfusion.errors.XFusionWarning` per computation naming it and the
         cause, however many blocks it spans, so the warnings count the unreadable assets. With a
         distributed scheduler the warnings are issued on the workers (once per asset and worker).
+    kinds : mapping of str to str, optional
+        Kind of bands by band name (``"continuous"``, ``"categorical"``, ``"flags"``), overriding
+        what the metadata say, e.g. ``kinds={"lab": "categorical"}``.
 
     Returns
     -------
     xarray.DataArray
         float32, NaN where there is no data (``raster:bands`` ``nodata``, the file's own nodata,
         or outside an asset), a ``band`` coordinate of band names, a datetime64 ``time``
-        coordinate, pixel-centre ``x``/``y`` and the CRS on ``spatial_ref``.
+        coordinate, pixel-centre ``x``/``y`` and the CRS on ``spatial_ref``. Along ``band`` (see
+        :mod:`xfusion.bands`):
+
+        - ``band_kind``: ``"flags"`` for an asset (or its ``raster:bands`` entry) with
+          ``classification:bitfields``, ``"categorical"`` with ``classification:classes``, else
+          the kind of a known band or asset name (``QA_PIXEL``, ``QA60``, ``SCL`` ...; a file
+          extension in an asset key such as ``QA_PIXEL.TIF`` is ignored), else ``"continuous"``;
+          ``kinds`` overrides it.
+        - ``band_scale``/``band_offset``: the scaling actually applied, from the metadata found:
+          ``(1, 0)`` when the raw numbers are kept (``scale_offset=False``, no declared scaling,
+          or a flag/class band); NaN when the items declare *different* scalings for the band
+          (each item is still scaled by its own, but no single pair describes the band, so
+          :func:`xfusion.scale` refuses to rescale it). A scaled band is refused by
+          :func:`xfusion.scale` too, so reflectance is never scaled twice.
+
+    Warns
+    -----
+    MissingAssetWarning
+        Once per item that lacks some of the selected assets (naming the item and the asset
+        keys): those bands are NaN for that item. A missing quality band then makes
+        :func:`xfusion.mask_bits` drop (or keep, with ``missing="keep"``) every pixel of it.
+    XFusionWarning
+        A flag or class band declares a scale/offset (not applied).
 
     Raises
     ------
@@ -190,8 +227,8 @@ def open_stac(
     EmptySelectionError
         No items, or no assets selected.
     InputError
-        ``on_error`` is not ``"raise"`` or ``"nan"``, or ``items``/``chunks``/``resampling`` are
-        malformed.
+        ``on_error`` is not ``"raise"`` or ``"nan"``, or ``items``/``chunks``/``resampling``/
+        ``kinds`` are malformed (``kinds`` naming a band not in the cube: :class:`BandError`).
 
     Examples
     --------
@@ -211,6 +248,8 @@ def open_stac(
     (('time', 'band', 'y', 'x'), 'float32')
     >>> cube.isel(time=0, band=0, y=0).values
     array([nan, 0.5, 1. , 1.5], dtype=float32)
+    >>> cube.band_scale.values, cube.band_offset.values, cube.band_kind.values
+    (array([0.5]), array([0.]), array(['continuous'], dtype=object))
     """
     if on_error not in _ON_ERROR:
         raise InputError(f"on_error must be one of {list(_ON_ERROR)}; got {on_error!r}")
@@ -218,6 +257,7 @@ def open_stac(
     if not stac_items:
         raise EmptySelectionError(f"no STAC items to open in {_describe(items)}")
     asset_keys, band_names = _select_assets(stac_items, assets)
+    _check_kinds(kinds, band_names)
     footprints = _footprints(stac_items, asset_keys)
     gbox = _native_grid(footprints) if grid is None else as_geobox(grid)
     _check_overlap(footprints, gbox)
@@ -271,9 +311,16 @@ def open_stac(
     stac_items = [stac_items[i] for i in kept]
     times = pd.DatetimeIndex([_item_time(item) for item in stac_items])
     cube = cube.assign_coords(time=times.values, band=list(band_names))
-    cube = _apply_nodata_scale(cube, stac_items, asset_keys, scale_offset=scale_offset)
+    _warn_missing_assets(stac_items, asset_keys, band_names)
+    band_kinds = _band_kinds(stac_items, asset_keys, band_names)
+    band_kinds = [(kinds or {}).get(n, k) for n, k in zip(band_names, band_kinds, strict=True)]
+    cube, scaling = _apply_nodata_scale(
+        cube, stac_items, asset_keys, band_names, band_kinds, scale_offset=scale_offset
+    )
     cube = assign_grid(cube, gbox)
-    cube.attrs = {"source": "stac", "scale_offset_applied": int(bool(scale_offset))}
+    cube = cube.assign_coords({KIND_COORD: ("band", np.array(band_kinds, dtype=object))})
+    cube = set_band_scaling(cube, dict(zip(band_names, scaling, strict=True)))
+    cube.attrs = {"source": "stac"}
     return cube.rename(None)
 
 
@@ -307,6 +354,8 @@ def _collect_items(items: Any) -> list[pystac.Item]:
         item = item.clone()  # never mutate the caller's objects
         if item.get_self_href() is not None:
             item.make_asset_hrefs_absolute()
+        for asset in item.assets.values():
+            asset.href = _readable_href(asset.href)
         _translate_proj_code(item.properties)
         for asset in item.assets.values():
             _translate_proj_code(asset.extra_fields)
@@ -364,6 +413,24 @@ def _read_stac_file(path: str | os.PathLike) -> Any:
     raise SourceError(redact(f"cannot read STAC JSON {os.fspath(path)!r}: {failure}")) from (
         sanitized(failure)
     )
+
+
+def _readable_href(href: str) -> str:
+    """Return the href as GDAL opens it: ``file:`` URLs and a relative href's escapes decoded.
+
+    A relative href in STAC is a URI reference, so ``"./caf%C3%A9.tif"`` names ``café.tif``;
+    made absolute against a local item it is a path still holding the escapes. That path is
+    decoded when the literal one does not exist and the decoded one does (a file literally named
+    with ``%`` keeps its name).
+    """
+    readable = local_href(href)
+    if readable != href or "%" not in href:
+        return readable
+    path = local_path(href)
+    if path is None or path.exists():
+        return href
+    decoded = unquote(os.fspath(path))
+    return decoded if os.path.exists(decoded) else href
 
 
 def _translate_proj_code(fields: dict) -> None:
@@ -577,18 +644,118 @@ def _band_metadata(item: pystac.Item, key: str) -> tuple[float, float, float]:
     return nodata, _number(scale, 1.0), _number(offset, 0.0)
 
 
+def _check_kinds(kinds: Any, band_names: list[str]) -> None:
+    if kinds is None:
+        return
+    if not isinstance(kinds, Mapping):
+        raise InputError(
+            f"kinds must be a mapping of band name to kind ({list(BAND_KINDS)}); got {kinds!r}"
+        )
+    unknown = [k for k in kinds if k not in band_names]
+    if unknown:
+        raise BandError(f"kinds names bands {unknown} not in the cube; bands are {band_names}")
+    for name, kind in kinds.items():
+        if kind not in BAND_KINDS:
+            raise InputError(
+                f"kind of band {name!r} must be one of {list(BAND_KINDS)}; got {kind!r}"
+            )
+
+
+def _warn_missing_assets(items: list[pystac.Item], keys: list[str], names: list[str]) -> None:
+    """One :class:`MissingAssetWarning` per item lacking selected assets (they read as NaN)."""
+    for item in items:
+        missing = [(k, n) for k, n in zip(keys, names, strict=True) if k not in item.assets]
+        if not missing:
+            continue
+        listed = ", ".join(repr(k) if k == n else f"{k!r} (band {n!r})" for k, n in missing)
+        warnings.warn(
+            f"item {item.id!r} has no asset {listed}; "
+            f"{'that band reads' if len(missing) == 1 else 'those bands read'} as NaN for this "
+            "item (mask_bits/mask_classes drop its pixels when the missing band is the quality "
+            "band; choose with their missing= argument)",
+            MissingAssetWarning,
+            stacklevel=3,
+        )
+
+
+def _named_kind(name: str) -> str | None:
+    """Return the kind a preset name gives (``QA_PIXEL``, ``s2:QA60``, ``QA_PIXEL.TIF``)."""
+    short = str(name).rsplit(":", 1)[-1]
+    for candidate in (short, short.rsplit(".", 1)[0]):
+        if candidate in NAMED_KINDS:
+            return NAMED_KINDS[candidate]
+    return None
+
+
+def _declared_kind(asset: pystac.Asset) -> str | None:
+    """Return the kind the classification extension declares on an asset or its raster:bands."""
+    places = [asset.extra_fields, *(asset.extra_fields.get("raster:bands") or [])[:1]]
+    places = [p for p in places if isinstance(p, Mapping)]
+    if any(p.get("classification:bitfields") for p in places):
+        return "flags"
+    if any(p.get("classification:classes") for p in places):
+        return "categorical"
+    return None
+
+
+def _band_kinds(items: list[pystac.Item], keys: list[str], names: list[str]) -> list[str]:
+    """Kind per band: classification extension, else the band/asset name, else continuous."""
+    kinds = []
+    for key, name in zip(keys, names, strict=True):
+        declared = {_declared_kind(i.assets[key]) for i in items if key in i.assets} - {None}
+        if declared:  # bit fields win: a band described both ways still has bits
+            kinds.append("flags" if "flags" in declared else "categorical")
+        else:
+            kinds.append(_named_kind(name) or _named_kind(key) or "continuous")
+    return kinds
+
+
 def _apply_nodata_scale(
-    cube: xr.DataArray, items: list[pystac.Item], keys: list[str], *, scale_offset: bool
-) -> xr.DataArray:
+    cube: xr.DataArray,
+    items: list[pystac.Item],
+    keys: list[str],
+    names: list[str],
+    kinds: list[str],
+    *,
+    scale_offset: bool,
+) -> tuple[xr.DataArray, list[tuple[float, float] | None]]:
+    """Mask the declared nodata and apply the declared scaling; return the scaling per band.
+
+    The scaling of a band is the ``(scale, offset)`` all items holding it declared, ``(1, 0)``
+    when the raw numbers are kept, and ``None`` when items declared different ones (each item
+    is still scaled by its own). Flag and class bands are never scaled.
+    """
     meta = np.array([[_band_metadata(item, key) for key in keys] for item in items], "float64")
-    nodata, scale, offset = (meta[..., i] for i in range(3))
+    nodata, scale, offset = (meta[..., i].copy() for i in range(3))
+    has_asset = np.array([[key in item.assets for key in keys] for item in items], bool)
     dims = ("time", "band")
     if np.isfinite(nodata).any():
         # Raw DN are exact in float32 for the integer types that declare nodata.
         declared = xr.DataArray(nodata.astype("float32"), dims=dims)
         cube = cube.where(cube != declared)
-    if scale_offset and ((scale != 1).any() or (offset != 0).any()):
+    scaling: list[tuple[float, float] | None] = []
+    for b, (name, kind) in enumerate(zip(names, kinds, strict=True)):
+        pairs = sorted(
+            {
+                (float(s), float(o))
+                for s, o, h in zip(scale[:, b], offset[:, b], has_asset[:, b], strict=True)
+                if h
+            }
+        )
+        if kind != "continuous" and scale_offset and pairs not in ([], [(1.0, 0.0)]):
+            warnings.warn(
+                f"band {name!r} holds {kind} but its items declare scale/offset {pairs}; "
+                "not applied (scaling would destroy its values); the band keeps its raw numbers",
+                XFusionWarning,
+                stacklevel=3,
+            )
+        if kind != "continuous" or not scale_offset:
+            scale[:, b], offset[:, b] = 1.0, 0.0
+            scaling.append((1.0, 0.0))
+        else:
+            scaling.append(pairs[0] if len(pairs) == 1 else None if pairs else (1.0, 0.0))
+    if (scale != 1).any() or (offset != 0).any():
         cube = cube * xr.DataArray(scale.astype("float32"), dims=dims) + xr.DataArray(
             offset.astype("float32"), dims=dims
         )
-    return cube.astype("float32", copy=False)
+    return cube.astype("float32", copy=False), scaling
