@@ -27,7 +27,8 @@ def data():
 @pytest.fixture(scope="module")
 def fitted(data):
     X, y = data
-    return UNetRegressor(**SMALL, epochs=2, optimizer="adam", learning_rate=0.01).fit(X, y)
+    model = UNetRegressor(**SMALL, epochs=2, optimizer="adam", learning_rate=0.01)
+    return model.fit(X, y, bands=["red", "nir"])
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def test_save_load_predict_is_identical(fitted, saved, data):
 def test_sidecar_describes_the_model(saved, fitted):
     meta = json.loads((saved / "model.json").read_text())
     assert meta["class"] == "xfusion.models.estimators.UNetRegressor"
-    assert meta["bands"] == list(fitted.bands_)
+    assert meta["bands"] == list(fitted.bands_) == ["red", "nir"]
     assert meta["normalisation"]["input_mean"] == fitted.config_["input_mean"]
     assert meta["training"]["n_samples"] == 8
     assert meta["metrics"]["loss"] == fitted.history_["loss"][-1]
@@ -130,13 +131,31 @@ def test_tampered_sidecar_raises(saved, edit, message):
     meta = json.loads(sidecar.read_text())
     edit(meta)
     sidecar.write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"model\.json is corrupt or was modified"):
+        load_model(saved)
+    reseal(saved)  # the checks behind the checksum still hold for a consistent folder
     with pytest.raises(ModelError, match=message):
         load_model(saved)
 
 
+def reseal(path):
+    """Rewrite ``manifest.json`` for the folder's current files (a deliberate re-signing)."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["sha256"] = {
+        name: hashlib.sha256((path / name).read_bytes()).hexdigest() for name in manifest["sha256"]
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_unparsable_sidecar_raises(saved):
     (saved / "model.json").write_text("{not json")
+    with pytest.raises(ModelError, match=r"model\.json is corrupt or was modified"):
+        load_model(saved)
+    reseal(saved)
     with pytest.raises(ModelError, match="not valid JSON"):
+        load_model(saved)
+    (saved / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelError, match=r"manifest\.json is not valid JSON"):
         load_model(saved)
 
 
@@ -241,14 +260,14 @@ def test_missing_weights_file_raises_naming_it(saved_any):
 
 def test_sidecar_from_a_future_format_version_raises(saved_any):
     path, _ = saved_any
-    meta = json.loads((path / "model.json").read_text())
-    meta["format_version"] += 1
-    meta["future_entry"] = {"new": True}  # a newer writer may add entries: named as a version
-    (path / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelError, match=r"format version 2 by a newer xfusion .* reads version 1"):
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format_version"] += 1
+    manifest["future_entry"] = {"new": True}  # a newer writer may add entries: named as a version
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=r"format version 3 by a newer xfusion .* reads version 2"):
         load_model(path)
-    meta["format_version"] = 0
-    (path / "model.json").write_text(json.dumps(meta))
+    manifest["format_version"] = 0
+    (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match=r"format version 0 by an older xfusion"):
         load_model(path)
 
@@ -282,6 +301,7 @@ def test_sidecar_failing_the_schema_raises(saved, edit, message):
     meta = json.loads(sidecar.read_text())
     edit(meta)
     sidecar.write_text(json.dumps(meta))
+    reseal(saved)
     with pytest.raises(ModelError, match=message) as err:
         load_model(saved)
     assert str(sidecar) in str(err.value)
@@ -364,6 +384,9 @@ def test_checksum_and_schema_are_checked_before_any_weight_is_deserialised(
     meta = json.loads((other_path / "model.json").read_text())
     meta["bands"] = "B04"
     (other_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"model\.json is corrupt or was modified"):
+        load_model(other_path)
+    reseal(other_path)
     with pytest.raises(ModelError, match="fails the sidecar schema"):
         load_model(other_path)
     assert decoders == []

@@ -3,18 +3,25 @@
 A saved model is a directory::
 
     model/
+      manifest.json     format version and the SHA-256 of every other file of the model
       model.json        the sidecar: format version, class, constructor parameters, band order,
                         normalisation, training-data description, metrics, history, package
                         versions, weights file name and its SHA-256
       weights.msgpack   network state (Flax msgpack of a nested dict of arrays), or
       weights.nc        array state of a linear model (an xarray Dataset written with h5netcdf)
 
-Loading never imports a class named by the file: the ``class`` entry must be in
+Every file a model is rebuilt from is covered by the manifest and checked, from its raw bytes,
+before anything is decoded: an edit of any kind (band names, normalisation, architecture,
+metadata, weights) makes loading fail with a :class:`~xfusion.errors.ModelError` naming the
+file. Loading never imports a class named by the file: the ``class`` entry must be in
 :data:`MODEL_CLASSES`, an allow-list. The sidecar is checked against a closed schema
-(:func:`validate_sidecar`: required and optional entries with their types, no unknown entries)
-and the weights bytes against their SHA-256 before any weight is deserialised. Writing is
-atomic: files go to a temporary directory beside the target, which is renamed into place only
-when complete.
+(:func:`validate_sidecar`: required and optional entries with their types, no unknown entries).
+Writing is atomic: files go to a temporary directory beside the target, which is renamed into
+place only when complete.
+
+Format versions: 2 (this one) added the manifest. Version 1 folders (no manifest: their
+sidecar is not covered by any checksum) are refused with a message naming the version; fit and
+save the model again with this xfusion.
 """
 
 from __future__ import annotations
@@ -48,7 +55,8 @@ __all__ = [
 ]
 
 #: Version of the on-disk layout; files with a different version are refused.
-FORMAT_VERSION = 1
+#: 2: ``manifest.json`` with the SHA-256 of the sidecar and the weights (1 had none).
+FORMAT_VERSION = 2
 
 #: The classes :func:`load_model` may instantiate, by import path.
 MODEL_CLASSES: frozenset[str] = frozenset(
@@ -61,6 +69,7 @@ MODEL_CLASSES: frozenset[str] = frozenset(
 )
 
 _SIDECAR = "model.json"
+_MANIFEST = "manifest.json"
 _WEIGHTS = {"msgpack": "weights.msgpack", "netcdf": "weights.nc"}
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "format_version": int,
@@ -322,12 +331,14 @@ def write_model(
     }
     meta = _jsonable(meta)
     validate_sidecar(meta, source=f"the sidecar for {target}")
-    text = json.dumps(meta, indent=2, allow_nan=True)
+    text = json.dumps(meta, indent=2, allow_nan=True).encode()
+    manifest = _manifest({_SIDECAR: text, _WEIGHTS[fmt]: weights})
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         (tmp / _WEIGHTS[fmt]).write_bytes(weights)
-        (tmp / _SIDECAR).write_text(text)
+        (tmp / _SIDECAR).write_bytes(text)
+        (tmp / _MANIFEST).write_bytes(manifest)
         if target.exists():
             old = target.with_name(f".{target.name}.{os.getpid()}.old")
             os.replace(target, old)
@@ -341,13 +352,104 @@ def write_model(
     return target
 
 
-def read_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read a saved model's sidecar and weights, verifying schema, version and checksum.
+def _manifest(files: Mapping[str, bytes]) -> bytes:
+    """``manifest.json``: the format version and the SHA-256 of each file's bytes."""
+    entry = {
+        "format_version": FORMAT_VERSION,
+        "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
+    }
+    return json.dumps(entry, indent=2).encode()
 
-    In order: the sidecar parses as JSON, its format version is this one, it passes
-    :func:`validate_sidecar`, its class is allow-listed and its weights layout known; then the
-    weights file is read once, its SHA-256 compared with the recorded one, and only then are
-    those same bytes decoded.
+
+def _version_error(root: Path, version: int, saved_with: Any) -> ModelError:
+    newer = "a newer" if version > FORMAT_VERSION else "an older"
+    why = (
+        " (version 1 has no manifest: its sidecar is not covered by a checksum, so it cannot "
+        "be verified; fit and save the model again)"
+        if version == 1
+        else ""
+    )
+    return ModelError(
+        f"{root} was written in format version {version} by {newer} xfusion "
+        f"({saved_with or '?'}); this xfusion reads version {FORMAT_VERSION}{why}"
+    )
+
+
+def _read_manifest(root: Path) -> dict[str, str]:
+    """Parse and check ``manifest.json``; return its ``{file name: SHA-256}``."""
+    path = root / _MANIFEST
+    if not path.is_file():
+        # A folder without a manifest is an older format (or a damaged one): say which.
+        try:
+            old = json.loads((root / _SIDECAR).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            old = None
+        version = old.get("format_version") if isinstance(old, dict) else None
+        if _has_kind(version, int) and version != FORMAT_VERSION:
+            versions = old.get("versions")
+            raise _version_error(
+                root, version, versions.get("xfusion") if isinstance(versions, dict) else None
+            )
+        raise ModelError(
+            f"{path} not found: the files of the model at {root} cannot be verified; "
+            "save the model again"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(f"{path} is not valid JSON: {err}") from err
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if _has_kind(version, int) and version != FORMAT_VERSION:
+        raise _version_error(root, version, None)
+    digests = manifest.get("sha256") if isinstance(manifest, dict) else None
+    known = {_SIDECAR, *_WEIGHTS.values()}
+    if (
+        not _has_kind(version, int)
+        or set(manifest) != {"format_version", "sha256"}
+        or not isinstance(digests, dict)
+        or not digests
+        or not all(isinstance(d, str) and _SHA256.fullmatch(d) for d in digests.values())
+    ):
+        raise ModelError(
+            f"{path} is not a model manifest: expected {{'format_version': int, 'sha256': "
+            f"{{file name: 64 hex digits}}}}; got {manifest!r:.200}"
+        )
+    unknown = sorted(str(name) for name in digests if name not in known)
+    if unknown:
+        raise ModelError(
+            f"{path} lists unknown files {unknown}; a model folder holds {sorted(known)}"
+        )
+    if _SIDECAR not in digests:
+        raise ModelError(f"{path} does not cover {_SIDECAR}; the sidecar cannot be verified")
+    return digests
+
+
+def _verified_bytes(root: Path, name: str, digests: Mapping[str, str]) -> bytes:
+    path = root / name
+    if name not in digests:
+        raise ModelError(f"{root / _MANIFEST} does not cover {name}; it cannot be verified")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        what = "weights file" if name != _SIDECAR else "sidecar"
+        raise ModelError(f"{what} {path} cannot be read: {err}") from err
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != digests[name]:
+        raise ModelError(
+            f"{path} is corrupt or was modified: SHA-256 {digest} differs from the recorded "
+            f"{digests[name]} in {_MANIFEST}"
+        )
+    return data
+
+
+def read_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a saved model's sidecar and weights, verifying manifest, checksums, schema, version.
+
+    In order: ``model.json`` exists; ``manifest.json`` parses and has this format version; the
+    raw bytes of the sidecar and of the weights file match their SHA-256 in the manifest
+    (nothing is decoded before this); the sidecar parses as JSON, has the same version, passes
+    :func:`validate_sidecar`, names an allow-listed class and a known weights layout, and its
+    own ``weights_sha256`` agrees; only then are the weights bytes decoded.
 
     Returns
     -------
@@ -359,42 +461,42 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]
     Raises
     ------
     ModelError
-        Missing directory or file, unparsable or incomplete sidecar, unknown class, another
-        format version, or weights whose SHA-256 differs from the recorded one.
+        Missing directory or file, a file whose bytes differ from the manifest (the message
+        names the file), unparsable or incomplete sidecar or manifest, unknown class, another
+        format version (version 1, without a manifest, included).
     """
     root = Path(path)
     sidecar = root / _SIDECAR
     if not sidecar.is_file():
         raise ModelError(f"no saved model at {root}: {_SIDECAR} not found")
+    digests = _read_manifest(root)
+    raw = _verified_bytes(root, _SIDECAR, digests)
+    weights_names = [name for name in digests if name != _SIDECAR]
+    if len(weights_names) != 1:
+        raise ModelError(
+            f"{root / _MANIFEST} lists {weights_names} besides {_SIDECAR}; expected one of "
+            f"{sorted(_WEIGHTS.values())}"
+        )
+    data = _verified_bytes(root, weights_names[0], digests)
     try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        meta = json.loads(raw.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelError(f"{sidecar} is not valid JSON: {err}") from err
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if _has_kind(version, int) and version != FORMAT_VERSION:
-        # before the schema: another version may have other entries
-        versions = meta.get("versions")
-        saved_with = versions.get("xfusion", "?") if isinstance(versions, dict) else "?"
-        newer = "a newer" if version > FORMAT_VERSION else "an older"
         raise ModelError(
-            f"{root} was written in format version {version} by {newer} xfusion "
-            f"({saved_with}); this xfusion reads version {FORMAT_VERSION}"
+            f"{sidecar} says format version {version} but {_MANIFEST} says {FORMAT_VERSION}"
         )
     validate_sidecar(meta, source=sidecar)
     if meta["class"] not in MODEL_CLASSES:
         raise ModelError(f"{root} names class {meta['class']!r}; loadable: {sorted(MODEL_CLASSES)}")
     fmt, name = meta["weights_format"], meta["weights"]
-    if _WEIGHTS.get(fmt) != name:
+    if _WEIGHTS.get(fmt) != name or name != weights_names[0]:
         raise ModelError(f"{sidecar}: weights {name!r} in format {fmt!r} is not a known layout")
-    try:
-        data = (root / name).read_bytes()
-    except OSError as err:
-        raise ModelError(f"weights file {root / name} cannot be read: {err}") from err
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != meta["weights_sha256"]:
+    if hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
         raise ModelError(
-            f"weights file {root / name} is corrupt or was modified: SHA-256 {digest} "
-            f"differs from the recorded {meta['weights_sha256']}"
+            f"weights file {root / name} is corrupt or was modified: its SHA-256 differs from "
+            f"the recorded {meta['weights_sha256']} in {_SIDECAR}"
         )
     try:
         state = _decode(data, fmt)
