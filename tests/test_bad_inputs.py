@@ -305,7 +305,7 @@ MISTAKES = [
     P(lambda c: builtup.Config.from_dict({"n_estimators": 10, "colour": "red"}), ConfigError,
       [r"\['colour'\]", "valid keys are"], id="config-unknown-key"),
     P(lambda c: builtup.Config.from_dict({"seed": "zero"}), ConfigError,
-      ["'seed'", "'zero'", "must be <class 'int'>"], id="config-wrong-type"),
+      ["'seed'", "must be an integer", r"\(got 'zero', a str\)"], id="config-wrong-type"),
     P(lambda c: cloudmask.Config.from_dict({"max_lags": 2.5}), ConfigError,
       ["'max_lags'", "2.5", "must be"], id="config-float-for-int"),
     P(lambda c: builtup.Config.from_dict({"source": "ftp"}), ConfigError,

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import matplotlib.image
@@ -121,7 +122,7 @@ def test_run_recipe_with_toml_config(tmp_path, capsys):
     # the summary prints the real metrics and where every output is
     assert f"{metrics['accuracy']:.4g}" in printed
     assert str(out / "metrics.json") in printed and str(out / "outputs.zarr") in printed
-    assert json.loads((out / "config.json").read_text())["seed"] == 1
+    assert tomllib.loads((out / "config.toml").read_text())["cloudmask"]["seed"] == 1
     assert not (tmp_path / "ignored").exists()  # --out wins over the file's out_dir
 
 

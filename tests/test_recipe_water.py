@@ -148,7 +148,7 @@ def test_outputs_reopen(result):
     np.testing.assert_allclose(cog.y.values, maps.y.values)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["iou"] == pytest.approx(result.metrics["iou"])
-    assert json.loads((out / "config.json").read_text())["chip_size"] == 32
+    assert water.Config.from_toml(out / "config.toml").chip_size == 32
     assert set(result.figures) == {"panels", "loss"}
     for path in result.figures.values():
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -2,9 +2,11 @@
 
 ============================================  ==================================================
 ``xfusion demo``                              the main job: the ``nightlights`` recipe on the
-                                              synthetic scene through the STAC path
-``xfusion demo --all``                        all five recipes
+                                              synthetic scene through the STAC path, into
+                                              ``xfusion-out/nightlights``
+``xfusion demo --all``                        all five recipes, each into ``xfusion-out/<recipe>``
 ``xfusion run RECIPE --config FILE``          a recipe with a TOML configuration
+``xfusion run RECIPE --help``                 the recipe's config keys: type, default, meaning
 ``xfusion recipes``                           list the recipes
 ``xfusion scene RECIPE``                      write a synthetic scene as STAC, summarise it
 ============================================  ==================================================
@@ -12,8 +14,14 @@
 Common options: ``--out DIR``, ``--set KEY=VALUE`` (override a config field), ``--resume``
 (continue the ``outputs.zarr`` of an interrupted run with the same configuration), ``--scheduler``
 (``threads``, ``processes``, ``synchronous`` or the address of a Dask scheduler, e.g. one started
-by dask-jobqueue or dask-gateway), ``--device`` (``cpu`` or ``gpu``). Mistakes are reported as
-one line, ``error: <message>``, on stderr with exit code 2.
+by dask-jobqueue or dask-gateway), ``--device`` (``cpu`` or ``gpu``), ``--quiet`` (no progress
+bars). Progress (training epochs, Dask computations) goes to stderr, results to stdout. Every run
+writes its configuration as ``config.toml`` in its output folder, loadable with ``--config``.
+Mistakes are reported as one line, ``error: <message>``, on stderr with exit code 2.
+
+``xfusion demo`` writes each recipe into its own folder, ``OUT/<recipe>`` (``OUT`` is
+``xfusion-out`` unless ``--out`` is given), so recipes never meet each other's outputs, and
+running the same demo again reuses its folder (replacing its outputs).
 
 Output folders: a folder that does not exist or is empty is created and marked with
 ``.xfusion-output.json``; a folder holding that marker (an earlier output) is reused; any other
@@ -26,6 +34,7 @@ import argparse
 import contextlib
 import os
 import sys
+import textwrap
 import time
 import tomllib
 from collections.abc import Iterator, Sequence
@@ -92,10 +101,54 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--device", choices=("cpu", "gpu"), default=None,
         help="where JAX runs the models (default: a GPU if JAX sees one, else the CPU)",
     )  # fmt: skip
+    parser.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="no progress bars (by default training epochs and Dask computations longer than a "
+        "second show one on stderr)",
+    )  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the ``xfusion`` command."""
+_RUN_EPILOG = textwrap.fill(
+    "Outputs: OUT/outputs.zarr is written as OUT/outputs.zarr.partial, region by region, and "
+    "renamed once complete, so outputs.zarr is never half-written. After an interruption, run "
+    "the same command with --resume (or resume = true in FILE) to continue it; the result is "
+    "identical to an uninterrupted run. Without --resume a partial store is discarded. "
+    "metrics.json and the figures are written after the store; config.toml holds the "
+    "configuration of the run (give it to --config to run it again). OUT must be new, empty or "
+    "an earlier xfusion output (it holds .xfusion-output.json); a folder of other files is "
+    "refused, as are links inside OUT leading outside it.",
+    width=88,
+)
+
+
+def _config_help(recipe: str | None) -> str:
+    """Return the config keys of ``recipe`` for ``xfusion run RECIPE --help`` ('' if none)."""
+    from xfusion import recipes
+    from xfusion.recipes._base import _toml_value, config_keys
+
+    if recipe not in recipes.RECIPES:
+        return ""
+    keys = config_keys(recipes.get(recipe).Config)
+    lines = [
+        f"config keys of {recipe!r} (KEY = VALUE in the --config file, or --set KEY=VALUE; "
+        "values in TOML):",
+    ]
+    width = max(len(name) for name, *_ in keys)
+    for name, kind, default, doc in keys:
+        shown = "unset" if default is None else _toml_value(default)
+        lines.append(f"  {name:<{width}}  {kind}, default {shown}")
+        if doc:
+            lines.extend(
+                textwrap.wrap(doc, width=88, initial_indent=" " * 6, subsequent_indent=" " * 6)
+            )
+    return "\n".join(lines) + "\n\n"
+
+
+def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
+    """Return the argument parser of the ``xfusion`` command.
+
+    With ``recipe`` (a recipe name), the help of ``xfusion run`` lists that recipe's config keys.
+    """
     parser = argparse.ArgumentParser(
         prog="xfusion",
         description="Lazy, Dask-native satellite data fusion and machine learning on datacubes.",
@@ -107,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the main job (the nightlights recipe) on the embedded synthetic scene",
         description="Run a recipe (default: nightlights) offline on its synthetic scene, written "
         "as a local STAC catalog and read back through xfusion.open_stac; print a summary table "
-        "and where the outputs are. --all runs all five recipes.",
+        "and where the outputs are. --all runs all five recipes. Each recipe writes into its own "
+        "folder, OUT/<recipe> (OUT: --out, default xfusion-out); running a demo again reuses "
+        "its folder.",
     )
     demo.add_argument(
         "recipe", nargs="?", default="nightlights", choices=sorted(RECIPE_TABLE),
@@ -115,20 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     demo.add_argument("--all", action="store_true", help="run all five recipes")
     _add_common(demo)
+    demo.set_defaults(out="xfusion-out")
     demo.set_defaults(func=_demo)
 
     run = sub.add_parser(
         "run",
         help="run a recipe with a TOML configuration",
-        description="Run RECIPE with the configuration in FILE (TOML: the config fields as "
-        "top-level keys or under a [RECIPE] table). Fields not given keep their defaults.",
-        epilog="Outputs: OUT/outputs.zarr is written as OUT/outputs.zarr.partial, region by "
-        "region, and renamed once complete, so outputs.zarr is never half-written. After an "
-        "interruption, run the same command with --resume (or resume = true in FILE) to "
-        "continue it; the result is identical to an uninterrupted run. Without --resume a "
-        "partial store is discarded. metrics.json and the figures are written after the store. "
-        "OUT must be new, empty or an earlier xfusion output (it holds .xfusion-output.json); "
-        "a folder of other files is refused, as are links inside OUT leading outside it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Run RECIPE with the configuration in FILE (TOML: the config fields as top-level "
+            "keys or under a [RECIPE] table). Fields not given keep their defaults. 'xfusion run "
+            "RECIPE --help' lists RECIPE's config keys.",
+            width=88,
+        ),
+        epilog=_config_help(recipe) + _RUN_EPILOG,
     )
     run.add_argument("recipe", help=f"one of {', '.join(RECIPE_TABLE)}")
     run.add_argument("--config", help="TOML configuration file")
@@ -170,7 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ...
     0
     """
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `xfusion run RECIPE --help` lists RECIPE's config keys
+    recipe = argv[1] if len(argv) > 1 and argv[0] == "run" else None
+    parser = build_parser(recipe)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
@@ -203,22 +261,33 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 def _load_config(recipe: str, path: str | None, args: argparse.Namespace) -> Any:
     from xfusion import recipes
+    from xfusion.recipes._base import read_toml
 
     module = recipes.get(recipe)
-    config = module.Config.from_toml(path) if path else module.Config()
-    overrides = _parse_overrides(args.overrides)
-    if args.out is not None:
-        overrides["out_dir"] = str(Path(args.out) / recipe) if args.all_recipes else args.out
+    # only the keys given (file, --set, --out) go to from_dict, so that it can tell which keys
+    # a change of source leaves at defaults meant for another source
+    values = read_toml(path) if path else {}
+    values.update(_parse_overrides(args.overrides))
+    if args.command == "demo":
+        values["out_dir"] = str(Path(args.out) / recipe)
+    elif args.out is not None:
+        values["out_dir"] = args.out
     if args.resume:
-        overrides["resume"] = True
-    if overrides:
-        config = module.Config.from_dict({**config.to_dict(), **overrides})
-    return module, config
+        values["resume"] = True
+    return module, module.Config.from_dict(values)
 
 
 @contextlib.contextmanager
 def _execution(args: argparse.Namespace) -> Iterator[None]:
-    """Select the JAX device and the Dask scheduler for the duration of a run."""
+    """Select the JAX device, the Dask scheduler and the progress bars for a run."""
+    from xfusion.recipes._base import progress
+
+    with progress(not args.quiet), _scheduler(args):
+        yield
+
+
+@contextlib.contextmanager
+def _scheduler(args: argparse.Namespace) -> Iterator[None]:
     if args.device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"
     elif args.device == "gpu":
@@ -257,8 +326,13 @@ def _run_one(recipe: str, config_path: str | None, args: argparse.Namespace) -> 
 
 
 def _demo(args: argparse.Namespace) -> int:
-    args.all_recipes = args.all
     names = list(RECIPE_TABLE) if args.all else [args.recipe]
+    for name in names:  # every configuration mistake before any run
+        _load_config(name, None, args)
+    # OUT holds one folder per recipe; claiming it first refuses a folder of someone else's files
+    claim_output_dir(
+        args.out, owner="demo", message="output directory {path} is not writable: {reason}"
+    )
     with _execution(args):
         results = [_run_one(name, None, args) for name in names]
     if len(results) > 1:
@@ -272,7 +346,6 @@ def _demo(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from xfusion import recipes
 
-    args.all_recipes = False
     recipes.get(args.recipe)  # unknown recipe -> ConfigError before any work
     with _execution(args):
         _run_one(args.recipe, args.config, args)

@@ -34,17 +34,21 @@ Interrupted runs and ``resume``
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 import logging
 import os
+import re
+import sys
 import tomllib
 import types
 import typing
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import xarray as xr
 
@@ -64,7 +68,10 @@ __all__ = [
     "PROGRESS_FILE",
     "RecipeConfig",
     "RecipeResult",
+    "config_keys",
     "prepare_out_dir",
+    "progress",
+    "show_progress",
     "store_is_complete",
     "write_cog",
     "write_json",
@@ -98,6 +105,14 @@ class RecipeConfig:
     source: str = "synthetic"
     resume: bool = False
 
+    #: Per source, the keys that name its data (collection ids, files, asset names) and whose
+    #: defaults are meant for another source: :meth:`from_dict` refuses that source unless they
+    #: are given, and names them.
+    SOURCE_KEYS: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    #: Per source, defaults that differ from the synthetic scene's (units, label values); used by
+    #: :meth:`from_dict` for the keys that are not given.
+    SOURCE_DEFAULTS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
     @classmethod
     def recipe_name(cls) -> str:
         """Return the name of the recipe this config belongs to (its module's name)."""
@@ -119,7 +134,25 @@ class RecipeConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Self:
-        """Build a config, rejecting unknown keys and values of the wrong type."""
+        """Build a config from the keys given, the others keeping their defaults.
+
+        Unknown keys and values of the wrong type are refused with a
+        :class:`~xfusion.errors.ConfigError` naming the key, the value and the type expected.
+        With ``source`` other than ``"synthetic"``, keys that are not given take that source's
+        defaults (:attr:`SOURCE_DEFAULTS`, e.g. Earth Engine's label values), and the keys that
+        name the data (:attr:`SOURCE_KEYS`) must be given: otherwise the error names all of them
+        at once, before anything is read.
+
+        Examples
+        --------
+        >>> from xfusion.recipes import water
+        >>> water.Config.from_dict({"source": "ee"}).sar_calibration  # the PALSAR DN default
+        'palsar_dn'
+        >>> water.Config.from_dict({"source": "stac"})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        xfusion.errors.ConfigError: source='stac' needs ['sar_source', 'optical_source', ...
+        """
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(fields))
         if unknown:
@@ -131,21 +164,24 @@ class RecipeConfig:
         checked = {}
         for key, value in values.items():
             checked[key] = _coerce(key, value, hints[key])
+        source = checked.get("source", fields["source"].default)
+        for key, value in cls.SOURCE_DEFAULTS.get(source, {}).items():
+            checked.setdefault(key, value)
+        missing = [key for key in cls.SOURCE_KEYS.get(source, ()) if key not in checked]
+        if missing:
+            held = ", ".join(f"{key}={fields[key].default!r}" for key in missing)
+            raise ConfigError(
+                f"source={source!r} needs {missing} set for it (they name the data it reads); "
+                f"not given, they keep defaults that are not for {source!r}: {held}; set them "
+                "in the --config file or with --set KEY=VALUE (the recipe's real_sources() "
+                "gives a complete example)"
+            )
         return cls(**checked)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> Self:
         """Load a config from a TOML file (top-level keys, or a ``[recipe]`` table)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            data = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from err
-        if len(data) == 1 and isinstance(next(iter(data.values())), dict):
-            data = next(iter(data.values()))
-        return cls.from_dict(data)
+        return cls.from_dict(read_toml(path))
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain JSON-able values."""
@@ -160,9 +196,107 @@ class RecipeConfig:
         for key, value in self.to_dict().items():
             if value is not None:
                 lines.append(f"{key} = {_toml_value(value)}")
-        path = Path(path)
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        final = Path(path)
+        tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex}")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, final)
+        return final
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return the keys of a config file (top-level keys, or the one ``[recipe]`` table)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from err
+    if len(data) == 1 and isinstance(next(iter(data.values())), dict):
+        data = next(iter(data.values()))
+    return data
+
+
+def config_keys(config_class: type[RecipeConfig]) -> list[tuple[str, str, Any, str]]:
+    """Return ``(name, type, default, one-line doc)`` for every key of a recipe's config.
+
+    The type is said in words (``"integer"``, ``"list of strings"``), the doc is the first
+    sentence of the key's entry in the numpydoc ``Parameters`` section of the class (or of
+    :class:`RecipeConfig` for the common keys).
+
+    Examples
+    --------
+    >>> from xfusion.recipes import cloudmask
+    >>> name, kind, default, doc = config_keys(cloudmask.Config)[1]
+    >>> name, kind, default
+    ('seed', 'integer', 0)
+    """
+    docs = {**_parameter_docs(RecipeConfig.__doc__), **_parameter_docs(config_class.__doc__)}
+    hints = typing.get_type_hints(config_class)
+    return [
+        (f.name, _describe_type(hints[f.name]), f.default, docs.get(f.name, ""))
+        for f in dataclasses.fields(config_class)
+    ]
+
+
+def _parameter_docs(doc: str | None) -> dict[str, str]:
+    """First sentence of every entry of a numpydoc ``Parameters`` section, by parameter name."""
+    lines = (doc or "").expandtabs().splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Parameters") + 2
+    except StopIteration:
+        return {}
+    entries: dict[str, list[str]] = {}
+    names: list[str] = []
+    base = None
+    for line in lines[start:]:
+        indent = len(line) - len(line.lstrip())
+        if not line.strip():
+            continue
+        if base is None:
+            base = indent
+        if indent < base or (indent == base and set(line.strip()) == {"-"}):
+            break
+        if indent == base:
+            if " : " not in line and not line.rstrip().endswith(":"):
+                break  # the next section's title
+            names = [n.strip() for n in line.split(" : ")[0].split(",")]
+            for name in names:
+                entries[name] = []
+        else:
+            for name in names:
+                entries[name].append(line.strip())
+    out = {}
+    for name, words in entries.items():
+        text = " ".join(words)
+        text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)  # :func:`x` -> x
+        text = re.sub(r"``([^`]+)``", r"\1", text)
+        end = text.find(". ")
+        out[name] = text if end < 0 else text[: end + 1]
+    return out
+
+
+_TYPE_WORDS = {int: "integer", float: "number", str: "string", bool: "boolean"}
+_PLURALS = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+
+
+def _describe_type(hint: Any) -> str:
+    """Return the type of a config key in words (``int`` → ``"integer"``)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [o for o in typing.get_args(hint) if o is not type(None)]
+        words = " or ".join(_describe_type(o) for o in options)
+        return f"{words} (optional)" if len(options) < len(typing.get_args(hint)) else words
+    if origin is tuple:
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return f"list of {_PLURALS.get(args[0], 'values')}" if args else "list"
+    return _TYPE_WORDS.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _expected(hint: Any) -> str:
+    """Return what a key expects, for messages: ``"an integer"``, ``"a list of strings"``."""
+    words = _describe_type(hint).replace(" (optional)", "")
+    return ("an " if words[0] in "aeiou" else "a ") + words
 
 
 def _toml_value(value: Any) -> str:
@@ -178,6 +312,21 @@ def _toml_value(value: Any) -> str:
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
+    converted = _convert(value, hint)
+    if converted is _BAD:
+        kind = type(value).__name__
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ConfigError(
+            f"config key {key!r} must be {_expected(hint)} (got {value!r}, {article} {kind})"
+        )
+    return converted
+
+
+_BAD = object()
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    """``value`` as the type ``hint`` (ints as floats, lists as tuples), or ``_BAD``."""
     origin = typing.get_origin(hint)
     options = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
     for option in options:
@@ -186,15 +335,59 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         base = typing.get_origin(option) or option
         if base is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
-        if base is tuple and isinstance(value, list):
-            return tuple(value)
+        if base is tuple and isinstance(value, list | tuple):
+            items = [a for a in typing.get_args(option) if a is not Ellipsis]
+            if not items:
+                return tuple(value)
+            converted = tuple(_convert(v, items[0]) for v in value)
+            if all(v is not _BAD for v in converted):
+                return converted
+            continue
         if (
             isinstance(base, type)
             and isinstance(value, base)
             and not (base is int and isinstance(value, bool))
         ):
             return value
-    raise ConfigError(f"config key {key!r} must be {hint}; got {value!r} ({type(value).__name__})")
+    return _BAD
+
+
+_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("xfusion_progress", default=False)
+
+
+def show_progress() -> bool:
+    """Return whether recipes show progress bars now (inside :func:`progress`)."""
+    return _PROGRESS.get()
+
+
+@contextlib.contextmanager
+def progress(enabled: bool = True, *, minimum: float = 1.0) -> Iterator[None]:
+    """Show the progress of recipe runs on stderr while inside this context.
+
+    Training epochs get a tqdm bar, and every Dask computation on the local schedulers that
+    takes longer than ``minimum`` seconds a Dask progress bar (a distributed cluster has its
+    dashboard instead). Outside this context recipes run silently; ``xfusion run`` and
+    ``xfusion demo`` enter it unless given ``--quiet``.
+
+    Examples
+    --------
+    >>> show_progress()
+    False
+    >>> with progress():
+    ...     show_progress()
+    True
+    """
+    token = _PROGRESS.set(bool(enabled))
+    try:
+        if enabled:
+            from dask.diagnostics import ProgressBar
+
+            with ProgressBar(minimum=minimum, out=sys.stderr):
+                yield
+        else:
+            yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 @dataclasses.dataclass

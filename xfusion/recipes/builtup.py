@@ -40,7 +40,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import dask
 import numpy as np
@@ -196,6 +196,11 @@ class Config(RecipeConfig):
     'JRC/GHSL/P2016/SMOD_POP_GLOBE_V1'
     """
 
+    out_dir: str = "xfusion-out/builtup"
+    SOURCE_KEYS: ClassVar = {
+        "ee": ("s2_collection", "viirs_collection", "ghsl_collection", "region", "crs"),
+        "stac": ("s2_collection", "viirs_collection", "ghsl_collection"),
+    }
     size: int = 240
     region: tuple[float, ...] | None = None
     region_crs: str = "EPSG:4326"

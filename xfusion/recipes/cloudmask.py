@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import dask
 import dask.array as dsa
@@ -155,6 +155,7 @@ class Config(RecipeConfig):
     """
 
     out_dir: str = "xfusion-out/cloudmask"
+    SOURCE_KEYS: ClassVar = {"stac": ("stac_items",)}
     size: int = 64
     chunks: int = 32
     bands: tuple[str, ...] = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
@@ -782,7 +783,7 @@ def _write_outputs(
     files["model_ridge"] = models["ridge"].save(model_dir / "ridge", fmt="msgpack")
     files["model_kernel"] = models["kernel"].save(model_dir / "kernel_ridge", fmt="msgpack")
     files["model_kmeans"] = write_json(_kmeans_json(clusterings), model_dir / "kmeans.json")
-    files["config"] = write_json(config.to_dict(), out / "config.json")
+    files["config"] = config.to_toml(out / "config.toml")
     figures = _figures(out, cubes, config, metrics)
     files["metrics"] = write_json(metrics, out / "metrics.json")
     return RecipeResult(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import dask
 import numpy as np
@@ -43,6 +43,7 @@ from xfusion.recipes._base import (
     RecipeConfig,
     RecipeResult,
     prepare_out_dir,
+    show_progress,
     write_cog,
     write_json,
     write_outputs,
@@ -153,6 +154,11 @@ class Config(RecipeConfig):
     """
 
     out_dir: str = "xfusion-out/downscale"
+    SOURCE_KEYS: ClassVar = {
+        "ee": ("coarse_collection",),
+        "stac": ("fine_collection", "coarse_collection"),
+    }
+    SOURCE_DEFAULTS: ClassVar = {"ee": {"vi_scale": 1e-4}}
     size: int = 120
     chunks: int = 60
     vi_bands: tuple[str, ...] = ("NDVI", "EVI")
@@ -629,7 +635,7 @@ def _fit_unet(train: xr.Dataset, validation: xr.Dataset, factor: int, config: Co
         batch_size=config.batch_size,
         epochs=config.epochs,
         seed=config.seed,
-        progress=False,
+        progress=show_progress(),
     )
     return model.fit(train, validation_data=validation)
 
@@ -787,7 +793,7 @@ def _write_outputs(
     model_dir.mkdir(exist_ok=True)
     files["model_unet"] = Path(unet.save(model_dir / "unet"))
     files["model_ridge"] = Path(ridge.save(model_dir / "ridge", fmt="msgpack"))
-    files["config"] = write_json(config.to_dict(), out / "config.json")
+    files["config"] = config.to_toml(out / "config.toml")
     figures = _figures(out, cubes, metrics, unet, config) if config.figures else {}
     files["metrics"] = write_json(metrics, out / "metrics.json")
     return RecipeResult(

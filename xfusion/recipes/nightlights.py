@@ -33,7 +33,7 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import dask
 import numpy as np
@@ -47,6 +47,7 @@ from xfusion.recipes._base import (
     RecipeConfig,
     RecipeResult,
     prepare_out_dir,
+    show_progress,
     write_cog,
     write_json,
     write_outputs,
@@ -232,6 +233,11 @@ class Config(RecipeConfig):
     'LANDSAT/LC08/C02/T1_L2'
     """
 
+    out_dir: str = "xfusion-out/nightlights"
+    SOURCE_KEYS: ClassVar = {
+        "ee": ("landsat_collection", "viirs_collection", "region", "crs"),
+        "stac": ("landsat_collection", "viirs_collection"),
+    }
     size: int = 384
     region: tuple[float, ...] | None = None
     region_crs: str = "EPSG:4326"
@@ -625,7 +631,7 @@ def _fit_unet(config: Config, train: xr.Dataset, val: xr.Dataset | None) -> Any:
         bn_momentum=config.bn_momentum,
         halo=config.halo,
         seed=config.seed,
-        progress=False,
+        progress=show_progress(),
     )
     return model.fit(train, validation_data=val)
 

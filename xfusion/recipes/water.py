@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import dask
 import numpy as np
@@ -37,6 +37,7 @@ from xfusion.recipes._base import (
     RecipeConfig,
     RecipeResult,
     prepare_out_dir,
+    show_progress,
     write_cog,
     write_json,
     write_outputs,
@@ -156,6 +157,24 @@ class Config(RecipeConfig):
     """
 
     out_dir: str = "xfusion-out/water"
+    SOURCE_KEYS: ClassVar = {
+        "stac": (
+            "sar_source",
+            "optical_source",
+            "optical_source_bands",
+            "terrain_source",
+            "terrain_source_bands",
+            "label_source",
+            "label_source_band",
+        ),
+    }
+    SOURCE_DEFAULTS: ClassVar = {
+        "ee": {
+            "sar_calibration": "palsar_dn",
+            "label_water_values": (3.0,),
+            "label_land_values": (1.0,),
+        },
+    }
     size: int = 128
     chunks: int = 64
     sar_bands: tuple[str, ...] = ("HH", "HV")
@@ -646,7 +665,7 @@ def _fit(chips: xr.Dataset, bands: list[str], config: Config) -> Any:
         augment=config.augment,
         halo=config.halo,
         seed=config.seed,
-        progress=False,
+        progress=show_progress(),
     )
     return model.fit(chips["inputs"].sel(band=bands), chips["target"])
 
@@ -764,7 +783,7 @@ def _write_outputs(
     model_dir.mkdir(exist_ok=True)
     for name, model in models.items():
         files[f"model_{name}"] = model.save(model_dir / name)
-    files["config"] = write_json(config.to_dict(), out / "config.json")
+    files["config"] = config.to_toml(out / "config.toml")
     figures = _figures(out, cubes, metrics, models, config)
     files["metrics"] = write_json(metrics, out / "metrics.json")
     return RecipeResult(
