@@ -13,8 +13,10 @@ import pytest
 import xarray as xr
 
 import xfusion as xf
-from xfusion.errors import InputError
-from xfusion.io.zarr import PROGRESS_FILE, store_is_complete, write_zarr
+from xfusion.errors import InputError, MissingFileError, SourceError
+from xfusion.grids import geobox_of
+from xfusion.io.zarr import PROGRESS_FILE, open_zarr, store_is_complete, write_zarr
+from xfusion.testing import raise_if_dask_computes
 
 
 class LiveBlocks:
@@ -106,3 +108,146 @@ def test_bad_region_chunks(tmp_path, bad):
 
 def test_exported_at_top_level():
     assert xf.write_zarr is write_zarr and xf.store_is_complete is store_is_complete
+
+
+# --- group names: checked before anything is written -------------------------------------------
+
+
+def _small_cube() -> xr.DataArray:
+    return xr.DataArray(
+        da.zeros((2, 4, 4), chunks=2),
+        dims=("band", "y", "x"),
+        coords={"band": ["B04", "QA60"], "y": np.arange(4.0), "x": np.arange(4.0)},
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("../escape", "contains '/'"),
+        ("a/b", "contains '/'"),
+        ("a\\b", "contains '\\\\'"),
+        ("a\0b", "contains '\\x00'"),
+        ("", "is empty"),
+        (".", "starts with '.'"),
+        ("..", "starts with '.'"),
+        (".hidden", "starts with '.'"),
+        ("y", "is also a dimension or coordinate"),
+        ("band", "is also a dimension or coordinate"),
+        ("spatial_ref", "is also a dimension or coordinate"),
+        (3, "is a int"),
+    ],
+)
+def test_bad_group_names_are_refused_before_anything_is_written(tmp_path, name, why):
+    cube = _small_cube().rio.write_crs("EPSG:32633")
+    store = tmp_path / "out" / "o.zarr"
+    store.parent.mkdir()
+    with pytest.raises(InputError, match="group name") as caught:
+        write_zarr({"ok": cube, name: cube}, store)
+    message = str(caught.value)
+    assert repr(name) in message and why in message, message
+    assert "must be a non-empty str" in message  # the rule is spelt out
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["out"]  # nothing written anywhere
+
+
+@pytest.mark.parametrize(
+    ("cubes", "match"),
+    [
+        ({}, "cubes is empty; expected at least one cube"),
+        ([("a", None)], "cubes must be a mapping of group name to DataArray"),
+        ({"a": xr.Dataset({"v": ("x", [1.0])})}, "cube 'a' is a Dataset; expected"),
+    ],
+)
+def test_empty_or_wrong_cubes_are_refused(tmp_path, cubes, match):
+    with pytest.raises(InputError, match=match):
+        write_zarr(cubes, tmp_path / "o.zarr")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_name_with_dots_inside_is_fine(tmp_path):
+    cube = _small_cube()
+    store = write_zarr({"s2.v1_prediction": cube}, tmp_path / "o.zarr")
+    assert list(xf.open_zarr(store)) == ["s2.v1_prediction"]
+
+
+# --- open_zarr: the reader ---------------------------------------------------------------------
+
+
+def _rich_cube() -> xr.DataArray:
+    """A chunked (time, band, y, x) cube on a UTM grid with band kinds, scaling and attrs."""
+    g = xf.grid((330000, 3050000, 330500, 3050300), "EPSG:32645", 100)
+    rng = np.random.default_rng(0)
+    values = rng.random((2, 3, 3, 5)).astype(np.float32)
+    values[0, 1, 0, 0] = np.nan
+    cube = xr.DataArray(
+        da.from_array(values, chunks=(1, 3, 2, 2)),
+        dims=("time", "band", "y", "x"),
+        coords={
+            "time": np.array(["2020-01-01", "2020-02-01"], dtype="datetime64[ns]"),
+            "band": ["B04", "QA60", "label"],
+            "y": g.coords["y"].values,
+            "x": g.coords["x"].values,
+        },
+        attrs={"units": "1", "long_name": "test cube"},
+        name="whatever",
+    ).rio.write_crs("EPSG:32645")
+    cube = xf.bands.set_band_kinds(cube, {"label": "categorical"})
+    return xf.bands.set_band_scaling(cube, {"B04": (1e-4, 0.0), "label": (1.0, 0.0)})
+
+
+def test_open_zarr_round_trip_is_identical(tmp_path):
+    cube = _rich_cube()
+    other = (cube.isel(band=0, drop=True) * 2).rename("other")
+    store = write_zarr({"prediction": cube, "doubled": other}, tmp_path / "p.zarr")
+    with raise_if_dask_computes():  # opening reads metadata only
+        cubes = xf.open_zarr(store)
+    assert list(cubes) == ["prediction", "doubled"]  # in the order written
+    got = cubes["prediction"]
+    assert got.chunks == cube.chunks  # lazy, chunked as written
+    xr.testing.assert_identical(got, cube.rename("prediction"))
+    xr.testing.assert_identical(cubes["doubled"], other.rename("doubled"))
+    assert got["band_kind"].dtype == object and list(got["band_kind"].values) == [
+        "continuous",
+        "flags",
+        "categorical",
+    ]
+    np.testing.assert_array_equal(got["band_scale"].values, [1e-4, np.nan, 1.0])
+    assert xf.bands.band_kinds(got) == xf.bands.band_kinds(cube)
+    assert xf.bands.band_scaling(got) == xf.bands.band_scaling(cube)
+    assert geobox_of(got) == geobox_of(cube) and got.rio.crs.to_epsg() == 32645
+    one = xf.open_zarr(store, "doubled", chunks={"x": 5})
+    assert one.name == "doubled" and one.chunks == ((1, 1), (2, 1), (5,))
+    np.testing.assert_array_equal(one.values, other.values)
+
+
+def test_open_zarr_names_the_cubes_when_the_name_is_wrong(tmp_path):
+    store = write_zarr({"b": _small_cube(), "a": _small_cube()}, tmp_path / "o.zarr")
+    with pytest.raises(InputError, match=r"no cube 'c' in .*o\.zarr'; its cubes are \['b', 'a'\]"):
+        xf.open_zarr(store, "c")
+
+
+def test_open_zarr_refuses_a_partial_store(tmp_path):
+    cube = _small_cube()
+
+    def fail(block, block_info=None):
+        if block_info[None]["array-location"][1][0] >= 2:
+            raise RuntimeError("late rows failed")
+        return block
+
+    broken = cube.copy(data=cube.data.map_blocks(fail, dtype=cube.dtype))
+    with dask.config.set(scheduler="synchronous"), pytest.raises(RuntimeError, match="late"):
+        write_zarr({"f": broken}, tmp_path / "o.zarr")
+    partial = tmp_path / "o.zarr.partial"
+    assert partial.is_dir() and not (tmp_path / "o.zarr").exists()
+    with pytest.raises(MissingFileError, match=r"o\.zarr\.partial' is a partial store .*resume"):
+        xf.open_zarr(tmp_path / "o.zarr")
+    with pytest.raises(SourceError, match="is not a complete store written by xfusion"):
+        xf.open_zarr(partial)
+    # a Zarr store of another program is refused too (it has no completion mark)
+    cube.to_dataset(name="v").to_zarr(tmp_path / "foreign.zarr", zarr_format=2)
+    with pytest.raises(SourceError, match="no 'xfusion_complete' mark"):
+        xf.open_zarr(tmp_path / "foreign.zarr", "v")
+
+
+def test_open_zarr_exported_at_top_level():
+    assert xf.open_zarr is open_zarr and "open_zarr" in xf.__all__

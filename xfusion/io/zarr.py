@@ -4,6 +4,8 @@
 finished region in a progress file, and renames the store into place only when every region
 is written; :func:`store_is_complete` tells a finished store from a partial one. Writing region
 by region also bounds memory: each region is computed on its own (see ``region_chunks``).
+:func:`open_zarr` reads such a store back: one lazy cube per group, with its coordinates (grid,
+CRS, band metadata) as written.
 """
 
 from __future__ import annotations
@@ -22,9 +24,16 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xfusion.errors import ConfigError, InputError
+from xfusion.errors import ConfigError, InputError, MissingFileError, SourceError
 
-__all__ = ["COMPLETE_ATTR", "PROGRESS_FILE", "check_resumable", "store_is_complete", "write_zarr"]
+__all__ = [
+    "COMPLETE_ATTR",
+    "PROGRESS_FILE",
+    "check_resumable",
+    "open_zarr",
+    "store_is_complete",
+    "write_zarr",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +110,10 @@ def write_zarr(
     Parameters
     ----------
     cubes : mapping of str to xarray.DataArray
-        The cubes, by group name.
+        The cubes, by group name: at least one. A group name is a non-empty string without
+        ``/``, backslash or NUL, does not start with ``.`` (so not ``.`` or ``..``) and is not
+        the name of one of the cube's own dimensions or coordinates (the cube is stored as a
+        variable of that name next to its coordinates). Each cube is renamed to its group name.
     path : path-like
         The store to write (``.zarr``).
     resume : bool
@@ -134,6 +146,19 @@ def write_zarr(
     pathlib.Path
         ``path``.
 
+    Raises
+    ------
+    InputError
+        ``cubes`` is empty or not a mapping, a value is not a DataArray, or a group name breaks
+        the rules above; raised before anything is written.
+    ConfigError
+        ``path`` holds something other than an xfusion store, or ``resume`` meets a partial
+        store of another origin.
+
+    See Also
+    --------
+    open_zarr : read the store back, one lazy cube per group.
+
     Examples
     --------
     >>> import tempfile, numpy as np, xarray as xr
@@ -141,9 +166,13 @@ def write_zarr(
     >>> store = write_zarr({"a": cube}, tempfile.mkdtemp() + "/out.zarr", chunks={"y": 2})
     >>> store_is_complete(store)
     True
-    >>> xr.open_zarr(store, group="a")["a"].values.tolist()[1]
+    >>> open_zarr(store, "a").values.tolist()[1]
     [3.0, 4.0, 5.0]
+
+    Each cube is a group of the store, so ``xr.open_zarr(store)`` (the root group) shows no
+    variables; open one with ``xr.open_zarr(store, group="a")`` or all with :func:`open_zarr`.
     """
+    _check_cubes(cubes)
     final = Path(path)
     partial = _partial_path(final)
     if (final.exists() or final.is_symlink()) and _completed_digest(final) is None:
@@ -204,8 +233,158 @@ def write_zarr(
         )
         done.add(key)
         _write_progress(partial, {**record, "regions": [r[0] for r in regions if r[0] in done]})
-    _finish_store(partial, final, digest, len(regions))
+    _finish_store(partial, final, digest, len(regions), list(datasets))
     return final
+
+
+_NAME_RULE = (
+    "a group name must be a non-empty str without '/', '\\' or NUL, must not start with '.' "
+    "(so not '.' or '..'), and must not be one of the cube's dimension or coordinate names"
+)
+
+
+def _check_cubes(cubes: Any) -> None:
+    """Refuse what :func:`write_zarr` cannot store, before anything is written."""
+    if not isinstance(cubes, Mapping):
+        raise InputError(
+            f"cubes must be a mapping of group name to DataArray, e.g. {{'prediction': cube}}; "
+            f"got {type(cubes).__name__}"
+        )
+    if not cubes:
+        raise InputError("cubes is empty; expected at least one cube, e.g. {'prediction': cube}")
+    for name, cube in cubes.items():
+        if not isinstance(name, str):
+            raise InputError(f"group name {name!r} is a {type(name).__name__}; {_NAME_RULE}")
+        bad = [c for c in ("/", "\\", "\0") if c in name]
+        if not name or bad or name.startswith("."):
+            why = "is empty" if not name else f"contains {bad[0]!r}" if bad else "starts with '.'"
+            raise InputError(f"group name {name!r} {why}; {_NAME_RULE}")
+        if not isinstance(cube, xr.DataArray):
+            raise InputError(
+                f"cube {name!r} is a {type(cube).__name__}; expected an xarray.DataArray "
+                "(write each variable of a Dataset as its own cube)"
+            )
+        taken = sorted({str(d) for d in cube.dims} | {str(c) for c in cube.coords})
+        if name in taken:
+            raise InputError(
+                f"group name {name!r} is also a dimension or coordinate of that cube "
+                f"({taken}); {_NAME_RULE} (rename the group, e.g. {name + '_map'!r})"
+            )
+
+
+def open_zarr(
+    path: str | os.PathLike[str],
+    name: str | None = None,
+    *,
+    chunks: Mapping[str, int] | None = None,
+) -> dict[str, xr.DataArray] | xr.DataArray:
+    """Open a store written by :func:`write_zarr`: its cubes, lazily, as they were written.
+
+    Each cube comes back as a Dask-backed DataArray named after its group, chunked as stored,
+    with its dimensions, attributes and coordinates: ``x``/``y``, the CRS on ``spatial_ref``
+    (so :func:`xfusion.grids.geobox_of` gives the grid the cube was written on), ``time``,
+    ``band`` and the per-band ``band_kind``/``band_scale``/``band_offset`` coordinates.
+    Coordinates of at most one dimension are loaded (they are metadata); data and larger
+    coordinates stay lazy. String coordinates come back as object arrays of ``str``, as
+    :func:`xfusion.bands.set_band_kinds` builds them (Zarr would give numpy's ``StringDType``).
+
+    Only a complete store is opened: a partial one (``<path>.partial``, left by an interrupted
+    or failed write) is refused, since some of its regions were never written and would read
+    as fill values.
+
+    Parameters
+    ----------
+    path : path-like
+        The store (a folder ending in ``.zarr``).
+    name : str, optional
+        The cube to open. Default: all of them.
+    chunks : mapping of str to int, optional
+        Chunk sizes to open with, along the named dimensions (default: the store's chunks).
+
+    Returns
+    -------
+    dict of str to xarray.DataArray, or xarray.DataArray
+        Without ``name``, every cube by group name, in the order they were written; with
+        ``name``, that cube.
+
+    Raises
+    ------
+    MissingFileError
+        Nothing at ``path`` (the message says if a partial store lies next to it).
+    SourceError
+        ``path`` is not a complete store written by :func:`write_zarr`.
+    InputError
+        ``name`` is not a cube of the store (the message lists the cubes).
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, xarray as xr
+    >>> cube = xr.DataArray(np.arange(6.0).reshape(2, 3), dims=("y", "x"),
+    ...                     coords={"y": [10.0, 0.0], "x": [0.0, 10.0, 20.0]})
+    >>> store = write_zarr({"a": cube, "b": 2 * cube}, tempfile.mkdtemp() + "/out.zarr")
+    >>> cubes = open_zarr(store)
+    >>> list(cubes), cubes["b"].chunks is not None
+    (['a', 'b'], True)
+    >>> open_zarr(store, "b").values.tolist()
+    [[0.0, 2.0, 4.0], [6.0, 8.0, 10.0]]
+    """
+    store = Path(path)
+    names = _complete_store_cubes(store)
+    if name is not None:
+        if not isinstance(name, str) or name not in names:
+            raise InputError(f"no cube {name!r} in {str(store)!r}; its cubes are {names}")
+        return _open_cube(store, name, chunks)
+    return {n: _open_cube(store, n, chunks) for n in names}
+
+
+def _complete_store_cubes(store: Path) -> list[str]:
+    """Return the cube names of a complete store, in write order; typed errors otherwise."""
+    partial = _partial_path(store)
+    if not store.exists():
+        hint = (
+            f"; {str(partial)!r} is a partial store left by an interrupted write: finish it "
+            "with write_zarr(..., resume=True)"
+            if partial.exists()
+            else ""
+        )
+        raise MissingFileError(f"no Zarr store at {str(store)!r}{hint}")
+    if store.name.endswith(".partial") or _completed_digest(store) is None:
+        raise SourceError(
+            f"{str(store)!r} is not a complete store written by xfusion.write_zarr (no "
+            f"{COMPLETE_ATTR!r} mark on its root group); expected a finished write_zarr output "
+            "(a partial store is finished by write_zarr(..., resume=True); other Zarr stores "
+            "open with xarray.open_zarr)"
+        )
+    try:
+        metadata = json.loads((store / ".zmetadata").read_text())["metadata"]
+        groups = sorted(
+            k[: -len("/.zgroup")] for k in metadata if k.endswith("/.zgroup") and k.count("/") == 1
+        )
+        mark = json.loads((store / ".zattrs").read_text())[COMPLETE_ATTR]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SourceError(
+            f"cannot read the consolidated metadata of {str(store)!r} ({err}); expected a store "
+            "written by xfusion.write_zarr"
+        ) from err
+    written = [n for n in mark.get("cubes") or [] if n in groups]  # stores before 'cubes': sorted
+    return written + [g for g in groups if g not in written]
+
+
+def _open_cube(store: Path, name: str, chunks: Mapping[str, int] | None) -> xr.DataArray:
+    # opened without Dask first, so the small coordinates below are read, not computed
+    cube = xr.open_zarr(store, group=name, chunks=None, consolidated=True)[name]
+    restored = {}
+    for key, coord in cube.coords.items():
+        if coord.ndim > 1:
+            continue  # may be as large as the data: stays lazy
+        coord = coord.load()  # xf: computes coordinates (metadata, at most one dimension)
+        if coord.dtype.kind in "OT":  # numpy StringDType from Zarr: object of str, as written
+            strings = np.array([str(v) for v in coord.values.ravel()], dtype=object)
+            coord = coord.copy(data=strings.reshape(coord.shape))
+        restored[key] = coord
+    stored = dict(cube.encoding.get("preferred_chunks") or {})
+    wanted = {d: int(c) for d, c in (chunks or {}).items() if d in cube.dims}
+    return cube.chunk({**stored, **wanted}).assign_coords(restored)
 
 
 def check_resumable(path: str | os.PathLike[str], fingerprint: Mapping[str, Any]) -> None:
@@ -334,13 +513,14 @@ def _completed_digest(store: Path) -> str | None:
         return None
 
 
-def _finish_store(partial: Path, final: Path, digest: str, n_regions: int) -> None:
+def _finish_store(
+    partial: Path, final: Path, digest: str, n_regions: int, names: list[str]
+) -> None:
     import zarr
 
     root = zarr.open_group(str(partial), mode="r+", zarr_format=2)
-    root.attrs.update(
-        {COMPLETE_ATTR: {"digest": digest, "format": _STORE_FORMAT, "regions": n_regions}}
-    )
+    mark = {"digest": digest, "format": _STORE_FORMAT, "regions": n_regions, "cubes": names}
+    root.attrs.update({COMPLETE_ATTR: mark})
     (partial / PROGRESS_FILE).unlink()
     zarr.consolidate_metadata(str(partial), zarr_format=2)
     _replace_dir(partial, final)
