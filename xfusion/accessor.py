@@ -48,17 +48,17 @@ class _Base:
 class XFusionAccessor(_Base):
     """``da.xf``: masks, composites, resampling, features, sampling, prediction and plots."""
 
-    def mask_bits(self, qa, bits, *, drop=True):  # noqa: D102
-        return _mask.mask_bits(self._obj, qa, bits, drop=drop)
+    def mask_bits(self, qa, bits, *, drop=True, missing=None):  # noqa: D102
+        return _mask.mask_bits(self._obj, qa, bits, drop=drop, missing=missing)
 
-    def mask_classes(self, qa, classes, *, drop=True):  # noqa: D102
-        return _mask.mask_classes(self._obj, qa, classes, drop=drop)
+    def mask_classes(self, qa, classes, *, drop=True, missing=None):  # noqa: D102
+        return _mask.mask_classes(self._obj, qa, classes, drop=drop, missing=missing)
 
     def mask_range(self, lo, hi, **kwargs):  # noqa: D102
         return _mask.mask_range(self._obj, lo, hi, **kwargs)
 
-    def scale(self, factor, offset=0.0):  # noqa: D102
-        return _mask.scale(self._obj, factor, offset)
+    def scale(self, factor, offset=0.0, *, again=False):  # noqa: D102
+        return _mask.scale(self._obj, factor, offset, again=again)
 
     def dilate(self, radius):  # noqa: D102
         return _mask.dilate(self._obj, radius)
@@ -114,8 +114,8 @@ class XFusionDatasetAccessor(_Base):
     def mask_range(self, lo, hi, **kwargs):
         return _mask.mask_range(self._obj, lo, hi, **kwargs)
 
-    def scale(self, factor, offset=0.0):
-        return _mask.scale(self._obj, factor, offset)
+    def scale(self, factor, offset=0.0, *, again=False):
+        return _mask.scale(self._obj, factor, offset, again=again)
 
     def composite(self, how="median", *, freq=None, start=None, end=None):
         return _composite.composite(self._obj, how, freq=freq, start=start, end=end)

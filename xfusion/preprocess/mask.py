@@ -7,6 +7,7 @@ so the output of a mask is always floating point (``float32`` unless the input w
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,7 +17,15 @@ import numpy as np
 import xarray as xr
 
 from xfusion._kernels.morphology import binary_dilate_disk
-from xfusion.errors import BandError, InputError
+from xfusion.bands import (
+    KIND_COORD,
+    SCALE_COORD,
+    band_kinds,
+    band_scaling,
+    is_physical_scaling,
+    set_band_scaling,
+)
+from xfusion.errors import BandError, InputError, ScaleError, XFusionWarning
 from xfusion.preprocess._validate import check_unique_bands
 
 __all__ = [
@@ -60,27 +69,27 @@ QA_PRESETS: dict[str, QAPreset] = {
     ),
     "QA_PIXEL": QAPreset(
         "QA_PIXEL",
-        (1, 2, 3, 4),
-        "Landsat Collection-2 QA_PIXEL: bit 1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud shadow "
-        "(bit 0 fill, 5 snow, 6 clear, 7 water are not masked)",
+        (0, 1, 2, 3, 4),
+        "Landsat Collection-2 QA_PIXEL: bit 0 fill, 1 dilated cloud, 2 cirrus, 3 cloud, "
+        "4 cloud shadow (5 snow, 6 clear, 7 water are not masked)",
     ),
     "QA_PIXEL_SNOW": QAPreset(
         "QA_PIXEL",
-        (1, 2, 3, 4, 5),
-        "Landsat Collection-2 QA_PIXEL: bits 1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud shadow, "
-        "5 snow",
+        (0, 1, 2, 3, 4, 5),
+        "Landsat Collection-2 QA_PIXEL: bits 0 fill, 1 dilated cloud, 2 cirrus, 3 cloud, "
+        "4 cloud shadow, 5 snow",
     ),
     "BQA": QAPreset(
         "BQA",
-        (4, 8, 12),
-        "Landsat Collection-1 BQA: bit 4 cloud, bit 8 cloud-shadow confidence medium/high, "
-        "bit 12 cirrus confidence medium/high (bit 0 fill is not masked)",
+        (0, 4, 8, 12),
+        "Landsat Collection-1 BQA: bit 0 designated fill, 4 cloud, 8 cloud-shadow confidence "
+        "medium/high, 12 cirrus confidence medium/high",
     ),
     "BQA_SNOW": QAPreset(
         "BQA",
-        (4, 8, 10, 12),
-        "Landsat Collection-1 BQA: bit 4 cloud, 8 cloud-shadow confidence medium/high, "
-        "10 snow/ice confidence medium/high, 12 cirrus confidence medium/high",
+        (0, 4, 8, 10, 12),
+        "Landsat Collection-1 BQA: bit 0 designated fill, 4 cloud, 8 cloud-shadow confidence "
+        "medium/high, 10 snow/ice confidence medium/high, 12 cirrus confidence medium/high",
     ),
 }
 
@@ -199,24 +208,91 @@ def _qa_as_int(block: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     return block.astype(np.int64), np.ones(block.shape, dtype=bool)
 
 
-def _valid_bits_block(block: np.ndarray, *, bitmask: int, name: str) -> np.ndarray:
-    ints, has_data = _qa_as_int(block, name)
-    return has_data & ((ints & bitmask) == 0)
+_MISSING = (None, "drop", "keep")
 
 
-def _valid_classes_block(block: np.ndarray, *, classes: np.ndarray, name: str) -> np.ndarray:
-    ints, has_data = _qa_as_int(block, name)
-    return has_data & ~np.isin(ints, classes)
+def _check_missing(missing: Any, func: str) -> None:
+    if missing not in _MISSING:
+        raise InputError(
+            f"{func}: missing must be 'drop', 'keep' or None (drop and warn); got {missing!r}"
+        )
+
+
+def _bits_ok(ints: np.ndarray, *, bitmask: int) -> np.ndarray:
+    return (ints & bitmask) == 0
+
+
+def _classes_ok(ints: np.ndarray, *, classes: np.ndarray) -> np.ndarray:
+    return ~np.isin(ints, classes)
+
+
+def _valid_block(
+    qa: np.ndarray,
+    other: np.ndarray | None = None,
+    *,
+    ok: Any,
+    name: str,
+    func: str,
+    missing: str | None,
+    **params: Any,
+) -> np.ndarray:
+    """Return one block's validity: ``ok`` where the flag is known, NaN flags per ``missing``.
+
+    ``other`` (only with ``missing=None``) says where the other bands hold data: a pixel dropped
+    there for an unknown flag issues the warning that the default promises.
+    """
+    ints, known = _qa_as_int(qa, name)
+    valid = ok(ints, **params)
+    if missing == "keep":
+        return np.where(known, valid, True)
+    if missing is None and other is not None and (other & ~known).any():
+        warnings.warn(
+            f"{func}: quality band {name!r} is NaN (unknown: its nodata, an item without the "
+            "quality asset, or an unreadable file) where other bands hold data; those pixels are "
+            "dropped. Pass missing='drop' to drop them without this warning, or missing='keep' "
+            "to keep them",
+            XFusionWarning,
+            stacklevel=2,
+        )
+    return valid & known
+
+
+def _check_qa_kind(da: xr.DataArray, name: Hashable, func: str, wanted: tuple[str, ...]) -> None:
+    """Refuse a quality band whose kind cannot be read as ``wanted`` (flags or classes)."""
+    kind = band_kinds(da)[name]
+    recorded = KIND_COORD in da.coords
+    if kind in wanted or (kind == "continuous" and not recorded):
+        return  # a band of unknown meaning (no band_kind coordinate) is the caller's to judge
+    how = "recorded in its band_kind coordinate" if recorded else "known from its name"
+    advice = (
+        "use mask_classes for class labels"
+        if func == "mask_bits" and kind == "categorical"
+        else f"if it does hold {' or '.join(wanted)}, say so with "
+        f"xfusion.bands.set_band_kinds(cube, {{{str(name)!r}: {wanted[0]!r}}}) "
+        "(or open_stac(..., kinds=...))"
+    )
+    raise BandError(
+        f"{func}: quality band {name!r} is {kind} ({how}); expected {' or '.join(wanted)}; {advice}"
+    )
 
 
 def _apply_validity(
-    da: xr.DataArray, qa_name: Hashable, kernel: Any, drop: bool, **kwargs: Any
+    da: xr.DataArray,
+    qa_name: Hashable,
+    drop: bool,
+    missing: str | None,
+    func: str,
+    **kwargs: Any,
 ) -> xr.DataArray:
     qa_da = da.sel(band=qa_name, drop=True)
+    args = [qa_da]
+    others = [b for b in da["band"].values.tolist() if b != qa_name]
+    if missing is None and others:
+        args.append(da.sel(band=others).notnull().any("band"))
     valid = xr.apply_ufunc(
-        kernel,
-        qa_da,
-        kwargs={"name": str(qa_name), **kwargs},
+        _valid_block,
+        *args,
+        kwargs={"name": str(qa_name), "func": func, "missing": missing, **kwargs},
         dask="parallelized",
         output_dtypes=[bool],
     )
@@ -231,13 +307,17 @@ def _apply_validity(
 # public functions
 
 
-def mask_bits(da: xr.DataArray, qa: Any, bits: Any, *, drop: bool = True) -> xr.DataArray:
+def mask_bits(
+    da: xr.DataArray, qa: Any, bits: Any, *, drop: bool = True, missing: str | None = None
+) -> xr.DataArray:
     """Set a cube to NaN wherever any of ``bits`` is set in its quality band ``qa``.
 
-    Pixels where the quality band itself is NaN (no data) are masked too. The quality band may be
-    integer or floating point; a float band must hold integer values where it is not NaN, which is
-    checked block by block when the result is computed (a :class:`~xfusion.errors.BandError` is
-    raised then).
+    Where the quality band itself is NaN its flags are unknown (its nodata, an item without the
+    quality asset, an unreadable file); ``missing`` decides. The quality band may be integer or
+    floating point; a float band must hold integer values where it is not NaN, which is checked
+    block by block when the result is computed (a :class:`~xfusion.errors.BandError` is raised
+    then). A band recorded (``band_kind`` coordinate) or named as class labels is refused, and so
+    is one recorded as continuous: bit tests on reflectance or class numbers mean nothing.
 
     Parameters
     ----------
@@ -248,10 +328,20 @@ def mask_bits(da: xr.DataArray, qa: Any, bits: Any, *, drop: bool = True) -> xr.
         in ``da`` (``"QA_PIXEL_SNOW"`` reads band ``"QA_PIXEL"``).
     bits : str or iterable of int
         Bit positions (0 = least significant), or a preset name from :data:`QA_PRESETS`:
-        ``"QA60"`` (Sentinel-2, bits 10 and 11), ``"QA_PIXEL"`` (Landsat C2, bits 1-4),
-        ``"QA_PIXEL_SNOW"`` (and bit 5), ``"BQA"`` (Landsat C1, bits 4, 8, 12), ``"BQA_SNOW"``.
+        ``"QA60"`` (Sentinel-2, bits 10 and 11), ``"QA_PIXEL"`` (Landsat C2, bits 0 fill and
+        1-4), ``"QA_PIXEL_SNOW"`` (and bit 5), ``"BQA"`` (Landsat C1, bits 0 fill, 4, 8, 12),
+        ``"BQA_SNOW"`` (and bit 10).
     drop : bool, default True
         Remove the quality band from the result. With ``drop=False`` it is kept unmasked.
+    missing : {None, "drop", "keep"}, default None
+        What to do where the quality band is NaN. ``"drop"``: mask the pixel (its quality is
+        unknown, so it is not trusted). ``"keep"``: keep it (an item whose QA asset is missing
+        keeps all its pixels, clouds included). ``None`` drops like ``"drop"`` but, when computed,
+        issues an :class:`~xfusion.errors.XFusionWarning` if a NaN flag drops a pixel where other
+        bands hold data. Dropping is the default because keeping would let cloudy pixels through
+        silently, and the warning is there because dropping can silently remove whole scenes
+        (a missing QA asset): a pixel lost without a word is what a careful user must not get.
+        Pass ``"drop"`` or ``"keep"`` to make the choice explicit and silence the warning.
 
     Returns
     -------
@@ -261,9 +351,11 @@ def mask_bits(da: xr.DataArray, qa: Any, bits: Any, *, drop: bool = True) -> xr.
     Raises
     ------
     BandError
-        ``qa`` is not a band of ``da``, or the quality band is not integer-valued.
+        ``qa`` is not a band of ``da``, the quality band is not integer-valued, or its kind is
+        categorical (or recorded as continuous).
     InputError
-        ``bits`` is not a preset name or integers, or a bit is out of range for the band's dtype.
+        ``bits`` is not a preset name or integers, a bit is out of range for the band's dtype, or
+        ``missing`` is not one of the choices.
 
     Examples
     --------
@@ -273,12 +365,17 @@ def mask_bits(da: xr.DataArray, qa: Any, bits: Any, *, drop: bool = True) -> xr.
     ...     dims=("band", "y", "x"), coords={"band": ["B04", "QA60"]})
     >>> mask_bits(cube, "QA60", "QA60").values
     array([[[0.1, nan, nan]]], dtype=float32)
+    >>> unknown = cube.where(cube.band != "QA60")  # flags NaN: e.g. an item without QA60
+    >>> mask_bits(unknown, "QA60", "QA60", missing="keep").values
+    array([[[0.1, 0.2, 0.3]]], dtype=float32)
     """
     da = _require_dataarray(da, "mask_bits")
     qa_name = _resolve_qa(da, qa, QA_PRESETS, "mask_bits")
     bit_list = _resolve_values(bits, QA_PRESETS, "bits")
+    _check_missing(missing, "mask_bits")
     qa_dtype = da.dtype
     _check_qa_dtype(da, qa_name)
+    _check_qa_kind(da, qa_name, "mask_bits", ("flags",))
     max_bit = qa_dtype.itemsize * 8 - 1 if qa_dtype.kind in "iu" else 62
     if qa_dtype.kind == "i":
         max_bit -= 1  # the sign bit is not a flag
@@ -291,13 +388,17 @@ def mask_bits(da: xr.DataArray, qa: Any, bits: Any, *, drop: bool = True) -> xr.
     bitmask = 0
     for b in bit_list:
         bitmask |= 1 << b
-    return _apply_validity(da, qa_name, _valid_bits_block, drop, bitmask=bitmask)
+    return _apply_validity(da, qa_name, drop, missing, "mask_bits", ok=_bits_ok, bitmask=bitmask)
 
 
-def mask_classes(da: xr.DataArray, qa: Any, classes: Any, *, drop: bool = True) -> xr.DataArray:
+def mask_classes(
+    da: xr.DataArray, qa: Any, classes: Any, *, drop: bool = True, missing: str | None = None
+) -> xr.DataArray:
     """Set a cube to NaN wherever its classification band ``qa`` holds one of ``classes``.
 
-    Like :func:`mask_bits` but for bands of class values (Sentinel-2 ``SCL``) instead of bit flags.
+    Like :func:`mask_bits` but for bands of class values (Sentinel-2 ``SCL``) instead of bit flags;
+    a flag band is accepted too (masking exact flag values, as Landsat Collection-1 workflows
+    do), a band recorded as continuous is refused.
 
     Parameters
     ----------
@@ -310,18 +411,22 @@ def mask_classes(da: xr.DataArray, qa: Any, classes: Any, *, drop: bool = True) 
         and high probability, 10 thin cirrus) or ``"SCL_SNOW"`` (and 11 snow/ice).
     drop : bool, default True
         Remove the classification band from the result (kept unmasked with ``drop=False``).
+    missing : {None, "drop", "keep"}, default None
+        What to do where the class band is NaN (unknown class), as in :func:`mask_bits`:
+        ``"drop"``, ``"keep"``, or ``None`` to drop with a warning when that drops pixels where
+        other bands hold data.
 
     Returns
     -------
     xarray.DataArray
-        Floating-point cube, chunked like ``da``; NaN also where the class band is NaN.
+        Floating-point cube, chunked like ``da``.
 
     Raises
     ------
     BandError
-        ``qa`` is not a band of ``da``, or it is not integer-valued.
+        ``qa`` is not a band of ``da``, it is not integer-valued, or it is recorded as continuous.
     InputError
-        ``classes`` is not a preset name or integers.
+        ``classes`` is not a preset name or integers, or ``missing`` is not one of the choices.
 
     Examples
     --------
@@ -335,9 +440,17 @@ def mask_classes(da: xr.DataArray, qa: Any, classes: Any, *, drop: bool = True) 
     da = _require_dataarray(da, "mask_classes")
     qa_name = _resolve_qa(da, qa, CLASS_PRESETS, "mask_classes")
     class_list = _resolve_values(classes, CLASS_PRESETS, "classes")
+    _check_missing(missing, "mask_classes")
     _check_qa_dtype(da, qa_name)
+    _check_qa_kind(da, qa_name, "mask_classes", ("categorical", "flags"))
     return _apply_validity(
-        da, qa_name, _valid_classes_block, drop, classes=np.array(class_list, dtype=np.int64)
+        da,
+        qa_name,
+        drop,
+        missing,
+        "mask_classes",
+        ok=_classes_ok,
+        classes=np.array(class_list, dtype=np.int64),
     )
 
 
@@ -441,8 +554,64 @@ def mask_range(
     return out
 
 
-def scale(da: T_Xarray, factor: Any, offset: Any = 0.0) -> T_Xarray:
+def _per_band(value: Any, names: list[Hashable]) -> list[float]:
+    """Return the numbers of a scalar or band-indexed factor/offset, one per band."""
+    numbers = value.values if isinstance(value, xr.DataArray) else value  # parameters, not data
+    return [float(v) for v in np.broadcast_to(np.asarray(numbers, "float64"), (len(names),))]
+
+
+def _scaling_names(da: xr.DataArray) -> list[Hashable]:
+    return list(band_scaling(da))
+
+
+def _check_rescalable(
+    da: xr.DataArray, pairs: dict[Hashable, tuple[float, float]], again: bool
+) -> None:
+    """Refuse to rescale flag/class bands, and bands already scaled (unless ``again``)."""
+    changed = {b: p for b, p in pairs.items() if p != (1.0, 0.0)}
+    if not changed:
+        return
+    kinds = band_kinds(da)
+    for band, pair in changed.items():
+        if kinds[band] != "continuous":
+            raise ScaleError(
+                f"band {band!r} holds {kinds[band]} (band_kind), whose values are not quantities: "
+                f"scaling it by factor {pair[0]:g}, offset {pair[1]:g} would destroy them; scale "
+                "only continuous bands (select them, or give factor as a mapping per band)"
+            )
+    if again or SCALE_COORD not in da.coords:
+        return
+    applied = band_scaling(da)
+    for band, pair in changed.items():
+        prior = applied[band]
+        if prior is None:
+            raise ScaleError(
+                f"band {band!r} has an unknown scaling already applied (NaN band_scale/band_offset,"
+                " e.g. STAC items declaring different scales for it), so scaling it by factor "
+                f"{pair[0]:g}, offset {pair[1]:g} may scale some of its values twice; open it "
+                "with scale_offset=False to scale the raw numbers yourself, or pass again=True"
+            )
+        if is_physical_scaling(prior):
+            raise ScaleError(
+                f"band {band!r} is already scaled (scale {prior[0]:g}, offset {prior[1]:g} "
+                "applied to its raw numbers, recorded in band_scale/band_offset); scaling it "
+                f"again by factor {pair[0]:g}, offset {pair[1]:g} would give wrong values. "
+                "Pass again=True to rescale on purpose (e.g. kelvin to Celsius)"
+            )
+
+
+def scale(da: T_Xarray, factor: Any, offset: Any = 0.0, *, again: bool = False) -> T_Xarray:
     """Rescale stored values to physical units: ``da * factor + offset``.
+
+    A cube carries, per band, the scaling already applied to its raw numbers in the
+    ``band_scale``/``band_offset`` coordinates (:mod:`xfusion.bands`; set by
+    :func:`xfusion.open_stac`). ``scale`` refuses a band that is already scaled (reflectance
+    scaled twice looks plausible and is wrong), a band whose applied scaling is unknown (NaN),
+    and a band that holds bit flags or class labels (``band_kind`` coordinate, or a preset name
+    such as ``QA_PIXEL``); bands given factor 1 and offset 0 are never refused. The result records
+    the new total scaling: ``raw * s * factor + (o * factor + offset)`` after ``(s, o)``. A cube
+    without the coordinates is taken to hold its raw numbers, and gets them (when it has a
+    ``band`` dimension).
 
     Parameters
     ----------
@@ -450,16 +619,31 @@ def scale(da: T_Xarray, factor: Any, offset: Any = 0.0) -> T_Xarray:
         Cube (or Dataset, handled variable by variable). NaN stays NaN.
     factor : float, mapping or str
         Multiplier; a mapping gives one per band (or per variable of a Dataset; unnamed bands keep
-        factor 1); a name from :data:`SCALE_PRESETS` sets both factor and offset: ``"S2"``
-        (÷10000), ``"LANDSAT_C2_SR"`` (2.75e-5, −0.2), ``"LANDSAT_C2_ST"`` (kelvin) and
-        ``"LANDSAT_C2_ST_CELSIUS"`` (°C).
+        factor 1, as does a band mapped to ``None``); a name from :data:`SCALE_PRESETS` sets both
+        factor and offset: ``"S2"`` (÷10000), ``"LANDSAT_C2_SR"`` (2.75e-5, −0.2),
+        ``"LANDSAT_C2_ST"`` (kelvin) and ``"LANDSAT_C2_ST_CELSIUS"`` (°C).
     offset : float or mapping, default 0.0
         Added after multiplying; ignored when ``factor`` is a preset name.
+    again : bool, default False
+        Rescale bands that are already scaled (or of unknown scaling) on purpose, e.g. surface
+        temperature opened in kelvin to Celsius with ``scale(st, 1, -273.15, again=True)``.
+        Flag and class bands are refused even then.
 
     Returns
     -------
     xarray.DataArray or xarray.Dataset
-        Floating-point result (``float32`` unless ``da`` is ``float64``), chunked like ``da``.
+        Floating-point result (``float32`` unless ``da`` is ``float64``), chunked like ``da``,
+        with ``band_scale``/``band_offset`` recording the total scaling.
+
+    Raises
+    ------
+    ScaleError
+        A band to rescale is already scaled or of unknown scaling (without ``again=True``), or it
+        holds flags or class labels; the message names the band and the scaling applied.
+    BandError
+        A mapping names a band or variable that is not there.
+    InputError
+        ``factor`` is an unknown preset name, or not a number or mapping.
 
     Examples
     --------
@@ -469,6 +653,14 @@ def scale(da: T_Xarray, factor: Any, offset: Any = 0.0) -> T_Xarray:
     array([1.  , 0.25], dtype=float32)
     >>> scale(da, "LANDSAT_C2_SR").values.round(4)
     array([ 0.075 , -0.1312], dtype=float32)
+    >>> cube = xr.DataArray(np.array([[20000.0]]), dims=("band", "x"), coords={"band": ["SR_B4"]})
+    >>> sr = scale(cube, "LANDSAT_C2_SR")
+    >>> float(sr.band_scale[0]), float(sr.band_offset[0])
+    (2.75e-05, -0.2)
+    >>> scale(sr, "LANDSAT_C2_SR")
+    Traceback (most recent call last):
+    ...
+    xfusion.errors.ScaleError: band 'SR_B4' is already scaled (scale 2.75e-05, offset -0.2 ...
     """
     if isinstance(factor, str):
         if factor not in SCALE_PRESETS:
@@ -479,15 +671,37 @@ def scale(da: T_Xarray, factor: Any, offset: Any = 0.0) -> T_Xarray:
     if isinstance(da, xr.Dataset):
         _check_mapping_keys(da, factor, "factor")
         _check_mapping_keys(da, offset, "offset")
-        return _map_dataset(da, scale, args=(factor, offset))
+        return _map_dataset(da, scale, args=(factor, offset), again=again)
     if not isinstance(da, xr.DataArray):
         raise InputError(f"scale expects a DataArray or Dataset; got {type(da).__name__}")
+    if "band" in da.dims:
+        check_unique_bands(da, "scale")
     data = _as_float(da)
     f = _by_band(data, factor, 1.0, "factor")
     o = _by_band(data, offset, 0.0, "offset")
+    # A band mapped to None keeps factor 1 and offset 0 (not NaN, which would blank it).
+    f = f.fillna(1.0) if isinstance(f, xr.DataArray) else f
+    o = o.fillna(0.0) if isinstance(o, xr.DataArray) else o
+    names = _scaling_names(data)
+    pairs = dict(
+        zip(
+            names,
+            zip(_per_band(f, names), _per_band(o, names), strict=True),
+            strict=True,
+        )
+    )
+    _check_rescalable(data, pairs, again)
     out = (data * f + o).astype(data.dtype)
     out.attrs = da.attrs
-    return out
+    if "band" not in out.dims and SCALE_COORD not in out.coords:
+        return out  # one variable of a Dataset: nothing recorded (it would conflict on merging)
+    known = SCALE_COORD in data.coords
+    applied = band_scaling(data)
+    total: dict[Hashable, tuple[float, float] | None] = {}
+    for band, (fb, ob) in pairs.items():
+        prior = applied[band] if known else (1.0, 0.0)
+        total[band] = None if prior is None else (prior[0] * fb, prior[1] * fb + ob)
+    return set_band_scaling(out, total)
 
 
 # --------------------------------------------------------------------------------------------
