@@ -72,7 +72,7 @@ class XFusionAccessor(_Base):
     def index(self, name):  # noqa: D102
         return _features.index(self._obj, name)
 
-    def resample(self, grid_or_like, resampling="average", **kwargs):  # noqa: D102
+    def resample(self, grid_or_like, resampling=None, **kwargs):  # noqa: D102
         return _resample.resample(self._obj, grid_or_like, resampling, **kwargs)
 
     def lags(self, n, *, cloud_score=None, **kwargs):  # noqa: D102
@@ -120,7 +120,7 @@ class XFusionDatasetAccessor(_Base):
     def composite(self, how="median", *, freq=None, start=None, end=None):
         return _composite.composite(self._obj, how, freq=freq, start=start, end=end)
 
-    def resample(self, grid_or_like, resampling="average", **kwargs):
+    def resample(self, grid_or_like, resampling=None, **kwargs):
         return _resample.resample(self._obj, grid_or_like, resampling, **kwargs)
 
 

@@ -16,6 +16,10 @@ Methods
     Sum of the valid pixels (the total of a field is conserved).
 ``min`` / ``max``
     Extremes of the valid pixels.
+``bitwise_or``
+    Bitwise OR of the valid pixels (bit-flag bands such as Landsat ``QA_PIXEL``: a coarse pixel
+    has a flag when any of its fine pixels has it). Values are taken as whole numbers (cast to
+    int64); a fractional part is dropped.
 ``mode``
     The most frequent valid value. Ties are broken as GDAL does: scanning the block row by row,
     the value that reached the highest count first wins (so with all values distinct, the first
@@ -30,15 +34,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numba
 import numpy as np
+
+from xfusion._kernels import njit
 
 __all__ = ["METHODS", "aggregate_blocks", "aggregate_pieces"]
 
-METHODS = ("average", "sum", "min", "max", "mode")
+METHODS = ("average", "sum", "min", "max", "mode", "bitwise_or")
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(nogil=True)
 def _accumulate_sum(a, row, col, ky, kx, acc, cnt):  # pragma: no cover - compiled
     nl, h, w = a.shape
     for lead in range(nl):
@@ -60,7 +65,7 @@ def _accumulate_sum(a, row, col, ky, kx, acc, cnt):  # pragma: no cover - compil
                 j = end
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(nogil=True)
 def _accumulate_min(a, row, col, ky, kx, acc, cnt):  # pragma: no cover - compiled
     nl, h, w = a.shape
     for lead in range(nl):
@@ -84,7 +89,7 @@ def _accumulate_min(a, row, col, ky, kx, acc, cnt):  # pragma: no cover - compil
                 j = end
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(nogil=True)
 def _accumulate_max(a, row, col, ky, kx, acc, cnt):  # pragma: no cover - compiled
     nl, h, w = a.shape
     for lead in range(nl):
@@ -108,7 +113,29 @@ def _accumulate_max(a, row, col, ky, kx, acc, cnt):  # pragma: no cover - compil
                 j = end
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(nogil=True)
+def _accumulate_or(a, row, col, ky, kx, acc, cnt):  # pragma: no cover - compiled
+    nl, h, w = a.shape
+    for lead in range(nl):
+        for i in range(h):
+            orow = (row + i) // ky
+            j = 0
+            while j < w:
+                ocol = (col + j) // kx
+                end = min(w, (ocol + 1) * kx - col)
+                m = np.int64(0)
+                n = 0
+                for q in range(j, end):
+                    v = a[lead, i, q]
+                    if v == v:
+                        m |= np.int64(v)
+                        n += 1
+                acc[lead, orow, ocol] |= m
+                cnt[lead, orow, ocol] += n
+                j = end
+
+
+@njit(nogil=True)
 def _mode_blocks(a, ky, kx, out):  # pragma: no cover - compiled
     nl, oh, ow = out.shape
     buf = np.empty(ky * kx, dtype=np.float64)
@@ -147,7 +174,8 @@ def _mode_blocks(a, ky, kx, out):  # pragma: no cover - compiled
 def _as3d(a: np.ndarray) -> np.ndarray:
     if a.ndim < 2:
         raise ValueError(f"expected an array with at least 2 dims (y, x); got shape {a.shape}")
-    if a.dtype.kind not in "f":
+    if a.dtype.kind not in "f" or a.dtype.itemsize < 4:
+        # numba has no float16 arithmetic; integers become float so NaN can mark nodata
         a = a.astype(np.float32)
     return a.reshape((-1, *a.shape[-2:]))
 
@@ -171,7 +199,7 @@ def aggregate_pieces(
         Shape of the output block.
     factor : (ky, kx)
         Integer aggregation factors along y and x.
-    method : {"average", "sum", "min", "max", "mode"}
+    method : {"average", "sum", "min", "max", "mode", "bitwise_or"}
         Reduction, see the module docstring.
     dtype : numpy dtype
         Output dtype (float).
@@ -209,6 +237,9 @@ def aggregate_pieces(
     elif method == "max":
         acc = np.full((n_lead, height, width), -np.inf, dtype=np.float64)
         kernel = _accumulate_max
+    elif method == "bitwise_or":
+        acc = np.zeros((n_lead, height, width), dtype=np.int64)
+        kernel = _accumulate_or
     else:
         raise ValueError(f"unknown aggregation method {method!r}; expected one of {METHODS}")
     cnt = np.zeros((n_lead, height, width), dtype=np.int64)
@@ -216,6 +247,8 @@ def aggregate_pieces(
         a3 = _as3d(arr)
         if a3.size:
             kernel(a3, int(row), int(col), ky, kx, acc, cnt)
+    if method == "bitwise_or":
+        acc = acc.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         if method == "average":
             acc /= cnt
@@ -240,7 +273,7 @@ def aggregate_blocks(
         Source of shape ``(..., ny, nx)``; NaN is nodata.
     factor : (ky, kx)
         Integer aggregation factors.
-    method : {"average", "sum", "min", "max", "mode"}
+    method : {"average", "sum", "min", "max", "mode", "bitwise_or"}
         Reduction.
     offset : (row, col)
         Source pixel index of the output's top-left corner; negative or past-the-edge values
@@ -262,6 +295,9 @@ def aggregate_blocks(
     >>> aggregate_blocks(a, (2, 2), "sum")
     array([[12., 20., 13.],
            [21., 25., 14.]], dtype=float32)
+    >>> flags = np.array([[21824, 21824], [21824, 54596]], dtype=np.float32)
+    >>> aggregate_blocks(flags, (2, 2), "bitwise_or")
+    array([[54596.]], dtype=float32)
     """
     ky, kx = (int(f) for f in factor)
     ny, nx = a.shape[-2:]

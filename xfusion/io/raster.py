@@ -32,7 +32,7 @@ from xfusion.errors import (
     InputError,
     SourceError,
 )
-from xfusion.grids import as_geobox, assign_grid
+from xfusion.grids import as_geobox, assign_grid, grid_mismatch, same_grid
 from xfusion.io._hrefs import check_local_exists, local_path
 from xfusion.io._retry import redact, sanitized
 
@@ -66,8 +66,10 @@ def open_raster(
         GeoTIFF/COG files (any format GDAL reads) or NetCDF files (``.nc``); URLs are passed to
         GDAL as they are.
     grid : GeoBox or DataArray, optional
-        Warp every file onto this grid (lazily, with odc-geo). By default the files must all lie
-        on one grid, which the cube keeps.
+        Warp every file onto this grid (lazily, with odc-geo; projected or geographic, the cube's
+        dims are ``y``/``x`` either way). A file already on it (within 1e-3 pixel, see
+        :func:`xfusion.grids.same_grid`) is taken as it is. By default the files must all lie on
+        one grid (within the same tolerance), which the cube keeps.
     band_names : sequence of str, optional
         Names for the bands, in order. By default a band is named by its GDAL description (or its
         NetCDF variable name); failing that, by its file's stem for single-band files and
@@ -406,11 +408,13 @@ def _with_times(opened, files, times):
 def _common_grid(opened, files) -> GeoBox:
     first = opened[0][1]
     for (_, gbox), f in zip(opened[1:], files[1:], strict=True):
-        if gbox != first:
+        why = grid_mismatch(first, gbox)
+        if why is not None:
             raise GridError(
                 redact(
                     f"files lie on different grids ({files[0]!r}: {_describe(first)}; "
-                    f"{f!r}: {_describe(gbox)}); pass grid=xf.grid(...) to warp them onto one"
+                    f"{f!r}: {_describe(gbox)}: {why}); pass grid=xf.grid(...) to warp them "
+                    "onto one"
                 )
             )
     return first
@@ -423,8 +427,12 @@ def _describe(gbox: GeoBox) -> str:
 
 
 def _place(da: xr.DataArray, gbox: GeoBox, target: GeoBox, path: str, resampling: str):
-    """``da`` on ``target``: as it is when the grids are equal, else warped lazily."""
-    if gbox == target:
+    """``da`` on ``target``: as it is when on the same grid (within 1e-3 px), else warped lazily.
+
+    The result has ``y``/``x`` dims whatever the CRS (odc-geo names them ``latitude``/``longitude``
+    on a geographic grid); its coordinates are set from ``target`` afterwards.
+    """
+    if same_grid(gbox, target):
         return _bare(da)
     footprint = gbox.extent.to_crs(target.crs)
     if not footprint.intersects(target.extent):
@@ -436,6 +444,8 @@ def _place(da: xr.DataArray, gbox: GeoBox, target: GeoBox, path: str, resampling
             )
         )
     warped = xr_reproject(da, target, resampling=resampling, dst_nodata=np.nan)
+    if "latitude" in warped.dims:
+        warped = warped.rename({"latitude": "y", "longitude": "x"})
     return _bare(warped)
 
 

@@ -8,7 +8,6 @@ stacks everything along ``band`` with names ``"source:band"``.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,10 +15,11 @@ import numpy as np
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
-from xfusion.errors import BandError, EmptySelectionError, GridError, InputError
+from xfusion.bands import KIND_COORD, band_kinds, set_band_kinds
+from xfusion.errors import BandError, EmptySelectionError, InputError
 from xfusion.grids import as_geobox, geobox_of
 from xfusion.preprocess._validate import check_unique_bands, check_unique_times
-from xfusion.preprocess.resample import RESAMPLING, resample
+from xfusion.preprocess.resample import RESAMPLING, band_methods, is_coarser, resample
 
 __all__ = ["MOSAIC", "choose_resampling", "fuse", "mosaic_cubes"]
 
@@ -34,11 +34,18 @@ def fuse(
     sources: Mapping[str, xr.DataArray | Sequence[xr.DataArray]],
     *,
     grid: Any,
-    resampling: str | Mapping[str, str] = "average",
+    resampling: str | Mapping[str, str] | None = None,
     align: str | None = None,
     mosaic: Mosaic = "first",
+    kinds: Mapping[str, str] | None = None,
 ) -> xr.DataArray:
     """Resample several sources onto one grid and stack them along ``band`` (lazy).
+
+    Every band is resampled as its kind needs (see :func:`xfusion.resample`): the kind comes
+    from ``kinds``, else the cube's ``band_kind`` coordinate (e.g. from :func:`xfusion.open_stac`),
+    else ``attrs["kind"] == "classes"`` or an integer/bool dtype (categorical), else the band
+    name (``QA60``, ``QA_PIXEL``, ``BQA``: flags; ``SCL``: categorical), else continuous. A source
+    already on ``grid`` (within 1e-3 pixel) is copied exactly, whatever its kind.
 
     Parameters
     ----------
@@ -48,17 +55,19 @@ def fuse(
         ``mosaic``); its cubes must share band names and time coordinates.
     grid : GeoBox or cube
         Target grid (from :func:`xfusion.grid`) or a cube whose grid to use.
-    resampling : str or mapping of source name to str
-        A mapping fixes the method of the sources it names. Every other source follows this rule
-        (``str`` is the method for continuous sources that get coarser, default ``"average"``):
+    resampling : None, str or mapping of source name to str
+        A mapping fixes the method of every band of the sources it names; a method that does not
+        suit a band's kind (``average`` on flags or classes ...) is refused with
+        :class:`BandError`. Every other band follows this rule (``str`` is the method for
+        continuous bands that get coarser, default ``None`` = ``"average"``):
 
-        ============================== ============ ============
-        source                         coarser      finer/same
-        ============================== ============ ============
-        continuous                     ``str``      bilinear
-        classes: integer/bool dtype or mode         nearest
-        ``attrs["kind"] == "classes"``
-        ============================== ============ ============
+        ============ ================== ============
+        band kind    coarser            finer/same
+        ============ ================== ============
+        continuous   ``str``            bilinear
+        categorical  mode               nearest
+        flags        bitwise_or         nearest
+        ============ ================== ============
 
         "Coarser" compares the target pixel area with the source pixel area in the target CRS.
     align : {None, "exact", "nearest"}
@@ -72,25 +81,31 @@ def fuse(
         ``"first"`` takes the first valid value in list order, ``"mean"`` averages the valid
         values (an overlap is counted once, not summed). A callable receives the list of cubes
         already resampled onto ``grid`` and returns one cube.
+    kinds : mapping, optional
+        Band kinds (``"continuous"``, ``"categorical"``, ``"flags"``) by fused band name
+        (``{"s2:SCL": "categorical"}``) or by source name for all its bands
+        (``{"lab": "categorical"}``).
 
     Returns
     -------
     xarray.DataArray
         Dims ``([time,] band, y, x)`` on ``grid``, float32, bands named ``"source:band"`` with a
-        ``source`` coordinate along ``band``; ``attrs["xfusion:provenance"]`` is a JSON string
-        giving, per source, the original CRS and resolution of each cube, the resampling method,
-        the mosaic and the time handling. Nothing is computed.
+        ``source`` and a ``band_kind`` coordinate along ``band``; ``attrs["xfusion:provenance"]``
+        is a JSON string giving, per source, the original CRS and resolution of each cube, the
+        resampling method (one name, or one per band where they differ), the mosaic and the time
+        handling. Nothing is computed.
 
     Raises
     ------
     InputError
         Empty or malformed ``sources``, unknown method/source in ``resampling``, unknown
         ``align``/``mosaic``, mismatched time axes (the same times in another order included:
-        sort them first), repeated times within a source.
+        sort them first), repeated times within a source, an unknown kind.
     EmptySelectionError
         ``align="exact"`` and the sources share no time.
     BandError
-        The cubes of a list source have different bands, or a source repeats a band name.
+        The cubes of a list source have different bands, or a source repeats a band name; a
+        method that does not suit a band's kind; ``kinds`` naming an unknown band or source.
     GridError
         A source that cannot be transformed to, or does not overlap, the grid.
 
@@ -98,12 +113,12 @@ def fuse(
     --------
     >>> import numpy as np, xarray as xr, xfusion as xf
     >>> def cube(res, value, dtype="float32"):
-    ...     g = xf.grid((0, 0, 40, 40), "EPSG:32633", res)
+    ...     g = xf.grid((500000, 0, 500040, 40), "EPSG:32633", res)
     ...     data = np.full((1, *g.shape), value, dtype=dtype)
     ...     return xf.grids.assign_grid(xr.DataArray(data, dims=("band", "y", "x"),
     ...                                              coords={"band": ["b"]}), g)
     >>> fused = xf.fuse({"s2": cube(10, 0.5), "ghsl": cube(20, 3, "uint8")},
-    ...                 grid=xf.grid((0, 0, 40, 40), "EPSG:32633", 20))
+    ...                 grid=xf.grid((500000, 0, 500040, 40), "EPSG:32633", 20))
     >>> fused.band.values.tolist(), fused.source.values.tolist()
     (['s2:b', 'ghsl:b'], ['s2', 'ghsl'])
     >>> fused.values[:, 0, 0]
@@ -120,19 +135,27 @@ def fuse(
         raise InputError(f"unknown mosaic {mosaic!r}; expected one of {MOSAIC} or a callable")
     explicit = _check_resampling(resampling, sources)
     coarser_method = resampling if isinstance(resampling, str) else "average"
+    all_cubes = {name: _as_cubes(name, value) for name, value in sources.items()}
+    source_kinds = _split_kinds(kinds, all_cubes)
 
     fused: dict[str, xr.DataArray] = {}
     provenance: dict[str, dict[str, Any]] = {}
-    for name, value in sources.items():
-        cubes = _as_cubes(name, value)
-        method = explicit.get(name) or choose_resampling(cubes[0], dst, coarser_method)
-        parts = [resample(cube, dst, method) for cube in cubes]
+    for name, cubes in all_cubes.items():
+        cubes = [_with_kinds(cube, source_kinds.get(name, {})) for cube in cubes]
+        if name in explicit:
+            methods = band_methods(cubes[0], dst, explicit[name])
+        else:
+            coarser = is_coarser(geobox_of(cubes[0]), dst)
+            continuous = coarser_method if coarser else "bilinear"
+            methods = band_methods(cubes[0], dst, None, continuous=continuous)
+        parts = [resample(cube, dst, methods) for cube in cubes]
         fused[name] = mosaic_cubes(parts, mosaic) if len(parts) > 1 else parts[0]
         grids = [geobox_of(cube) for cube in cubes]
+        used = sorted(set(methods.values()))
         provenance[name] = {
             "crs": [_crs_string(g) for g in grids],
             "resolution": [[abs(g.resolution.x), abs(g.resolution.y)] for g in grids],
-            "resampling": method,
+            "resampling": used[0] if len(used) == 1 else {str(b): m for b, m in methods.items()},
             "bands": [str(b) for b in fused[name].band.values],
             "mosaic": None if len(parts) == 1 else getattr(mosaic, "__name__", mosaic),
         }
@@ -143,7 +166,7 @@ def fuse(
         if times is not None and "time" not in cube.dims:
             cube = cube.expand_dims(time=times)
         bands = [f"{name}:{b}" for b in cube.band.values]
-        keep = {"time", "band", "y", "x", "spatial_ref"}
+        keep = {"time", "band", "y", "x", "spatial_ref", KIND_COORD}
         cube = cube.drop_vars([c for c in cube.coords if c not in keep])
         cube = cube.assign_coords(band=bands, source=("band", [name] * len(bands)))
         dims = ("time", "band", "y", "x") if times is not None else ("band", "y", "x")
@@ -155,28 +178,22 @@ def fuse(
 
 
 def choose_resampling(cube: xr.DataArray, grid: GeoBox, method: str = "average") -> str:
-    """Pick the method :func:`fuse` uses for ``cube`` when none is given (see its table).
+    """Pick the method for a whole cube of one kind, by dtype (see :func:`fuse`'s table).
+
+    :func:`fuse` itself chooses per band, from each band's kind
+    (:func:`xfusion.preprocess.resample.band_methods`).
 
     Examples
     --------
     >>> import numpy as np, xarray as xr, xfusion as xf
-    >>> g10 = xf.grid((0, 0, 40, 40), "EPSG:32633", 10)
+    >>> g10 = xf.grid((500000, 0, 500040, 40), "EPSG:32633", 10)
     >>> c = xf.grids.assign_grid(xr.DataArray(np.zeros((4, 4), "float32"), dims=("y", "x")), g10)
-    >>> choose_resampling(c, xf.grid((0, 0, 40, 40), "EPSG:32633", 20))
+    >>> choose_resampling(c, xf.grid((500000, 0, 500040, 40), "EPSG:32633", 20))
     'average'
-    >>> choose_resampling(c.astype("uint8"), xf.grid((0, 0, 40, 40), "EPSG:32633", 5))
+    >>> choose_resampling(c.astype("uint8"), xf.grid((500000, 0, 500040, 40), "EPSG:32633", 5))
     'nearest'
     """
-    src = geobox_of(cube)
-    try:
-        src_area = src.extent.to_crs(grid.crs).area / (src.shape[0] * src.shape[1])
-    except Exception as err:  # pyproj/shapely raise several unrelated types
-        raise GridError(
-            f"cannot transform the cube's CRS {_crs_string(src)} to the grid's CRS "
-            f"{_crs_string(grid)}: {err}"
-        ) from err
-    dst_area = abs(grid.affine.a * grid.affine.e - grid.affine.b * grid.affine.d)
-    coarser = math.isfinite(src_area) and dst_area > src_area * (1 + 1e-6)
+    coarser = is_coarser(geobox_of(cube), grid)
     classes = cube.attrs.get("kind") == "classes" or cube.dtype.kind in "iub"
     if classes:
         return "mode" if coarser else "nearest"
@@ -219,7 +236,48 @@ def mosaic_cubes(parts: Sequence[xr.DataArray], how: Mosaic = "first") -> xr.Dat
     raise InputError(f"unknown mosaic {how!r}; expected one of {MOSAIC} or a callable")
 
 
+def _with_kinds(cube: xr.DataArray, override: Mapping[Any, str]) -> xr.DataArray:
+    """``cube`` with a ``band_kind`` coordinate: the override, else as :func:`fuse` documents."""
+    if KIND_COORD not in cube.coords:
+        classes = cube.attrs.get("kind") == "classes" or cube.dtype.kind in "iub"
+        inferred = band_kinds(cube)
+        if classes:
+            inferred = {b: "categorical" if k == "continuous" else k for b, k in inferred.items()}
+        cube = set_band_kinds(cube, inferred)
+    return set_band_kinds(cube, dict(override)) if override else cube
+
+
+def _split_kinds(kinds: Any, cubes: Mapping[str, list[xr.DataArray]]) -> dict[str, dict[Any, str]]:
+    """Per source, the kinds given by fused band name (``"s2:SCL"``) or by source name."""
+    if kinds is None:
+        return {}
+    if not isinstance(kinds, Mapping):
+        raise InputError(
+            f"kinds must be a mapping of band ('source:band') or source name to kind; got "
+            f"{type(kinds).__name__}"
+        )
+    out: dict[str, dict[Any, str]] = {}
+    fused_names = {
+        f"{name}:{b}": (name, b) for name, cs in cubes.items() for b in cs[0].band.values.tolist()
+    }
+    for key, kind in kinds.items():
+        if key in cubes:
+            for b in cubes[key][0].band.values.tolist():
+                out.setdefault(key, {})[b] = kind
+        elif key in fused_names:
+            name, b = fused_names[key]
+            out.setdefault(name, {})[b] = kind
+        else:
+            raise BandError(
+                f"kinds names {key!r}, which is neither a source {list(cubes)} nor a band "
+                f"{sorted(fused_names)}"
+            )
+    return out
+
+
 def _check_resampling(resampling: Any, sources: Mapping[str, Any]) -> dict[str, str]:
+    if resampling is None:
+        return {}
     if isinstance(resampling, str):
         if resampling not in RESAMPLING:
             raise InputError(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
@@ -40,11 +40,12 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
 from xfusion._kernels.aggregate import aggregate_blocks, aggregate_pieces
-from xfusion.errors import GridError, InputError
-from xfusion.grids import as_geobox, geobox_of
-from xfusion.preprocess._validate import check_float_nodata
+from xfusion.bands import band_kinds, set_band_kinds
+from xfusion.errors import BandError, GridError, InputError
+from xfusion.grids import GRID_TOLERANCE, as_geobox, geobox_of, same_grid
+from xfusion.preprocess._validate import check_float_nodata, declared_nodata
 
-__all__ = ["RESAMPLING", "is_aligned", "resample"]
+__all__ = ["KIND_METHODS", "RESAMPLING", "band_methods", "is_aligned", "is_coarser", "resample"]
 
 T_Xarray = TypeVar("T_Xarray", xr.DataArray, xr.Dataset)
 
@@ -59,9 +60,19 @@ warnings.filterwarnings(
 )
 
 #: Resampling methods understood by :func:`resample`.
-RESAMPLING = ("average", "sum", "mode", "nearest", "bilinear", "cubic", "min", "max")
+RESAMPLING = ("average", "sum", "mode", "nearest", "bilinear", "cubic", "min", "max", "bitwise_or")
 
-_KERNEL_METHODS = ("average", "sum", "mode", "min", "max")
+#: Methods allowed for each band kind (:mod:`xfusion.bands`): averaging or interpolating class
+#: labels invents classes, and averaging bit flags loses them.
+KIND_METHODS: dict[str, tuple[str, ...]] = {
+    "continuous": ("average", "sum", "mode", "nearest", "bilinear", "cubic", "min", "max"),
+    "categorical": ("mode", "nearest"),
+    "flags": ("bitwise_or", "nearest", "mode"),
+}
+# the method of each kind when none is given: (aggregating, otherwise)
+_DEFAULT_METHODS = {"categorical": ("mode", "nearest"), "flags": ("bitwise_or", "nearest")}
+
+_KERNEL_METHODS = ("average", "sum", "mode", "min", "max", "bitwise_or")
 # methods that pick one of the input values, so an integer fill value stays a fill value
 _VALUE_KEEPING = ("nearest", "mode")
 # source pixels read beyond a chunk's footprint: the reach of each method's kernel
@@ -74,37 +85,67 @@ _PADDING = {
     "mode": 1,
     "min": 1,
     "max": 1,
+    "bitwise_or": 1,
 }
 _MIN_CHUNK = 256
 _MAX_CHUNK = 2048
 # error threshold (source pixels) of GDAL's approximate coordinate transformer
 _WARP_TOLERANCE = 0.125
-# tolerance (in pixels) when deciding that a ratio of resolutions or an offset is an integer
-_TOL = 1e-6
+# tolerance (in pixels) when deciding that an offset is a whole number of pixels: the one
+# "same grid" tolerance of xfusion.grids
+_TOL = GRID_TOLERANCE
 
 
 def resample(
     da: T_Xarray,
     grid_or_like: Any,
-    resampling: str = "average",
+    resampling: str | Mapping[Hashable, str] | None = None,
     *,
+    kinds: Mapping[Hashable, str] | str | None = None,
     chunks: int | tuple[int, int] | None = None,
 ) -> T_Xarray:
-    """Resample a cube onto another grid (lazy on chunked input).
+    """Resample a cube onto another grid (lazy on chunked input), each band as its kind needs.
+
+    Every band has a kind (:mod:`xfusion.bands`): ``continuous``, ``categorical`` or ``flags``,
+    from the cube's ``band_kind`` coordinate (set by :func:`xfusion.open_stac` from STAC
+    metadata), the names of the mask presets (``QA60``, ``QA_PIXEL``, ``BQA``: flags; ``SCL``:
+    categorical; see :data:`xfusion.bands.NAMED_KINDS`) or ``kinds=``; unknown means continuous.
+    By default (``resampling=None``) each band gets the method of its kind:
+
+    =============== ================================ ==========================
+    kind            aggregating (target coarser)     otherwise (finer, same)
+    =============== ================================ ==========================
+    continuous      ``average``                      ``average``
+    categorical     ``mode``                         ``nearest``
+    flags           ``bitwise_or`` (any fine pixel   ``nearest``
+                    flagged flags the coarse one)
+    =============== ================================ ==========================
+
+    A method asked for explicitly must suit the kind (:data:`KIND_METHODS`): averaging,
+    summing or interpolating a categorical or flag band is refused. Onto an identical grid
+    (:func:`xfusion.grids.same_grid`: within 1e-3 pixel) the result is an exact copy of the data,
+    whatever the method, with the target grid's coordinates.
 
     Parameters
     ----------
     da : xarray.DataArray or xarray.Dataset
-        Cube with spatial dims ``(y, x)`` last (any leading dims, e.g. ``time``, ``band``) and a
-        CRS on ``spatial_ref``; NaN is nodata. A Dataset is resampled variable by variable
-        (variables without spatial dims pass through).
+        Cube with spatial dims ``(y, x)`` (or ``(latitude, longitude)``) last (any leading dims,
+        e.g. ``time``, ``band``) and a CRS on ``spatial_ref``; NaN is nodata. A Dataset is
+        resampled variable by variable (variables without spatial dims pass through).
     grid_or_like : GeoBox or cube
         Target grid (from :func:`xfusion.grid`) or a cube whose grid to match.
-    resampling : {"average", "sum", "mode", "nearest", "bilinear", "cubic", "min", "max"}
-        Method. ``average`` is area-weighted over the valid pixels; ``sum`` adds the valid
-        pixels (on aligned grids the total is conserved exactly); ``mode`` is the most frequent
-        valid value (for classes; ties broken as GDAL does). Going finer,
-        use ``nearest``, ``bilinear`` or ``cubic``.
+    resampling : str, mapping of band name to str, or None
+        ``None`` (default): the method of each band's kind (table above). A str is the method
+        for every band; a mapping fixes the method of the bands it names (the others get their
+        kind's default). Methods: ``average`` is area-weighted over the valid pixels; ``sum``
+        adds the valid pixels (on aligned grids the total is conserved exactly); ``mode`` is
+        the most frequent valid value (ties broken as GDAL does); ``bitwise_or`` ORs the valid
+        pixels of a block (flags only); ``min``/``max``; going finer, ``nearest``, ``bilinear``
+        or ``cubic``.
+    kinds : mapping of band name to kind, or one kind, optional
+        Override the kind of some bands (``"continuous"``, ``"categorical"``, ``"flags"``), e.g.
+        ``{"label": "categorical"}``. The result carries the ``band_kind`` coordinate whenever
+        the input has one or ``kinds`` is given.
     chunks : int or (int, int), optional
         Output chunk size along ``(y, x)``. By default the input chunk size scaled to the target
         resolution, raised to at least 256 pixels (as a whole multiple where the scaled size is
@@ -115,19 +156,26 @@ def resample(
     -------
     xarray.DataArray or xarray.Dataset
         On the target grid: dims ``(..., y, x)``, ``y``/``x``/``spatial_ref`` coordinates of the
-        grid, leading coordinates and attrs kept; float32 (float64 stays float64; integers
-        become float32 so NaN can mark empty pixels; ``mode``/``nearest``/``min``/``max`` keep
-        the values). Chunked in, chunked out; nothing is computed.
+        grid, leading coordinates (``band_kind`` included) and attrs kept; float32 (float64
+        stays float64; float16 and integers become float32, float16 because neither numba nor
+        GDAL computes in it, integers so NaN can mark empty pixels;
+        ``mode``/``nearest``/``min``/``max``/``bitwise_or`` keep the values). An integer
+        categorical or flag band that declares a nodata value (``_FillValue``/``nodata``) has it
+        turned into NaN first, so the fill value is neither a class nor a set of flags. Chunked
+        in, chunked out; nothing is computed.
 
     Raises
     ------
     InputError
         Unknown ``resampling``, a cube without ``y``/``x`` dims, or (for every method but
-        ``nearest`` and ``mode``) an integer cube that declares a nodata value
+        ``nearest`` and ``mode``) an integer continuous cube that declares a nodata value
         (``_FillValue``/``nodata`` attribute), which would be averaged in as data.
+    BandError
+        A method not allowed for a band's kind (the message names the band, its kind and the
+        methods allowed), or ``resampling``/``kinds`` naming a band the cube does not have.
     GridError
-        No usable grid, a target CRS the cube's CRS cannot be transformed to, or a target grid
-        that does not overlap the cube.
+        No usable grid (irregular ``x``/``y`` spacing included), a target CRS the cube's CRS
+        cannot be transformed to, or a target grid that does not overlap the cube.
 
     Notes
     -----
@@ -139,6 +187,8 @@ def resample(
     * everything else is GDAL itself, per output chunk, with ``XSCALE=YSCALE=1`` so
       ``bilinear``/``cubic`` interpolate with a one-pixel radius whatever the scale change (as
       odc-geo does, GDAL #7750; use ``average`` to go coarser): equal to the whole-array warp.
+      ``bitwise_or`` off an aligned grid (GDAL has no such method) warps one 0/1 plane per bit
+      present with ``max``, so a target pixel holds every flag of the source pixels it covers.
 
     Chunked and eager input give the same result: exactly within one CRS (each chunk reads its
     source window padded by the kernel's reach, unlike a footprint-only tile intersection); across
@@ -148,31 +198,200 @@ def resample(
     Examples
     --------
     >>> import numpy as np, xarray as xr, xfusion as xf
-    >>> g10 = xf.grid((0, 0, 40, 40), "EPSG:32633", 10)
+    >>> g10 = xf.grid((500000, 0, 500040, 40), "EPSG:32633", 10)
     >>> data = np.arange(16, dtype="float32").reshape(1, 4, 4)
     >>> cube = xr.DataArray(data, dims=("band", "y", "x"), coords={"band": ["B04"]})
     >>> cube = xf.grids.assign_grid(cube, g10)
-    >>> out = xf.resample(cube, xf.grid((0, 0, 40, 40), "EPSG:32633", 20))
+    >>> out = xf.resample(cube, xf.grid((500000, 0, 500040, 40), "EPSG:32633", 20))
     >>> out.values[0]
     array([[ 2.5,  4.5],
            [10.5, 12.5]], dtype=float32)
+
+    A bit-flag band keeps every flag of the block (a cirrus bit set in one of four pixels):
+
+    >>> qa = np.array([[[21824, 21824], [21824, 54596]]], dtype="float32")
+    >>> qa = xf.grids.assign_grid(xr.DataArray(qa, dims=("band", "y", "x"),
+    ...                                        coords={"band": ["QA_PIXEL"]}),
+    ...                           xf.grid((500000, 0, 500020, 20), "EPSG:32633", 10))
+    >>> xf.resample(qa, xf.grid((500000, 0, 500020, 20), "EPSG:32633", 20)).values.ravel()
+    array([54596.], dtype=float32)
+    >>> flags_average = xf.resample(qa, qa, "average")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    xfusion.errors.BandError: resampling 'average' is not allowed for band 'QA_PIXEL' of kind...
     """
-    if not isinstance(resampling, str) or resampling not in RESAMPLING:
-        raise InputError(f"unknown resampling method {resampling!r}; expected one of {RESAMPLING}")
+    _check_method_arg(resampling)
     if chunks is not None:
         chunks = _normalise_chunks(chunks)
     if isinstance(da, xr.Dataset):
         dst = as_geobox(grid_or_like)
+        _check_names_in_dataset(da, resampling, kinds)
         out_vars = {}
         for name, var in da.data_vars.items():
             if {"y", "x"} <= set(var.dims) or {"latitude", "longitude"} <= set(var.dims):
-                out_vars[name] = _resample_da(var, dst, resampling, chunks)
+                out_vars[name] = _resample_da(
+                    var,
+                    dst,
+                    _only_bands(resampling, var),
+                    _only_bands(kinds, var),
+                    chunks,
+                )
             elif not set(var.dims) & {"y", "x", "latitude", "longitude"}:
                 out_vars[name] = var
         return xr.Dataset(out_vars, attrs=da.attrs)
     if not isinstance(da, xr.DataArray):
         raise InputError(f"expected an xarray DataArray or Dataset; got {type(da).__name__}")
-    return _resample_da(da, as_geobox(grid_or_like), resampling, chunks)
+    return _resample_da(da, as_geobox(grid_or_like), resampling, kinds, chunks)
+
+
+def band_methods(
+    da: xr.DataArray,
+    grid_or_like: Any,
+    resampling: str | Mapping[Hashable, str] | None = None,
+    *,
+    kinds: Mapping[Hashable, str] | str | None = None,
+    continuous: str = "average",
+) -> dict[Hashable, str]:
+    """Return the method :func:`resample` applies to each band, checked against the kinds.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Cube (band names are the keys; a cube without ``band`` has the key ``None``).
+    grid_or_like : GeoBox or cube
+        Target grid: whether it is coarser decides the categorical and flag defaults.
+    resampling : str, mapping of band name to str, or None
+        As in :func:`resample`.
+    kinds : mapping or str, optional
+        As in :func:`resample`.
+    continuous : str
+        Method of continuous bands that ``resampling`` leaves to their kind.
+
+    Raises
+    ------
+    BandError
+        A method not allowed for a band's kind, or a band name the cube does not have.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, xfusion as xf
+    >>> g = xf.grid((500000, 0, 500040, 40), "EPSG:32633", 10)
+    >>> cube = xf.grids.assign_grid(xr.DataArray(np.zeros((3, 4, 4), "float32"),
+    ...     dims=("band", "y", "x"), coords={"band": ["B04", "QA60", "label"]}), g)
+    >>> band_methods(cube, xf.grid((500000, 0, 500040, 40), "EPSG:32633", 20),
+    ...              kinds={"label": "categorical"})
+    {'B04': 'average', 'QA60': 'bitwise_or', 'label': 'mode'}
+    >>> band_methods(cube, xf.grid((500000, 0, 500040, 40), "EPSG:32633", 5), "bilinear",
+    ...              kinds={"QA60": "continuous", "label": "continuous"})
+    {'B04': 'bilinear', 'QA60': 'bilinear', 'label': 'bilinear'}
+    """
+    _check_method_arg(resampling)
+    if continuous not in KIND_METHODS["continuous"]:
+        raise InputError(
+            f"unknown method {continuous!r} for continuous bands; expected one of "
+            f"{KIND_METHODS['continuous']}"
+        )
+    if kinds is not None:
+        da = set_band_kinds(da, kinds)
+    dst = as_geobox(grid_or_like)
+    return _methods(da, geobox_of(da), dst, resampling, continuous)
+
+
+def is_coarser(src: GeoBox, dst: GeoBox) -> bool:
+    """Whether ``dst``'s pixels are larger than ``src``'s (areas compared in ``dst``'s CRS).
+
+    Raises
+    ------
+    GridError
+        ``src``'s CRS cannot be transformed to ``dst``'s.
+    """
+    try:
+        src_area = src.extent.to_crs(dst.crs).area / (src.shape[0] * src.shape[1])
+    except Exception as err:  # pyproj/shapely raise several unrelated types
+        raise GridError(
+            f"cannot transform the cube's CRS {_crs_name(src)} to the grid's CRS "
+            f"{_crs_name(dst)}: {err}"
+        ) from err
+    dst_area = abs(dst.affine.a * dst.affine.e - dst.affine.b * dst.affine.d)
+    return math.isfinite(src_area) and dst_area > src_area * (1 + 1e-6)
+
+
+def _check_method_arg(resampling: Any) -> None:
+    if resampling is None:
+        return
+    if isinstance(resampling, Mapping):
+        for band, method in resampling.items():
+            if not isinstance(method, str) or method not in RESAMPLING:
+                raise InputError(
+                    f"unknown resampling method {method!r} for band {band!r}; expected one of "
+                    f"{RESAMPLING}"
+                )
+        return
+    if not isinstance(resampling, str) or resampling not in RESAMPLING:
+        raise InputError(
+            f"unknown resampling method {resampling!r}; expected one of {RESAMPLING}, a mapping "
+            "of band name to method, or None (each band's kind decides)"
+        )
+
+
+def _band_names(da: xr.DataArray) -> list[Hashable]:
+    return list(band_kinds(da))
+
+
+def _check_names_in_dataset(ds: xr.Dataset, resampling: Any, kinds: Any) -> None:
+    known: set[Hashable] = set()
+    for var in ds.data_vars.values():
+        known.update(_band_names(var))
+    for what, given in (("resampling", resampling), ("kinds", kinds)):
+        if isinstance(given, Mapping):
+            unknown = [b for b in given if b not in known]
+            if unknown:
+                raise BandError(
+                    f"{what} names bands {unknown} that no variable has; bands are "
+                    f"{sorted(map(str, known))}"
+                )
+
+
+def _only_bands(given: Any, var: xr.DataArray) -> Any:
+    if not isinstance(given, Mapping):
+        return given
+    names = set(_band_names(var))
+    return {b: m for b, m in given.items() if b in names} or None
+
+
+def _methods(
+    da: xr.DataArray, src: GeoBox, dst: GeoBox, resampling: Any, continuous: str = "average"
+) -> dict[Hashable, str]:
+    kinds = band_kinds(da)
+    if isinstance(resampling, Mapping):
+        unknown = [b for b in resampling if b not in kinds]
+        if unknown:
+            raise BandError(
+                f"resampling names bands {unknown} that are not in the cube; bands are "
+                f"{list(kinds)}"
+            )
+        asked: dict[Hashable, str | None] = {b: resampling.get(b) for b in kinds}
+    else:
+        asked = dict.fromkeys(kinds, resampling)
+    coarser: bool | None = None
+    out: dict[Hashable, str] = {}
+    for band, kind in kinds.items():
+        method = asked[band]
+        if method is None:
+            if kind == "continuous":
+                method = continuous
+            else:
+                if coarser is None:
+                    coarser = is_coarser(src, dst)
+                method = _DEFAULT_METHODS[kind][0 if coarser else 1]
+        elif method not in KIND_METHODS[kind]:
+            raise BandError(
+                f"resampling {method!r} is not allowed for band {band!r} of kind {kind!r}; "
+                f"allowed for {kind}: {list(KIND_METHODS[kind])} (or resampling=None for the "
+                "kind's default; change a band's kind with kinds={...})"
+            )
+        out[band] = method
+    return out
 
 
 def _normalise_chunks(chunks: Any) -> tuple[int, int]:
@@ -236,10 +455,10 @@ def is_aligned(src: GeoBox, dst: GeoBox) -> tuple[tuple[int, int], tuple[int, in
     Examples
     --------
     >>> import xfusion as xf
-    >>> src = xf.grid((0, 0, 1000, 1000), "EPSG:32633", 10)
-    >>> is_aligned(src, xf.grid((100, 0, 1000, 900), "EPSG:32633", 30))
+    >>> src = xf.grid((500000, 0, 501000, 1000), "EPSG:32633", 10)
+    >>> is_aligned(src, xf.grid((500100, 0, 501000, 900), "EPSG:32633", 30))
     ((3, 3), (10, 10))
-    >>> is_aligned(src, xf.grid((5, 0, 1000, 1000), "EPSG:32633", 30)) is None
+    >>> is_aligned(src, xf.grid((500005, 0, 501000, 1000), "EPSG:32633", 30)) is None
     True
     """
     if src.crs != dst.crs:
@@ -247,8 +466,11 @@ def is_aligned(src: GeoBox, dst: GeoBox) -> tuple[tuple[int, int], tuple[int, in
     sa, da_ = src.affine, dst.affine
     if sa.b != 0 or sa.d != 0 or da_.b != 0 or da_.d != 0:
         return None
-    kx, ky = _int_ratio(da_.a / sa.a), _int_ratio(da_.e / sa.e)
-    if kx is None or ky is None or kx < 1 or ky < 1:
+    kx, ky = round(da_.a / sa.a), round(da_.e / sa.e)
+    if kx < 1 or ky < 1:
+        return None
+    # the factor's error accumulates over the target grid: its far edge must stay on the lattice
+    if abs(da_.a / sa.a - kx) * dst.shape[1] > _TOL or abs(da_.e / sa.e - ky) * dst.shape[0] > _TOL:
         return None
     col, row = _int_ratio((da_.c - sa.c) / sa.a), _int_ratio((da_.f - sa.f) / sa.e)
     if col is None or row is None:
@@ -277,18 +499,74 @@ def _lead_block_elems(data: Any) -> int:
 
 
 def _resample_da(
-    da: xr.DataArray, dst: GeoBox, method: str, chunks: tuple[int, int] | None
+    da: xr.DataArray,
+    dst: GeoBox,
+    resampling: Any,
+    kinds: Any,
+    chunks: tuple[int, int] | None,
 ) -> xr.DataArray:
     da = _spatial_last(da)
-    if method not in _VALUE_KEEPING:
-        check_float_nodata(da, f"resample(resampling={method!r})")
+    if kinds is not None:
+        da = set_band_kinds(da, kinds)
+    if da.dtype == np.float16:
+        da = da.astype(np.float32)
     src = geobox_of(da)
     _check_overlap(src, dst)
+    methods = _methods(da, src, dst, resampling)
+    kind_of = band_kinds(da)
+    da = _mask_class_nodata(da, kind_of)
+    for method in methods.values():
+        if method not in _VALUE_KEEPING and method != "bitwise_or":
+            check_float_nodata(da, f"resample(resampling={method!r})")
     if da.dtype.kind != "f":
         da = da.astype(np.float32)
+    if same_grid(src, dst):
+        # an identical grid is an exact copy: no kernel could improve on the data
+        return _wrap(da, da.data, dst)
+    groups: dict[str, list[int]] = {}
+    for i, method in enumerate(methods.values()):
+        groups.setdefault(method, []).append(i)
+    if len(groups) == 1:
+        (method,) = groups
+        return _resample_one(da, src, dst, method, chunks)
+    parts = [
+        _resample_one(da.isel(band=idx), src, dst, method, chunks) for method, idx in groups.items()
+    ]
+    order = [i for idx in groups.values() for i in idx]
+    out = xr.concat(parts, dim="band", coords="minimal", compat="override", join="override")
+    if order != sorted(order):
+        out = out.isel(band=np.argsort(order))
+    return out
+
+
+def _mask_class_nodata(da: xr.DataArray, kinds: Mapping[Hashable, str]) -> xr.DataArray:
+    """Turn the declared nodata of an integer categorical/flag cube into NaN (lazily)."""
+    if da.dtype.kind not in "iub" or all(k == "continuous" for k in kinds.values()):
+        return da
+    found = declared_nodata(da)
+    if found is None or any(k == "continuous" for k in kinds.values()):
+        return da
+    value = found[1]
+    attrs = {
+        k: v for k, v in da.attrs.items() if k not in ("_FillValue", "nodata", "missing_value")
+    }
+    out = da.astype(np.float32).where(da != value)
+    out.attrs = attrs
+    out.encoding = {k: v for k, v in da.encoding.items() if k not in ("_FillValue",)}
+    return out
+
+
+def _resample_one(
+    da: xr.DataArray, src: GeoBox, dst: GeoBox, method: str, chunks: tuple[int, int] | None
+) -> xr.DataArray:
     data = da.data
     lazy = isinstance(data, dask.array.Array)
-    aligned = is_aligned(src, dst) if method in _KERNEL_METHODS else None
+    aligned = is_aligned(src, dst)
+    if aligned is not None and aligned[0] == (1, 1):
+        # the same pixel lattice: a crop or pad, exact for every method
+        method = "max"
+    elif method not in _KERNEL_METHODS:
+        aligned = None
 
     itemsize = np.dtype(da.dtype).itemsize
     lead_elems = _lead_block_elems(data)
@@ -358,27 +636,61 @@ def _warp_block(data: np.ndarray, src: GeoBox, dst: GeoBox, method: str) -> np.n
     planes_out = out.reshape((-1, *dst.shape))
     # one plane per call: with several bands GDAL shares validity between them
     for plane_in, plane_out in zip(planes_in, planes_out, strict=True):
-        rasterio.warp.reproject(
-            plane_in,
-            plane_out,
-            src_transform=src.affine,
-            src_crs=str(src.crs),
-            dst_transform=dst.affine,
-            dst_crs=str(dst.crs),
-            resampling=Resampling[method],
-            src_nodata=np.nan,
-            dst_nodata=np.nan,
-            init_dest_nodata=True,
-            # Dask runs one task per core; GDAL's own threads would only compete with them
-            num_threads=1,
-            # the approximate transformer's error threshold (pixels): GDAL's and odc-geo's
-            tolerance=_WARP_TOLERANCE,
-            # interpolate with a 1-pixel radius whatever the scale change (as odc-geo does, see
-            # GDAL #7750): use "average" to go coarser
-            XSCALE=1,
-            YSCALE=1,
-        )
+        if method == "bitwise_or":
+            _warp_bitwise_or(plane_in, plane_out, src, dst)
+        else:
+            _warp_plane(plane_in, plane_out, src, dst, method)
     return out
+
+
+def _warp_bitwise_or(plane_in: np.ndarray, plane_out: np.ndarray, src: GeoBox, dst: GeoBox) -> None:
+    """Bitwise OR over each target pixel's footprint: one 0/1 plane per bit present, ``max``.
+
+    GDAL has no OR; the maximum of a bit's 0/1 plane over a footprint is that bit's OR. A
+    validity plane (0 where valid) gives NaN where no valid source pixel is covered.
+    """
+    valid = ~np.isnan(plane_in)
+    bits = plane_in[valid].astype(np.int64)
+    present = int(np.bitwise_or.reduce(bits)) if bits.size else 0
+    flat = np.where(valid, plane_in, 0).astype(np.int64)
+    base = np.where(valid, np.float32(0), np.float32(np.nan)).astype(np.float32)
+    acc = np.empty(plane_out.shape, dtype=np.float32)
+    _warp_plane(base, acc, src, dst, "max")
+    total = acc.astype(np.float64)
+    bit = 0
+    while present >> bit:
+        if (present >> bit) & 1:
+            plane = np.where(valid, ((flat >> bit) & 1).astype(np.float32), np.float32(np.nan))
+            warped = np.empty(plane_out.shape, dtype=np.float32)
+            _warp_plane(plane, warped, src, dst, "max")
+            total += np.where(warped > 0, float(1 << bit), 0.0)
+        bit += 1
+    plane_out[...] = total
+
+
+def _warp_plane(
+    plane_in: np.ndarray, plane_out: np.ndarray, src: GeoBox, dst: GeoBox, method: str
+) -> None:
+    rasterio.warp.reproject(
+        plane_in,
+        plane_out,
+        src_transform=src.affine,
+        src_crs=str(src.crs),
+        dst_transform=dst.affine,
+        dst_crs=str(dst.crs),
+        resampling=Resampling[method],
+        src_nodata=np.nan,
+        dst_nodata=np.nan,
+        init_dest_nodata=True,
+        # Dask runs one task per core; GDAL's own threads would only compete with them
+        num_threads=1,
+        # the approximate transformer's error threshold (pixels): GDAL's and odc-geo's
+        tolerance=_WARP_TOLERANCE,
+        # interpolate with a 1-pixel radius whatever the scale change (as odc-geo does, see
+        # GDAL #7750): use "average" to go coarser
+        XSCALE=1,
+        YSCALE=1,
+    )
 
 
 def _warp_task(src, dst, method, window_shape, plan, *blocks):

@@ -274,10 +274,10 @@ def patches(
     Examples
     --------
     >>> import numpy as np, xarray as xr, xfusion as xf
-    >>> g = xf.grid((0, 0, 80, 80), "EPSG:32633", 10)
+    >>> g = xf.grid((500000, 0, 500080, 80), "EPSG:32633", 10)
     >>> cube = xf.grids.assign_grid(xr.DataArray(np.ones((2, 8, 8), "float32"),
     ...     dims=("band", "y", "x"), coords={"band": ["B1", "nightlights"]}), g)
-    >>> ds = patches(cube, "nightlights", size=4, n=3, regions=[(0, 0, 80, 40)])
+    >>> ds = patches(cube, "nightlights", size=4, n=3, regions=[(500000, 0, 500080, 40)])
     >>> dict(ds.inputs.sizes), ds.target.target_band.values.tolist()
     ({'sample': 3, 'band': 1, 'y': 4, 'x': 4}, ['nightlights'])
     >>> bool((ds.y0 <= 40).all())
