@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
+
+from xfusion._kernels import njit
 
 __all__ = ["circle_offsets", "lbp_uniform"]
 
@@ -33,14 +34,14 @@ def circle_offsets(points: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
     return np.round(-r * np.sin(angles), 5), np.round(r * np.cos(angles), 5)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _pixel(image, k, r, c):
     if r < 0 or c < 0 or r >= image.shape[1] or c >= image.shape[2]:
         return 0.0
     return image[k, r, c]
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _lbp_uniform_stack(image, rows, cols, row0, col0, out):
     points = rows.shape[0]
     signs = np.zeros(points, dtype=np.int8)

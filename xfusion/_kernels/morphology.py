@@ -8,8 +8,9 @@ radius, and pixels outside the array count as unset.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from xfusion._kernels import njit
 
 __all__ = ["binary_dilate_disk", "disk", "disk_half_widths"]
 
@@ -40,7 +41,7 @@ def disk(radius: int) -> np.ndarray:
     return dx * dx + dy * dy <= r * r
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _dilate_stack(mask: np.ndarray, half_widths: np.ndarray) -> np.ndarray:  # pragma: no cover
     n, rows, cols = mask.shape
     r = (half_widths.shape[0] - 1) // 2
