@@ -220,7 +220,9 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | Non
 
     The folder is ``path``, else ``$XFUSION_JAX_CACHE``, else ``~/.cache/xfusion/jax``. A cache
     folder already configured (``JAX_COMPILATION_CACHE_DIR``) is kept. :func:`predict` calls
-    this in every process that runs a spatial model, so workers reuse compiled programs.
+    this in every process that runs a spatial model, so workers reuse compiled programs. Where
+    the folder cannot be created or written (a read-only home, a batch job without one), the
+    cache stays off and ``None`` is returned: JAX would otherwise warn on every compilation.
 
     Examples
     --------
@@ -236,11 +238,14 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | Non
         if _cache_enabled or current:
             _cache_enabled = True
             return current
-        folder = path or os.environ.get("XFUSION_JAX_CACHE")
-        folder = folder or Path.home() / ".cache" / "xfusion" / "jax"
+        import tempfile
+
         try:
+            folder = path or os.environ.get("XFUSION_JAX_CACHE")
+            folder = folder or Path.home() / ".cache" / "xfusion" / "jax"
             Path(folder).mkdir(parents=True, exist_ok=True)
-        except OSError:  # read-only home: run without a persistent cache
+            tempfile.TemporaryFile(dir=folder).close()  # it exists; can JAX write there?
+        except (OSError, RuntimeError):  # read-only or no home: run without a persistent cache
             _cache_enabled = True
             return None
         jax.config.update("jax_compilation_cache_dir", str(folder))
