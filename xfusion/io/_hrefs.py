@@ -68,14 +68,16 @@ def local_href(href: str) -> str:
 
     GDAL does not understand ``file://`` URLs, and rasterio passes their path on undecoded, so
     ``file:///data/scene%201.tif`` would be looked up as a file literally named ``scene%201.tif``.
-    Remote hrefs and plain paths are returned unchanged.
+    Remote hrefs, plain paths and ``file:`` URLs with a query or fragment (a signed URL
+    pointing at a local copy names no plain file) are returned unchanged.
 
     Examples
     --------
     >>> local_href("file:///data/scene%201.tif"), local_href("https://x.org/a%20b.tif")
     ('/data/scene 1.tif', 'https://x.org/a%20b.tif')
     """
-    if is_remote(href) or urlparse(href).scheme != "file":
+    parsed = urlparse(href)
+    if is_remote(href) or parsed.scheme != "file" or parsed.query or parsed.fragment:
         return href
     return os.fspath(local_path(href))
 

@@ -194,8 +194,8 @@ def open_stac(
 
         - ``band_kind``: ``"flags"`` for an asset (or its ``raster:bands`` entry) with
           ``classification:bitfields``, ``"categorical"`` with ``classification:classes``, else
-          the kind of a known band or asset name (``QA_PIXEL``, ``QA60``, ``SCL`` ...; a file
-          extension in an asset key such as ``QA_PIXEL.TIF`` is ignored), else ``"continuous"``;
+          the kind of a known band or asset name (``QA_PIXEL``, ``QA60``, ``SCL`` ..., in any
+          case; a file extension as in ``QA_PIXEL.TIF`` is ignored), else ``"continuous"``;
           ``kinds`` overrides it.
         - ``band_scale``/``band_offset``: the scaling actually applied, from the metadata found:
           ``(1, 0)`` when the raw numbers are kept (``scale_offset=False``, no declared scaling,
@@ -682,8 +682,10 @@ def _named_kind(name: str) -> str | None:
     """Return the kind a preset name gives (``QA_PIXEL``, ``s2:QA60``, ``QA_PIXEL.TIF``)."""
     short = str(name).rsplit(":", 1)[-1]
     for candidate in (short, short.rsplit(".", 1)[0]):
-        if candidate in NAMED_KINDS:
-            return NAMED_KINDS[candidate]
+        # STAC catalogs spell the same assets in lower case ("qa_pixel", "scl").
+        for spelling in (candidate, candidate.upper()):
+            if spelling in NAMED_KINDS:
+                return NAMED_KINDS[spelling]
     return None
 
 
