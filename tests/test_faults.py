@@ -46,7 +46,7 @@ def client():
 def model():
     rng = np.random.default_rng(0)
     rows = rng.random((200, len(BANDS)))
-    return Ridge(alpha=0.1).fit(rows, rows @ [1.0, -2.0, 0.5, 3.0] + 0.25)
+    return Ridge(alpha=0.1).fit(rows, rows @ [1.0, -2.0, 0.5, 3.0] + 0.25).set_bands(BANDS)
 
 
 def lazy_prediction(model, seed=1) -> xr.DataArray:

@@ -116,11 +116,16 @@ def pixel_models():
     X = rng.random((200, 3))
     y = X @ [1.0, -2.0, 0.5] + 0.1 * np.sin(9 * X[:, 0])
     table = pd.DataFrame(X, columns=["B02", "B03", "B04"])
+    bands = list(table.columns)  # the models fitted on bare arrays are told their bands
     return {
-        "ridge": Ridge(alpha=0.1).fit(X, y),
-        "kernel_ridge": KernelRidge(gamma=1.0, n_components=30, random_state=0).fit(X, y),
+        "ridge": Ridge(alpha=0.1).fit(X, y).set_bands(bands),
+        "kernel_ridge": KernelRidge(gamma=1.0, n_components=30, random_state=0)
+        .fit(X, y)
+        .set_bands(bands),
         "linear": LinearRegression().fit(table, y),
-        "forest": RandomForestRegressor(n_estimators=3, max_depth=4, random_state=0).fit(X, y),
+        "forest": xf.models.set_bands(
+            RandomForestRegressor(n_estimators=3, max_depth=4, random_state=0).fit(X, y), bands
+        ),
     }
 
 

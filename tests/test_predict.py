@@ -79,7 +79,7 @@ def test_sklearn_regressor_equals_rowwise(training, chunked):
     cube = make_cube()
     arr = cube.chunk({"time": 1, "y": 7, "x": 9}) if chunked else cube
     with raise_if_dask_computes():
-        out = predict(arr, model)
+        out = predict(arr, model, bands=BANDS)  # fitted on unnamed columns: bands= names them
     assert (out.chunks is not None) == chunked
     assert out.dims == cube.dims and out.band.values.tolist() == ["prediction"]
     assert out.dtype == np.float32
@@ -93,6 +93,7 @@ def test_sklearn_regressor_equals_rowwise(training, chunked):
 def test_classifier_labels_and_probabilities(training):
     X, _, y = training
     model = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)
+    model = xf.models.set_bands(model, BANDS)
     cube = make_cube(shape=(3, 12, 10))
     lazy = cube.chunk({"y": 5})
     with raise_if_dask_computes():
@@ -111,7 +112,7 @@ def test_kmeans_clusters_and_batches(training):
     X, _, _ = training
     model = KMeans(n_clusters=3, n_init=2, random_state=0).fit(X)
     cube = make_cube(shape=(3, 10, 10))
-    out = predict(cube.chunk({"x": 4}), model, batch_size=7)
+    out = predict(cube.chunk({"x": 4}), model, batch_size=7, bands=BANDS)
     assert out.band.values.tolist() == ["cluster"]
     np.testing.assert_array_equal(out.values, reference_pixels(cube, model.predict, 1))
 
@@ -128,14 +129,14 @@ def test_nan_rows_never_reach_the_model(training):
     model = Strict().fit(X, y)
     cube = make_cube(nan_frac=0.3)
     cube[:, :, :6, :] = np.nan  # whole blocks without data
-    out = predict(cube.chunk({"y": 6, "x": 11}), model).compute()
+    out = predict(cube.chunk({"y": 6, "x": 11}), model, bands=BANDS).compute()
     assert np.isnan(out.values[:, :, :6]).all()
 
 
 def test_model_is_one_key_of_the_graph(training):
     X, _, y = training
     model = RandomForestClassifier(n_estimators=20, random_state=0).fit(X, y)
-    out = predict(make_cube(shape=(3, 16, 16)).chunk({"y": 4, "x": 4}), model)
+    out = predict(make_cube(shape=(3, 16, 16)).chunk({"y": 4, "x": 4}), model, bands=BANDS)
     graph = dict(out.data.__dask_graph__())
     model_size = len(pickle.dumps(model))
     holders = [k for k, v in graph.items() if getattr(v, "value", v) is model or v is model]
@@ -149,15 +150,17 @@ def test_wrong_bands_raise_band_error(training):
     frame = pd.DataFrame(X, columns=BANDS)
     model = LinearRegression().fit(frame, y)
     cube = make_cube(shape=(3, 6, 6))
-    swapped = cube.assign_coords(band=["B03", "B02", "B04"])
-    with pytest.raises(BandError, match=r"\['B03', 'B02', 'B04'\].*\['B02', 'B03', 'B04'\]"):
-        predict(swapped, model)
+    renamed = cube.assign_coords(band=["B05", "B02", "B04"])
+    with pytest.raises(BandError, match=r"\['B05', 'B02', 'B04'\].*\['B02', 'B03', 'B04'\]"):
+        predict(renamed, model)
     ridge = Ridge().fit(cube.isel(band=[0, 1]), cube.isel(band=2, drop=True))
-    with pytest.raises(BandError, match=r"cube\.sel"):
+    with pytest.raises(BandError, match=r"select them with bands=\['B02', 'B03'\]"):
         predict(cube, ridge)
     unnamed = LinearRegression().fit(X[:, :2], y)
-    with pytest.raises(BandError, match="2 features"):
+    with pytest.raises(BandError, match=r"unnamed arrays \(2 inputs\)"):
         predict(cube, unnamed)
+    with pytest.raises(BandError, match=r"names 3 bands .* but the model has 2 inputs"):
+        predict(cube, unnamed, bands=BANDS)
 
 
 def test_bad_inputs():
@@ -166,14 +169,14 @@ def test_bad_inputs():
     with pytest.raises(InputError, match="lacks"):
         predict(cube.rename(x="lon"), model)
     with pytest.raises(ModelError, match="predict_proba"):
-        predict(cube, model, proba=True)
+        predict(cube, model, proba=True, bands=BANDS)
     with pytest.raises(ModelError, match="neither predict"):
         predict(cube, object())
     strings = RandomForestClassifier(n_estimators=2).fit(
         np.random.default_rng(0).random((9, 3)), ["a", "b", "c"] * 3
     )
     with pytest.raises(ModelError, match="not numeric"):
-        predict(cube, strings)
+        predict(cube, strings, bands=BANDS)
 
 
 def test_ridge_predicts_through_predict():
@@ -315,8 +318,10 @@ def test_spatial_rejects_bad_arguments():
         predict(cube, model, blend="gauss")
     with pytest.raises(InputError, match="proba"):
         predict(cube, model, proba=True)
-    with pytest.raises(BandError):
-        predict(cube.isel(band=[1, 0, 2]), model)
+    with pytest.raises(BandError, match=r"missing \['B04'\]"):
+        predict(cube.assign_coords(band=["B02", "B03", "B09"]), model)
+    # the same bands in another order are fed in the model's order
+    xr.testing.assert_identical(predict(cube.isel(band=[1, 0, 2]), model), predict(cube, model))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,7 +341,7 @@ def test_local_cluster_processes_equal_local(training):
     conv = ConvModel()
     lazy = cube.chunk({"y": 8, "x": 8})
     jobs = {
-        "rf": predict(lazy, rf, proba=True),
+        "rf": predict(lazy, rf, proba=True, bands=BANDS),
         "ridge": predict(lazy, ridge),
         "conv": predict(lazy, conv, halo=2),
     }

@@ -113,8 +113,10 @@ def test_ridge_dataframe_records_bands(table):
     assert model.bands_ == BANDS and model.output_bands_ == ["t0", "t1"]
     assert model.n_features_in_ == 4
     close(model.coef_, SkRidge(alpha=1.0).fit(X, Y).coef_)
+    # columns are matched by name: another order gives the same prediction, another name fails
+    np.testing.assert_array_equal(model.predict(frame[BANDS[::-1]]), model.predict(frame))
     with pytest.raises(BandError, match="B04"):
-        model.predict(frame[BANDS[::-1]])
+        model.predict(frame.rename(columns={"B04": "B05"}))
 
 
 @pytest.mark.parametrize("chunked", [False, True])

@@ -76,7 +76,8 @@ class TreePeakRSS:
 def model():
     rng = np.random.default_rng(0)
     rows = rng.random((500, N_BANDS))
-    return Ridge(alpha=0.1).fit(rows, rows @ rng.normal(size=(N_BANDS, 2)) + 0.5)
+    model = Ridge(alpha=0.1).fit(rows, rows @ rng.normal(size=(N_BANDS, 2)) + 0.5)
+    return model.set_bands(BANDS)
 
 
 def cube(size: int = SIZE, chunk: int = CHUNK, seed: int = 0) -> xr.DataArray:

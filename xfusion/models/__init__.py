@@ -19,6 +19,8 @@ __all__ = [
     "UNetRegressor",
     "UNetSegmenter",
     "load_model",
+    "model_bands",
+    "set_bands",
     "validate_sidecar",
 ]
 
@@ -29,6 +31,8 @@ _LAZY = {
     "Ridge": "xfusion.models.ridge",
     "KernelRidge": "xfusion.models.ridge",
     "load_model": "xfusion.models.persist",
+    "model_bands": "xfusion.models.predict",
+    "set_bands": "xfusion.models.predict",
     "validate_sidecar": "xfusion.models.persist",
 }
 

@@ -24,9 +24,10 @@ import numpy as np
 import xarray as xr
 from sklearn.base import BaseEstimator
 
-from xfusion.errors import InputError, ModelError
+from xfusion.errors import BandError, InputError, ModelError
 from xfusion.models import persist
 from xfusion.models.losses import LossSpec
+from xfusion.models.predict import check_band_names
 from xfusion.models.unet import (
     PRESETS,
     apply_tiles,
@@ -181,7 +182,9 @@ class _UNetEstimator(BaseEstimator):
             Evaluated after every epoch (``val_*`` entries of ``history_``; early stopping
             watches ``val_loss``).
         bands : sequence of str, optional
-            Band names when ``X`` carries none (numpy input); needed to predict on cubes.
+            Band names when ``X`` carries none (numpy input). A model fitted without names
+            records ``bands_ = None`` and needs them (``bands=`` of ``predict``, or
+            :meth:`set_bands`) before it predicts on a cube.
 
         Returns
         -------
@@ -222,9 +225,11 @@ class _UNetEstimator(BaseEstimator):
         widths, center = self._architecture_widths()
         mult = 2 ** len(widths)
         self._check_spatial(xa.shape, mult, "training")
-        if x_bands is None:
-            x_bands = tuple(f"band_{i}" for i in range(xa.shape[1]))
-        _check_no_inf(xa, x_bands, "input")
+        if x_bands is not None:
+            x_bands = tuple(check_band_names(x_bands, None, "input band names"))
+        # positional names for messages only: an unnamed model records no band names
+        shown = x_bands or tuple(f"band_{i}" for i in range(xa.shape[1]))
+        _check_no_inf(xa, shown, "input")
         _check_no_inf(ya, target_names or _target_labels(ya.shape[1]), "target")
 
         with warnings.catch_warnings():  # an all-NaN band is reported just below
@@ -232,7 +237,7 @@ class _UNetEstimator(BaseEstimator):
             mean = np.nanmean(xa, axis=(0, 2, 3)).astype(np.float64)
             std = np.nanstd(xa, axis=(0, 2, 3)).astype(np.float64)
         if not np.all(np.isfinite(mean)):
-            empty = [b for b, m in zip(x_bands, mean, strict=True) if not np.isfinite(m)]
+            empty = [b for b, m in zip(shown, mean, strict=True) if not np.isfinite(m)]
             raise InputError(
                 f"input bands {empty} have no valid (non-NaN) pixel in the patches; expected at "
                 "least one finite value per band"
@@ -258,14 +263,19 @@ class _UNetEstimator(BaseEstimator):
         val = None
         if validation_data is not None:
             if isinstance(validation_data, xr.Dataset):
-                vx, vy, _, _ = _training_arrays(validation_data, None)
+                vx, vy, v_bands, _ = _training_arrays(validation_data, None)
             else:
-                vx, vy, _, _ = _training_arrays(*validation_data)
+                vx, vy, v_bands, _ = _training_arrays(*validation_data)
             if vx.shape[1] != xa.shape[1]:
                 raise InputError(
                     f"validation inputs have {vx.shape[1]} bands; expected {xa.shape[1]}"
                 )
-            _check_no_inf(vx, x_bands, "validation input")
+            if x_bands is not None and v_bands is not None and tuple(v_bands) != x_bands:
+                raise BandError(
+                    f"validation bands {list(v_bands)} are not the training bands "
+                    f"{list(x_bands)} (same names in the same order are required)"
+                )
+            _check_no_inf(vx, shown, "validation input")
             _check_no_inf(vy, target_names or _target_labels(vy.shape[1]), "validation target")
             self._check_spatial(vx.shape, mult, "validation")
             val = (self._prepare_x(vx, config), self._prepare_y(vy, vx.shape, "validation"))
@@ -336,13 +346,33 @@ class _UNetEstimator(BaseEstimator):
         self._check_fitted()
         return self.config_, self.params_
 
+    def set_bands(self, bands: Sequence[str]):
+        """Name the model's input bands, in its input order; returns ``self``.
+
+        A model fitted on bare arrays records no band names, and cube prediction refuses a
+        cube until it knows which band feeds which input: name them once here (or pass
+        ``bands=`` to every ``predict``). Names set here replace recorded ones and are kept by
+        :meth:`save`.
+
+        Raises
+        ------
+        BandError
+            Not one unique string per input band (``n_features_in_``).
+        ModelError
+            The model is not fitted.
+        """
+        self._check_fitted()
+        self.bands_ = tuple(check_band_names(bands, int(self.n_features_in_), "set_bands"))
+        return self
+
     def _apply(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         self._check_fitted()
         x = np.asarray(X, dtype=np.float32)
         if x.ndim != 4 or x.shape[1] != self.n_features_in_:
+            names = f" {list(self.bands_)}" if self.bands_ is not None else ""
             raise InputError(
-                f"X must be (sample, band, y, x) with {self.n_features_in_} bands "
-                f"{list(self.bands_)}; got shape {x.shape}"
+                f"X must be (sample, band, y, x) with {self.n_features_in_} bands"
+                f"{names}; got shape {x.shape}"
             )
         m = self.tile_multiple_
         h, w = x.shape[2:]
@@ -432,9 +462,14 @@ class _UNetEstimator(BaseEstimator):
         model.history_ = dict(meta["history"])
         model.metrics_ = dict(meta["metrics"])
         model.training_ = dict(meta["training"])
-        model.bands_ = tuple(meta["bands"])
+        model.n_features_in_ = int(config["architecture"]["in_channels"])
+        model.bands_ = tuple(meta["bands"]) or None  # [] : fitted on unnamed arrays
+        if model.bands_ is not None and len(model.bands_) != model.n_features_in_:
+            raise ModelError(
+                f"model.json names {len(model.bands_)} bands {list(model.bands_)} for a network "
+                f"with {model.n_features_in_} input channels"
+            )
         model.output_bands_ = tuple(meta["output_bands"])
-        model.n_features_in_ = len(model.bands_)
         model.tile_multiple_ = int(meta["tile_multiple"])
         model.default_halo_ = int(meta["default_halo"])
         model._restore_extra(meta)
@@ -491,7 +526,9 @@ class UNetRegressor(_UNetEstimator):
     Attributes
     ----------
     bands_, output_bands_ : tuple of str
-        Input bands in training order; output band names (the target's, or ``"prediction"``).
+        Input bands in training order (None when fitted on unnamed arrays: name them with
+        :meth:`set_bands` or ``predict(..., bands=)``); output band names (the target's, or
+        ``"prediction"``).
     tile_multiple_, default_halo_ : int
         Tile sides must be multiples of ``tile_multiple_`` (``2 ** depth``); the halo for
         blockwise prediction.
@@ -677,7 +714,8 @@ class UNetSegmenter(_UNetEstimator):
         The label values seen in training (sorted); two classes train one logit with binary
         cross-entropy, more classes one logit per class with cross-entropy.
     bands_, output_bands_ : tuple of str
-        Input bands; probability bands: ``("proba_<positive class>",)`` for two classes,
+        Input bands (None when fitted on unnamed arrays, see :meth:`set_bands`); probability
+        bands: ``("proba_<positive class>",)`` for two classes,
         ``"proba_<class>"`` per class otherwise. ``predict_proba`` and cube prediction return
         these probabilities; ``predict`` on numpy returns the most likely class value.
     history_ : dict of lists

@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -31,10 +32,18 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from xfusion.errors import BandError, InputError, ModelError
+from xfusion.errors import BandError, InputError, ModelError, XFusionWarning
 from xfusion.preprocess._validate import check_unique_bands
 
-__all__ = ["enable_compilation_cache", "model_bands", "predict"]
+__all__ = [
+    "check_band_names",
+    "class_label",
+    "enable_compilation_cache",
+    "model_bands",
+    "model_n_inputs",
+    "predict",
+    "set_bands",
+]
 
 _SPATIAL = ("band", "y", "x")
 _BLENDS = ("trim", "cosine")
@@ -49,6 +58,10 @@ _BOUNDARIES = ("reflect", "edge", "constant")
 def model_bands(model: Any) -> list[str] | None:
     """Return the band names a model was trained on (``bands_``/``feature_names_in_``) or None.
 
+    xfusion's models record ``bands_`` when fitted from a cube, a DataFrame or named patches
+    (or after :func:`set_bands`); scikit-learn estimators record ``feature_names_in_`` when
+    fitted on a DataFrame. A model fitted on bare arrays records no names: None.
+
     Examples
     --------
     >>> import numpy as np, pandas as pd
@@ -57,12 +70,92 @@ def model_bands(model: Any) -> list[str] | None:
     >>> m = LinearRegression().fit(table, [0, 1, 2])
     >>> model_bands(m)
     ['B04', 'B08']
+    >>> model_bands(LinearRegression().fit(table.to_numpy(), [0, 1, 2])) is None
+    True
     """
     for attr in ("bands_", "feature_names_in_"):
         bands = getattr(model, attr, None)
         if bands is not None:
             return [str(b) for b in bands]
     return None
+
+
+def model_n_inputs(model: Any) -> int | None:
+    """Return the number of input bands of a fitted model (``n_features_in_``), or None."""
+    n = getattr(model, "n_features_in_", None)
+    if n is not None:
+        return int(n)
+    names = model_bands(model)
+    return None if names is None else len(names)
+
+
+def check_band_names(bands: Any, n: int | None, what: str) -> list[str]:
+    """Validate a list of band names: strings, unique, ``n`` of them (when ``n`` is known).
+
+    Raises
+    ------
+    BandError
+        Not a sequence of strings, repeated names, or not ``n`` names.
+
+    Examples
+    --------
+    >>> check_band_names(("B04", "B08"), 2, "bands")
+    ['B04', 'B08']
+    >>> check_band_names(["B04"], 2, "bands")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    xfusion.errors.BandError: bands names 1 band ['B04'] but the model has 2 inputs; ...
+    """
+    if isinstance(bands, str | bytes) or not isinstance(bands, Sequence | np.ndarray):
+        raise BandError(
+            f"{what} must be a list of band names (one per model input, in the model's input "
+            f"order); got {bands!r}"
+        )
+    names = list(bands)
+    if not all(isinstance(b, str | np.str_) for b in names):
+        raise BandError(f"{what} must be band names (strings); got {names!r}")
+    names = [str(b) for b in names]
+    repeated = sorted({b for b in names if names.count(b) > 1})
+    if repeated:
+        raise BandError(f"{what}: band names must be unique; {repeated} repeat in {names}")
+    if n is not None and len(names) != n:
+        raise BandError(
+            f"{what} names {len(names)} band{'s' if len(names) != 1 else ''} {names} but the "
+            f"model has {n} inputs; expected one name per model input, in its input order"
+        )
+    return names
+
+
+def set_bands(model: Any, bands: Sequence[str]) -> Any:
+    """Record the input band names of a fitted model (in its input order); returns the model.
+
+    For a model fitted on bare arrays, which records no names, this says once which cube band
+    feeds which input, so that :func:`predict` can check (and reorder) cubes by name. xfusion's
+    models have the same as a method (``model.set_bands([...])``, kept by ``save``); for other
+    models (scikit-learn estimators) the names are stored as the attribute ``bands_``, which
+    :func:`model_bands` reads before ``feature_names_in_``.
+
+    Raises
+    ------
+    BandError
+        The names are not unique strings, one per model input.
+    ModelError
+        The model is not fitted.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.linear_model import LinearRegression
+    >>> m = LinearRegression().fit(np.eye(3)[:, :2], [0.0, 1.0, 2.0])
+    >>> model_bands(set_bands(m, ["nir", "red"]))
+    ['nir', 'red']
+    """
+    method = getattr(model, "set_bands", None)
+    if callable(method):
+        return method(bands)
+    _check_fitted(model)
+    model.bands_ = check_band_names(bands, model_n_inputs(model), "set_bands")
+    return model
 
 
 def _check_cube(da: Any) -> list[str]:
@@ -77,23 +170,97 @@ def _check_cube(da: Any) -> list[str]:
     return [str(b) for b in da.band.values]
 
 
-def _check_bands(cube_bands: list[str], model: Any) -> None:
+def _how_to_name(model: Any) -> str:
+    setter = (
+        "model.set_bands([...])"
+        if callable(getattr(model, "set_bands", None))
+        else "xfusion.models.set_bands(model, [...])"
+    )
+    return f"predict(cube, model, bands=[...]) or {setter}"
+
+
+def _feed_bands(cube_bands: list[str], model: Any, bands: Any) -> list[str]:
+    """Return the cube bands to feed the model, in its input order (see :func:`predict`)."""
     expected = model_bands(model)
-    if expected is not None:
-        if cube_bands != expected:
-            hint = ""
-            if set(expected) <= set(cube_bands):
-                hint = f"; select them with cube.sel(band={expected})"
-            raise BandError(
-                f"cube bands {cube_bands} are not the model's training bands {expected} "
-                f"(same names in the same order are required){hint}"
-            )
-        return
-    n = getattr(model, "n_features_in_", None)
-    if n is not None and int(n) != len(cube_bands):
+    n = model_n_inputs(model)
+    name = type(model).__name__
+    if bands is not None:
+        if isinstance(bands, Mapping):
+            if expected is None:
+                raise BandError(
+                    f"bands={dict(bands)!r} maps model band names, but this {name} records "
+                    f"none (fitted on unnamed arrays); pass a list of the cube bands in the "
+                    f"model's input order instead (cube bands are {cube_bands})"
+                )
+            unknown = [str(k) for k in bands if str(k) not in expected]
+            absent = [b for b in expected if b not in {str(k) for k in bands}]
+            if unknown or absent:
+                raise BandError(
+                    f"bands= maps {list(map(str, bands))}, but the model's input bands are "
+                    f"{expected}"
+                    + (f"; unknown: {unknown}" if unknown else "")
+                    + (f"; not mapped: {absent}" if absent else "")
+                )
+            lookup = {str(k): v for k, v in bands.items()}
+            feed = check_band_names([lookup[b] for b in expected], n, "bands")
+        else:
+            feed = check_band_names(bands, n, "bands")
+            if expected is not None and feed != expected:
+                raise BandError(
+                    f"bands={feed} are not the model's training bands {expected} (a list "
+                    f"names the cube bands for the model's inputs in order, and this {name} "
+                    f"records its own); map them by name with bands={{model band: cube band}}, "
+                    f"or rename the model's inputs with set_bands"
+                )
+        missing = [b for b in feed if b not in cube_bands]
+        if missing:
+            raise BandError(f"bands {missing} are not in the cube; cube bands are {cube_bands}")
+        return feed
+    if expected is None:
+        count = f"{n} inputs" if n is not None else "its inputs"
         raise BandError(
-            f"the model was trained on {int(n)} features but the cube has {len(cube_bands)} "
-            f"bands {cube_bands}"
+            f"this {name} was fitted on unnamed arrays ({count}), so which cube band feeds "
+            f"which input cannot be checked; cube bands are {cube_bands}. Name the cube bands "
+            f"for the model's inputs, in its input order: {_how_to_name(model)} (or fit it on "
+            "a DataFrame or cube whose band names it keeps)"
+        )
+    if n is not None and len(expected) != n:
+        raise ModelError(
+            f"this {name} records {len(expected)} band names {expected} for {n} inputs"
+        )
+    if cube_bands == expected:
+        return expected
+    if set(cube_bands) == set(expected):
+        return expected  # same bands in another order: reordered by name
+    missing = [b for b in expected if b not in cube_bands]
+    extra = [b for b in cube_bands if b not in expected]
+    if missing:
+        hint = (
+            f"; missing {missing}. If the cube names them differently, map them with "
+            f"bands={{model band: cube band}} or rename the model's inputs with set_bands"
+        )
+    else:
+        hint = f"; select them with bands={expected} (the cube has extra bands {extra})"
+    raise BandError(
+        f"cube bands {cube_bands} are not the model's training bands {expected} "
+        f"(the same names are required; the order may differ){hint}"
+    )
+
+
+def _check_kinds(da: xr.DataArray, model: Any) -> None:
+    """Warn when bands that hold codes (flags, classes) are fed to a model as numbers."""
+    from xfusion.bands import band_kinds, describe_kinds
+
+    kinds = {b: k for b, k in band_kinds(da).items() if k != "continuous"}
+    if kinds:
+        warnings.warn(
+            f"bands {describe_kinds(kinds)} are fed to {type(model).__name__} as numbers, but "
+            "they hold codes, not continuous values (a model reads bit flags and class labels "
+            "as magnitudes); decode flags with mask_bits or one-hot encode classes first, or "
+            "mark the bands 'continuous' with xfusion.bands.set_band_kinds if their numbers "
+            "are meaningful as such",
+            XFusionWarning,
+            stacklevel=3,
         )
 
 
@@ -127,6 +294,45 @@ def _output_da(da: xr.DataArray, data, dims: Sequence[str], bands: list[str], na
 # ----------------------------------------------------------------------------------------------
 
 
+def class_label(value: Any) -> str:
+    """Return a class value as band names show it: ``1``, ``1.0`` and ``True`` give ``"1"``.
+
+    Labels sampled from a float cube are floats (``1.0``) while the same classes fitted from
+    integers are ints (``1``); the probability band of a class gets one name either way.
+
+    Examples
+    --------
+    >>> [class_label(v) for v in (1, 1.0, True, 2.5, "urban")]
+    ['1', '1', '1', '2.5', 'urban']
+    """
+    if isinstance(value, bool | np.bool_):
+        return str(int(value))
+    if isinstance(value, int | float | np.number):
+        f = float(value)
+        return str(int(f)) if f.is_integer() else str(value)
+    return str(value)
+
+
+def _check_class_values(model: Any, classes: Any) -> None:
+    """Class labels must survive the float32 ``class`` band exactly (NaN marks nodata)."""
+    values = np.asarray(classes)
+    if values.dtype == bool:
+        return
+    if not np.issubdtype(values.dtype, np.number):
+        raise ModelError(
+            f"class labels {list(classes)} are not numeric and cannot be a float32 band; "
+            "use proba=True or fit with integer labels"
+        )
+    as_float = values.astype(np.float32)
+    if not np.array_equal(as_float.astype(values.dtype), values):
+        lossy = values[as_float.astype(values.dtype) != values]
+        raise ModelError(
+            f"class labels {lossy[:5].tolist()} of this {type(model).__name__} are not exactly "
+            "representable in the float32 'class' band (float32 holds integers exactly up to "
+            "2**24 = 16777216); fit with labels 0..k-1 and map them back, or use proba=True"
+        )
+
+
 def _pixel_outputs(model: Any, proba: bool) -> tuple[list[str], str]:
     if proba:
         if not hasattr(model, "predict_proba"):
@@ -134,7 +340,10 @@ def _pixel_outputs(model: Any, proba: bool) -> tuple[list[str], str]:
         classes = getattr(model, "classes_", None)
         if classes is None:
             raise ModelError(f"{type(model).__name__} has no classes_; is it a fitted classifier?")
-        return [f"proba_{c}" for c in classes], "proba"
+        names = [f"proba_{class_label(c)}" for c in classes]
+        if len(set(names)) != len(names):  # e.g. classes 1 and "1"
+            names = [f"proba_{c}" for c in classes]
+        return names, "proba"
     bands = getattr(model, "output_bands_", None)
     if bands is not None:
         return [str(b) for b in bands], "predict"
@@ -142,11 +351,7 @@ def _pixel_outputs(model: Any, proba: bool) -> tuple[list[str], str]:
         return ["cluster"], "predict"
     classes = getattr(model, "classes_", None)
     if classes is not None:
-        if not np.issubdtype(np.asarray(classes).dtype, np.number):
-            raise ModelError(
-                f"class labels {list(classes)} are not numeric and cannot be a float32 band; "
-                "use proba=True or fit with integer labels"
-            )
+        _check_class_values(model, classes)
         return ["class"], "predict"
     n_out = getattr(model, "n_outputs_", None)
     if n_out is None:
@@ -627,14 +832,25 @@ def predict(
     proba: bool = False,
     blend: str = "trim",
     boundary: str = "reflect",
+    bands: Sequence[str] | Mapping[str, str] | None = None,
 ) -> xr.DataArray:
     """Apply a fitted model to every pixel (or tile) of a cube, lazily and blockwise.
+
+    Which cube band feeds which model input is always checked by name, with one rule for every
+    model (xfusion's ``Ridge``, ``KernelRidge``, ``UNetRegressor``, ``UNetSegmenter`` and any
+    scikit-learn estimator):
+
+    * a model fitted from a cube, a DataFrame or named patches keeps its band names
+      (:func:`model_bands`: ``bands_``, or scikit-learn's ``feature_names_in_``); the cube must
+      hold exactly those bands, in any order (they are reordered by name);
+    * a model fitted on bare arrays records no names, and a cube is refused until the names are
+      given: ``bands=[...]`` here, or once with ``model.set_bands([...])`` (or
+      :func:`set_bands` for a scikit-learn estimator), which ``save`` keeps.
 
     Parameters
     ----------
     da : xarray.DataArray
-        Cube ``(band, y, x)`` or ``(time, band, y, x)`` whose bands are the model's training
-        bands, in the same order.
+        Cube ``(band, y, x)`` or ``(time, band, y, x)`` holding the model's input bands.
     model
         A **pixel model** (has ``predict``: xfusion ``Ridge``/``KernelRidge`` or any fitted
         scikit-learn estimator) or a **spatial model** (has ``inference_state()`` returning
@@ -660,6 +876,11 @@ def predict(
         most ``halo // 2``).
     boundary : {"reflect", "edge", "constant"}
         Spatial models: how the cube is padded beyond its edges (``"constant"`` pads with 0).
+    bands : list of str or dict, optional
+        The cube bands to feed the model, in the model's input order (a subset of the cube's
+        bands); checked against the cube, the model's number of inputs and, when the model
+        records names, against those names. A dict ``{model band: cube band}`` maps the
+        recorded names to differently named cube bands (``{"B04": "s2:B04", ...}``).
 
     Returns
     -------
@@ -675,7 +896,15 @@ def predict(
         ``da`` lacks ``band``/``y``/``x`` dims, or ``halo``/``tile``/``batch_size``/``blend``/
         ``boundary`` are invalid (a given ``halo`` larger than the cube's smaller side included).
     BandError
-        The cube's bands are not the model's training bands in order, or band names repeat.
+        The cube lacks (or has more than) the model's recorded bands, the model records no
+        band names and ``bands`` is not given, ``bands`` disagrees with the cube or the model,
+        or band names repeat. The message names the cube's bands, the model's and the fix.
+
+    Warns
+    -----
+    XFusionWarning
+        A band fed to the model is not ``"continuous"`` (``band_kind`` ``"flags"`` or
+        ``"categorical"``, see :mod:`xfusion.bands`): its numbers are codes, not magnitudes.
     ModelError
         The model is not fitted or cannot be applied.
 
@@ -697,22 +926,34 @@ def predict(
     >>> cube = xr.DataArray(rng.random((2, 4, 6), dtype=np.float32), dims=("band", "y", "x"),
     ...                     coords={"band": ["B04", "B08"]}).chunk({"y": 2})
     >>> model = LinearRegression().fit(rng.random((20, 2)), rng.random(20))
-    >>> pred = predict(cube, model)
+    >>> pred = predict(cube, model, bands=["B04", "B08"])  # fitted on unnamed columns
     >>> pred.dims, pred.band.values.tolist(), pred.chunks[1]
     (('band', 'y', 'x'), ['prediction'], (2, 2))
+    >>> predict(cube, model)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    xfusion.errors.BandError: this LinearRegression was fitted on unnamed arrays (2 inputs), ...
+    >>> named = set_bands(model, ["B08", "B04"])  # now cubes are matched by name
+    >>> swapped = predict(cube.sel(band=["B08", "B04"]), named)
+    >>> bool((swapped == predict(cube, named)).all())
+    True
     """
     cube_bands = _check_cube(da)
+    spatial = hasattr(model, "inference_state")
+    if not spatial and not hasattr(model, "predict"):
+        raise ModelError(
+            f"{type(model).__name__} has neither predict (pixel model) nor inference_state "
+            "(spatial model)"
+        )
     _check_fitted(model)
-    _check_bands(cube_bands, model)
-    if hasattr(model, "inference_state"):
+    feed = _feed_bands(cube_bands, model, bands)
+    if feed != cube_bands:
+        da = da.sel(band=feed)
+    _check_kinds(da, model)
+    if spatial:
         if proba:
             raise InputError("proba=True is for pixel classifiers; spatial models set their output")
         return _predict_spatial(
             da, model, halo=halo, tile=tile, batch_size=batch_size, blend=blend, boundary=boundary
-        )
-    if not hasattr(model, "predict"):
-        raise ModelError(
-            f"{type(model).__name__} has neither predict (pixel model) nor inference_state "
-            "(spatial model)"
         )
     return _predict_pixels(da, model, proba=proba, batch_size=batch_size)

@@ -199,12 +199,20 @@ def _check_alpha(alpha) -> None:
 
 
 def _table_for_predict(model, X) -> np.ndarray:
-    """Rows of a numpy/pandas input, validated against the model's bands/feature count."""
+    """Rows of a numpy/pandas input, validated against the model's bands/feature count.
+
+    DataFrame columns holding the model's bands in another order are reordered by name.
+    """
     bands = getattr(model, "bands_", None)
     if isinstance(X, pd.DataFrame):
         cols = _names(X.columns)
         if bands is not None and cols != list(bands):
-            raise BandError(f"DataFrame columns {cols} are not the model's bands {list(bands)}")
+            if sorted(cols) != sorted(bands) or len(set(cols)) != len(cols):
+                raise BandError(
+                    f"DataFrame columns {cols} are not the model's bands {list(bands)} (the "
+                    "same names are required; the order may differ)"
+                )
+            X = X[list(bands)]
         X = X.to_numpy(dtype=np.float64)
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[1] != model.n_features_in_:
@@ -239,15 +247,51 @@ class _Estimator:
         if not hasattr(self, "n_features_in_"):
             raise ModelError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first")
 
+    def set_bands(self, bands):
+        """Name the model's input bands, in its input order; returns ``self``.
+
+        A model fitted on bare arrays records no band names, and :func:`~xfusion.predict`
+        refuses a cube until it knows which band feeds which input: name them once here (or
+        pass ``bands=`` to every ``predict``). Names set here replace recorded ones and are
+        kept by :meth:`save`.
+
+        Parameters
+        ----------
+        bands : sequence of str
+            One unique name per input feature (``n_features_in_``).
+
+        Raises
+        ------
+        BandError
+            Not one unique string per input.
+        ModelError
+            The model is not fitted.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> model = Ridge().fit(np.eye(3)[:, :2], [0.0, 1.0, 2.0])
+        >>> model.bands_ is None, model.set_bands(["nir", "red"]).bands_
+        (True, ['nir', 'red'])
+        """
+        from xfusion.models.predict import check_band_names
+
+        self._check_fitted()
+        self.bands_ = check_band_names(bands, int(self.n_features_in_), "set_bands")
+        return self
+
     def predict(self, X, **kwargs):
         """Predict: lazy on a cube (``(…, band, y, x)``), eager on a numpy array or DataFrame.
 
         Parameters
         ----------
         X : xarray.DataArray, numpy.ndarray or pandas.DataFrame
-            A cube whose bands are the training bands, in order, or rows of features.
+            A cube holding the training bands (matched by name; a model fitted on bare arrays
+            needs ``bands=`` or :meth:`set_bands` first), or rows of features (a DataFrame's
+            columns are matched by name when the model records band names).
         **kwargs
-            Passed to :func:`xfusion.models.predict.predict` for cubes (e.g. ``batch_size``).
+            Passed to :func:`xfusion.models.predict.predict` for cubes (e.g. ``batch_size``,
+            ``bands``).
 
         Returns
         -------
@@ -307,6 +351,11 @@ class _Estimator:
         model = cls(**extra["params"])
         model.n_features_in_ = int(extra["n_features_in_"])
         model.bands_ = None if extra["bands_"] is None else list(extra["bands_"])
+        if model.bands_ is not None and len(model.bands_) != model.n_features_in_:
+            raise ModelError(
+                f"the sidecar names {len(model.bands_)} bands {model.bands_} for "
+                f"{model.n_features_in_} input features"
+            )
         model.output_bands_ = list(extra["output_bands_"])
         model._y_1d = bool(extra["y_1d"])
         for name, value in state.items():
@@ -340,7 +389,8 @@ class Ridge(_Estimator):
     intercept_ : float or ndarray (targets,)
     n_features_in_ : int
     bands_ : list of str or None
-        Band names of the training cube or DataFrame columns; ``predict`` checks them.
+        Band names of the training cube or DataFrame columns (None after a fit on bare
+        arrays: name them with :meth:`set_bands`); ``predict`` checks cubes against them.
     output_bands_ : list of str
         Names of the predicted bands (the target cube's bands, else ``"prediction"``).
 

@@ -630,7 +630,9 @@ def _cloud_masks(differences: xr.DataArray, clusterings: dict, config: Config) -
     """Lazy masks ``(band, y, x)`` (band ``k3``, ``k5``…): 0 clear, 1 cloud, 2 shadow, NaN."""
     maps = []
     for k, fit in clusterings.items():
-        labels = differences.xf.predict(fit["kmeans"]).isel(band=0, drop=True)
+        # k-means was fitted on unnamed rows of these bands, in this order: name them
+        bands = [str(b) for b in differences.band.values]
+        labels = differences.xf.predict(fit["kmeans"], bands=bands).isel(band=0, drop=True)
         mask = xr.apply_ufunc(
             _lookup,
             labels,
