@@ -25,9 +25,14 @@ from shapely.geometry.base import BaseGeometry
 
 from xfusion._kernels.augment import dihedral
 from xfusion.errors import BandError, EmptySelectionError, GridError, InputError
+from xfusion.grids import grid_mismatch
 from xfusion.preprocess._validate import check_float_nodata, check_unique_bands
 
-__all__ = ["class_balance", "dihedral", "patches", "sample"]
+__all__ = ["MAX_STRATA", "class_balance", "dihedral", "patches", "sample"]
+
+#: Most distinct values a float label may have for ``sample(..., stratify=True)`` (one stratum
+#: per value); more means a continuous label, to stratify in quantile bins (``stratify=k``).
+MAX_STRATA = 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -40,7 +45,7 @@ def sample(
     n: int,
     *,
     seed: int = 0,
-    stratify: bool = False,
+    stratify: bool | int = False,
 ) -> pd.DataFrame:
     """Sample labelled pixels for training a pixel model.
 
@@ -56,25 +61,34 @@ def sample(
         Labels ``(y, x)`` on the cube's grid, or the name of a band of ``da`` (which then becomes
         the label column and is left out of the features).
     n : int
-        Number of points; with ``stratify=True``, number of points per class. Fewer come back
-        where fewer valid pixels exist.
+        Number of points; with ``stratify``, number of points per class (or bin). Fewer come
+        back where fewer valid pixels exist.
     seed : int
         Seed of the random draw: the same seed gives the same points.
-    stratify : bool
-        Draw ``n`` points from each label value (all of a class's pixels where it has fewer),
-        like Earth Engine's ``stratifiedSample``; otherwise ``n`` points uniformly.
+    stratify : bool or int
+        ``True``: draw ``n`` points from each label value (all of a class's pixels where it has
+        fewer), like Earth Engine's ``stratifiedSample``. The label must be a class label: an
+        integer label, one whose ``band_kind`` is ``"categorical"`` (see :mod:`xfusion.bands`),
+        or a float label with at most :data:`MAX_STRATA` (64) distinct values; a float label
+        with more is continuous and refused. An int ``k >= 2``: cut the label's valid values
+        into ``k`` quantile bins (equal-count; bins that tie collapse into one) and draw ``n``
+        points from each, for continuous labels. ``False``: ``n`` points uniformly.
 
     Returns
     -------
     pandas.DataFrame
         Columns ``x``, ``y`` (pixel-centre coordinates), one column per band, and ``label``; rows
-        in raster order. ``df.attrs["class_balance"]`` holds :func:`class_balance` of the labels.
+        in raster order. ``df.attrs["class_balance"]`` holds :func:`class_balance` of the labels;
+        with ``stratify=k``, ``df.attrs["strata"]`` holds the bin edges and the ``stratum``
+        column each point's bin (0 to the number of bins - 1).
 
     Raises
     ------
     InputError
-        ``da`` is not a ``(band, y, x)`` cube, ``n`` is not a positive integer, or ``da`` is an
-        integer cube that declares a nodata value (its fill value would be sampled as data).
+        ``da`` is not a ``(band, y, x)`` cube, ``n`` is not a positive integer, ``da`` is an
+        integer cube that declares a nodata value (its fill value would be sampled as data),
+        ``stratify`` is neither a bool nor an int >= 2, or ``stratify=True`` on a float label
+        with more than :data:`MAX_STRATA` distinct values (the message names the count).
     BandError
         Band names repeat, or ``labels`` names a band that is not in ``da``.
     GridError
@@ -96,9 +110,18 @@ def sample(
     (4, True)
     >>> sorted(sample(cube, labels, 2, stratify=True)["label"])
     [0.0, 0.0, 1.0, 1.0]
+
+    A continuous label is stratified in quantile bins:
+
+    >>> field = xr.DataArray(np.arange(9.0).reshape(3, 3) / 8, dims=("y", "x"))
+    >>> df = sample(cube, field, 1, stratify=3, seed=0)
+    >>> df["stratum"].tolist(), df.attrs["strata"]
+    ([0, 1, 2], [0.0, 0.333..., 0.666..., 1.0])
     """
     _check_image(da, "sample")
     n = _positive_int(n, "n")
+    bins = _strata(stratify)
+    categorical = _label_is_categorical(da, labels)
     features, label = _split_labels(da, labels, "labels")
     valid = features.notnull().all("band") & label.notnull()
     valid_np, label_np = dask.compute(valid.data, label.data)  # xf: computes valid mask, labels
@@ -110,8 +133,26 @@ def sample(
             "no valid pixel to sample: every pixel has NaN in a band or in the labels"
         )
     flat_labels = np.ravel(label_np)
-    if stratify:
+    edges = None
+    if bins:
+        values = flat_labels[flat_valid].astype(np.float64)
+        edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)))
+        strata = np.zeros(flat_labels.shape, dtype=np.int64)
+        strata[flat_valid] = np.searchsorted(edges[1:-1], values, side="right")
+        drawn = [
+            _draw(rng, flat_valid[strata[flat_valid] == k], n) for k in range(max(len(edges) - 1, 1))
+        ]
+        chosen = np.sort(np.concatenate(drawn))
+    elif stratify:
         classes = np.unique(flat_labels[flat_valid])
+        if not categorical and flat_labels.dtype.kind == "f" and classes.size > MAX_STRATA:
+            raise InputError(
+                f"stratify=True draws n points per label value, but the label has {classes.size} "
+                f"distinct values (from {classes.min():g} to {classes.max():g}): a continuous "
+                f"label, not classes; expected at most {MAX_STRATA} values for a float label. "
+                "Pass stratify=<number of quantile bins> (e.g. stratify=5), stratify=False, or "
+                "mark the label 'categorical' with xfusion.bands.set_band_kinds"
+            )
         drawn = [_draw(rng, flat_valid[flat_labels[flat_valid] == value], n) for value in classes]
         chosen = np.sort(np.concatenate(drawn))
     else:
@@ -125,9 +166,36 @@ def sample(
     for j, name in enumerate(features.band.values):
         columns[str(name)] = values[:, j]
     columns["label"] = flat_labels[chosen]
+    if edges is not None:
+        columns["stratum"] = strata[chosen]
     df = pd.DataFrame(columns)
     df.attrs["class_balance"] = class_balance(df)
+    if edges is not None:
+        df.attrs["strata"] = edges.tolist()
     return df
+
+
+def _strata(stratify: Any) -> int:
+    """Number of quantile bins asked for by ``stratify`` (0: none or one stratum per class)."""
+    if isinstance(stratify, bool | np.bool_):
+        return 0
+    if isinstance(stratify, int | np.integer) and stratify >= 2:
+        return int(stratify)
+    raise InputError(
+        f"stratify must be True/False or a number of quantile bins >= 2; got {stratify!r}"
+    )
+
+
+def _label_is_categorical(da: xr.DataArray, labels: Any) -> bool:
+    """Whether the label's ``band_kind`` (recorded or inferred from its name) is a class kind."""
+    from xfusion.bands import band_kinds
+
+    if isinstance(labels, str):
+        kinds = band_kinds(da) if "band" in da.dims else {}
+        return kinds.get(labels) in ("categorical", "flags")
+    if isinstance(labels, xr.DataArray):
+        return any(k in ("categorical", "flags") for k in band_kinds(labels).values())
+    return False
 
 
 def class_balance(labels: Any, *, column: str = "label") -> dict[str, Any]:
@@ -424,7 +492,13 @@ def _bands(da: xr.DataArray) -> list[str]:
     return [str(b) for b in da.band.values]
 
 
-def _check_same_grid(da: xr.DataArray, other: xr.DataArray, what: str) -> None:
+def _check_same_grid(da: xr.DataArray, other: xr.DataArray, what: str) -> xr.DataArray:
+    """Return ``other`` on the cube's exact coordinates, or raise :class:`GridError`.
+
+    "Same grid" is :func:`xfusion.grids.same_grid` (pixel edges within 1e-3 pixel), the rule
+    used everywhere; the coordinates are then snapped to the cube's, so that xarray's alignment
+    keeps every pixel (a pixel size differing in the 15th digit once kept only a sliver).
+    """
     if "y" not in other.dims or "x" not in other.dims:
         raise GridError(f"{what} must have 'y' and 'x' dims on the cube's grid; got {other.dims}")
     same_shape = other.sizes["y"] == da.sizes["y"] and other.sizes["x"] == da.sizes["x"]
@@ -433,18 +507,25 @@ def _check_same_grid(da: xr.DataArray, other: xr.DataArray, what: str) -> None:
             f"{what} grid ({other.sizes['y']}x{other.sizes['x']} pixels) differs from the cube's "
             f"({da.sizes['y']}x{da.sizes['x']} pixels); resample it onto the cube's grid first"
         )
-    for dim in ("y", "x"):
-        if dim in other.coords and dim in da.coords:
-            a, b = da[dim].values, other[dim].values
-            step = abs(float(a[1] - a[0])) if a.size > 1 else 1.0
-            if not np.allclose(a, b, rtol=0, atol=1e-6 * step):
-                raise GridError(
-                    f"{what} {dim} coordinates differ from the cube's (cube {dim} runs "
-                    f"{a[0]}..{a[-1]}, {what} {b[0]}..{b[-1]}); resample onto the cube's grid"
-                )
     crs_a, crs_b = _crs_of(da), _crs_of(other)
     if crs_a is not None and crs_b is not None and crs_a != crs_b:
         raise GridError(f"{what} CRS {crs_b} differs from the cube's CRS {crs_a}")
+    if not all(d in c.coords for d in ("y", "x") for c in (da, other)):
+        return other
+    why = grid_mismatch(da, other)
+    if why is not None:
+        worst = max(("y", "x"), key=lambda d: _offset_in_pixels(da[d].values, other[d].values))
+        a, b = da[worst].values, other[worst].values
+        raise GridError(
+            f"{what} {worst} coordinates differ from the cube's (cube {worst} runs "
+            f"{a[0]}..{a[-1]}, {what} {b[0]}..{b[-1]}: {why}); resample onto the cube's grid"
+        )
+    return other.assign_coords(y=da["y"].values, x=da["x"].values)
+
+
+def _offset_in_pixels(a: np.ndarray, b: np.ndarray) -> float:
+    step = abs(float(a[1] - a[0])) if a.size > 1 else 1.0
+    return float(np.max(np.abs(a.astype("float64") - b.astype("float64")))) / (step or 1.0)
 
 
 def _split_labels(da: xr.DataArray, labels: Any, what: str) -> tuple[xr.DataArray, xr.DataArray]:
@@ -461,7 +542,7 @@ def _split_labels(da: xr.DataArray, labels: Any, what: str) -> tuple[xr.DataArra
             f"{what} must be a DataArray on the cube's grid or a band name; "
             f"got {type(labels).__name__}"
         )
-    _check_same_grid(da, labels, what)
+    labels = _check_same_grid(da, labels, what)
     extra = [d for d in labels.dims if d not in ("y", "x")]
     if any(labels.sizes[d] != 1 for d in extra):
         raise InputError(f"{what} must be a single (y, x) plane; got dims {dict(labels.sizes)}")
@@ -491,7 +572,7 @@ def _split_target(da: xr.DataArray, target: Any) -> tuple[xr.DataArray, xr.DataA
             "target must be None, a band name, a list of band names or a DataArray on the "
             f"cube's grid; got {type(target).__name__}"
         )
-    _check_same_grid(da, target, "target")
+    target = _check_same_grid(da, target, "target")
     extra = [d for d in target.dims if d not in ("y", "x")]
     if len(extra) > 1:
         raise InputError(f"target must be (y, x) or (band, y, x); got dims {target.dims}")
@@ -533,7 +614,7 @@ def _regions(
     if regions is None:
         return None, None
     if isinstance(regions, xr.DataArray):
-        _check_same_grid(da, regions, "regions mask")
+        regions = _check_same_grid(da, regions, "regions mask")
         if regions.dtype != bool:
             raise InputError(f"a regions mask must be boolean; got dtype {regions.dtype}")
         return None, regions.transpose("y", "x")
