@@ -438,7 +438,9 @@ def _prepare(cube: xr.DataArray, config: Config) -> dict[str, Any]:
         refl = refl.xf.scale(config.scale_factor, config.scale_offset)
     qa = cube.sel(band=config.qa_band, drop=True)
     lag_flags = _qa_flags(qa, config.qa_lag_bits).where(qa.notnull())
-    qa_with = xr.concat([refl, qa.expand_dims(band=[config.qa_band])], dim="band")
+    # cube.sel(band=[...]) keeps the per-band coordinates (band_kind, band_scale) that concat
+    # needs on both sides.
+    qa_with = xr.concat([refl, cube.sel(band=[config.qa_band])], dim="band")
     stacked = qa_with.xf.lags(
         config.max_lags,
         cloud_score=lag_flags,
