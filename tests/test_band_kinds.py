@@ -238,3 +238,23 @@ def test_real_landsat_qa_pixel_fused_twice_coarser_is_the_or_of_its_blocks(lands
     # averaging the flags, as before, loses some of the cloudy coarse pixels
     averaged = cube.sel(band=["QA_PIXEL"]).xf.resample(coarse, "average", kinds="continuous")
     assert (~has_cloud(averaged.isel(time=0, band=0).values) & fine_blocks).sum() > 0
+
+
+def test_mean_mosaic_averages_only_continuous_bands():
+    left = cube_of(
+        [np.full((8, 8), 1.0), np.full((8, 8), 2.0), np.full((8, 8), 8.0)], ["B04", "SCL", "QA60"]
+    )
+    right = cube_of(
+        [np.full((8, 8), 3.0), np.full((8, 8), 5.0), np.full((8, 8), 1024.0)],
+        ["B04", "SCL", "QA60"],
+    )
+    right[:, :, :4] = np.nan
+    fused = xf.fuse({"s2": [left.chunk({"x": 4}), right]}, grid=FINE, mosaic="mean")
+    assert isinstance(fused.data, dask.array.Array)
+    out = fused.values
+    np.testing.assert_array_equal(out[0, :, :4], 1.0)
+    np.testing.assert_array_equal(out[0, :, 4:], 2.0)
+    np.testing.assert_array_equal(out[1], 2.0)  # the first valid class, not 3.5
+    np.testing.assert_array_equal(out[2, :, :4], 8.0)
+    np.testing.assert_array_equal(out[2, :, 4:], 8.0 + 1024.0)  # both flags kept
+    assert fused[KIND_COORD].values.tolist() == ["continuous", "categorical", "flags"]

@@ -203,6 +203,10 @@ def choose_resampling(cube: xr.DataArray, grid: GeoBox, method: str = "average")
 def mosaic_cubes(parts: Sequence[xr.DataArray], how: Mosaic = "first") -> xr.DataArray:
     """Combine cubes on one grid where they overlap: ``"first"`` valid value or ``"mean"``.
 
+    With ``"mean"``, only continuous bands are averaged (kinds as in :mod:`xfusion.bands`):
+    categorical bands take the first valid value and flag bands the bitwise OR of the valid
+    values, so overlapping scenes neither invent classes nor lose flags.
+
     Examples
     --------
     >>> import numpy as np, xarray as xr
@@ -232,8 +236,25 @@ def mosaic_cubes(parts: Sequence[xr.DataArray], how: Mosaic = "first") -> xr.Dat
         total = sum(p.fillna(0) for p in parts)
         count = sum(p.notnull().astype(np.int16) for p in parts)
         # dividing by a count of 1 where nothing is valid avoids 0/0 (those pixels become NaN)
-        return (total / count.where(count > 0, 1)).where(count > 0).astype(first.dtype)
+        mean = (total / count.where(count > 0, 1)).where(count > 0).astype(first.dtype)
+        kinds = band_kinds(first) if "band" in first.dims else {}
+        if all(k == "continuous" for k in kinds.values()):
+            return mean
+        # averaging class labels or bit flags invents classes and loses flags
+        firsts = mosaic_cubes(parts, "first")
+        ored = _bitwise_or(parts).astype(first.dtype)
+        kind = xr.DataArray(list(kinds.values()), dims="band")
+        return mean.where(kind == "continuous", firsts.where(kind == "categorical", ored))
     raise InputError(f"unknown mosaic {how!r}; expected one of {MOSAIC} or a callable")
+
+
+def _bitwise_or(parts: Sequence[xr.DataArray]) -> xr.DataArray:
+    """Bitwise OR of the valid values of the cubes (NaN where none is valid), lazily."""
+    ored = parts[0].fillna(0).astype(np.int64)
+    for other in parts[1:]:
+        ored = xr.apply_ufunc(np.bitwise_or, ored, other.fillna(0).astype(np.int64), dask="allowed")
+    valid = sum(p.notnull().astype(np.int16) for p in parts) > 0
+    return ored.where(valid)
 
 
 def _with_kinds(cube: xr.DataArray, override: Mapping[Any, str]) -> xr.DataArray:
