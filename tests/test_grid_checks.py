@@ -159,3 +159,21 @@ def test_geographic_grids_work_everywhere(sif):
     assert ds.inputs.shape == (3, cube.sizes["band"], 16, 16)
     assert "WGS 84" in ds.attrs["crs"]
     assert (bb.left <= ds.x0).all() and (ds.y0 <= bb.top).all()
+
+
+def test_ridge_fits_a_target_off_in_the_15th_digit():
+    g = xf.grid((X0, Y0, X0 + 30 * 40, Y0 + 30 * 40), CRS, 30)
+    rng = np.random.default_rng(4)
+    X = assign_grid(
+        xr.DataArray(
+            rng.random((2, 40, 40), "float32"), dims=("band", "y", "x"), coords={"band": ["a", "b"]}
+        ),
+        g,
+    )
+    y = 2 * X.sel(band="a", drop=True) - X.sel(band="b", drop=True) + 1
+    y = assign_grid(y, nudged(g, shift=1e-5))
+    assert (y.x.values != X.x.values).any()
+    model = xf.models.Ridge(alpha=1e-6).fit(X, y)
+    np.testing.assert_allclose(np.ravel(model.coef_), [2.0, -1.0], atol=1e-3)
+    with pytest.raises(GridError, match="y/sample_weight is not on the cube's grid"):
+        xf.models.Ridge().fit(X, assign_grid(y, nudged(g, shift=0.3)))

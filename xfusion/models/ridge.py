@@ -26,6 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from xfusion._kernels import ridge as _rk
 from xfusion.errors import BandError, GridError, InputError, ModelError
+from xfusion.grids import snap_to_grid
 from xfusion.models.predict import predict as _predict_cube
 
 __all__ = ["KernelRidge", "Ridge"]
@@ -101,6 +102,10 @@ def _block_table(X, y, w=None, *, transform, has_w):
     return _rk.block_stats(X, y, w if has_w else None, transform)[None, :]
 
 
+def _on_xy(da: xr.DataArray) -> bool:
+    return all(d in da.coords and d in da.dims for d in ("y", "x"))
+
+
 def _cube_stats(X: xr.DataArray, y, w, transform, p_out: int | None):
     """Statistics of a cube ``(…, band, y, x)`` against targets on the same grid."""
     missing = [d for d in _SPATIAL if d not in X.dims]
@@ -126,6 +131,8 @@ def _cube_stats(X: xr.DataArray, y, w, transform, p_out: int | None):
             raise InputError(
                 "with a cube X, sample_weight must be a DataArray on its grid without 'band'"
             )
+    if _on_xy(template):  # the one same-grid rule, coordinates snapped to the cube's
+        parts = [snap_to_grid(p, template, "y/sample_weight") if _on_xy(p) else p for p in parts]
     try:
         aligned = xr.align(template, *parts, join="exact")
     except ValueError as err:
