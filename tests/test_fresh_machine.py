@@ -42,6 +42,21 @@ def test_ci_runs_the_readme_test_command_verbatim():
     assert venv[0] < activate[0] < run[0]
 
 
+@pytest.mark.parametrize(
+    ("package", "broken"),
+    [("zarr", "2.18.7"), ("xarray", "2024.10.0")],  # no zarr_format / misreads Zarr-Python 3
+)
+def test_dependency_floors_exclude_versions_known_to_break(package, broken):
+    # a floor pip may pick (an old pin elsewhere in a user's environment) must work
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (req,) = [r for r in map(Requirement, project["dependencies"]) if r.name == package]
+    assert broken not in req.specifier, f"{req} still allows {package} {broken}"
+
+
 def _stub_project(root: Path) -> Path:
     """A one-test project with the repository's CI script and a ``test`` extra."""
     (root / ".ci").mkdir(parents=True)

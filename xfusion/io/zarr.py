@@ -372,7 +372,8 @@ def _complete_store_cubes(store: Path) -> list[str]:
 
 def _open_cube(store: Path, name: str, chunks: Mapping[str, int] | None) -> xr.DataArray:
     # opened without Dask first, so the small coordinates below are read, not computed
-    cube = xr.open_zarr(store, group=name, chunks=None, consolidated=True)[name]
+    # per-group metadata: a few small local files (older xarray misreads consolidated groups)
+    cube = xr.open_zarr(store, group=name, chunks=None, consolidated=False)[name]
     restored = {}
     for key, coord in cube.coords.items():
         if coord.ndim > 1:
