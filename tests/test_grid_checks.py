@@ -177,3 +177,17 @@ def test_ridge_fits_a_target_off_in_the_15th_digit():
     np.testing.assert_allclose(np.ravel(model.coef_), [2.0, -1.0], atol=1e-3)
     with pytest.raises(GridError, match="y/sample_weight is not on the cube's grid"):
         xf.models.Ridge().fit(X, assign_grid(y, nudged(g, shift=0.3)))
+
+
+def test_kernel_ridge_exact_fits_a_target_off_by_rounding():
+    g = xf.grid((X0, Y0, X0 + 30 * 12, Y0 + 30 * 12), CRS, 30)
+    rng = np.random.default_rng(5)
+    X = assign_grid(
+        xr.DataArray(
+            rng.random((2, 12, 12), "float32"), dims=("band", "y", "x"), coords={"band": ["a", "b"]}
+        ),
+        g,
+    )
+    y = assign_grid(X.sel(band="a", drop=True) + X.sel(band="b", drop=True), nudged(g, shift=1e-5))
+    model = xf.models.KernelRidge(alpha=1e-3, gamma=1.0, method="exact").fit(X, y)
+    assert model.X_fit_.shape == (144, 2)

@@ -712,6 +712,8 @@ def _valid_rows(X, y, w):
         info.update(merged_info)
         lead = [d for d in X.dims if d not in _SPATIAL]
         rows = X.transpose(*lead, "y", "x", "band").data.reshape(-1, X.sizes["band"])
+        if _on_xy(X):  # on the cube's exact coordinates (checked in _cube_stats)
+            y, w = (a if a is None or not _on_xy(a) else snap_to_grid(a, X) for a in (y, w))
         yt = y if "band" in y.dims else y.expand_dims("band")
         yt = yt.broadcast_like(X.isel(band=0, drop=True)).transpose(*lead, "y", "x", "band")
         targets = yt.data.reshape(-1, yt.sizes["band"])
