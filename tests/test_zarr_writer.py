@@ -249,5 +249,12 @@ def test_open_zarr_refuses_a_partial_store(tmp_path):
         xf.open_zarr(tmp_path / "foreign.zarr", "v")
 
 
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "4"])
+def test_open_zarr_bad_chunks(tmp_path, bad):
+    store = write_zarr({"a": _small_cube()}, tmp_path / "o.zarr")
+    with pytest.raises(InputError, match=r"chunks\['x'\] must be a positive number of pixels"):
+        xf.open_zarr(store, "a", chunks={"x": bad})
+
+
 def test_open_zarr_exported_at_top_level():
     assert xf.open_zarr is open_zarr and "open_zarr" in xf.__all__

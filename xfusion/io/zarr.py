@@ -299,7 +299,8 @@ def open_zarr(
     name : str, optional
         The cube to open. Default: all of them.
     chunks : mapping of str to int, optional
-        Chunk sizes to open with, along the named dimensions (default: the store's chunks).
+        Chunk sizes to open with, along the named dimensions (default: the store's chunks;
+        dimensions a cube lacks are ignored).
 
     Returns
     -------
@@ -314,7 +315,8 @@ def open_zarr(
     SourceError
         ``path`` is not a complete store written by :func:`write_zarr`.
     InputError
-        ``name`` is not a cube of the store (the message lists the cubes).
+        ``name`` is not a cube of the store (the message lists the cubes), or a chunk size is
+        not a positive integer.
 
     Examples
     --------
@@ -328,6 +330,9 @@ def open_zarr(
     >>> open_zarr(store, "b").values.tolist()
     [[0.0, 2.0, 4.0], [6.0, 8.0, 10.0]]
     """
+    for dim, size in (chunks or {}).items():
+        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+            raise InputError(f"chunks[{dim!r}] must be a positive number of pixels; got {size!r}")
     store = Path(path)
     names = _complete_store_cubes(store)
     if name is not None:
@@ -379,12 +384,12 @@ def _open_cube(store: Path, name: str, chunks: Mapping[str, int] | None) -> xr.D
         if coord.ndim > 1:
             continue  # may be as large as the data: stays lazy
         coord = coord.load()  # xf: computes coordinates (metadata, at most one dimension)
-        if coord.dtype.kind in "OT":  # numpy StringDType from Zarr: object of str, as written
+        if coord.dtype.kind == "T":  # numpy's StringDType from Zarr: object of str, as written
             strings = np.array([str(v) for v in coord.values.ravel()], dtype=object)
             coord = coord.copy(data=strings.reshape(coord.shape))
         restored[key] = coord
     stored = dict(cube.encoding.get("preferred_chunks") or {})
-    wanted = {d: int(c) for d, c in (chunks or {}).items() if d in cube.dims}
+    wanted = {d: c for d, c in (chunks or {}).items() if d in cube.dims}
     return cube.chunk({**stored, **wanted}).assign_coords(restored)
 
 
