@@ -140,7 +140,8 @@ def sample(
         strata = np.zeros(flat_labels.shape, dtype=np.int64)
         strata[flat_valid] = np.searchsorted(edges[1:-1], values, side="right")
         drawn = [
-            _draw(rng, flat_valid[strata[flat_valid] == k], n) for k in range(max(len(edges) - 1, 1))
+            _draw(rng, flat_valid[strata[flat_valid] == k], n)
+            for k in range(max(len(edges) - 1, 1))
         ]
         chosen = np.sort(np.concatenate(drawn))
     elif stratify:
@@ -176,7 +177,7 @@ def sample(
 
 
 def _strata(stratify: Any) -> int:
-    """Number of quantile bins asked for by ``stratify`` (0: none or one stratum per class)."""
+    """Return the number of quantile bins ``stratify`` asks for (0: none, or one per class)."""
     if isinstance(stratify, bool | np.bool_):
         return 0
     if isinstance(stratify, int | np.integer) and stratify >= 2:
