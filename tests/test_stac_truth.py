@@ -389,3 +389,25 @@ def test_local_path_decodes_file_urls():
     assert str(local_path("file:///d/caf%C3%A9%20x.tif")) == "/d/café x.tif"
     assert local_href("file:///d/caf%C3%A9%20x.tif") == "/d/café x.tif"
     assert local_href("/d/a%20b.tif") == "/d/a%20b.tif"  # a plain path is literal
+
+
+def test_band_metadata_of_a_chunked_cube_is_read_without_computing(dn):
+    paths, transform, _, _ = dn
+    item = make_item(
+        "a",
+        dt.datetime(2021, 1, 1),
+        {
+            "B": (paths["dn"], transform, [8, 8], {"raster:bands": [{"scale": 1e-4}]}),
+            "QA_PIXEL": (paths["qa"], transform, [8, 8], None),
+        },
+    )
+    # DataArray.chunk also chunks the band_kind/band_scale coordinates into Dask arrays
+    cube = xf.open_stac(item).chunk({"band": -1, "y": 4, "x": 4})
+    assert hasattr(cube.band_kind.data, "dask")
+    with raise_if_dask_computes():
+        assert band_kinds(cube) == {"B": "continuous", "QA_PIXEL": "flags"}
+        assert band_scaling(cube) == {"B": (1e-4, 0.0), "QA_PIXEL": (1.0, 0.0)}
+        with pytest.raises(ScaleError, match="'B' is already scaled"):
+            xf.scale(cube.sel(band=["B"]), 2.0)
+        masked = xf.mask_bits(cube, "QA_PIXEL", [3], missing="drop")
+    assert np.isnan(masked.isel(time=0, band=0).values[0, :4]).all()

@@ -81,6 +81,18 @@ def _names(da: xr.DataArray) -> list[Hashable]:
     return [b.item() if isinstance(b, np.generic) else b for b in da["band"].values]
 
 
+def _metadata(coord: xr.DataArray) -> np.ndarray:
+    """Return a band-metadata coordinate's values, also where ``.chunk()`` made it a Dask array.
+
+    ``DataArray.chunk`` chunks non-index coordinates too; these hold a few numbers or strings per
+    band, so reading them runs the tiny graph in this thread (not on the configured scheduler).
+    """
+    data = coord.data
+    if hasattr(data, "dask"):
+        return np.asarray(data.compute(scheduler="sync"))  # xf: computes band metadata only
+    return np.asarray(data)
+
+
 def _kind_from_name(name: Hashable) -> str:
     short = str(name).rsplit(":", 1)[-1]
     return NAMED_KINDS.get(short, "continuous")
@@ -93,12 +105,12 @@ def band_kinds(da: xr.DataArray) -> dict[Hashable, str]:
     ``band_kind`` attribute or scalar coordinate says otherwise.
     """
     if "band" not in da.dims:
-        kind = da.coords[KIND_COORD].item() if KIND_COORD in da.coords else None
+        kind = _metadata(da.coords[KIND_COORD]).item() if KIND_COORD in da.coords else None
         kind = kind or da.attrs.get(KIND_COORD) or _kind_from_name(da.name or "")
         return {None: str(kind)}
     names = _names(da)
     if KIND_COORD in da.coords and da.coords[KIND_COORD].dims == ("band",):
-        stored = [str(k) for k in da.coords[KIND_COORD].values]
+        stored = [str(k) for k in _metadata(da.coords[KIND_COORD])]
         return {
             n: (k if k in BAND_KINDS else _kind_from_name(n))
             for n, k in zip(names, stored, strict=True)
@@ -154,9 +166,9 @@ def band_scaling(da: xr.DataArray) -> dict[Hashable, tuple[float, float] | None]
     names = _names(da) if "band" in da.dims else [None]
     if SCALE_COORD not in da.coords:
         return dict.fromkeys(names)
-    scale = np.broadcast_to(np.asarray(da.coords[SCALE_COORD].values, "float64"), (len(names),))
+    scale = np.broadcast_to(np.asarray(_metadata(da.coords[SCALE_COORD]), "float64"), (len(names),))
     offset = (
-        np.broadcast_to(np.asarray(da.coords[OFFSET_COORD].values, "float64"), (len(names),))
+        np.broadcast_to(np.asarray(_metadata(da.coords[OFFSET_COORD]), "float64"), (len(names),))
         if OFFSET_COORD in da.coords
         else np.zeros(len(names))
     )
