@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -11,7 +14,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from xfusion import recipes
 from xfusion.cli import RECIPE_TABLE, main
+from xfusion.recipes._base import config_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,3 +137,191 @@ def test_python_dash_m_runs_the_scene_command(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "quicklook" in done.stdout
     _check_png(out / "quicklook_nightlights.png")
+
+
+# ------------------------------------------------------------------------------------------------
+# every recipe through `xfusion demo`: own folders, config.toml, progress (one run per recipe)
+# ------------------------------------------------------------------------------------------------
+
+#: Small settings per recipe (--set), so that the five demos take seconds each.
+TINY = {
+    "builtup": ["size=100", "n_estimators=10", "n_train=50", "n_test=500", "figures=false"],
+    "nightlights": ["size=96", "patch_size=32", "n_patches=8", "n_val_patches=2", "epochs=2"],
+    "cloudmask": ["n_clusters=[3]", "kmeans_sample=2000"],
+    "water": ["size=64", "chunks=32", "n_chips=8", "epochs=2"],
+    "downscale": [
+        "size=60", "chunks=30", "widths=[8]", "epochs=2", "n_patches=6",
+        "n_validation_patches=2", "validation_fraction=0.34", "figures=false",
+    ],
+}  # fmt: skip
+
+
+def _main(argv: list[str]) -> tuple[int, str, str]:
+    """Run the command in this process; return its exit code, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _sets(recipe: str) -> list[str]:
+    return [arg for value in TINY[recipe] for arg in ("--set", value)]
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    """Each recipe's demo, one after the other into the same OUT, with progress (the default)."""
+    out = tmp_path_factory.mktemp("demos") / "xfusion-out"
+    runs = {name: _main(["demo", name, "--out", str(out), *_sets(name)]) for name in RECIPE_TABLE}
+    return out, runs
+
+
+def test_demos_write_each_recipe_into_its_own_folder(demos):
+    # before: every demo wrote into OUT itself, and the second recipe met the first one's model/
+    out, runs = demos
+    for name, (code, stdout, stderr) in runs.items():
+        assert code == 0, stderr
+        folder = out / name
+        assert f"running {name!r} -> {folder}" in stdout
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics and (folder / "outputs.zarr").is_dir()
+        assert json.loads((folder / ".xfusion-output.json").read_text())["owner"] == name
+    assert sorted(p.name for p in out.iterdir()) == sorted([".xfusion-output.json", *RECIPE_TABLE])
+
+
+def test_every_recipe_writes_a_config_toml_that_loads_back(demos):
+    # before: cloudmask, water and downscale wrote config.json
+    out, _ = demos
+    for name in RECIPE_TABLE:
+        module = recipes.get(name)
+        assert not (out / name / "config.json").exists()
+        text = (out / name / "config.toml").read_text()
+        assert text.startswith(f"[{name}]\n")
+        loaded = module.Config.from_toml(out / name / "config.toml")
+        given = {}
+        for item in TINY[name]:
+            key, _, value = item.partition("=")
+            given[key] = tomllib.loads(f"v = {value}")["v"]
+        expected = module.Config.from_dict({**given, "out_dir": str(out / name)})
+        assert loaded == expected
+
+
+def test_progress_goes_to_stderr_by_default(demos):
+    _, runs = demos
+    for name in ("nightlights", "water", "downscale"):  # the recipes that train a U-Net
+        _, stdout, stderr = runs[name]
+        assert re.search(r"training: +100%.*2/2 \[", stderr), stderr[-500:]  # tqdm, every epoch
+        assert "epoch/s" not in stdout and "s/epoch" not in stdout  # no bar among the results
+        assert "% Completed" not in stdout
+
+
+def test_quiet_rerun_of_a_demo_and_its_config_toml(demos, tmp_path):
+    out, _ = demos
+    first = json.loads((out / "water" / "metrics.json").read_text())
+    # the same demo again, into the folder it wrote before: reused, outputs replaced
+    code, stdout, stderr = _main(["demo", "water", "--out", str(out), "--quiet", *_sets("water")])
+    assert code == 0 and stderr == ""  # no progress bar, no message
+    assert "water finished" in stdout
+    assert json.loads((out / "water" / "metrics.json").read_text()) == first
+    # the written config.toml runs the same configuration again through --config
+    again = tmp_path / "again"
+    argv = ["run", "water", "--config", str(out / "water" / "config.toml"), "--out", str(again)]
+    code, _, stderr = _main([*argv, "--quiet"])
+    assert code == 0 and stderr == ""
+    assert json.loads((again / "metrics.json").read_text()) == first
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration mistakes and help
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recipe", list(RECIPE_TABLE))
+def test_run_recipe_help_lists_every_config_key(recipe, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", recipe, "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert f"config keys of {recipe!r}" in text
+    for name, kind, _, _ in config_keys(recipes.get(recipe).Config):
+        assert re.search(rf"^  {name} +{re.escape(kind)}, default ", text, re.M), name
+    # types in words, defaults in TOML, the first sentence of the field's documentation
+    assert re.search(r"^  seed +integer, default 0$", text, re.M)
+    assert re.search(r"^  source +string, default \"synthetic\"$", text, re.M)
+    assert re.search(rf'^  out_dir +string, default "xfusion-out/{recipe}"$', text, re.M)
+    if recipe == "water":
+        assert re.search(r"^  chip_size +integer, default 32\n +Side of the square", text, re.M)
+        assert re.search(r"^  halo +integer \(optional\), default unset$", text, re.M)
+        assert re.search(r'^  sar_bands +list of strings, default \["HH", "HV"\]$', text, re.M)
+
+
+def test_run_help_without_a_recipe_names_the_recipe_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "'xfusion run RECIPE --help' lists RECIPE's config keys" in text
+    assert "config keys of" not in text
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("max_lags='abc'", "config key 'max_lags' must be an integer (got 'abc', a str)"),
+        ("max_lags=2.5", "config key 'max_lags' must be an integer (got 2.5, a float)"),
+        ("beta=true", "config key 'beta' must be a number (got True, a bool)"),
+        ("bands=[1, 2]", "config key 'bands' must be a list of strings (got [1, 2], a list)"),
+        ("target=3", "config key 'target' must be a string (got 3, an int)"),
+    ],
+)
+def test_type_errors_say_the_type_in_words(tmp_path, capsys, setting, message):
+    # before: "must be <class 'int'>; got 'abc' (str)"
+    assert main(["run", "cloudmask", "--set", setting, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("recipe", "source", "keys"),
+    [
+        ("water", "stac", ["sar_source", "optical_source", "optical_source_bands",
+                           "terrain_source", "terrain_source_bands", "label_source",
+                           "label_source_band"]),
+        ("nightlights", "ee", ["landsat_collection", "viirs_collection", "region", "crs"]),
+        ("nightlights", "stac", ["landsat_collection", "viirs_collection"]),
+        ("builtup", "stac", ["s2_collection", "viirs_collection", "ghsl_collection"]),
+        ("cloudmask", "stac", ["stac_items"]),
+        ("downscale", "stac", ["fine_collection", "coarse_collection"]),
+    ],
+)  # fmt: skip
+def test_switching_source_names_every_key_to_set(tmp_path, capsys, recipe, source, keys):
+    # before: `--set source="stac"` failed later with "file 'JAXA/ALOS/PALSAR/YEARLY/SAR' does
+    # not exist", naming neither the key nor the others that had to change with it
+    out = tmp_path / "out"
+    assert main(["run", recipe, "--set", f'source="{source}"', "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: source={source!r} needs {keys} set for it")
+    assert err.count("\n") == 1 and "real_sources()" in err
+    assert not out.exists()
+
+
+def test_switching_source_with_its_keys_given_or_switching_defaults(tmp_path):
+    from xfusion.recipes import water
+
+    fields = {
+        k: v
+        for k, v in water.real_sources()["stac"].items()
+        if k in water.Config.SOURCE_KEYS["stac"]
+    }
+    config = water.Config.from_dict({"source": "stac", **fields})
+    assert config.sar_source == "alos-palsar-mosaic-2010.json"
+    # Earth Engine: the default assets are Earth Engine's; the keys whose meaning changes with
+    # the source take its defaults unless given
+    config = water.Config.from_dict({"source": "ee"})
+    assert (config.sar_calibration, config.label_water_values, config.label_land_values) == (
+        "palsar_dn",
+        (3.0,),
+        (1.0,),
+    )
+    given = water.Config.from_dict({"source": "ee", "label_water_values": [2]})
+    assert given.label_water_values == (2.0,) and given.label_land_values == (1.0,)
+    assert water.Config.from_dict({}).sar_calibration == "db"  # synthetic: unchanged

@@ -14,7 +14,9 @@ Every recipe writes into ``config.out_dir``, which must be new, empty or an earl
 (marked by ``.xfusion-output.json``); a folder of other files is refused before anything is
 written. ``outputs.zarr`` only ever appears complete; after an interruption, the same run with
 ``resume=True`` (``xfusion run RECIPE --resume``) continues it and gives the same bytes as an
-uninterrupted run. The details are in :mod:`xfusion.recipes._base`.
+uninterrupted run. Every run writes its configuration to ``config.toml`` in ``out_dir``
+(loadable with ``Config.from_toml`` or ``xfusion run RECIPE --config``). The details are in
+:mod:`xfusion.recipes._base`; :func:`xfusion.recipes._base.progress` shows progress bars.
 """
 
 from __future__ import annotations

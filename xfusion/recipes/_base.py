@@ -5,7 +5,16 @@ A recipe is a module with a ``Config`` dataclass (subclass of :class:`RecipeConf
 
 - ``outputs.zarr``: every output cube in one Zarr store (see :func:`write_zarr`);
 - ``<main>.tif``: the main map as a Cloud-Optimised GeoTIFF with its CRS;
-- ``*.png`` figures, ``metrics.json`` and the saved model directory.
+- ``*.png`` figures, ``metrics.json`` and the saved model directory;
+- ``config.toml``: the run's configuration, which loads back with :meth:`RecipeConfig.from_toml`
+  (``xfusion run RECIPE --config OUT/config.toml``).
+
+Switching ``source``
+    A config built with :meth:`RecipeConfig.from_dict` (TOML files and the command line go
+    through it) and a ``source`` other than ``"synthetic"`` takes that source's defaults
+    (``SOURCE_DEFAULTS``) for the keys not given, and is refused, naming them all, when a key
+    that names the data (``SOURCE_KEYS``: collection ids, files, asset names, region) is not
+    given.
 
 The output directory
     ``out_dir`` is created if missing and marked as an xfusion output with a small

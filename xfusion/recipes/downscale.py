@@ -92,6 +92,8 @@ class Config(RecipeConfig):
     vi_scale : float
         Factor applied to the vegetation indices after opening (``1e-4`` for MOD13 digital
         numbers read from Earth Engine; 1 where the STAC ``raster:bands`` scale is applied).
+        Through :meth:`from_dict` (TOML, the command line) ``source="ee"`` makes ``1e-4`` the
+        default.
     period : str
         Aggregation period of both series (pandas offset; the workflow's 16 days, ``"16D"``).
     vi_composite, coarse_composite : {"median", "mean", "min", "max"}

@@ -65,6 +65,10 @@ class Config(RecipeConfig):
     catalog, with 32×32 chips and a small U-Net. The layer fields (``sar_source`` … ``end``)
     name the workflow's real data; they are read only when ``source`` is ``"ee"`` or ``"stac"``
     (their defaults are the Earth Engine assets; :func:`real_sources` gives complete sets).
+    Through :meth:`from_dict` (TOML, the command line), ``source="stac"`` needs the layer
+    sources and their band names given, and ``source="ee"`` switches the keys not given to the
+    Earth Engine assets' meaning: ``sar_calibration="palsar_dn"``, labels water ``(3,)`` and
+    land ``(1,)`` (JRC yearly water classes).
 
     Parameters
     ----------
