@@ -258,3 +258,22 @@ def test_mean_mosaic_averages_only_continuous_bands():
     np.testing.assert_array_equal(out[2, :, :4], 8.0)
     np.testing.assert_array_equal(out[2, :, 4:], 8.0 + 1024.0)  # both flags kept
     assert fused[KIND_COORD].values.tolist() == ["continuous", "categorical", "flags"]
+
+
+def test_fuse_kinds_by_source_or_fused_band_name():
+    rng = np.random.default_rng(6)
+    lab = cube_of(rng.integers(0, 3, (1, 8, 8)), ["label"])
+    s2 = cube_of(np.stack([rng.random((8, 8)), rng.integers(0, 4, (8, 8))]), ["B04", "mask"])
+    fused = xf.fuse(
+        {"s2": s2, "lab": lab}, grid=COARSE, kinds={"lab": "categorical", "s2:mask": "flags"}
+    )
+    assert fused[KIND_COORD].values.tolist() == ["continuous", "flags", "categorical"]
+    prov = json.loads(fused.attrs["xfusion:provenance"])
+    assert prov["s2"]["resampling"] == {"B04": "average", "mask": "bitwise_or"}
+    assert prov["lab"]["resampling"] == "mode"
+    labels = fused.sel(band="lab:label").values
+    assert set(np.unique(labels)) <= {0.0, 1.0, 2.0}
+    with pytest.raises(BandError, match="kinds names 'lab:nope', which is neither a source"):
+        xf.fuse({"lab": lab}, grid=COARSE, kinds={"lab:nope": "flags"})
+    with pytest.raises(InputError, match="kind of band 'label' must be one of"):
+        xf.fuse({"lab": lab}, grid=COARSE, kinds={"lab": "classes"})
