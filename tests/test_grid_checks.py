@@ -10,7 +10,7 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 
 import xfusion as xf
-from xfusion.errors import GridError
+from xfusion.errors import BandError, GridError
 from xfusion.grids import (
     MAX_PIXELS,
     assign_grid,
@@ -191,3 +191,24 @@ def test_kernel_ridge_exact_fits_a_target_off_by_rounding():
     y = assign_grid(X.sel(band="a", drop=True) + X.sel(band="b", drop=True), nudged(g, shift=1e-5))
     model = xf.models.KernelRidge(alpha=1e-3, gamma=1.0, method="exact").fit(X, y)
     assert model.X_fit_.shape == (144, 2)
+
+
+def test_open_raster_records_kinds_and_refuses_averaging_flags(tmp_path):
+    g = xf.grid((X0, Y0, X0 + 300, Y0 + 300), CRS, 30)
+    path = tmp_path / "qa.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=10, height=10, count=2, dtype="uint16",
+        crs=CRS, transform=g.affine,
+    ) as dst:  # fmt: skip
+        dst.write(np.full((2, 10, 10), 8, "uint16"))
+        dst.set_band_description(1, "QA_PIXEL")
+        dst.set_band_description(2, "landcover")
+    cube = xf.open_raster(path, kinds={"landcover": "categorical"})
+    assert cube.band_kind.values.tolist() == ["flags", "categorical"]
+    coarse = xf.grid((X0, Y0, X0 + 300, Y0 + 300), CRS, 60)
+    with pytest.raises(BandError, match=r"'average' is not allowed for band 'QA_PIXEL' of kind"):
+        xf.open_raster(path, grid=coarse, resampling="average")
+    warped = xf.open_raster(path, grid=coarse, resampling="mode")
+    np.testing.assert_array_equal(warped.values, 8)
+    # downstream, resample picks the kind's method from the recorded coordinate
+    assert xf.resample(cube, coarse).band_kind.values.tolist() == ["flags", "categorical"]

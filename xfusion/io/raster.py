@@ -25,6 +25,7 @@ from odc.geo.xr import xr_reproject
 from xarray.backends import BackendArray
 from xarray.core import indexing as xr_indexing
 
+from xfusion.bands import band_kinds, set_band_kinds
 from xfusion.errors import (
     BandError,
     EmptySelectionError,
@@ -41,6 +42,8 @@ __all__ = ["open_raster"]
 _NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
 _DEFAULT_CHUNKS = {"time": 1, "band": 1, "y": 1024, "x": 1024}
 _RESAMPLINGS = ("nearest", "bilinear", "cubic", "average", "mode", "min", "max", "med", "sum")
+# the warps that keep class labels and bit flags intact (odc-geo has no bitwise OR)
+_VALUE_KEEPING = ("nearest", "mode")
 
 
 def open_raster(
@@ -55,6 +58,7 @@ def open_raster(
     scale_offset: bool = True,
     resampling: str = "nearest",
     variables: Sequence[str] | None = None,
+    kinds: Mapping[str, str] | str | None = None,
 ) -> xr.DataArray:
     """Open GeoTIFF/COG/NetCDF files as a lazy float32 cube.
 
@@ -96,6 +100,13 @@ def open_raster(
         med, sum).
     variables : sequence of str, optional
         NetCDF variables to read (default: every variable with ``y`` and ``x`` dimensions).
+    kinds : mapping of band name to kind, or one kind, optional
+        Declare band kinds (``"continuous"``, ``"categorical"``, ``"flags"``; see
+        :mod:`xfusion.bands`), recorded as the ``band_kind`` coordinate so that
+        :func:`xfusion.resample` and :func:`xfusion.fuse` treat them accordingly. With
+        ``grid``, ``resampling`` must suit every band's kind (``nearest`` or ``mode`` for
+        categorical and flag bands, which include the mask presets' band names such as
+        ``QA_PIXEL``).
 
     Returns
     -------
@@ -112,7 +123,8 @@ def open_raster(
     GridError
         The files lie on different grids and no grid is given, or the grid does not overlap a file.
     BandError
-        ``band_names`` does not match the number of bands, or names repeat.
+        ``band_names`` does not match the number of bands, or names repeat; ``kinds`` names an
+        unknown band; ``resampling`` (with ``grid``) does not suit a band's kind.
     EmptySelectionError
         No paths.
 
@@ -167,6 +179,16 @@ def open_raster(
     order = ("time", "band", "y", "x") if "time" in cube.dims else ("band", "y", "x")
     cube = assign_grid(cube.transpose(*order), target)
     cube.attrs = {"source": "raster", "scale_offset_applied": int(bool(scale_offset))}
+    if kinds is not None:
+        cube = set_band_kinds(cube, kinds)
+    if grid is not None:
+        for band, kind in band_kinds(cube).items():
+            allowed = list(_VALUE_KEEPING)
+            if kind != "continuous" and resampling not in allowed:
+                raise BandError(
+                    f"resampling {resampling!r} is not allowed for band {band!r} of kind "
+                    f"{kind!r}; allowed for {kind}: {allowed}"
+                )
     return cube.astype("float32", copy=False).rename(None)
 
 
