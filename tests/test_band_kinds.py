@@ -277,3 +277,19 @@ def test_fuse_kinds_by_source_or_fused_band_name():
         xf.fuse({"lab": lab}, grid=COARSE, kinds={"lab:nope": "flags"})
     with pytest.raises(InputError, match="kind of band 'label' must be one of"):
         xf.fuse({"lab": lab}, grid=COARSE, kinds={"lab": "classes"})
+
+
+def test_integer_cube_defaults_to_class_methods():
+    data = np.array([[1, 1, 7, 9], [2, 1, 9, 9]])[None]
+    small = xf.grid((X0, Y0, X0 + 40, Y0 + 20), CRS, 10)
+    labels = cube_of(data, ["smod"], small, "uint8")
+    out = resample(labels, xf.grid((X0, Y0, X0 + 40, Y0 + 20), CRS, 20))
+    np.testing.assert_array_equal(out.values[0], [[1, 9]])
+    finer = resample(labels, xf.grid((X0, Y0, X0 + 40, Y0 + 20), CRS, 5))
+    assert set(np.unique(finer.values)) <= {1.0, 2.0, 7.0, 9.0}
+    # an explicit continuous method is still allowed on a mere dtype guess
+    averaged = resample(labels, xf.grid((X0, Y0, X0 + 40, Y0 + 20), CRS, 20), "average")
+    np.testing.assert_array_equal(averaged.values[0], [[1.25, 8.5]])
+    labels.attrs["nodata"] = 9
+    masked = resample(labels, xf.grid((X0, Y0, X0 + 40, Y0 + 20), CRS, 20))
+    np.testing.assert_array_equal(masked.values[0], [[1, 7]])

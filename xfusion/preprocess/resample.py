@@ -40,7 +40,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
 from xfusion._kernels.aggregate import aggregate_blocks, aggregate_pieces
-from xfusion.bands import band_kinds, set_band_kinds
+from xfusion.bands import KIND_COORD, band_kinds, set_band_kinds
 from xfusion.errors import BandError, GridError, InputError
 from xfusion.grids import GRID_TOLERANCE, as_geobox, geobox_of, same_grid
 from xfusion.preprocess._validate import check_float_nodata, declared_nodata
@@ -73,7 +73,7 @@ KIND_METHODS: dict[str, tuple[str, ...]] = {
 _DEFAULT_METHODS = {"categorical": ("mode", "nearest"), "flags": ("bitwise_or", "nearest")}
 
 _KERNEL_METHODS = ("average", "sum", "mode", "min", "max", "bitwise_or")
-# methods that pick one of the input values, so an integer fill value stays a fill value
+# methods that pick one of the input values (a declared integer fill value becomes NaN first)
 _VALUE_KEEPING = ("nearest", "mode")
 # source pixels read beyond a chunk's footprint: the reach of each method's kernel
 _PADDING = {
@@ -121,6 +121,11 @@ def resample(
                     flagged flags the coarse one)
     =============== ================================ ==========================
 
+    A cube without a ``band_kind`` coordinate whose dtype is integer or bool (or whose
+    ``attrs["kind"]`` is ``"classes"``) gets the categorical defaults for its bands that would
+    otherwise be continuous: integer cubes are mostly class labels (an explicit method is still
+    allowed on them).
+
     A method asked for explicitly must suit the kind (:data:`KIND_METHODS`): averaging,
     summing or interpolating a categorical or flag band is refused. Onto an identical grid
     (:func:`xfusion.grids.same_grid`: within 1e-3 pixel) the result is an exact copy of the data,
@@ -159,10 +164,11 @@ def resample(
         grid, leading coordinates (``band_kind`` included) and attrs kept; float32 (float64
         stays float64; float16 and integers become float32, float16 because neither numba nor
         GDAL computes in it, integers so NaN can mark empty pixels;
-        ``mode``/``nearest``/``min``/``max``/``bitwise_or`` keep the values). An integer
-        categorical or flag band that declares a nodata value (``_FillValue``/``nodata``) has it
-        turned into NaN first, so the fill value is neither a class nor a set of flags. Chunked
-        in, chunked out; nothing is computed.
+        ``mode``/``nearest``/``min``/``max``/``bitwise_or`` keep the values). An integer cube
+        that declares a nodata value (``_FillValue``/``nodata``) and whose bands all use
+        ``mode``, ``nearest`` or ``bitwise_or`` has it turned into NaN first (and dropped from
+        the attrs), so the fill value is neither a class nor a set of flags. Chunked in, chunked
+        out; nothing is computed.
 
     Raises
     ------
@@ -373,11 +379,18 @@ def _methods(
         asked: dict[Hashable, str | None] = {b: resampling.get(b) for b in kinds}
     else:
         asked = dict.fromkeys(kinds, resampling)
+    # without recorded kinds, an integer (or attrs["kind"] == "classes") cube is taken for class
+    # labels when choosing a default; an explicit method is not refused on that guess
+    classes = KIND_COORD not in da.coords and (
+        da.dtype.kind in "iub" or da.attrs.get("kind") == "classes"
+    )
     coarser: bool | None = None
     out: dict[Hashable, str] = {}
     for band, kind in kinds.items():
         method = asked[band]
         if method is None:
+            if kind == "continuous" and classes:
+                kind = "categorical"
             if kind == "continuous":
                 method = continuous
             else:
@@ -513,8 +526,7 @@ def _resample_da(
     src = geobox_of(da)
     _check_overlap(src, dst)
     methods = _methods(da, src, dst, resampling)
-    kind_of = band_kinds(da)
-    da = _mask_class_nodata(da, kind_of)
+    da = _mask_class_nodata(da, methods)
     for method in methods.values():
         if method not in _VALUE_KEEPING and method != "bitwise_or":
             check_float_nodata(da, f"resample(resampling={method!r})")
@@ -539,12 +551,16 @@ def _resample_da(
     return out
 
 
-def _mask_class_nodata(da: xr.DataArray, kinds: Mapping[Hashable, str]) -> xr.DataArray:
-    """Turn the declared nodata of an integer categorical/flag cube into NaN (lazily)."""
-    if da.dtype.kind not in "iub" or all(k == "continuous" for k in kinds.values()):
+def _mask_class_nodata(da: xr.DataArray, methods: Mapping[Hashable, str]) -> xr.DataArray:
+    """Turn an integer cube's declared nodata into NaN when every band keeps values (lazily).
+
+    With ``mode``, ``nearest`` and ``bitwise_or`` the fill value would otherwise pass for a
+    class, a value or a set of flags.
+    """
+    if da.dtype.kind not in "iub":
         return da
     found = declared_nodata(da)
-    if found is None or any(k == "continuous" for k in kinds.values()):
+    if found is None or any(m not in (*_VALUE_KEEPING, "bitwise_or") for m in methods.values()):
         return da
     value = found[1]
     attrs = {
