@@ -85,12 +85,16 @@ def _metadata(coord: xr.DataArray) -> np.ndarray:
     """Return a band-metadata coordinate's values, also where ``.chunk()`` made it a Dask array.
 
     ``DataArray.chunk`` chunks non-index coordinates too; these hold a few numbers or strings per
-    band, so reading them runs the tiny graph in this thread (not on the configured scheduler).
+    band, so reading them runs the tiny graph in this thread (not on the configured scheduler),
+    or on the cluster where ``persist`` left them there.
     """
     data = coord.data
-    if hasattr(data, "dask"):
+    if not hasattr(data, "dask"):
+        return np.asarray(data)
+    try:
         return np.asarray(data.compute(scheduler="sync"))  # xf: computes band metadata only
-    return np.asarray(data)
+    except (KeyError, ValueError):  # persisted on a distributed cluster: the keys live there
+        return np.asarray(data.compute())  # xf: computes band metadata only
 
 
 def _kind_from_name(name: Hashable) -> str:
