@@ -293,3 +293,16 @@ def test_integer_cube_defaults_to_class_methods():
     labels.attrs["nodata"] = 9
     masked = resample(labels, xf.grid((X0, Y0, X0 + 40, Y0 + 20), CRS, 20))
     np.testing.assert_array_equal(masked.values[0], [[1, 7]])
+
+
+def test_dataset_variables_by_kind():
+    qa = qa_block_cube().isel(band=0, drop=True)
+    refl = cube_of(np.ones((1, 8, 8)), ["B04"]).isel(band=0, drop=True)
+    ds = xr.Dataset({"cloud": qa, "B04": refl})
+    out = resample(ds, COARSE, kinds={"cloud": "flags"})
+    np.testing.assert_array_equal(out["cloud"].values, 54596)
+    np.testing.assert_array_equal(out["B04"].values, 1)
+    with pytest.raises(BandError, match=r"'cloud' of kind 'flags'"):
+        resample(ds, COARSE, {"cloud": "average"}, kinds={"cloud": "flags"})
+    with pytest.raises(BandError, match=r"kinds names bands \['nope'\] that no variable has"):
+        resample(ds, COARSE, kinds={"nope": "flags"})

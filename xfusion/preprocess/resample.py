@@ -149,8 +149,9 @@ def resample(
         or ``cubic``.
     kinds : mapping of band name to kind, or one kind, optional
         Override the kind of some bands (``"continuous"``, ``"categorical"``, ``"flags"``), e.g.
-        ``{"label": "categorical"}``. The result carries the ``band_kind`` coordinate whenever
-        the input has one or ``kinds`` is given.
+        ``{"label": "categorical"}``; for a Dataset, a variable without ``band`` is named by
+        the variable name (in ``resampling`` too). The result carries the ``band_kind``
+        coordinate whenever the input has one or ``kinds`` is given.
     chunks : int or (int, int), optional
         Output chunk size along ``(y, x)``. By default the input chunk size scaled to the target
         resolution, raised to at least 256 pixels (as a whole multiple where the scaled size is
@@ -346,8 +347,8 @@ def _band_names(da: xr.DataArray) -> list[Hashable]:
 
 def _check_names_in_dataset(ds: xr.Dataset, resampling: Any, kinds: Any) -> None:
     known: set[Hashable] = set()
-    for var in ds.data_vars.values():
-        known.update(_band_names(var))
+    for name, var in ds.data_vars.items():
+        known.update(_band_names(var) if "band" in var.dims else [name])
     for what, given in (("resampling", resampling), ("kinds", kinds)):
         if isinstance(given, Mapping):
             unknown = [b for b in given if b not in known]
@@ -361,6 +362,8 @@ def _check_names_in_dataset(ds: xr.Dataset, resampling: Any, kinds: Any) -> None
 def _only_bands(given: Any, var: xr.DataArray) -> Any:
     if not isinstance(given, Mapping):
         return given
+    if "band" not in var.dims:  # a variable without bands is named by the variable
+        return {None: given[var.name]} if var.name in given else None
     names = set(_band_names(var))
     return {b: m for b, m in given.items() if b in names} or None
 
@@ -398,8 +401,9 @@ def _methods(
                     coarser = is_coarser(src, dst)
                 method = _DEFAULT_METHODS[kind][0 if coarser else 1]
         elif method not in KIND_METHODS[kind]:
+            named = band if band is not None or da.name is None else da.name
             raise BandError(
-                f"resampling {method!r} is not allowed for band {band!r} of kind {kind!r}; "
+                f"resampling {method!r} is not allowed for band {named!r} of kind {kind!r}; "
                 f"allowed for {kind}: {list(KIND_METHODS[kind])} (or resampling=None for the "
                 "kind's default; change a band's kind with kinds={...})"
             )
