@@ -83,6 +83,16 @@ def grid(
     -------
     odc.geo.geobox.GeoBox
 
+    Raises
+    ------
+    GridError
+        Malformed bounds or resolution; an unknown CRS; bounds outside the CRS's area of use
+        (pyproj's ``CRS.area_of_use`` transformed into the CRS, extended by its own size on every
+        side, so e.g. southern scenes kept in a northern UTM zone pass, but metres given to
+        EPSG:4326 do not); a grid of more than :data:`MAX_PIXELS` pixels (a resolution in the
+        wrong unit); bounds smaller than one pixel in both directions (degree bounds given to a
+        metric CRS). Each message names the values and the CRS's units.
+
     Examples
     --------
     >>> import xfusion as xf
