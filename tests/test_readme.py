@@ -4,8 +4,8 @@ The blocks run in file order in one workspace: a copy of the repository (its tra
 unignored files, as a user's clone has them) with a throwaway virtual environment made with
 ``--system-site-packages``, first on ``PATH``. ``python -m pip install .`` style commands install
 into that environment only, with ``--no-deps`` and offline (``PIP_NO_DEPS``, ``PIP_NO_INDEX``;
-without build isolation where hatchling is importable), so they are cheap and never touch the
-environment running the tests.
+without build isolation where hatchling and editables are importable), so they are cheap and
+never touch the environment running the tests.
 
 A block is skipped only when the line right before it is ``<!-- readme-test: skip (reason) -->``
 with one of the reasons in ``SKIP_REASONS`` (Earth Engine credentials, a remote Dask scheduler,
@@ -126,7 +126,7 @@ def workspace(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         MPLBACKEND="Agg",
         PYTHONUNBUFFERED="1",
     )
-    if importlib.util.find_spec("hatchling") is not None:
+    if all(importlib.util.find_spec(m) is not None for m in ("hatchling", "editables")):
         env["PIP_NO_BUILD_ISOLATION"] = "0"  # pip reads "0" here as: no build isolation
     return repo, env
 
@@ -163,9 +163,11 @@ def test_readme_blocks_parse_marks():
 def test_readme_block_runs_as_written(block: Block, workspace):
     repo, env = workspace
     if block.kind == "python":
-        script = repo / f".readme_block_{block.line}.py"
+        # the script lives beside the copy, not in it (`ruff check .` in the README lints the copy)
+        script = repo.parent / "blocks" / f"readme_line{block.line}.py"
+        script.parent.mkdir(exist_ok=True)
         script.write_text(block.code, encoding="utf-8")
-        argv = ["python", script.name]
+        argv = ["python", str(script)]
     else:
         argv = ["bash", "-euxo", "pipefail", "-c", block.code]  # -x: each command on stderr
     try:
