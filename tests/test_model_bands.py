@@ -352,3 +352,11 @@ def test_stratify_true_still_accepts_classes():
     )
     df = sample(as_float, "crop", 1, stratify=True)  # many float classes, marked categorical
     assert len(df) == np.unique((label * 200).round().values).size > MAX_STRATA
+
+
+def test_numbered_dataframe_columns_are_not_band_names(rows):
+    X, y = rows
+    model = Ridge().fit(pd.DataFrame(X), y)  # columns 0, 1: positions, as scikit-learn sees them
+    assert model.bands_ is None
+    with pytest.raises(BandError, match="unnamed arrays"):
+        predict(red_nir_cube(False), model)

@@ -43,6 +43,15 @@ def _names(values) -> list[str]:
     return [str(v) for v in values]
 
 
+def _column_names(frame: pd.DataFrame) -> list[str] | None:
+    """Band names of a DataFrame's columns; None unless all are strings (as scikit-learn).
+
+    ``pd.DataFrame(X)`` numbers its columns 0, 1, …: positions, not band names.
+    """
+    cols = list(frame.columns)
+    return [str(c) for c in cols] if all(isinstance(c, str) for c in cols) else None
+
+
 def _output_names(k: int) -> list[str]:
     return ["prediction"] if k == 1 else [f"prediction_{i}" for i in range(k)]
 
@@ -51,7 +60,7 @@ def _table_stats(X, y, w, transform, p_out: int | None):
     """Statistics of a numpy/pandas/dask table; returns (stats graph or array, p, k, info)."""
     info: dict[str, Any] = {"bands": None, "output_bands": None}
     if isinstance(X, pd.DataFrame):
-        info["bands"] = _names(X.columns)
+        info["bands"] = _column_names(X)
         X = X.to_numpy(dtype=np.float64)
     if isinstance(y, pd.DataFrame):
         info["output_bands"] = _names(y.columns)
@@ -724,7 +733,7 @@ def _valid_rows(X, y, w):
         rows, targets, weights = dask.compute(rows, targets, weights)  # xf: computes (exact fit)
     else:
         if isinstance(X, pd.DataFrame):
-            info["bands"] = _names(X.columns)
+            info["bands"] = _column_names(X)
         if isinstance(y, pd.DataFrame):
             info["output_bands"] = _names(y.columns)
         rows, targets, weights = dask.compute(X, y, w)  # xf: computes (no-op for numpy)
