@@ -111,6 +111,10 @@ def test_set_bands_for_scikit_learn_and_its_checks(rows):
         Ridge().fit(X, y).set_bands("nir")
     with pytest.raises(ModelError, match="not fitted"):
         Ridge().set_bands(["nir", "red"])
+    # the names may come as a tuple, an array or a DataFrame's columns
+    frame = pd.DataFrame(X, columns=["nir", "red"])
+    for names in (("nir", "red"), np.array(["nir", "red"]), frame.columns):
+        assert Ridge().fit(X, y).set_bands(names).bands_ == ["nir", "red"]
 
 
 def test_bands_argument_is_checked_against_cube_and_model(rows):

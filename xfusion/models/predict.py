@@ -106,7 +106,7 @@ def check_band_names(bands: Any, n: int | None, what: str) -> list[str]:
     ...
     xfusion.errors.BandError: bands names 1 band ['B04'] but the model has 2 inputs; ...
     """
-    if isinstance(bands, str | bytes) or not isinstance(bands, Sequence | np.ndarray):
+    if isinstance(bands, str | bytes) or not isinstance(bands, Sequence | np.ndarray | pd.Index):
         raise BandError(
             f"{what} must be a list of band names (one per model input, in the model's input "
             f"order); got {bands!r}"
