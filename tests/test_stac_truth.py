@@ -411,3 +411,51 @@ def test_band_metadata_of_a_chunked_cube_is_read_without_computing(dn):
             xf.scale(cube.sel(band=["B"]), 2.0)
         masked = xf.mask_bits(cube, "QA_PIXEL", [3], missing="drop")
     assert np.isnan(masked.isel(time=0, band=0).values[0, :4]).all()
+
+
+# --- more of the same: raw limits on scaled cubes, scaled quality bands -----------------------
+
+
+@pytest.mark.data
+def test_mask_range_raw_limits_mask_the_same_pixels_scaled_or_not(shared_data):
+    declared = real_item(shared_data, declare=True)
+    plain = real_item(shared_data)
+    assets = {"SR_B4.TIF": "SR_B4", "SR_B5.TIF": "SR_B5"}
+    scaled = xf.open_stac(declared, assets=assets, chunks=256)
+    raw = xf.open_stac(plain, assets=assets, chunks=256)
+    by_hand = raw.xf.scale("LANDSAT_C2_SR")
+    lo, hi = 7273, 43636  # the C2 SR valid range in DN
+    dn = raw.values
+    assert ((dn < lo) | (dn > hi)).sum() > 1000  # the limits do mask pixels here
+    with raise_if_dask_computes():
+        masks = [xf.mask_range(c, lo, hi, raw=True) for c in (scaled, raw, by_hand)]
+    expected = np.isnan(np.where((dn >= lo) & (dn <= hi), dn, np.nan))
+    for masked in masks:
+        np.testing.assert_array_equal(np.isnan(masked.values), expected)
+    # the same numbers as values of the scaled cube would mask everything
+    assert np.isnan(xf.mask_range(scaled, lo, hi).values).all()
+    unknown = xf.bands.set_band_scaling(scaled, {"SR_B5": None})
+    with pytest.raises(ScaleError, match="scaling applied to band 'SR_B5' is unknown"):
+        xf.mask_range(unknown, lo, hi, raw=True)
+
+
+def test_mask_range_raw_per_band_limits_and_negative_scale():
+    cube = xr.DataArray(
+        np.array([[[100.0, 200.0, 300.0]], [[100.0, 200.0, 300.0]]], "float32"),
+        dims=("band", "y", "x"),
+        coords={"band": ["a", "b"]},
+    )
+    scaled = xf.scale(cube, {"a": 0.5, "b": -1.0}, {"a": 1.0})
+    out = xf.mask_range(scaled, {"a": 150}, {"a": 250, "b": 250}, raw=True).values
+    np.testing.assert_array_equal(np.isnan(out[:, 0]), [[True, False, True], [False, False, True]])
+
+
+def test_mask_bits_refuses_a_scaled_quality_band():
+    cube = xr.DataArray(
+        np.zeros((2, 2, 2), "float32"), dims=("band", "y", "x"), coords={"band": ["B04", "QA60"]}
+    )
+    scaled = xf.bands.set_band_scaling(cube, {"QA60": (1e-4, 0.0)})
+    with pytest.raises(BandError, match=r"quality band 'QA60' was scaled \(scale 0.0001"):
+        xf.mask_bits(scaled, "QA60", "QA60")
+    with pytest.raises(BandError, match="was scaled"):
+        xf.mask_classes(scaled, "QA60", [1])

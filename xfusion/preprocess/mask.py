@@ -259,6 +259,14 @@ def _valid_block(
 
 def _check_qa_kind(da: xr.DataArray, name: Hashable, func: str, wanted: tuple[str, ...]) -> None:
     """Refuse a quality band whose kind cannot be read as ``wanted`` (flags or classes)."""
+    applied = band_scaling(da)[name]
+    if is_physical_scaling(applied):
+        raise BandError(
+            f"{func}: quality band {name!r} was scaled (scale {applied[0]:g}, offset "
+            f"{applied[1]:g} recorded in band_scale/band_offset), so its numbers are no longer "
+            "its flags or classes; read it with its raw numbers (open_stac keeps flag and class "
+            "bands raw; mark it with kinds=...)"
+        )
     kind = band_kinds(da)[name]
     recorded = KIND_COORD in da.coords
     if kind in wanted or (kind == "continuous" and not recorded):
@@ -494,8 +502,47 @@ def _map_dataset(ds: xr.Dataset, func: Any, **kwargs: Any) -> xr.Dataset:
     return ds.map(func, keep_attrs=True, **kwargs)
 
 
+def _raw_limits(data: xr.DataArray, lo: Any, hi: Any) -> tuple[Any, Any]:
+    """Convert limits given in raw numbers into the cube's values with its recorded scaling."""
+    scaling = band_scaling(data) if SCALE_COORD in data.coords else {}
+    names = list(band_scaling(data))
+    pairs = []
+    for name in names:
+        pair = scaling.get(name, (1.0, 0.0))  # no record: the cube holds its raw numbers
+        if pair is None:
+            raise ScaleError(
+                f"mask_range(raw=True): the scaling applied to band {name!r} is unknown (NaN "
+                "band_scale/band_offset), so raw limits cannot be converted to its values"
+            )
+        if pair[0] == 0:
+            raise ScaleError(f"mask_range(raw=True): band {name!r} has a recorded scale of 0")
+        pairs.append(pair)
+    # In the cube's dtype, as the values were scaled: a limit DN lands on the very value that
+    # DN was scaled to, so inclusive limits stay inclusive.
+    dtype = data.dtype
+    scale = np.array([p[0] for p in pairs], dtype)
+    offset = np.array([p[1] for p in pairs], dtype)
+    lo_n = np.array(_per_band(lo, names), dtype)
+    hi_n = np.array(_per_band(hi, names), dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        a, b = lo_n * scale + offset, hi_n * scale + offset
+    lo_c, hi_c = np.where(scale > 0, a, b), np.where(scale > 0, b, a)  # a negative scale flips
+    if "band" not in data.dims:
+        return float(lo_c[0]), float(hi_c[0])
+    coords = {"band": data["band"].values}
+    return xr.DataArray(lo_c, dims="band", coords=coords), xr.DataArray(
+        hi_c, dims="band", coords=coords
+    )
+
+
 def mask_range(
-    da: T_Xarray, lo: Any, hi: Any, *, inclusive: bool = True, bands: Any = None
+    da: T_Xarray,
+    lo: Any,
+    hi: Any,
+    *,
+    inclusive: bool = True,
+    bands: Any = None,
+    raw: bool = False,
 ) -> T_Xarray:
     """Set values outside the valid range ``[lo, hi]`` to NaN.
 
@@ -513,6 +560,14 @@ def mask_range(
         Bands whose range decides validity for the whole pixel: where any of them is out of range,
         every band is set to NaN (the Landsat workflow's rule for its optical bands). By default
         each value is masked on its own.
+    raw : bool, default False
+        The limits are in the bands' raw (stored) numbers, as product guides give them (Landsat
+        C2 SR: valid DN 7273-43636), and are converted to the cube's values with the scaling
+        recorded in ``band_scale``/``band_offset`` (``lo * scale + offset``; a cube without the
+        record holds raw numbers). So the same limits mask the same pixels whether or not the
+        cube was scaled (by :func:`open_stac` from its metadata, or by :func:`scale`). By default
+        the limits are in the cube's values as they are. Raises
+        :class:`~xfusion.errors.ScaleError` where a band's scaling is unknown (NaN).
 
     Returns
     -------
@@ -527,11 +582,17 @@ def mask_range(
     array([ 0.,  5., 10., nan], dtype=float32)
     >>> mask_range(da, 0, 10, inclusive=False).values
     array([nan,  5., nan, nan], dtype=float32)
+    >>> sr = scale(xr.DataArray([[7000.0, 20000.0]], dims=("band", "x"),
+    ...                         coords={"band": ["SR_B4"]}), "LANDSAT_C2_SR")
+    >>> mask_range(sr, 7273, 43636, raw=True).values.round(3)  # DN limits on reflectance
+    array([[ nan, 0.35]])
     """
     if isinstance(da, xr.Dataset):
         _check_mapping_keys(da, lo, "lo")
         _check_mapping_keys(da, hi, "hi")
-        return _map_dataset(da, mask_range, args=(lo, hi), inclusive=inclusive, bands=bands)
+        return _map_dataset(
+            da, mask_range, args=(lo, hi), inclusive=inclusive, bands=bands, raw=raw
+        )
     if not isinstance(da, xr.DataArray):
         raise InputError(f"mask_range expects a DataArray or Dataset; got {type(da).__name__}")
     data = _as_float(da)
@@ -541,6 +602,8 @@ def mask_range(
         lo_v = lo_v.fillna(-np.inf)
     if isinstance(hi_v, xr.DataArray):
         hi_v = hi_v.fillna(np.inf)
+    if raw:
+        lo_v, hi_v = _raw_limits(data, lo_v, hi_v)
     ok = (data >= lo_v) & (data <= hi_v) if inclusive else (data > lo_v) & (data < hi_v)
     if bands is not None:
         names = _band_names(data, "mask_range")
