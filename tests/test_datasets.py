@@ -264,7 +264,10 @@ def test_write_stac_layout_and_metadata(nightlights_catalog):
     assert sr["raster:bands"] == [
         {"data_type": "uint16", "nodata": 0, "scale": 2.75e-5, "offset": -0.2}
     ]
-    assert item["assets"]["QA_PIXEL"]["raster:bands"] == [{"data_type": "uint16", "nodata": 1}]
+    (qa,) = item["assets"]["QA_PIXEL"]["raster:bands"]
+    bitfields = qa.pop("classification:bitfields")  # QA_PIXEL is a flag band: its bits in use
+    assert qa == {"data_type": "uint16", "nodata": 1}
+    assert {f["offset"] for f in bitfields} <= {1, 2, 3, 4, 6, 7} and bitfields
     # The geometry is the grid's footprint in longitude/latitude (near Nairobi).
     lon, lat = np.array(item["geometry"]["coordinates"][0]).T
     assert 36 < lon.min() < lon.max() < 37.5 and -2 < lat.min() < lat.max() < 0

@@ -459,3 +459,28 @@ def test_mask_bits_refuses_a_scaled_quality_band():
         xf.mask_bits(scaled, "QA60", "QA60")
     with pytest.raises(BandError, match="was scaled"):
         xf.mask_classes(scaled, "QA60", [1])
+
+
+def test_write_stac_records_band_kinds_that_open_stac_reads_back(tmp_path):
+    from xfusion.datasets import write_stac
+
+    gbox = xf.grid((0, 0, 40, 40), "EPSG:32633", 10)
+    values = np.stack(
+        [
+            np.linspace(0, 1, 16).reshape(4, 4),
+            np.tile([0, 1024, 2048, 3072], (4, 1)),
+            np.tile([1, 2, 2, 5], (4, 1)),
+        ]
+    ).astype("float32")
+    cube = xr.DataArray(values, dims=("band", "y", "x"), coords={"band": ["B04", "QA60", "lab"]})
+    cube = set_band_kinds(xf.grids.assign_grid(cube, gbox), {"lab": "categorical"})
+    catalog = write_stac({"s": cube}, tmp_path)
+    item = next(iter(pystac.read_file(str(catalog)).get_items(recursive=True)))
+    qa = item.assets["QA60"].extra_fields["raster:bands"][0]["classification:bitfields"]
+    assert [f["offset"] for f in qa] == [10, 11]
+    lab = item.assets["lab"].extra_fields["raster:bands"][0]["classification:classes"]
+    assert [c["value"] for c in lab] == [1, 2, 5]
+    back = xf.open_stac(catalog.parent / "s" / "collection.json")
+    # "lab" was continuous by name alone; the catalog now says what it is
+    assert band_kinds(back) == {"B04": "continuous", "QA60": "flags", "lab": "categorical"}
+    np.testing.assert_array_equal(back.isel(time=0).values, values)

@@ -20,6 +20,7 @@ import xarray as xr
 from pyproj import Transformer
 
 from xfusion._files import writable_dir
+from xfusion.bands import band_kinds
 from xfusion.errors import InputError
 from xfusion.grids import geobox_of
 from xfusion.preprocess._validate import check_unique_bands, check_unique_times
@@ -28,6 +29,7 @@ __all__ = ["write_stac"]
 
 PROJECTION_SCHEMA = "https://stac-extensions.github.io/projection/v1.1.0/schema.json"
 RASTER_SCHEMA = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
+CLASSIFICATION_SCHEMA = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
 
 
 def write_stac(
@@ -45,7 +47,10 @@ def write_stac(
     tiled, DEFLATE-compressed COG (``blocksize`` square blocks) whose asset key is the band name.
     Items carry ``proj:epsg``, ``proj:transform`` and ``proj:shape``; assets carry
     ``raster:bands`` with ``data_type``, ``nodata`` and, where the encoding gives them, ``scale``
-    and ``offset``.
+    and ``offset``. A band whose kind (:func:`xfusion.bands.band_kinds`) is ``"categorical"``
+    carries ``classification:classes`` (the class values present in the item), a ``"flags"``
+    band ``classification:bitfields`` (one field per bit set somewhere in the item), so that
+    :func:`xfusion.open_stac` reads the kinds back.
 
     This function computes: it reads each item's data once (chunked cubes included) to write the
     files.
@@ -179,6 +184,7 @@ def _write_collection(
         "proj:shape": [int(gbox.height), int(gbox.width)],
     }
     bands = [str(b) for b in cube.band.values]
+    kinds = list(band_kinds(cube).values())
     times = [pd.Timestamp(t) for t in cube.time.values] if "time" in cube.dims else [default_time]
     items = []
     used: set[str] = set()
@@ -195,7 +201,8 @@ def _write_collection(
             bbox=bbox,
             datetime=when.to_pydatetime(),
             properties=dict(proj),
-            stac_extensions=[PROJECTION_SCHEMA, RASTER_SCHEMA],
+            stac_extensions=[PROJECTION_SCHEMA, RASTER_SCHEMA]
+            + ([CLASSIFICATION_SCHEMA] if set(kinds) - {"continuous"} else []),
         )
         folder = root / key / item_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -205,6 +212,7 @@ def _write_collection(
             raster_band = _write_cog(path, data[b], gbox, enc, blocksize, where=f"{key}/{band}")
             if cube.attrs.get("units"):
                 raster_band["unit"] = cube.attrs["units"]
+            raster_band.update(_classification(data[b], kinds[b]))
             item.add_asset(
                 band,
                 pystac.Asset(
@@ -229,6 +237,30 @@ def _write_collection(
     )
     collection.add_items(items)
     return collection
+
+
+def _classification(values: np.ndarray, kind: str) -> dict[str, Any]:
+    """Return the classification-extension fields of a class or flag band (none if continuous)."""
+    if kind == "continuous":
+        return {}
+    present = np.unique(values[np.isfinite(values)]).astype(np.int64)
+    if kind == "categorical":
+        return {
+            "classification:classes": [{"value": int(v), "name": f"class_{v}"} for v in present]
+        }
+    union = int(np.bitwise_or.reduce(present)) if present.size else 0
+    return {
+        "classification:bitfields": [
+            {
+                "name": f"bit_{bit}",
+                "offset": bit,
+                "length": 1,
+                "classes": [{"value": 0, "name": "unset"}, {"value": 1, "name": "set"}],
+            }
+            for bit in range(max(union.bit_length(), 1))
+            if union >> bit & 1 or union == 0
+        ]
+    }
 
 
 def _footprint(gbox) -> tuple[dict[str, Any], list[float]]:
