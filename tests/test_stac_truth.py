@@ -484,3 +484,17 @@ def test_write_stac_records_band_kinds_that_open_stac_reads_back(tmp_path):
     # "lab" was continuous by name alone; the catalog now says what it is
     assert band_kinds(back) == {"B04": "continuous", "QA60": "flags", "lab": "categorical"}
     np.testing.assert_array_equal(back.isel(time=0).values, values)
+
+
+@pytest.mark.data
+def test_presets_find_the_quality_band_under_its_asset_key(shared_data):
+    item = real_item(shared_data)
+    cube = xf.open_stac(item, assets=["SR_B4.TIF", "QA_PIXEL.TIF"], chunks=256)
+    masked = xf.mask_bits(cube, "QA_PIXEL", "QA_PIXEL")  # was: 'QA_PIXEL' not in cube
+    assert masked.band.values.tolist() == ["SR_B4.TIF"]
+    qa = read(item, "QA_PIXEL.TIF")
+    bad = (qa & 0b11111) != 0
+    assert not np.isfinite(masked.isel(time=0, band=0).values[bad]).any()
+    both = cube.assign_coords(band=["qa_pixel", "QA_PIXEL.TIF"])
+    with pytest.raises(BandError, match="preset 'QA_PIXEL' matches several bands"):
+        xf.mask_bits(both, "QA_PIXEL", "QA_PIXEL")

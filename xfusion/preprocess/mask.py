@@ -154,9 +154,24 @@ def _resolve_qa(da: xr.DataArray, qa: Any, presets: Mapping[str, QAPreset], func
     bands = _band_names(da, func)
     if qa in bands:
         return qa
-    if isinstance(qa, str) and qa in presets and presets[qa].band in bands:
-        return presets[qa].band
+    if isinstance(qa, str) and qa in presets:
+        wanted = presets[qa].band
+        if wanted in bands:
+            return wanted
+        # The product's band under a STAC asset key: "qa_pixel", "QA_PIXEL.TIF", "s2:QA60".
+        matches = [b for b in bands if _plain_name(b) == wanted]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise BandError(
+                f"preset {qa!r} matches several bands {matches}; name the quality band itself"
+            )
     raise BandError(f"quality band {qa!r} not in cube; bands are {bands}")
+
+
+def _plain_name(band: Hashable) -> str:
+    """``"s2:qa_pixel.TIF"`` -> ``"QA_PIXEL"``: a band name as the presets spell it."""
+    return str(band).rsplit(":", 1)[-1].rsplit(".", 1)[0].upper()
 
 
 def _resolve_values(values: Any, presets: Mapping[str, QAPreset], what: str) -> tuple[int, ...]:
@@ -333,7 +348,8 @@ def mask_bits(
         Cube with a ``band`` dimension (``time`` optional).
     qa : str
         Name of the quality band in ``da``, or a preset name from :data:`QA_PRESETS` whose band is
-        in ``da`` (``"QA_PIXEL_SNOW"`` reads band ``"QA_PIXEL"``).
+        in ``da`` (``"QA_PIXEL_SNOW"`` reads band ``"QA_PIXEL"``, or the one band spelt so up to
+        case, a file extension or a source prefix: ``"qa_pixel"``, ``"QA_PIXEL.TIF"``).
     bits : str or iterable of int
         Bit positions (0 = least significant), or a preset name from :data:`QA_PRESETS`:
         ``"QA60"`` (Sentinel-2, bits 10 and 11), ``"QA_PIXEL"`` (Landsat C2, bits 0 fill and
