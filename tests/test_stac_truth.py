@@ -498,3 +498,14 @@ def test_presets_find_the_quality_band_under_its_asset_key(shared_data):
     both = cube.assign_coords(band=["qa_pixel", "QA_PIXEL.TIF"])
     with pytest.raises(BandError, match="preset 'QA_PIXEL' matches several bands"):
         xf.mask_bits(both, "QA_PIXEL", "QA_PIXEL")
+
+
+@pytest.mark.parametrize(("field", "value"), [("scale", 0), ("scale", "inf"), ("offset", "nan")])
+def test_malformed_declared_scaling_is_an_error_not_ignored(dn, field, value):
+    paths, transform, _, _ = dn
+    bands = {"raster:bands": [{field: value}]}
+    item = make_item("odd", dt.datetime(2021, 1, 1), {"B": (paths["dn"], transform, [8, 8], bands)})
+    # these used to zero the band, or blank it with NaN, without a word
+    with pytest.raises(InputError, match=rf"asset 'B' of item 'odd' declares {field} "):
+        xf.open_stac(item)
+    assert band_scaling(xf.open_stac(item, scale_offset=False)) == {"B": (1.0, 0.0)}

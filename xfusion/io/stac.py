@@ -620,18 +620,25 @@ def _number(value: Any, default: float) -> float:
         return default
 
 
-def _band_metadata(item: pystac.Item, key: str) -> tuple[float, float, float]:
-    """``(nodata, scale, offset)`` of one asset; NaN nodata when none is declared."""
+def _band_metadata(
+    item: pystac.Item, key: str, scale_offset: bool = True
+) -> tuple[float, float, float]:
+    """``(nodata, scale, offset)`` of one asset; NaN nodata when none is declared.
+
+    With ``scale_offset=False`` the declared scaling is not read (``(1, 0)``).
+    """
     asset = item.assets.get(key)
     if asset is None:
         return math.nan, 1.0, 0.0
     entries = []
     for field in ("raster:bands", "eo:bands"):
         listed = asset.extra_fields.get(field)
-        if listed:
+        if listed and isinstance(listed[0], Mapping):
             entries.append(listed[0])
     # The older layout lists eo:bands on the item and refers to them by name from the asset.
-    eo_names = {b.get("name") for b in asset.extra_fields.get("eo:bands") or []}
+    eo_names = {
+        b.get("name") for b in asset.extra_fields.get("eo:bands") or [] if isinstance(b, Mapping)
+    }
     entries += [b for b in item.properties.get("eo:bands") or [] if b.get("name") in eo_names]
     nodata, scale, offset = math.nan, None, None
     for entry in entries:
@@ -641,7 +648,23 @@ def _band_metadata(item: pystac.Item, key: str) -> tuple[float, float, float]:
         offset = entry.get("offset") if offset is None else offset
     if asset.extra_fields.get("nodata") is not None and math.isnan(nodata):
         nodata = _number(asset.extra_fields["nodata"], math.nan)
-    return nodata, _number(scale, 1.0), _number(offset, 0.0)
+    if not scale_offset:
+        return nodata, 1.0, 0.0
+    return nodata, _scaling_number(scale, 1.0, item, key), _scaling_number(offset, 0.0, item, key)
+
+
+def _scaling_number(value: Any, default: float, item: pystac.Item, key: str) -> float:
+    """Return a declared scale/offset as a float; a malformed one is an error, not ignored."""
+    number = _number(value, math.nan)
+    if value is None:
+        return default
+    what = "scale" if default == 1.0 else "offset"
+    if not math.isfinite(number) or (what == "scale" and number == 0):
+        raise InputError(
+            f"asset {key!r} of item {item.id!r} declares {what} {value!r}; expected a finite "
+            f"number{' other than 0' if what == 'scale' else ''} (raster:bands/eo:bands)"
+        )
+    return number
 
 
 def _check_kinds(kinds: Any, band_names: list[str]) -> None:
@@ -727,7 +750,9 @@ def _apply_nodata_scale(
     when the raw numbers are kept, and ``None`` when items declared different ones (each item
     is still scaled by its own). Flag and class bands are never scaled.
     """
-    meta = np.array([[_band_metadata(item, key) for key in keys] for item in items], "float64")
+    meta = np.array(
+        [[_band_metadata(item, key, scale_offset) for key in keys] for item in items], "float64"
+    )
     nodata, scale, offset = (meta[..., i].copy() for i in range(3))
     has_asset = np.array([[key in item.assets for key in keys] for item in items], bool)
     dims = ("time", "band")
