@@ -306,3 +306,34 @@ def test_dataset_variables_by_kind():
         resample(ds, COARSE, {"cloud": "average"}, kinds={"cloud": "flags"})
     with pytest.raises(BandError, match=r"kinds names bands \['nope'\] that no variable has"):
         resample(ds, COARSE, kinds={"nope": "flags"})
+
+
+def test_fuse_carries_the_recorded_scaling_so_scale_still_refuses_twice():
+    from xfusion.errors import ScaleError
+    from xfusion.grids import assign_grid
+
+    g = xf.grid((500000, 4000000, 500040, 4000040), "EPSG:32633", 10)
+    rng = np.random.default_rng(0)
+    s2 = assign_grid(
+        xr.DataArray(
+            rng.integers(1000, 3000, (2, 4, 4)).astype("float32"),
+            dims=("band", "y", "x"),
+            coords={"band": ["B04", "B08"]},
+        ),
+        g,
+    )
+    s2 = xf.bands.set_band_scaling(s2, {"B04": (1e-4, 0.0), "B08": (1.0, 0.0)})
+    other = assign_grid(
+        xr.DataArray(
+            np.ones((1, 4, 4), "float32"), dims=("band", "y", "x"), coords={"band": ["dem"]}
+        ),
+        g,
+    )
+    fused = xf.fuse({"s2": s2, "aux": other}, grid=g.zoom_out(2))
+    got = xf.bands.band_scaling(fused)
+    assert got == {"s2:B04": (1e-4, 0.0), "s2:B08": (1.0, 0.0), "aux:dem": None}
+    with pytest.raises(ScaleError, match="s2:B04"):
+        fused.sel(band=["s2:B04"]).xf.scale(1e-4)
+    # the raw band may be scaled once
+    scaled = fused.sel(band=["s2:B08"]).xf.scale(1e-4)
+    assert xf.bands.band_scaling(scaled) == {"s2:B08": (1e-4, 0.0)}

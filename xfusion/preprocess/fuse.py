@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
-from xfusion.bands import KIND_COORD, band_kinds, set_band_kinds
+from xfusion.bands import KIND_COORD, band_kinds, band_scaling, set_band_kinds, set_band_scaling
 from xfusion.errors import BandError, EmptySelectionError, InputError
 from xfusion.grids import as_geobox, geobox_of
 from xfusion.preprocess._validate import check_unique_bands, check_unique_times
@@ -90,7 +90,9 @@ def fuse(
     -------
     xarray.DataArray
         Dims ``([time,] band, y, x)`` on ``grid``, float32, bands named ``"source:band"`` with a
-        ``source`` and a ``band_kind`` coordinate along ``band``; ``attrs["xfusion:provenance"]``
+        ``source`` and a ``band_kind`` coordinate along ``band`` (and the sources' recorded
+        ``band_scale``/``band_offset``, NaN where a source recorded none, so
+        :func:`xfusion.scale` still refuses to scale a band twice); ``attrs["xfusion:provenance"]``
         is a JSON string giving, per source, the original CRS and resolution of each cube, the
         resampling method (one name, or one per band where they differ), the mosaic and the time
         handling. Nothing is computed.
@@ -162,7 +164,15 @@ def fuse(
 
     times = _align_times(fused, align, provenance)
     stacked = []
+    scaling: dict[str, tuple[float, float] | None] = {}
     for name, cube in fused.items():
+        # the scaling recorded per band travels with it (a sum of offset values has no offset)
+        sums = provenance[name]["resampling"]
+        for band, pair in band_scaling(cube).items():
+            method = sums if isinstance(sums, str) else sums.get(str(band))
+            if pair is not None and method == "sum" and pair[1] != 0.0:
+                pair = None
+            scaling[f"{name}:{band}"] = pair
         if times is not None and "time" not in cube.dims:
             cube = cube.expand_dims(time=times)
         bands = [f"{name}:{b}" for b in cube.band.values]
@@ -172,6 +182,8 @@ def fuse(
         dims = ("time", "band", "y", "x") if times is not None else ("band", "y", "x")
         stacked.append(cube.transpose(*dims).astype(np.float32))
     out = xr.concat(stacked, dim="band", coords="minimal", compat="override", join="override")
+    if any(pair is not None for pair in scaling.values()):
+        out = set_band_scaling(out, scaling)
     out.name = None
     out.attrs = {"xfusion:provenance": json.dumps(provenance)}
     return out
