@@ -83,6 +83,12 @@ def test_multiband_tif_matches_rasterio_with_nodata_and_scale(tmp_path, rng, chu
     np.testing.assert_allclose(cube.values, expected.filled(np.nan), rtol=1e-6)
     raw = xf.open_raster(path, chunks=chunks, scale_offset=False)
     np.testing.assert_array_equal(raw.values, masked.filled(np.nan))
+    # what was applied is recorded per band, and never claimed where it did not happen
+    assert xf.bands.band_scaling(cube) == {"red": (0.01, 1.0), "nir": (0.02, -5.0)}
+    assert xf.bands.band_scaling(raw) == {"red": (1.0, 0.0), "nir": (1.0, 0.0)}
+    assert "scale_offset_applied" not in cube.attrs
+    with pytest.raises(xf.errors.ScaleError, match="red"):
+        cube.xf.scale(0.01)
 
 
 def test_single_band_files_become_bands_named_by_stem(tmp_path, rng):
@@ -93,6 +99,8 @@ def test_single_band_files_become_bands_named_by_stem(tmp_path, rng):
     with raise_if_dask_computes():
         cube = xf.open_raster(paths, chunks=8)
     assert cube.band.values.tolist() == ["B02", "B03", "B04"]
+    # no scaling declared: the raw numbers are kept and the cube says so
+    assert set(xf.bands.band_scaling(cube).values()) == {(1.0, 0.0)}
     reference = xr.concat([rioxarray.open_rasterio(p) for p in paths], dim="band")
     np.testing.assert_array_equal(cube.values, reference.values.astype("float32"))
     np.testing.assert_array_equal(cube.x.values, reference.x.values)

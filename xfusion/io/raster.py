@@ -25,7 +25,14 @@ from odc.geo.xr import xr_reproject
 from xarray.backends import BackendArray
 from xarray.core import indexing as xr_indexing
 
-from xfusion.bands import band_kinds, set_band_kinds
+from xfusion.bands import (
+    KIND_COORD,
+    OFFSET_COORD,
+    SCALE_COORD,
+    band_kinds,
+    set_band_kinds,
+    set_band_scaling,
+)
 from xfusion.errors import (
     BandError,
     EmptySelectionError,
@@ -94,7 +101,9 @@ def open_raster(
         Landsat Level-1 scenes, which declare none).
     scale_offset : bool, default True
         Apply the files' scale/offset (GDAL band scales/offsets, NetCDF ``scale_factor`` and
-        ``add_offset``); ``False`` keeps raw values.
+        ``add_offset``); ``False`` keeps raw values. The ``band_scale``/``band_offset``
+        coordinates record what was applied (``1``/``0`` where the file declares no scaling or
+        ``scale_offset=False``), so :func:`xfusion.scale` refuses to scale a band twice.
     resampling : str, default "nearest"
         Resampling for the warp onto ``grid`` (nearest, bilinear, cubic, average, mode, min, max,
         med, sum).
@@ -178,7 +187,7 @@ def open_raster(
         cube = cube.chunk(time=sizes["time"])
     order = ("time", "band", "y", "x") if "time" in cube.dims else ("band", "y", "x")
     cube = assign_grid(cube.transpose(*order), target)
-    cube.attrs = {"source": "raster", "scale_offset_applied": int(bool(scale_offset))}
+    cube.attrs = {"source": "raster"}
     if kinds is not None:
         cube = set_band_kinds(cube, kinds)
     if grid is not None:
@@ -294,7 +303,8 @@ def _open_gdal(path: str, sizes: dict[str, int], *, nodata, scale_offset) -> xr.
     offset = _per_band(da.attrs.get("offsets", da.attrs.get("add_offset", 0.0)), count)
     da = da.astype("float32", copy=False)
     da = _mask_and_scale(da, nodata, scale, offset, scale_offset)
-    return da.assign_coords(band=names)
+    da = da.assign_coords(band=names)
+    return _record_scaling(da, names, scale, offset, scale_offset)
 
 
 class _ReadsNamingFile(BackendArray):
@@ -357,6 +367,7 @@ def _open_netcdf(path: str, sizes: dict[str, int], *, nodata, scale_offset, name
         raise SourceError(f"NetCDF {path!r} has no variable with 'y' and 'x' dimensions")
     crs = ds.rio.crs
     bands = []
+    pairs: list[tuple[float, float]] = []
     for name in names:
         var = ds[name]
         extra = set(var.dims) - {"time", "y", "x"}
@@ -373,7 +384,11 @@ def _open_netcdf(path: str, sizes: dict[str, int], *, nodata, scale_offset, name
             if fill is not None:
                 var = var.where(var != np.float32(fill))
         bands.append(_mask_and_scale(var, nodata, [scale], [offset], scale_offset))
+        pairs.append((scale, offset))
     da = xr.concat(bands, dim=pd.Index(list(names), name="band"), coords="minimal")
+    da = _record_scaling(
+        da, list(names), [p[0] for p in pairs], [p[1] for p in pairs], scale_offset
+    )
     order = ("time", "band", "y", "x") if "time" in da.dims else ("band", "y", "x")
     da = da.transpose(*order)
     chunking = {d: sizes[d] for d in order}
@@ -388,6 +403,16 @@ def _open_netcdf(path: str, sizes: dict[str, int], *, nodata, scale_offset, name
 def _per_band(value: Any, count: int) -> list[float]:
     values = [float(v) for v in value] if isinstance(value, tuple | list) else [float(value)]
     return values * count if len(values) == 1 else values
+
+
+def _record_scaling(
+    da: xr.DataArray, names: list, scale: list[float], offset: list[float], applied: bool
+) -> xr.DataArray:
+    """Record in ``band_scale``/``band_offset`` the scaling applied: the file's, or none."""
+    pairs = [
+        (float(s), float(o)) if applied else (1.0, 0.0) for s, o in zip(scale, offset, strict=True)
+    ]
+    return set_band_scaling(da, dict(zip(names, pairs, strict=True)))
 
 
 def _mask_and_scale(
@@ -472,7 +497,9 @@ def _place(da: xr.DataArray, gbox: GeoBox, target: GeoBox, path: str, resampling
 
 
 def _bare(da: xr.DataArray) -> xr.DataArray:
-    keep = {d for d in ("time", "band") if d in da.dims}
+    keep = {d for d in ("time", "band") if d in da.dims} | {
+        c for c in (KIND_COORD, SCALE_COORD, OFFSET_COORD) if c in da.coords
+    }
     return da.drop_vars([c for c in da.coords if c not in keep]).astype("float32", copy=False)
 
 
