@@ -361,6 +361,18 @@ def test_qa_pixel_preset_drops_fill_on_real_scenes(shared_data, scene, preset):
     assert np.isfinite(masked[~fill & ((qa & 0b111110) == 0)]).all()
 
 
+@pytest.mark.data
+def test_nightlights_default_qa_bits_drop_fill_on_a_real_scene(shared_data):
+    from xfusion.recipes import nightlights
+
+    bits = list(nightlights.Config().qa_bits)
+    item = real_item(shared_data, SCENES[0])
+    cube = xf.open_stac(item, assets={"SR_B4.TIF": "SR_B4", "QA_PIXEL.TIF": "QA_PIXEL"})
+    fill = (read(item, "QA_PIXEL.TIF") & 1) == 1
+    masked = xf.mask_bits(cube, "QA_PIXEL", bits).isel(time=0, band=0).values
+    assert fill.sum() > 500 and not np.isfinite(masked[fill]).any()
+
+
 # --- 5. percent-encoded hrefs -----------------------------------------------------------------
 
 

@@ -149,9 +149,10 @@ class Config(RecipeConfig):
     qa_band : str
         The quality band (``QA_PIXEL``).
     qa_bits : tuple of int
-        ``QA_PIXEL`` bits whose pixels are masked: 1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud
-        shadow (the workflow used Collection 1's cloud and shadow bits, which are bits 3 and 4
-        of Collection 2).
+        ``QA_PIXEL`` bits whose pixels are masked: 0 fill (real scenes have fill pixels with
+        reflectance > 0 along their edges), 1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud shadow
+        (the workflow used Collection 1's cloud and shadow bits, which are bits 3 and 4 of
+        Collection 2).
     sr_valid_range : (float, float)
         Valid optical digital numbers, both ends excluded; a pixel is dropped where any optical
         band is outside (7273–43636: reflectance 0–1 in Collection 2, like the workflow's
@@ -249,7 +250,7 @@ class Config(RecipeConfig):
     optical_bands: tuple[str, ...] = tuple(f"SR_B{i}" for i in range(1, 8))
     thermal_bands: tuple[str, ...] = ("ST_B10",)
     qa_band: str = "QA_PIXEL"
-    qa_bits: tuple[int, ...] = (1, 2, 3, 4)
+    qa_bits: tuple[int, ...] = (0, 1, 2, 3, 4)
     sr_valid_range: tuple[float, ...] = (7273.0, 43636.0)
     sr_scale: float = 2.75e-5
     sr_offset: float = -0.2
