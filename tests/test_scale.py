@@ -147,3 +147,27 @@ def test_local_cluster_streaming_prediction_has_bounded_memory(model, tmp_path):
     assert mem.samples > 5
     assert mem.growth < EAGER_BYTES / 2, f"peak tree RSS grew {mem.growth / 2**20:.0f} MiB"
     check_windows(tmp_path / "prediction.zarr", source, model)
+
+
+def test_a_preset_refuses_bands_of_another_product():
+    import xarray as xr
+
+    import xfusion as xf
+    from xfusion.errors import ScaleError
+
+    dn = np.full((3, 2, 2), 40000.0, dtype="float32")
+    cube = xr.DataArray(dn, dims=("band", "y", "x"), coords={"band": ["SR_B4", "SR_B5", "ST_B10"]})
+    # surface temperature scaled as reflectance would be silently wrong (0.9 instead of 285.7 K)
+    with pytest.raises(ScaleError, match=r"'ST_B10' \(Landsat C2 temperature\)"):
+        xf.scale(cube, "LANDSAT_C2_SR")
+    with pytest.raises(ScaleError, match=r"'SR_B4' \(Landsat C2 reflectance\)"):
+        xf.scale(cube, "LANDSAT_C2_ST")
+    with pytest.raises(ScaleError, match="'SR_B4'"):
+        xf.scale(cube.sel(band=["SR_B4"]), "S2")
+    sr = xf.scale(cube.sel(band=["SR_B4", "SR_B5"]), "LANDSAT_C2_SR")
+    np.testing.assert_allclose(sr.values, 40000 * 2.75e-5 - 0.2, rtol=1e-6)
+    st = xf.scale(cube.sel(band=["ST_B10"]), "LANDSAT_C2_ST")
+    np.testing.assert_allclose(st.values, 40000 * 0.00341802 + 149.0, rtol=1e-6)
+    # names that say nothing about the product are scaled as asked
+    plain = cube.assign_coords(band=["red", "nir", "b3"])
+    assert float(xf.scale(plain, "S2").values[0, 0, 0]) == pytest.approx(4.0)

@@ -679,6 +679,52 @@ def _check_rescalable(
             )
 
 
+#: Band-name families of the products whose scaling a preset gives: a preset applied to a band
+#: of another family (surface temperature scaled as reflectance) is refused.
+_PRESET_FAMILIES: dict[str, str] = {
+    "S2": "Sentinel-2",
+    "LANDSAT_C2_SR": "Landsat C2 reflectance",
+    "LANDSAT_C2_ST": "Landsat C2 temperature",
+    "LANDSAT_C2_ST_CELSIUS": "Landsat C2 temperature",
+}
+
+
+def _band_family(name: Hashable) -> str | None:
+    short = str(name).rsplit(":", 1)[-1].upper()
+    if short.startswith("SR_B"):
+        return "Landsat C2 reflectance"
+    if short.startswith("ST_B"):
+        return "Landsat C2 temperature"
+    if short in {f"B{i}" for i in range(1, 13)} | {f"B{i:02d}" for i in range(1, 13)} | {"B8A"}:
+        return "Sentinel-2"
+    return None
+
+
+def _check_preset_bands(da: Any, preset: str) -> None:
+    """Refuse a preset on bands whose names say they belong to another product (metadata)."""
+    if isinstance(da, xr.Dataset):
+        names: list[Hashable] = list(da.data_vars)
+    elif isinstance(da, xr.DataArray) and "band" in da.dims and "band" in da.coords:
+        names = list(da["band"].values.tolist())
+    else:
+        return
+    want = _PRESET_FAMILIES[preset]
+    others = {n: f for n in names if (f := _band_family(n)) is not None and f != want}
+    # Sentinel-2's plain "B4"-style names are also Landsat Collection-1 names: only a clash
+    # between the Landsat Collection-2 families, or of them with S2, is certain.
+    if want == "Sentinel-2":
+        others = {n: f for n, f in others.items() if f.startswith("Landsat")}
+    elif preset.startswith("LANDSAT"):
+        others = {n: f for n, f in others.items() if f.startswith("Landsat")}
+    if others:
+        listed = ", ".join(f"{n!r} ({f})" for n, f in others.items())
+        raise ScaleError(
+            f"scale preset {preset!r} is for {want} bands, but the cube also holds {listed}; "
+            "scale each product's bands with its own preset (select them with .sel(band=[...])) "
+            "or give a mapping of factors by band"
+        )
+
+
 def scale(da: T_Xarray, factor: Any, offset: Any = 0.0, *, again: bool = False) -> T_Xarray:
     """Rescale stored values to physical units: ``da * factor + offset``.
 
@@ -718,7 +764,9 @@ def scale(da: T_Xarray, factor: Any, offset: Any = 0.0, *, again: bool = False) 
     ------
     ScaleError
         A band to rescale is already scaled or of unknown scaling (without ``again=True``), or it
-        holds flags or class labels; the message names the band and the scaling applied.
+        holds flags or class labels; the message names the band and the scaling applied. Or a
+        preset is applied to bands named for another product's scaling (``ST_B10`` with
+        ``"LANDSAT_C2_SR"``, ``SR_B4`` with ``"S2"`` or ``"LANDSAT_C2_ST"``).
     BandError
         A mapping names a band or variable that is not there.
     InputError
@@ -746,6 +794,7 @@ def scale(da: T_Xarray, factor: Any, offset: Any = 0.0, *, again: bool = False) 
             raise InputError(
                 f"unknown scale preset {factor!r}; presets are {sorted(SCALE_PRESETS)}"
             )
+        _check_preset_bands(da, factor)
         factor, offset = SCALE_PRESETS[factor]
     if isinstance(da, xr.Dataset):
         _check_mapping_keys(da, factor, "factor")
