@@ -245,9 +245,10 @@ MISTAKES = [
     P(lambda c: xf.class_balance(pd.DataFrame({"y": [1, 0]})), InputError,
       ["'label'", r"columns are \['y'\]"], id="class_balance-missing-column"),
     # --- training --------------------------------------------------------------------------------
-    P(lambda c: UNetRegressor(**{**TINY, "widths": (4, 4, 4)}).fit(
+    P(lambda c: UNetRegressor(**{**TINY, "coarse_factor": 5}).fit(
         np.zeros((2, 2, 12, 12), "float32"), np.zeros((2, 1, 12, 12), "float32")),
-      InputError, ["12×12", "multiples of 8"], id="unet-patch-not-multiple-of-2**depth"),
+      InputError, ["12×12", "coarse_factor=5", "multiples of 5"],
+      id="unet-patch-not-multiple-of-coarse-factor"),
     P(lambda c: _fit_unet(c["X"].transpose(0, 2, 3, 1), c["X"][:, :1]), InputError,
       ["shape \\(4, 8, 8, 2\\)", "channels-last", r"expected X as \(sample, band, y, x\)"],
       id="unet-wrong-dims-order"),

@@ -287,7 +287,7 @@ def test_segmenter_learns_and_ignores_nodata_labels():
 def test_bad_inputs_raise_clear_errors(regression_problem):
     X, y = regression_problem
     with pytest.raises(InputError, match="multiples of 4"):
-        UNetRegressor(**SMALL).fit(X[:, :, :14, :14], y[:, :, :14, :14])
+        UNetRegressor(**SMALL, coarse_factor=4).fit(X[:, :, :14, :14], y[:, :, :14, :14])
     with pytest.raises(InputError, match="16 samples but y has 3"):
         UNetRegressor(**SMALL).fit(X, y[:3])
     with pytest.raises(InputError, match="at least two classes"):

@@ -46,10 +46,12 @@ def test_seed_preset_is_the_published_network():
     assert [u.out_features for u in net.ups] == [4 * c for c in (512, 256, 128, 64, 32)]
 
 
-def test_size_not_multiple_of_two_to_depth_is_rejected():
+def test_size_not_multiple_of_two_to_depth_is_padded_and_cropped_back():
     net = abstract_unet(ARCH)
-    with pytest.raises(InputError, match="multiples of 4"):
-        nnx.eval_shape(lambda m, x: m(x), net, jax.ShapeDtypeStruct((1, 10, 8, 2), jnp.float32))
+    out = nnx.eval_shape(lambda m, x: m(x), net, jax.ShapeDtypeStruct((1, 10, 7, 2), jnp.float32))
+    assert out.shape == (1, 10, 7, 1)
+    with pytest.raises(InputError, match="NHWC"):
+        nnx.eval_shape(lambda m, x: m(x), net, jax.ShapeDtypeStruct((10, 8, 2), jnp.float32))
     with pytest.raises(InputError, match="widths"):
         UNet(2, widths=(), rngs=nnx.Rngs(0))
     with pytest.raises(InputError, match="head"):
@@ -177,8 +179,14 @@ def test_apply_tiles_compiles_once_per_shape():
 
 def test_apply_tiles_rejects_bad_tiles():
     params = unet_params(build_unet(ARCH))
-    with pytest.raises(InputError, match="multiples of 4"):
-        apply_tiles(_config(), params, np.zeros((1, 2, 6, 8), np.float32))
+    assert apply_tiles(_config(), params, np.zeros((1, 2, 6, 7), np.float32)).shape == (
+        1,
+        1,
+        6,
+        7,
+    )
+    with pytest.raises(ModelError, match="target_transform"):
+        apply_tiles({**_config(), "target_transform": "sqrt"}, params, np.zeros((1, 2, 8, 8)))
     with pytest.raises(InputError, match="2 bands"):
         apply_tiles(_config(), params, np.zeros((1, 3, 8, 8), np.float32))
 

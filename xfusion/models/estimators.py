@@ -14,7 +14,6 @@ Fitted spatial estimators expose, for blockwise prediction: ``bands_`` (training
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -30,6 +29,7 @@ from xfusion.models.losses import LossSpec
 from xfusion.models.predict import check_band_names
 from xfusion.models.unet import (
     PRESETS,
+    TARGET_TRANSFORMS,
     apply_tiles,
     build_unet,
     default_halo,
@@ -40,6 +40,7 @@ __all__ = ["UNetRegressor", "UNetSegmenter"]
 
 _INPUT_NAMES = ("inputs", "features", "X", "x")
 _TARGET_NAMES = ("target", "targets", "labels", "label", "y")
+_FOOTPRINT_NAMES = ("footprint", "weights", "weight")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,6 +135,33 @@ def _block_nanmean(a: np.ndarray, factor: int) -> np.ndarray:
         return np.nanmean(blocks, axis=(3, 5))
 
 
+def _footprint_array(footprint: Any, xa: np.ndarray, ya: np.ndarray) -> np.ndarray:
+    """``(sample, 1 or target bands, H, W)`` float32 weights on the fine grid, checked."""
+    fp, _ = _as_4d(footprint, "footprint", allow_3d=True)
+    expected = (len(xa), *xa.shape[2:])
+    if (fp.shape[0], *fp.shape[2:]) != expected or fp.shape[1] not in (1, ya.shape[1]):
+        raise InputError(
+            f"footprint has shape {fp.shape}; expected (sample, 1 or {ya.shape[1]} target "
+            f"bands, y, x) = ({expected[0]}, 1, {expected[1]}, {expected[2]}) on the fine grid"
+        )
+    fp = np.where(np.isnan(fp), 0.0, fp).astype(np.float32)
+    if np.isinf(fp).any() or (fp < 0).any():
+        raise InputError(
+            f"footprint weights must be finite and >= 0 (NaN counts as 0); got values from "
+            f"{float(fp.min())} to {float(fp.max())}"
+        )
+    return fp
+
+
+def _block_sum(a: np.ndarray, factor: int) -> np.ndarray:
+    n, b, h, w = a.shape
+    return a.reshape(n, b, h // factor, factor, w // factor, factor).sum(axis=(3, 5))
+
+
+def _upsample(a: np.ndarray, factor: int) -> np.ndarray:
+    return np.repeat(np.repeat(a, factor, axis=2), factor, axis=3)
+
+
 # ----------------------------------------------------------------------------------------------
 # Estimators
 # ----------------------------------------------------------------------------------------------
@@ -159,16 +187,21 @@ class _UNetEstimator(BaseEstimator):
         return widths, center
 
     def _check_spatial(self, shape: tuple[int, ...], mult: int, what: str) -> None:
-        if shape[-2] % mult or shape[-1] % mult:
+        # any patch size trains (the network pads to multiples of 2**depth and crops back);
+        # under coarse supervision the sides must hold whole coarse cells
+        f = self._factor() if hasattr(self, "_factor") else 1
+        if shape[-2] % f or shape[-1] % f:
             raise InputError(
-                f"{what} patches are {shape[-2]}×{shape[-1]} px; with depth "
-                f"{int(math.log2(mult))} their sides must be multiples of {mult} (2**depth): "
-                "choose another patch size or fewer levels"
+                f"{what} patches are {shape[-2]}×{shape[-1]} px; with coarse_factor={f} their "
+                f"sides must be multiples of {f} (whole coarse cells): choose a patch size that "
+                f"is a multiple of {f}, e.g. {max(shape[-2] // f, 1) * f} px"
             )
 
     # -- fit ----------------------------------------------------------------------------------
 
-    def fit(self, X: Any, y: Any = None, *, validation_data: Any = None, bands=None):
+    def fit(
+        self, X: Any, y: Any = None, *, validation_data: Any = None, bands=None, footprint=None
+    ):
         """Train on patches; computes (the patches are loaded into memory).
 
         Parameters
@@ -185,6 +218,12 @@ class _UNetEstimator(BaseEstimator):
             Band names when ``X`` carries none (numpy input). A model fitted without names
             records ``bands_ = None`` and needs them (``bands=`` of ``predict``, or
             :meth:`set_bands`) before it predicts on a cube.
+        footprint : array-like, optional
+            Regression under coarse supervision only: per fine pixel, the weight (>= 0; a
+            boolean footprint mask is 1 inside, 0 outside) with which each coarse observation
+            averages the fine field, ``(sample, [1 or target bands,] y, x)`` on the fine grid.
+            Taken from a patches Dataset's ``footprint`` (or ``weights``) variable when not
+            given. See :class:`UNetRegressor`.
 
         Returns
         -------
@@ -195,8 +234,9 @@ class _UNetEstimator(BaseEstimator):
         InputError
             Malformed inputs: not ``(sample, band, y, x)`` (a channels-last array is named as
             such), band names that do not match the bands, patch sides that are not multiples
-            of ``2 ** depth``, a band of ``X`` or of the target with no finite value, ±inf in
-            ``X`` or the target (the message names the bands), labels outside the classes.
+            of ``coarse_factor``, a band of ``X`` or of the target with no finite value, ±inf in
+            ``X`` or the target (the message names the bands), labels outside the classes, a
+            malformed ``footprint``. Patches of any size train: the network pads them.
         ModelError
             The training loss becomes NaN or infinite (the message names the epoch and step).
 
@@ -208,7 +248,10 @@ class _UNetEstimator(BaseEstimator):
         ``loss="mse"``, which refuses them. The input mean and standard deviation are computed
         over the finite pixels only.
         """
+        if footprint is None and isinstance(X, xr.Dataset):
+            footprint = _pick(X, _FOOTPRINT_NAMES, "footprint")
         xa, ya, x_bands, target_names = _training_arrays(X, y)
+        self._fit_footprint = None if footprint is None else _footprint_array(footprint, xa, ya)
         if bands is not None:
             x_bands = tuple(str(b) for b in bands)
         if x_bands is not None and len(x_bands) != xa.shape[1]:
@@ -259,10 +302,16 @@ class _UNetEstimator(BaseEstimator):
             "input_std": std.tolist(),
             **self._output_config(),
         }
-        train = (self._prepare_x(xa, config), self._prepare_y(ya, xa.shape, "training"))
+        train = (
+            self._prepare_x(xa, config),
+            self._prepare_y(ya, xa.shape, "training", self._fit_footprint),
+        )
+        del self._fit_footprint
         val = None
         if validation_data is not None:
+            v_fp = None
             if isinstance(validation_data, xr.Dataset):
+                v_fp = _pick(validation_data, _FOOTPRINT_NAMES, "footprint")
                 vx, vy, v_bands, _ = _training_arrays(validation_data, None)
             else:
                 vx, vy, v_bands, _ = _training_arrays(*validation_data)
@@ -278,7 +327,9 @@ class _UNetEstimator(BaseEstimator):
             _check_no_inf(vx, shown, "validation input")
             _check_no_inf(vy, target_names or _target_labels(vy.shape[1]), "validation target")
             self._check_spatial(vx.shape, mult, "validation")
-            val = (self._prepare_x(vx, config), self._prepare_y(vy, vx.shape, "validation"))
+            if v_fp is not None:
+                v_fp = _footprint_array(v_fp, vx, vy)
+            val = (self._prepare_x(vx, config), self._prepare_y(vy, vx.shape, "validation", v_fp))
 
         from xfusion.models.train import make_optimizer, train_and_evaluate
 
@@ -374,19 +425,16 @@ class _UNetEstimator(BaseEstimator):
                 f"X must be (sample, band, y, x) with {self.n_features_in_} bands"
                 f"{names}; got shape {x.shape}"
             )
-        m = self.tile_multiple_
-        h, w = x.shape[2:]
-        pad = ((0, 0), (0, 0), (0, -h % m), (0, -w % m))
-        padded = np.pad(x, pad, constant_values=np.nan)  # NaN becomes the band mean
         size = int(batch_size or self.batch_size)
         config, params = self.inference_state()
         size = min(size, len(x))
-        # every batch padded to `size` samples: one compiled program per tile shape
-        padded = np.pad(padded, ((0, -len(x) % size), (0, 0), (0, 0), (0, 0)))
+        # every batch padded to `size` samples: one compiled program per tile shape; any height
+        # and width (the network reflect-pads to multiples of 2**depth, as in training)
+        padded = np.pad(x, ((0, -len(x) % size), (0, 0), (0, 0), (0, 0)))
         out = np.concatenate(
             [apply_tiles(config, params, padded[i : i + size]) for i in range(0, len(x), size)]
         )
-        return out[: len(x), :, :h, :w]
+        return out[: len(x)]
 
     def _nodata(self, X: np.ndarray) -> np.ndarray:
         return np.isnan(np.asarray(X, dtype=np.float32)).any(axis=1, keepdims=True)
@@ -397,7 +445,8 @@ class _UNetEstimator(BaseEstimator):
         Parameters
         ----------
         X : numpy.ndarray or xarray.DataArray
-            ``(sample, band, y, x)`` numpy array (any height/width; padded internally), or a
+            ``(sample, band, y, x)`` numpy array (any height/width; the network reflect-pads
+            to multiples of ``2 ** depth`` and crops back), or a
             cube with the training bands, predicted blockwise by
             :func:`xfusion.models.predict.predict` (keyword arguments are passed on).
 
@@ -484,9 +533,23 @@ class UNetRegressor(_UNetEstimator):
 
     Parameters
     ----------
-    loss : {"masked_mse", "mse"}
+    loss : {"masked_mse", "mse", "huber"}
         Mean squared error over the valid target pixels (NaN targets ignored), or over all
-        pixels (NaN targets are then an error).
+        pixels (NaN targets are then an error), or the Huber loss over the valid pixels
+        (quadratic up to ``huber_delta``, linear beyond: robust to heavy-tailed targets).
+    huber_delta : float
+        Threshold of the Huber loss, in standard deviations of the (transformed) target, as
+        the loss is computed on the standardised target.
+    target_transform : {"none", "log1p"}
+        ``"log1p"`` fits the network on ``log1p(target)`` and returns ``expm1`` of its output,
+        for heavy-tailed targets such as radiances; targets below -1 are refused
+        (:class:`~xfusion.errors.InputError`). The transform is stored with the model, so a
+        saved and loaded model predicts the same. Under coarse supervision the aggregate is
+        still taken in linear units: the fine prediction is transformed back with ``expm1``,
+        averaged over the block (with the footprint weights), and ``log1p`` of that mean is
+        compared with ``log1p`` of the observation — the coarse observation is a mean of the
+        linear field, and the mean of logs is not the log of the mean. ``history_`` metrics
+        are then in (standardised-back) ``log1p`` units.
     activation : {"linear", "sigmoid"}
         Output activation. Targets are standardised (linear) or scaled to [0, 1] (sigmoid) with
         statistics learned in ``fit``; predictions are returned in the target's units.
@@ -494,6 +557,20 @@ class UNetRegressor(_UNetEstimator):
         Coarse supervision (downscaling): the prediction averaged over
         ``coarse_factor × coarse_factor`` blocks is compared with the target, given either on
         the coarse grid (``patch / coarse_factor`` px) or on the fine grid (block-averaged).
+        Independent of the patch size and the depth: patch sides must be multiples of the
+        factor (a 100 px patch takes factor 10 or 100), not of ``2 ** depth``.
+
+        **Footprints.** A coarse observation often covers only part of its cell (e.g. one
+        value per 3 km tile observed over 10-25 % of it). Give the per-pixel weights of each
+        observation as ``fit(..., footprint=w)`` (fine grid; a boolean mask, or weights >= 0;
+        or a ``footprint`` variable of the patches Dataset): the prediction is then averaged
+        with the same weights as the observation, ``Σ w·pred / Σ w`` per coarse cell, before
+        the comparison (cells with ``Σ w = 0`` are no observation). A fine-grid target with
+        NaN outside the footprint gets the weights from its NaN pattern (observed pixels
+        weight 1, times ``footprint`` when given) and each observation is the weighted mean of
+        the target, so the target and the prediction are averaged over the same pixels. A
+        fully observed fine-grid target and a coarse target without footprint keep the
+        plain block mean.
     smoothness : float
         Weight of a penalty on squared differences of neighbouring predicted pixels.
     preset : {"small", "seed"}
@@ -545,6 +622,15 @@ class UNetRegressor(_UNetEstimator):
     >>> model = UNetRegressor(widths=(4,), epochs=2, progress=False).fit(X, X[:, :1] * 2)
     >>> model.predict(X).shape
     (8, 1, 8, 8)
+
+    Coarse supervision with footprints: one value per 4×4 cell, observed over its left half.
+
+    >>> fp = np.zeros((8, 1, 8, 8), bool)
+    >>> fp[..., :2] = fp[..., 4:6] = True
+    >>> coarse = np.ones((8, 1, 2, 2), "float32")
+    >>> model = UNetRegressor(widths=(4,), coarse_factor=4, epochs=1, progress=False)
+    >>> model.fit(X, coarse, footprint=fp).predict(X).shape
+    (8, 1, 8, 8)
     """
 
     _head = "regression"
@@ -555,6 +641,8 @@ class UNetRegressor(_UNetEstimator):
         loss: str = "masked_mse",
         activation: str = "linear",
         coarse_factor: int | None = None,
+        huber_delta: float = 1.0,
+        target_transform: str = "none",
         smoothness: float = 0.0,
         preset: str = "small",
         widths: Sequence[int] | None = None,
@@ -576,6 +664,8 @@ class UNetRegressor(_UNetEstimator):
         self.loss = loss
         self.activation = activation
         self.coarse_factor = coarse_factor
+        self.huber_delta = huber_delta
+        self.target_transform = target_transform
         self.smoothness = smoothness
         self.preset = preset
         self.widths = widths
@@ -600,10 +690,34 @@ class UNetRegressor(_UNetEstimator):
     def _out_channels(self) -> int:
         return len(self.output_bands_)
 
+    def _transform(self) -> str:
+        t = "none" if self.target_transform is None else self.target_transform
+        if t not in TARGET_TRANSFORMS:
+            raise InputError(
+                f"target_transform must be one of {list(TARGET_TRANSFORMS)}; got "
+                f"{self.target_transform!r}"
+            )
+        return t
+
     def _loss_spec(self) -> LossSpec:
-        if self.loss not in ("mse", "masked_mse"):
-            raise InputError(f"loss must be 'mse' or 'masked_mse'; got {self.loss!r}")
-        return LossSpec(self.loss, coarse_factor=self._factor(), smoothness=float(self.smoothness))
+        if self.loss not in ("mse", "masked_mse", "huber"):
+            raise InputError(f"loss must be 'mse', 'masked_mse' or 'huber'; got {self.loss!r}")
+        if not float(self.huber_delta) > 0:
+            raise InputError(f"huber_delta must be a positive number; got {self.huber_delta}")
+        f = self._factor()
+        weighted = bool(getattr(self, "_weighted", False))
+        # the linear-units aggregate needs the normalisation; only then is it part of the spec
+        log = self._transform() == "log1p" and (f > 1 or weighted)
+        return LossSpec(
+            self.loss,
+            coarse_factor=f,
+            smoothness=float(self.smoothness),
+            weighted=weighted,
+            huber_delta=float(self.huber_delta),
+            transform="log1p" if log else "none",
+            target_offset=tuple(float(v) for v in self._target_offset) if log else (),
+            target_scale=tuple(float(v) for v in self._target_scale) if log else (),
+        )
 
     def _factor(self) -> int:
         f = 1 if self.coarse_factor is None else int(self.coarse_factor)
@@ -621,6 +735,20 @@ class UNetRegressor(_UNetEstimator):
         )
         if self.loss == "mse" and np.isnan(ya).any():
             raise InputError("the target has NaN (nodata) pixels; use loss='masked_mse'")
+        footprint = getattr(self, "_fit_footprint", None)
+        f = self._factor()
+        fine = tuple(ya.shape[2:]) == tuple(x_shape[2:])
+        self._weighted = footprint is not None or (f > 1 and fine and bool(np.isnan(ya).any()))
+        if self._transform() == "log1p":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                low = np.nanmin(ya) if np.isfinite(ya).any() else np.nan
+            if low < -1:
+                raise InputError(
+                    f"target_transform='log1p' needs targets >= -1; the target's minimum is "
+                    f"{float(low):g}: shift the target or use target_transform='none'"
+                )
+            ya = np.log1p(ya)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             if self.activation == "sigmoid":
@@ -638,30 +766,65 @@ class UNetRegressor(_UNetEstimator):
         self._target_scale = np.where(scale > 0, scale, 1.0).astype(np.float64)
 
     def _output_config(self) -> dict[str, Any]:
-        return {
+        out = {
             "output": "regression",
             "target_offset": self._target_offset.tolist(),
             "target_scale": self._target_scale.tolist(),
         }
+        if self._transform() != "none":
+            out["target_transform"] = self._transform()
+        return out
 
-    def _prepare_y(self, ya: np.ndarray, x_shape: tuple, what: str) -> np.ndarray:
+    def _prepare_y(
+        self, ya: np.ndarray, x_shape: tuple, what: str, footprint: np.ndarray | None = None
+    ) -> np.ndarray:
         f = self._factor()
         h, w = x_shape[2:]
         if ya.shape[1] != len(self.output_bands_):
             raise InputError(
                 f"{what} target has {ya.shape[1]} bands; expected {len(self.output_bands_)}"
             )
-        if ya.shape[2:] == (h, w):
-            if f > 1:
-                ya = _block_nanmean(ya, f)
-        elif f == 1 or ya.shape[2:] != (h // f, w // f):
+        fine = ya.shape[2:] == (h, w)
+        if not fine and (f == 1 or ya.shape[2:] != (h // f, w // f)):
             expected = f"{h}×{w}" + (f" or {h // f}×{w // f} (coarse)" if f > 1 else "")
             raise InputError(
                 f"{what} target is {ya.shape[2]}×{ya.shape[3]} px; expected {expected}"
             )
+        log = self._transform() == "log1p"
+        if log and np.nanmin(ya, initial=0.0) < -1:
+            raise InputError(
+                f"target_transform='log1p' needs {what} targets >= -1; got a minimum of "
+                f"{float(np.nanmin(ya)):g}"
+            )
         offset = np.asarray(self._target_offset, np.float32)[None, :, None, None]
         scale = np.asarray(self._target_scale, np.float32)[None, :, None, None]
-        return _nhwc(((ya - offset) / scale).astype(np.float32))
+
+        def normalise(a: np.ndarray) -> np.ndarray:
+            with np.errstate(invalid="ignore"):
+                a = np.log1p(a) if log else a
+            return ((a - offset) / scale).astype(np.float32)
+
+        if not getattr(self, "_weighted", False):
+            if fine and f > 1:
+                # fully observed fine targets: plain block mean (of the linear values)
+                ya = _block_nanmean(ya, f)
+            return _nhwc(normalise(ya))
+        # footprints: fine-grid values (one per coarse block) and weights, 2·C channels
+        n_out = ya.shape[1]
+        weights = np.ones((len(ya), n_out, h, w), np.float32)
+        if footprint is not None:
+            weights = weights * footprint
+        if fine:
+            observed = np.isfinite(ya)
+            weights = np.where(observed, weights, 0.0).astype(np.float32)
+            total = _block_sum(weights, f)
+            num = _block_sum(weights * np.where(observed, ya, 0.0), f)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                obs = np.where(total > 0, num / np.where(total > 0, total, 1.0), np.nan)
+        else:
+            obs = ya
+        values = _upsample(normalise(obs), f)
+        return _nhwc(np.concatenate([values, weights], axis=1).astype(np.float32))
 
     def _predict_array(self, X: np.ndarray) -> np.ndarray:
         return self._apply(X)
@@ -812,7 +975,14 @@ class UNetSegmenter(_UNetEstimator):
             "classes": list(self.classes_),
         }
 
-    def _prepare_y(self, ya: np.ndarray, x_shape: tuple, what: str) -> np.ndarray:
+    def _prepare_y(
+        self, ya: np.ndarray, x_shape: tuple, what: str, footprint: np.ndarray | None = None
+    ) -> np.ndarray:
+        if footprint is not None:
+            raise InputError(
+                "footprint applies to coarse-supervised UNetRegressor only; got one for "
+                "UNetSegmenter"
+            )
         if ya.shape[1] != 1 or ya.shape[2:] != x_shape[2:]:
             raise InputError(
                 f"{what} labels must be one band of {x_shape[2]}×{x_shape[3]} px; "

@@ -19,12 +19,16 @@ from xfusion.errors import InputError
 __all__ = [
     "LossSpec",
     "block_mean",
+    "coarse_pair",
     "compute_loss",
     "finalize_metrics",
     "metric_stats",
+    "weighted_block_mean",
 ]
 
-_KINDS = ("mse", "masked_mse", "bce", "cross_entropy")
+_KINDS = ("mse", "masked_mse", "huber", "bce", "cross_entropy")
+_REGRESSION = ("mse", "masked_mse", "huber")
+_TRANSFORMS = ("none", "log1p")
 
 
 @dataclass(frozen=True)
@@ -33,10 +37,11 @@ class LossSpec:
 
     Parameters
     ----------
-    kind : {"mse", "masked_mse", "bce", "cross_entropy"}
-        Regression losses take float targets with NaN as nodata (``"mse"`` expects none);
-        ``"bce"`` takes 1 logit and class indices {0, 1}; ``"cross_entropy"`` one logit per
-        class. Negative class indices are ignored.
+    kind : {"mse", "masked_mse", "huber", "bce", "cross_entropy"}
+        Regression losses take float targets with NaN as nodata (``"mse"`` expects none;
+        ``"huber"`` is quadratic, ``e²/2``, for errors up to ``huber_delta`` and linear beyond,
+        so a few extreme targets pull less); ``"bce"`` takes 1 logit and class indices {0, 1};
+        ``"cross_entropy"`` one logit per class. Negative class indices are ignored.
     n_classes : int
         Classes of a segmentation target (2 for ``"bce"``).
     coarse_factor : int
@@ -46,6 +51,23 @@ class LossSpec:
         Weight of a penalty on squared differences between neighbouring predicted pixels.
     dice_weight : float
         Weight of a soft Dice loss added to BCE / cross-entropy.
+    weighted : bool
+        Coarse observations with footprints: the target is on the fine grid with ``2·C``
+        channels, the ``C`` observed values (one value repeated over each coarse block, NaN
+        where the block has no observation) then ``C`` weight maps (>= 0, e.g. 1 inside the
+        observation's footprint and 0 outside). The prediction is aggregated per block as
+        ``Σ w·pred / Σ w`` (:func:`weighted_block_mean`), the same weights the observation
+        averages over; a block with ``Σ w = 0`` is no observation.
+    huber_delta : float
+        Threshold of the Huber loss (in the units of the normalised target).
+    transform : {"none", "log1p"}
+        Target transform the network's outputs are in. With ``"log1p"`` and coarse supervision
+        the aggregate is taken in linear units: ``expm1(pred·scale + offset)`` is averaged over
+        the block (weighted), and ``(log1p(aggregate) - offset) / scale`` is compared with the
+        observation (given as normalised ``log1p`` of the linear observation).
+    target_offset, target_scale : tuple of float
+        Per output band normalisation of the transformed target (only used with ``"log1p"``
+        under coarse supervision).
     """
 
     kind: str = "masked_mse"
@@ -53,17 +75,33 @@ class LossSpec:
     coarse_factor: int = 1
     smoothness: float = 0.0
     dice_weight: float = 0.0
+    weighted: bool = False
+    huber_delta: float = 1.0
+    transform: str = "none"
+    target_offset: tuple = ()
+    target_scale: tuple = ()
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise InputError(f"loss must be one of {list(_KINDS)}; got {self.kind!r}")
         if int(self.coarse_factor) < 1:
             raise InputError(f"coarse_factor must be a positive int; got {self.coarse_factor}")
+        if not float(self.huber_delta) > 0:
+            raise InputError(f"huber_delta must be a positive number; got {self.huber_delta}")
+        if self.transform not in _TRANSFORMS:
+            raise InputError(
+                f"target transform must be one of {list(_TRANSFORMS)}; got {self.transform!r}"
+            )
 
     @property
     def regression(self) -> bool:
         """Whether the loss is a regression loss."""
-        return self.kind in ("mse", "masked_mse")
+        return self.kind in _REGRESSION
+
+    @property
+    def aggregates(self) -> bool:
+        """Whether predictions are aggregated to coarse observations before the comparison."""
+        return self.coarse_factor > 1 or self.weighted
 
 
 def block_mean(x: jax.Array, factor: int) -> jax.Array:
@@ -81,6 +119,71 @@ def block_mean(x: jax.Array, factor: int) -> jax.Array:
     return x.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
 
 
+def _block_sum(x: jax.Array, factor: int) -> jax.Array:
+    n, h, w, c = x.shape
+    return x.reshape(n, h // factor, factor, w // factor, factor, c).sum(axis=(2, 4))
+
+
+def weighted_block_mean(x: jax.Array, weights: jax.Array, factor: int) -> jax.Array:
+    """Weighted mean ``Σ w·x / Σ w`` of NHWC ``x`` over ``factor × factor`` blocks.
+
+    ``weights`` has the shape of ``x``; NaN weights count as 0 and a block whose weights sum to
+    0 is NaN. Gradients stay finite (no ``0/0`` on the differentiated path).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    >>> w = jnp.zeros((1, 4, 4, 1)).at[0, 0, 0].set(1.0).at[0, 1, 1].set(1.0)
+    >>> weighted_block_mean(x, w, 2)[0, :, :, 0].tolist()
+    [[2.5, nan], [nan, nan]]
+    """
+    weights = jnp.where(jnp.isnan(weights), 0.0, weights)
+    total = _block_sum(weights, factor)
+    num = _block_sum(weights * x, factor)
+    return jnp.where(total > 0, num / jnp.where(total > 0, total, 1.0), jnp.nan)
+
+
+def coarse_pair(spec: LossSpec, pred: jax.Array, target: jax.Array) -> tuple:
+    """Return the prediction aggregated as the target was observed, and the target (NHWC).
+
+    Without coarse supervision both are returned as given. With ``coarse_factor > 1`` the
+    prediction is averaged over blocks (weighted by the footprint channels of ``target`` when
+    ``spec.weighted``; in linear units when ``spec.transform == "log1p"``); the returned target
+    has NaN where there is no observation.
+    """
+    if not spec.aggregates:
+        return pred, target
+    f = int(spec.coarse_factor)
+    c = pred.shape[-1]
+    log = spec.transform == "log1p"
+    if log:
+        offset = jnp.asarray(spec.target_offset, pred.dtype)
+        scale = jnp.asarray(spec.target_scale, pred.dtype)
+        lin = jnp.expm1(pred * scale + offset)
+    else:
+        lin = pred
+    if spec.weighted:
+        values, weights = target[..., :c], target[..., c:]
+        agg = weighted_block_mean(lin, weights, f)
+        obs = block_mean(values, f)
+        obs = jnp.where(jnp.isnan(agg), jnp.nan, obs)
+        agg = jnp.where(jnp.isnan(agg), 0.0, agg)
+    else:
+        agg, obs = block_mean(lin, f), target
+    if log:  # back to the model's (normalised log1p) units; the aggregate is > -1
+        agg = (jnp.log1p(jnp.maximum(agg, -1.0 + 1e-6)) - offset) / scale
+    return agg, obs
+
+
+def _pointwise(spec: LossSpec, err: jax.Array) -> jax.Array:
+    if spec.kind == "huber":
+        delta = float(spec.huber_delta)
+        a = jnp.abs(err)
+        return jnp.where(a <= delta, 0.5 * err**2, delta * (a - 0.5 * delta))
+    return err**2
+
+
 def _soft_dice(prob: jax.Array, onehot: jax.Array, valid: jax.Array) -> jax.Array:
     v = valid[..., None]
     inter = jnp.sum(prob * onehot * v, axis=(0, 1, 2))
@@ -92,8 +195,9 @@ def compute_loss(spec: LossSpec, pred: jax.Array, target: jax.Array) -> jax.Arra
     """Scalar loss of ``pred`` (NHWC network output) against ``target``.
 
     ``target`` is NHWC float with NaN for nodata (regression; at the coarse resolution when
-    ``spec.coarse_factor > 1``) or NHW int class indices with negative values ignored
-    (segmentation).
+    ``spec.coarse_factor > 1``, or on the fine grid with footprint weight channels when
+    ``spec.weighted``, see :class:`LossSpec`) or NHW int class indices with negative values
+    ignored (segmentation).
 
     Examples
     --------
@@ -105,10 +209,10 @@ def compute_loss(spec: LossSpec, pred: jax.Array, target: jax.Array) -> jax.Arra
     """
     if spec.regression:
         fine = pred
-        pred = block_mean(pred, spec.coarse_factor)
+        pred, target = coarse_pair(spec, pred, target)
         valid = ~jnp.isnan(target)
         err = jnp.where(valid, pred - jnp.where(valid, target, 0.0), 0.0)
-        loss = jnp.sum(err**2) / jnp.maximum(jnp.sum(valid), 1)
+        loss = jnp.sum(_pointwise(spec, err)) / jnp.maximum(jnp.sum(valid), 1)
         if spec.smoothness:
             dy = jnp.mean((fine[:, 1:] - fine[:, :-1]) ** 2)
             dx = jnp.mean((fine[:, :, 1:] - fine[:, :, :-1]) ** 2)
@@ -138,7 +242,7 @@ def metric_stats(spec: LossSpec, pred: jax.Array, target: jax.Array) -> jax.Arra
     segmentation: the confusion matrix ``(true, predicted)`` of the valid pixels.
     """
     if spec.regression:
-        pred = block_mean(pred, spec.coarse_factor)
+        pred, target = coarse_pair(spec, pred, target)
         valid = ~jnp.isnan(target)
         y = jnp.where(valid, target, 0.0)
         err = jnp.where(valid, pred - y, 0.0)

@@ -28,6 +28,7 @@ from xfusion.errors import InputError, ModelError
 
 __all__ = [
     "PRESETS",
+    "TARGET_TRANSFORMS",
     "ConvBlock",
     "UNet",
     "abstract_unet",
@@ -37,6 +38,7 @@ __all__ = [
     "default_halo",
     "depth_to_space",
     "init_params",
+    "pad_to_multiple",
     "receptive_field_radius",
     "unet_params",
 ]
@@ -125,7 +127,10 @@ class UNet(nnx.Module):
 
     Notes
     -----
-    Input height and width must be multiples of ``2 ** depth``.
+    Any input height and width: the input is reflect-padded at the bottom and right up to
+    multiples of ``2 ** depth`` (:func:`pad_to_multiple`) and the output cropped back to the
+    input's size. Inputs whose sides are already multiples are not padded (same result as
+    before padding existed); tiles of such sizes avoid the padding work.
 
     Examples
     --------
@@ -137,6 +142,8 @@ class UNet(nnx.Module):
     >>> forward = nnx.jit(lambda model, x: model(x))
     >>> forward(net, jnp.zeros((2, 16, 16, 3))).shape
     (2, 16, 16, 1)
+    >>> forward(net, jnp.zeros((1, 13, 10, 3))).shape  # any size: padded inside, cropped back
+    (1, 13, 10, 1)
     """
 
     def __init__(
@@ -178,12 +185,10 @@ class UNet(nnx.Module):
         self.head = nnx.Conv(cin, out_channels, (1, 1), rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:  # noqa: D102
-        mult = 2**self.depth
-        if x.ndim != 4 or x.shape[1] % mult or x.shape[2] % mult:
-            raise InputError(
-                f"UNet input must be NHWC with height and width multiples of {mult} "
-                f"(2**depth); got shape {tuple(x.shape)}"
-            )
+        if x.ndim != 4:
+            raise InputError(f"UNet input must be NHWC (4 dims); got shape {tuple(x.shape)}")
+        h, w = x.shape[1], x.shape[2]
+        x = pad_to_multiple(x, 2**self.depth)
         skips = []
         for block in self.encoders:
             x = block(x)
@@ -193,10 +198,42 @@ class UNet(nnx.Module):
         for up, block, skip in zip(self.ups, self.decoders, reversed(skips), strict=True):
             x = depth_to_space(up(x))
             x = block(jnp.concatenate([x, skip], axis=-1))
-        x = self.head(x)
+        x = self.head(x)[:, :h, :w]
         if self.head_kind == "regression" and self.activation == "sigmoid":
             x = nnx.sigmoid(x)
         return x
+
+
+def pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
+    """Pad NHWC ``x`` at the bottom and right up to height and width multiples of ``multiple``.
+
+    Reflect padding (mirror without repeating the edge pixel), repeated as often as needed for
+    inputs smaller than the padding; edge padding for a side of one pixel. Returns ``x`` itself
+    when nothing is missing, so inputs of a multiple size are untouched. :class:`UNet` pads its
+    input with this and crops its output back, so it accepts any height and width.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> pad_to_multiple(jnp.arange(3.0).reshape(1, 1, 3, 1), 4)[0, 0, :, 0].tolist()
+    [0.0, 1.0, 2.0, 1.0]
+    >>> pad_to_multiple(jnp.zeros((2, 5, 7, 3)), 4).shape
+    (2, 8, 8, 3)
+    """
+    h, w = x.shape[1], x.shape[2]
+    for axis, size in ((1, h), (2, w)):
+        missing = -size % multiple
+        while missing:  # reflect adds at most size - 1 pixels per pass
+            step = min(missing, max(x.shape[axis] - 1, 0))
+            widths = [(0, 0)] * 4
+            if step == 0:  # a side of one pixel has nothing to mirror
+                widths[axis] = (0, missing)
+                x = jnp.pad(x, widths, mode="edge")
+                break
+            widths[axis] = (0, step)
+            x = jnp.pad(x, widths, mode="reflect")
+            missing -= step
+    return x
 
 
 def _unet_kwargs(architecture: Mapping[str, Any]) -> dict[str, Any]:
@@ -354,8 +391,13 @@ def _count_compile() -> None:
         _compiles += 1
 
 
+#: Target transforms of regression models: the network learns ``log1p(target)`` for
+#: ``"log1p"`` and its output is transformed back with ``expm1``.
+TARGET_TRANSFORMS = ("none", "log1p")
+
+
 @functools.lru_cache(maxsize=16)
-def _inference_program(architecture_json: str, output: str):
+def _inference_program(architecture_json: str, output: str, transform: str = "none"):
     """State template and jitted apply function for one architecture and head (cached).
 
     The normalisation constants are arguments, not constants of the program, so every fitted
@@ -373,6 +415,8 @@ def _inference_program(architecture_json: str, output: str):
         y = nnx.merge(graphdef, state)(x)
         if output == "regression":
             y = y * scale + offset
+            if transform == "log1p":
+                y = jnp.expm1(y)
         elif output == "binary":
             y = jax.nn.sigmoid(y)
         else:
@@ -418,12 +462,15 @@ def apply_tiles(config: Mapping[str, Any], params: Mapping[str, Any], x: np.ndar
     config : dict
         JSON-able description from ``estimator.inference_state()``: ``architecture``,
         ``input_mean``/``input_std`` (per band), ``output`` (``"regression"``, ``"binary"`` or
-        ``"multiclass"``) and, for regression, ``target_offset``/``target_scale``.
+        ``"multiclass"``) and, for regression, ``target_offset``/``target_scale`` and
+        optionally ``target_transform`` (``"none"`` or ``"log1p"``: the network predicts
+        ``log1p`` of the target, returned through ``expm1``).
     params : dict
         Nested dict of numpy arrays: the network state, BatchNorm statistics included.
     x : numpy.ndarray
-        float32 ``(n, band, h, w)``, ``h`` and ``w`` multiples of ``2 ** depth``. NaN inputs are
-        replaced by the band mean (0 after normalisation).
+        float32 ``(n, band, h, w)``, any ``h`` and ``w`` (the network pads to multiples of
+        ``2 ** depth`` and crops back; multiples avoid that work). NaN inputs are replaced by
+        the band mean (0 after normalisation).
 
     Returns
     -------
@@ -456,17 +503,18 @@ def apply_tiles(config: Mapping[str, Any], params: Mapping[str, Any], x: np.ndar
             f"tiles must be (n, band, h, w) with {arch.get('in_channels')} bands; "
             f"got shape {x.shape}"
         )
-    mult = 2 ** len(arch.get("widths", PRESETS["small"]["widths"]))
-    if x.shape[2] % mult or x.shape[3] % mult:
-        raise InputError(
-            f"tile height and width must be multiples of {mult} (2**depth); got {x.shape[2:]}"
-        )
     output = config.get("output")
     if output not in ("regression", "binary", "multiclass"):
         raise ModelError(
             f"config 'output' must be regression, binary or multiclass; got {output!r}"
         )
-    template, fn = _inference_program(json.dumps(arch, sort_keys=True), output)
+    transform = config.get("target_transform") or "none"
+    if transform not in TARGET_TRANSFORMS or (transform != "none" and output != "regression"):
+        raise ModelError(
+            f"config 'target_transform' must be one of {list(TARGET_TRANSFORMS)} (regression "
+            f"only); got {transform!r} for output {output!r}"
+        )
+    template, fn = _inference_program(json.dumps(arch, sort_keys=True), output, transform)
     state = _state_from_params(template, params)
     n_out = int(arch.get("out_channels", 1))
     # numpy constants: jnp.asarray outside a trace compiles a program per shape
