@@ -1,0 +1,169 @@
+"""Coarse observations that cover only part of their cell: footprint-weighted aggregation."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from xfusion.errors import InputError
+from xfusion.models import UNetRegressor, UNetSegmenter
+from xfusion.models.losses import LossSpec, compute_loss, metric_stats, weighted_block_mean
+
+F = 8  # fine pixels per coarse cell side
+FIT = {
+    "widths": (8,),
+    "center": 8,
+    "coarse_factor": F,
+    "epochs": 30,
+    "batch_size": 8,
+    "optimizer": "adam",
+    "learning_rate": 0.01,
+    "augment": False,
+    "progress": False,
+}
+
+
+def _cells(a, factor=F):
+    n, b, h, w = a.shape
+    return a.reshape(n, b, h // factor, factor, w // factor, factor).sum(axis=(3, 5))
+
+
+def _scene(n=32, size=16, seed=0):
+    """Inputs, the fine field, per-cell rectangular footprints (9-25 % of a cell) and labels.
+
+    Each label is the mean of the fine field over its footprint only, as a satellite footprint
+    covering part of a coarse tile.
+    """
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 2, size, size)).astype(np.float32)
+    fine = (2 * X[:, :1] - X[:, 1:]).astype(np.float32)
+    fp = np.zeros((n, 1, size, size), bool)
+    cells = size // F
+    for i in range(n):
+        for a in range(cells):
+            for b in range(cells):
+                h, w = rng.integers(3, 5, 2)
+                y0, x0 = a * F + rng.integers(0, F - h + 1), b * F + rng.integers(0, F - w + 1)
+                fp[i, 0, y0 : y0 + h, x0 : x0 + w] = True
+    labels = (_cells(fine * fp) / _cells(fp)).astype(np.float32)
+    return X, fine, fp, labels
+
+
+def _footprint_rmse(pred, fp, labels):
+    return float(np.sqrt(np.mean((_cells(pred * fp) / _cells(fp) - labels) ** 2)))
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return _scene()
+
+
+@pytest.fixture(scope="module")
+def block_model(scene):
+    X, _, _, labels = scene
+    return UNetRegressor(**FIT).fit(X, labels)
+
+
+def test_weighted_block_mean_and_loss_equal_a_numpy_computation():
+    rng = np.random.default_rng(3)
+    n, h, w, c, f = 2, 8, 12, 2, 4
+    pred = rng.normal(size=(n, h, w, c)).astype(np.float32)
+    weights = (rng.random((n, h, w, c)) * (rng.random((n, h, w, c)) > 0.6)).astype(np.float32)
+    weights[0, :4, :4, 0] = 0.0  # a cell with no observation
+    obs = rng.normal(size=(n, h // f, w // f, c)).astype(np.float32)
+    obs[1, 0, 2, 1] = np.nan  # a missing label
+    values = np.repeat(np.repeat(obs, f, axis=1), f, axis=2)
+    target = np.concatenate([values, weights], axis=-1)
+
+    def cells(a):
+        return a.reshape(n, h // f, f, w // f, f, c).sum(axis=(2, 4))
+
+    with np.errstate(invalid="ignore"):
+        agg = cells(weights * pred) / cells(weights)
+    np.testing.assert_allclose(weighted_block_mean(pred, weights, f), agg, rtol=1e-5)
+    valid = np.isfinite(agg) & np.isfinite(obs)
+    assert valid.sum() == n * (h // f) * (w // f) * c - 2
+    err = (agg - obs)[valid]
+    spec = LossSpec("masked_mse", coarse_factor=f, weighted=True)
+    np.testing.assert_allclose(compute_loss(spec, pred, target), np.mean(err**2), rtol=1e-5)
+    huber = LossSpec("huber", coarse_factor=f, weighted=True, huber_delta=0.5)
+    a = np.abs(err)
+    expected = np.where(a <= 0.5, 0.5 * err**2, 0.5 * (a - 0.25)).mean()
+    np.testing.assert_allclose(compute_loss(huber, pred, target), expected, rtol=1e-5)
+    stats = np.asarray(metric_stats(spec, jnp.asarray(pred), jnp.asarray(target)))
+    np.testing.assert_allclose(stats[:, 0], valid.sum(axis=(0, 1, 2)))  # per-band counts
+    # the whole-block loss is different: it averages the prediction over every pixel
+    plain = compute_loss(LossSpec("masked_mse", coarse_factor=f), pred, obs)
+    block = pred.reshape(n, h // f, f, w // f, f, c).mean(axis=(2, 4))
+    np.testing.assert_allclose(plain, np.nanmean((block - obs) ** 2), rtol=1e-5)
+    assert abs(float(plain) - float(compute_loss(spec, pred, target))) > 0.1
+
+
+def test_footprint_weighted_training_matches_the_observations_far_better(scene, block_model):
+    X, _, fp, labels = scene
+    model = UNetRegressor(**FIT).fit(X, labels, footprint=fp)
+    with_fp = _footprint_rmse(model.predict(X), fp, labels)
+    whole_block = _footprint_rmse(block_model.predict(X), fp, labels)
+    # labels vary with a standard deviation of ~0.77: the footprint loss reproduces them,
+    # the whole-block loss cannot (it matches block means to footprint means)
+    assert labels.std() > 0.7
+    assert with_fp < 0.1, with_fp
+    assert whole_block > 0.5, whole_block
+    assert with_fp < whole_block / 5
+    # the training metrics are on the observations, aggregated the same way
+    assert model.history_["rmse"][-1] < 0.15
+
+
+def test_a_fine_target_with_nan_outside_the_footprint_takes_its_weights(scene, block_model):
+    X, fine, fp, labels = scene
+    target = np.where(fp, fine, np.nan).astype(np.float32)  # observed only in the footprint
+    model = UNetRegressor(**FIT).fit(X, target)
+    assert _footprint_rmse(model.predict(X), fp, labels) < 0.1
+    # before, the target was averaged over the footprint and the prediction over the block
+    assert _footprint_rmse(block_model.predict(X), fp, labels) > 0.5
+
+
+def test_a_patches_dataset_footprint_variable_is_used():
+    import jax
+    import xarray as xr
+
+    X, fine, fp, _ = _scene(n=4)
+    ds = xr.Dataset(
+        {
+            "inputs": (("sample", "band", "y", "x"), X),
+            "target": (("sample", "y", "x"), fine[:, 0]),
+            "footprint": (("sample", "y", "x"), fp[:, 0]),
+        },
+        coords={"band": ["a", "b"]},
+    )
+    fast = {**FIT, "epochs": 2}
+    from_ds = UNetRegressor(**fast).fit(ds)
+    explicit = UNetRegressor(**fast).fit(X, fine, footprint=fp, bands=["a", "b"])
+    plain = UNetRegressor(**fast).fit(X, fine, bands=["a", "b"])
+    leaves = jax.tree.leaves
+    pairs = zip(leaves(from_ds.params_), leaves(explicit.params_), strict=True)
+    assert all(np.array_equal(u, v) for u, v in pairs)
+    assert from_ds.history_["loss"] == explicit.history_["loss"]
+    assert from_ds.history_["loss"] != plain.history_["loss"]
+
+
+@pytest.mark.parametrize(
+    ("footprint", "pattern"),
+    [
+        (-np.ones((4, 1, 16, 16)), r"finite and >= 0 .* from -1"),
+        (np.ones((4, 1, 8, 8)), r"shape \(4, 1, 8, 8\); expected \(sample, 1 or 1 target"),
+        (np.full((4, 1, 16, 16), np.inf), "finite and >= 0"),
+    ],
+    ids=["negative", "coarse-grid", "inf"],
+)
+def test_bad_footprints_are_refused(footprint, pattern):
+    X, _, _, labels = _scene(n=4)
+    with pytest.raises(InputError, match=pattern):
+        UNetRegressor(**FIT).fit(X, labels, footprint=footprint)
+
+
+def test_a_footprint_for_a_segmenter_is_refused():
+    X, fine, fp, _ = _scene(n=4)
+    with pytest.raises(InputError, match="UNetRegressor only"):
+        UNetSegmenter(widths=(4,), epochs=1, progress=False).fit(X, fine > 0, footprint=fp)
