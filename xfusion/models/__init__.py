@@ -18,9 +18,11 @@ __all__ = [
     "UNet",
     "UNetRegressor",
     "UNetSegmenter",
+    "cross_validate",
     "load_model",
     "model_bands",
     "set_bands",
+    "spatial_folds",
     "validate_sidecar",
 ]
 
@@ -34,6 +36,8 @@ _LAZY = {
     "model_bands": "xfusion.models.predict",
     "set_bands": "xfusion.models.predict",
     "validate_sidecar": "xfusion.models.persist",
+    "cross_validate": "xfusion.models.validation",
+    "spatial_folds": "xfusion.models.validation",
 }
 
 
