@@ -167,3 +167,27 @@ def test_a_footprint_for_a_segmenter_is_refused():
     X, fine, fp, _ = _scene(n=4)
     with pytest.raises(InputError, match="UNetRegressor only"):
         UNetSegmenter(widths=(4,), epochs=1, progress=False).fit(X, fine > 0, footprint=fp)
+
+
+def test_irregular_observations_one_patch_per_footprint_mask():
+    """An irregular observation (a fine-grid mask and one value) is a patch whose coarse cell is
+    the whole patch: coarse_factor = patch side, target (sample, 1, 1, 1), footprint = mask."""
+    rng = np.random.default_rng(5)
+    n, size = 32, 16
+    X = rng.normal(size=(n, 2, size, size)).astype(np.float32)
+    fine = (2 * X[:, :1] - X[:, 1:]).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    centres = rng.uniform(3, size - 3, (n, 2))
+    radii = rng.uniform(2, 4, n)
+    masks = (yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2 <= radii[
+        :, None, None
+    ] ** 2  # discs of different sizes and places
+    masks = masks[:, None]
+    values = ((fine * masks).sum(axis=(2, 3)) / masks.sum(axis=(2, 3)))[:, :, None, None]
+    fit = {**FIT, "coarse_factor": size}
+    model = UNetRegressor(**fit).fit(X, values.astype(np.float32), footprint=masks)
+    pred = model.predict(X)
+    agg = (pred * masks).sum(axis=(2, 3)) / masks.sum(axis=(2, 3))
+    rmse = float(np.sqrt(np.mean((agg - values[:, :, 0, 0]) ** 2)))
+    assert values.std() > 0.3
+    assert rmse < values.std() / 4, (rmse, values.std())

@@ -7,7 +7,8 @@ attributes end in ``_``. ``predict`` is eager on numpy arrays and lazy on cubes 
 the model without pickle.
 
 Fitted spatial estimators expose, for blockwise prediction: ``bands_`` (training band order),
-``output_bands_``, ``tile_multiple_`` (``2 ** depth``; tile sides must be multiples of it),
+``output_bands_``, ``tile_multiple_`` (``2 ** depth``; tiles of sides multiple of it are not
+padded),
 ``default_halo_`` and :meth:`~UNetRegressor.inference_state`, whose ``(config, params)`` feed
 :func:`xfusion.models.unet.apply_tiles`.
 """
@@ -570,7 +571,9 @@ class UNetRegressor(_UNetEstimator):
         weight 1, times ``footprint`` when given) and each observation is the weighted mean of
         the target, so the target and the prediction are averaged over the same pixels. A
         fully observed fine-grid target and a coarse target without footprint keep the
-        plain block mean.
+        plain block mean. Irregular observations (a fine-grid mask of any shape and one value
+        each) train as one patch per observation: ``coarse_factor`` = the patch side, the
+        target ``(sample, 1, 1, 1)``, the mask as ``footprint``.
     smoothness : float
         Weight of a penalty on squared differences of neighbouring predicted pixels.
     preset : {"small", "seed"}
@@ -607,11 +610,12 @@ class UNetRegressor(_UNetEstimator):
         :meth:`set_bands` or ``predict(..., bands=)``); output band names (the target's, or
         ``"prediction"``).
     tile_multiple_, default_halo_ : int
-        Tile sides must be multiples of ``tile_multiple_`` (``2 ** depth``); the halo for
-        blockwise prediction.
+        ``2 ** depth``: tiles of sides multiple of it need no padding (any size works, the
+        network reflect-pads); the halo for blockwise prediction.
     history_ : dict of lists
         Per epoch ``loss``, ``rmse``, ``mae``, ``r2`` (and ``val_*``); RMSE/MAE in target units,
-        on the coarse grid under coarse supervision.
+        on the coarse grid (the footprint-weighted aggregates) under coarse supervision, in
+        ``log1p`` units with ``target_transform="log1p"``.
     config_, params_ : dict
         The network description and weights (see :meth:`inference_state`).
 
