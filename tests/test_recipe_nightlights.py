@@ -236,7 +236,7 @@ def test_config_toml_round_trip(tmp_path):
         ({"size": 200}, "multiple of 16"),
         ({"optimizer": "rmsprop"}, "optimizer"),
         ({"viirs_resolution": 500.0}, "whole multiple"),
-        ({"source": "ee"}, "needs a region"),
+        ({"source": "ee"}, r"source='ee' needs \[.*'region', 'crs'\] set"),
         ({"train_region": (0, 0, 1, 1)}, "both train_region"),
     ],
 )
