@@ -21,3 +21,16 @@ def shared_data() -> Path:
             f"real-data samples not found at {SHARED_DATA} (they sit beside the project in CI)"
         )
     return SHARED_DATA
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Keep each test file on one xdist worker (its module fixtures run once), except notebooks.
+
+    With ``--dist loadgroup`` (pyproject's addopts) a file's tests form one group; the notebooks
+    are independent of each other and the longest tests, so they spread over the workers.
+    """
+    for item in items:
+        if item.path.name == "test_notebooks.py" or item.get_closest_marker("xdist_group"):
+            continue
+        item.add_marker(pytest.mark.xdist_group(item.path.stem))
