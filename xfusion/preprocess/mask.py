@@ -709,13 +709,13 @@ def _check_preset_bands(da: Any, preset: str) -> None:
     else:
         return
     want = _PRESET_FAMILIES[preset]
-    others = {n: f for n in names if (f := _band_family(n)) is not None and f != want}
     # Sentinel-2's plain "B4"-style names are also Landsat Collection-1 names: only a clash
-    # between the Landsat Collection-2 families, or of them with S2, is certain.
-    if want == "Sentinel-2":
-        others = {n: f for n, f in others.items() if f.startswith("Landsat")}
-    elif preset.startswith("LANDSAT"):
-        others = {n: f for n, f in others.items() if f.startswith("Landsat")}
+    # with a Landsat Collection-2 band (SR_B*, ST_B*) is certain.
+    others = {
+        n: f
+        for n in names
+        if (f := _band_family(n)) is not None and f != want and f.startswith("Landsat")
+    }
     if others:
         listed = ", ".join(f"{n!r} ({f})" for n, f in others.items())
         raise ScaleError(
