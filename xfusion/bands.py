@@ -51,6 +51,7 @@ __all__ = [
     "band_scaling",
     "describe_kinds",
     "is_physical_scaling",
+    "named_kind",
     "set_band_kinds",
     "set_band_scaling",
 ]
@@ -100,6 +101,20 @@ def _metadata(coord: xr.DataArray) -> np.ndarray:
 def _kind_from_name(name: Hashable) -> str:
     short = str(name).rsplit(":", 1)[-1]
     return NAMED_KINDS.get(short, "continuous")
+
+
+def named_kind(name: Hashable) -> str | None:
+    """Return the kind a product's band or asset name gives, or None for other names.
+
+    Lenient, for metadata such as STAC asset keys: any case (``"qa_pixel"``), a file extension
+    (``"QA_PIXEL.TIF"``) and a fused prefix (``"s2:QA60"``) are allowed.
+    """
+    short = str(name).rsplit(":", 1)[-1]
+    for candidate in (short, short.rsplit(".", 1)[0]):
+        for spelling in (candidate, candidate.upper()):
+            if spelling in NAMED_KINDS:
+                return NAMED_KINDS[spelling]
+    return None
 
 
 def band_kinds(da: xr.DataArray) -> dict[Hashable, str]:

@@ -32,7 +32,7 @@ from stackstac.rio_reader import AutoParallelRioReader
 from xfusion.bands import (
     BAND_KINDS,
     KIND_COORD,
-    NAMED_KINDS,
+    named_kind,
     set_band_scaling,
 )
 from xfusion.errors import (
@@ -701,17 +701,6 @@ def _warn_missing_assets(items: list[pystac.Item], keys: list[str], names: list[
         )
 
 
-def _named_kind(name: str) -> str | None:
-    """Return the kind a preset name gives (``QA_PIXEL``, ``s2:QA60``, ``QA_PIXEL.TIF``)."""
-    short = str(name).rsplit(":", 1)[-1]
-    for candidate in (short, short.rsplit(".", 1)[0]):
-        # STAC catalogs spell the same assets in lower case ("qa_pixel", "scl").
-        for spelling in (candidate, candidate.upper()):
-            if spelling in NAMED_KINDS:
-                return NAMED_KINDS[spelling]
-    return None
-
-
 def _declared_kind(asset: pystac.Asset) -> str | None:
     """Return the kind the classification extension declares on an asset or its raster:bands."""
     places = [asset.extra_fields, *(asset.extra_fields.get("raster:bands") or [])[:1]]
@@ -731,7 +720,7 @@ def _band_kinds(items: list[pystac.Item], keys: list[str], names: list[str]) -> 
         if declared:  # bit fields win: a band described both ways still has bits
             kinds.append("flags" if "flags" in declared else "categorical")
         else:
-            kinds.append(_named_kind(name) or _named_kind(key) or "continuous")
+            kinds.append(named_kind(name) or named_kind(key) or "continuous")
     return kinds
 
 
