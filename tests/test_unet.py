@@ -208,3 +208,70 @@ def test_receptive_field_is_within_the_stated_radius_and_halo():
     assert default_halo(depth) >= receptive_field_radius(depth)
     assert default_halo(depth) % 2**depth == 0
     assert default_halo(5) % 32 == 0
+
+
+def _fold_batchnorm(params, eps=1e-5):
+    """numpy: fold every bn1/bn2 into the preceding convolution (the reference for norm='none')."""
+    import copy
+
+    out = copy.deepcopy(params)
+
+    def walk(node):
+        if "conv1" in node and "bn1" in node:
+            for i in ("1", "2"):
+                bn = node.pop("bn" + i)
+                conv = node["conv" + i]
+                factor = bn["scale"] / np.sqrt(bn["var"] + eps)
+                conv["kernel"] = conv["kernel"] * factor
+                conv["bias"] = (conv["bias"] - bn["mean"]) * factor + bn["bias"]
+            return
+        for value in node.values():
+            if isinstance(value, dict):
+                walk(value)
+
+    walk(out)
+    return out
+
+
+def test_norm_none_runs_a_folded_batchnorm_network():
+    rng = np.random.default_rng(5)
+    flat = dict(nnx.traversals.flatten_mapping(unet_params(build_unet(ARCH, seed=2))))
+    for path, value in flat.items():  # non-trivial statistics
+        if path[-2].startswith("bn") and path[-1] in ("mean", "bias"):
+            flat[path] = rng.normal(0, 0.3, value.shape).astype(np.float32)
+        elif path[-2].startswith("bn") and path[-1] in ("var", "scale"):
+            flat[path] = rng.uniform(0.5, 2.0, value.shape).astype(np.float32)
+    params = nnx.traversals.unflatten_mapping(flat)
+    folded = _fold_batchnorm(params)
+    assert "bn1" not in folded["encoders"]["0"]
+    x = rng.standard_normal((2, 2, 12, 9)).astype(np.float32)
+    config = {"architecture": ARCH, "output": "regression"}
+    want = apply_tiles(config, params, x)
+    got = apply_tiles({**config, "architecture": {**ARCH, "norm": "none"}}, folded, x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_norm_batch_is_the_default_and_group_normalises_per_sample():
+    default = unet_params(build_unet(ARCH, seed=4))
+    batch = unet_params(build_unet({**ARCH, "norm": "batch"}, seed=4))
+    flat_d, flat_b = (nnx.traversals.flatten_mapping(p) for p in (default, batch))
+    assert list(flat_d) == list(flat_b)
+    assert all(np.array_equal(flat_d[k], flat_b[k]) for k in flat_d)
+    assert sorted(default["center"]) == ["bn1", "bn2", "conv1", "conv2"]
+
+    arch = {**ARCH, "norm": "group"}
+    net = build_unet(arch, seed=4)
+    assert sorted(unet_params(net)["center"]) == ["conv1", "conv2", "gn1", "gn2"]
+    assert net.encoders[0].gn1.num_groups == unet.group_count(4) == 4
+    # GroupNorm has no batch statistics: a sample's output does not depend on its batch mates
+    x = np.random.default_rng(0).standard_normal((3, 2, 8, 8)).astype(np.float32)
+    config = {"architecture": arch, "output": "regression"}
+    params = unet_params(net)
+    np.testing.assert_allclose(
+        apply_tiles(config, params, x)[:1], apply_tiles(config, params, x[:1]), atol=1e-5
+    )
+    net.train()
+    xt = jnp.transpose(jnp.asarray(x), (0, 2, 3, 1))
+    np.testing.assert_allclose(np.asarray(net(xt))[:1], np.asarray(net(xt[:1])), atol=1e-5)
+    with pytest.raises(InputError, match="norm"):
+        build_unet({**ARCH, "norm": "layer"})

@@ -27,6 +27,7 @@ from flax import nnx
 from xfusion.errors import InputError, ModelError
 
 __all__ = [
+    "NORMS",
     "PRESETS",
     "TARGET_TRANSFORMS",
     "ConvBlock",
@@ -37,6 +38,7 @@ __all__ = [
     "compile_count",
     "default_halo",
     "depth_to_space",
+    "group_count",
     "init_params",
     "pad_to_multiple",
     "receptive_field_radius",
@@ -80,21 +82,70 @@ def depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
     return x.reshape(n, h * block, w * block, out)
 
 
+#: Normalisation layers of :class:`ConvBlock`: BatchNorm (the default), GroupNorm, or none
+#: (identity; the convolutions keep their biases), e.g. for a network whose BatchNorm has been
+#: folded into its convolutions.
+NORMS = ("batch", "group", "none")
+
+
+def group_count(features: int, max_groups: int = 8) -> int:
+    """Return the GroupNorm group count for ``features`` channels: largest divisor ≤ ``max_groups``.
+
+    Examples
+    --------
+    >>> group_count(16), group_count(24), group_count(5)
+    (8, 8, 5)
+    """
+    return max(g for g in range(1, min(max_groups, features) + 1) if features % g == 0)
+
+
+def _norm_layer(norm: str, features: int, bn_momentum: float, rngs: nnx.Rngs):
+    if norm == "batch":
+        return nnx.BatchNorm(features, momentum=bn_momentum, rngs=rngs)
+    if norm == "group":
+        return nnx.GroupNorm(features, num_groups=group_count(features), rngs=rngs)
+    return None
+
+
 class ConvBlock(nnx.Module):
-    """Two 3×3 convolutions, each followed by BatchNorm and ReLU."""
+    """Two 3×3 convolutions, each followed by a normalisation and ReLU.
+
+    ``norm="batch"`` (BatchNorm, layers ``bn1``/``bn2``), ``"group"`` (GroupNorm with
+    :func:`group_count` groups, layers ``gn1``/``gn2``) or ``"none"`` (no normalisation layer).
+    """
 
     def __init__(
-        self, in_features: int, out_features: int, *, bn_momentum: float = 0.9, rngs: nnx.Rngs
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bn_momentum: float = 0.9,
+        norm: str = "batch",
+        rngs: nnx.Rngs,
     ) -> None:
+        if norm not in NORMS:
+            raise InputError(f"norm must be one of {list(NORMS)}; got {norm!r}")
         init = nnx.initializers.he_normal()
+        self.norm = norm
         self.conv1 = nnx.Conv(in_features, out_features, (3, 3), kernel_init=init, rngs=rngs)
-        self.bn1 = nnx.BatchNorm(out_features, momentum=bn_momentum, rngs=rngs)
+        norm1 = _norm_layer(norm, out_features, bn_momentum, rngs)
         self.conv2 = nnx.Conv(out_features, out_features, (3, 3), kernel_init=init, rngs=rngs)
-        self.bn2 = nnx.BatchNorm(out_features, momentum=bn_momentum, rngs=rngs)
+        norm2 = _norm_layer(norm, out_features, bn_momentum, rngs)
+        if norm == "batch":  # parameter names of networks saved before the option existed
+            self.bn1, self.bn2 = norm1, norm2
+        elif norm == "group":
+            self.gn1, self.gn2 = norm1, norm2
+
+    def _norm(self, index: int, x: jax.Array) -> jax.Array:
+        if self.norm == "batch":
+            return (self.bn1 if index == 1 else self.bn2)(x)
+        if self.norm == "group":
+            return (self.gn1 if index == 1 else self.gn2)(x)
+        return x
 
     def __call__(self, x: jax.Array) -> jax.Array:  # noqa: D102
-        x = nnx.relu(self.bn1(self.conv1(x)))
-        return nnx.relu(self.bn2(self.conv2(x)))
+        x = nnx.relu(self._norm(1, self.conv1(x)))
+        return nnx.relu(self._norm(2, self.conv2(x)))
 
 
 class UNet(nnx.Module):
@@ -122,6 +173,10 @@ class UNet(nnx.Module):
         Output activation of the regression head.
     bn_momentum : float
         Momentum of the BatchNorm running statistics.
+    norm : {"batch", "group", "none"}
+        Normalisation after each convolution (:data:`NORMS`): BatchNorm (default; parameter
+        names as before the option existed), GroupNorm, or none (identity; the convolutions
+        keep their biases, e.g. a network whose BatchNorm was folded into them).
     rngs : nnx.Rngs
         Random state for the initialisation.
 
@@ -156,6 +211,7 @@ class UNet(nnx.Module):
         head: str = "regression",
         activation: str = "linear",
         bn_momentum: float = 0.9,
+        norm: str = "batch",
         rngs: nnx.Rngs,
     ) -> None:
         widths = tuple(int(w) for w in (PRESETS["small"]["widths"] if widths is None else widths))
@@ -165,22 +221,25 @@ class UNet(nnx.Module):
             raise InputError(f"head must be one of {list(_HEADS)}; got {head!r}")
         if activation not in _ACTIVATIONS:
             raise InputError(f"activation must be one of {list(_ACTIVATIONS)}; got {activation!r}")
+        if norm not in NORMS:
+            raise InputError(f"norm must be one of {list(NORMS)}; got {norm!r}")
         center = 2 * widths[-1] if center is None else int(center)
         self.depth = len(widths)
         self.head_kind = head
         self.activation = activation
+        self.norm = norm
         self.encoders = nnx.List()
         cin = in_channels
         for w in widths:
-            self.encoders.append(ConvBlock(cin, w, bn_momentum=bn_momentum, rngs=rngs))
+            self.encoders.append(ConvBlock(cin, w, bn_momentum=bn_momentum, norm=norm, rngs=rngs))
             cin = w
-        self.center = ConvBlock(cin, center, bn_momentum=bn_momentum, rngs=rngs)
+        self.center = ConvBlock(cin, center, bn_momentum=bn_momentum, norm=norm, rngs=rngs)
         self.ups = nnx.List()
         self.decoders = nnx.List()
         cin = center
         for w in reversed(widths):
             self.ups.append(nnx.Conv(cin, 4 * w, (1, 1), rngs=rngs))
-            self.decoders.append(ConvBlock(2 * w, w, bn_momentum=bn_momentum, rngs=rngs))
+            self.decoders.append(ConvBlock(2 * w, w, bn_momentum=bn_momentum, norm=norm, rngs=rngs))
             cin = w
         self.head = nnx.Conv(cin, out_channels, (1, 1), rngs=rngs)
 
@@ -246,6 +305,7 @@ def _unet_kwargs(architecture: Mapping[str, Any]) -> dict[str, Any]:
         "head",
         "activation",
         "bn_momentum",
+        "norm",
     }
     if unknown or "in_channels" not in arch:
         raise ModelError(
@@ -259,6 +319,7 @@ def _unet_kwargs(architecture: Mapping[str, Any]) -> dict[str, Any]:
         "head": arch.get("head", "regression"),
         "activation": arch.get("activation", "linear"),
         "bn_momentum": float(arch.get("bn_momentum", 0.9)),
+        "norm": str(arch.get("norm", "batch")),
     }
 
 
