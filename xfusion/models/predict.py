@@ -17,13 +17,12 @@ and a numpy-backed one for an eager cube.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import dask
@@ -33,6 +32,7 @@ import pandas as pd
 import xarray as xr
 
 from xfusion.errors import BandError, InputError, ModelError, XFusionWarning
+from xfusion.models.compilation_cache import enable_compilation_cache
 from xfusion.preprocess._validate import check_unique_bands
 
 __all__ = [
@@ -416,47 +416,6 @@ def _predict_pixels(da: xr.DataArray, model: Any, *, proba: bool, batch_size: in
 # Spatial models
 # ----------------------------------------------------------------------------------------------
 
-_cache_lock = threading.Lock()
-_cache_enabled = False
-
-
-def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | None:
-    """Turn on JAX's persistent compilation cache (once per process) and return its folder.
-
-    The folder is ``path``, else ``$XFUSION_JAX_CACHE``, else ``~/.cache/xfusion/jax``. A cache
-    folder already configured (``JAX_COMPILATION_CACHE_DIR``) is kept. :func:`predict` calls
-    this in every process that runs a spatial model, so workers reuse compiled programs. Where
-    the folder cannot be created or written (a read-only home, a batch job without one), the
-    cache stays off and ``None`` is returned: JAX would otherwise warn on every compilation.
-
-    Examples
-    --------
-    >>> folder = enable_compilation_cache()
-    >>> folder is None or isinstance(folder, str)
-    True
-    """
-    global _cache_enabled
-    import jax
-
-    with _cache_lock:
-        current = jax.config.jax_compilation_cache_dir
-        if _cache_enabled or current:
-            _cache_enabled = True
-            return current
-        import tempfile
-
-        try:
-            folder = path or os.environ.get("XFUSION_JAX_CACHE")
-            folder = folder or Path.home() / ".cache" / "xfusion" / "jax"
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=folder).close()  # it exists; can JAX write there?
-        except (OSError, RuntimeError):  # read-only or no home: run without a persistent cache
-            _cache_enabled = True
-            return None
-        jax.config.update("jax_compilation_cache_dir", str(folder))
-        _cache_enabled = True
-        return str(folder)
-
 
 def _spatial_parts(model: Any):
     """``(apply_tiles, config, params)`` of a spatial model."""
@@ -591,6 +550,212 @@ def _spatial_block(
     return stacked.reshape(*lead, n_out + 1, hh, ww)
 
 
+@dataclass(frozen=True)
+class SpatialPlan:
+    """How a cube is cut into blocks and tiles for a spatial model (metadata only, no data).
+
+    Attributes
+    ----------
+    shape : (int, int)
+        Height and width of the cube.
+    halo : int
+        Context read around every block (px), a multiple of the model's ``tile_multiple_``.
+    tile : int
+        Side of the square tiles given to the model.
+    block : (int, int)
+        Interior height and width of a block, multiples of ``tile``.
+    padding : (int, int)
+        Zeros added at the bottom and right (beyond the halo) so the blocks divide the cube.
+    lead_chunks : tuple of tuple of int
+        Chunks of the leading (time) dims; every block is padded to their largest size.
+    batch_size : int
+        Tiles per ``apply_tiles`` call.
+    n_out : int
+        Output bands of the model.
+    blend, boundary : str
+        See :func:`predict`.
+    dtype : str
+        Of the input given to the model and of the result.
+    """
+
+    shape: tuple[int, int]
+    halo: int
+    tile: int
+    block: tuple[int, int]
+    padding: tuple[int, int]
+    lead_chunks: tuple[tuple[int, ...], ...]
+    batch_size: int
+    n_out: int
+    blend: str
+    boundary: str
+    dtype: str = "float32"
+
+    @property
+    def lead_shape(self) -> tuple[int, ...]:
+        """Leading dims of every block (edge blocks are padded to it)."""
+        return tuple(max(c) for c in self.lead_chunks)
+
+    @property
+    def blocks(self) -> tuple[int, int]:
+        """Number of blocks along y and x."""
+        return tuple(  # type: ignore[return-value]
+            (n + p) // c for n, p, c in zip(self.shape, self.padding, self.block, strict=True)
+        )
+
+    @property
+    def input_chunks(self) -> tuple[Any, ...]:
+        """Chunks of the halo-padded input: ``[h + c, c, …, c, c + h]`` along y and x.
+
+        With ``dask.array.overlap`` of depth ``halo`` every block is then ``c + 2·halo``.
+        """
+
+        def axis(n: int, p: int, c: int) -> tuple[int, ...]:
+            chunks = [c] * ((n + p) // c)
+            chunks[0] += self.halo
+            chunks[-1] += self.halo
+            return tuple(chunks)
+
+        ys, xs = (axis(*a) for a in zip(self.shape, self.padding, self.block, strict=True))
+        return (*self.lead_chunks, -1, ys, xs)
+
+    @property
+    def block_result(self) -> tuple[int, int, int]:
+        """Bands, height and width of one block's result before blending.
+
+        The interior ``(n_out, cy, cx)`` for ``blend="trim"``; for ``"cosine"`` the whole block
+        read with its halo, weighted, plus the weights: ``(n_out + 1, cy + 2h, cx + 2h)``.
+        """
+        cy, cx = self.block
+        if self.blend == "trim":
+            return self.n_out, cy, cx
+        return self.n_out + 1, cy + 2 * self.halo, cx + 2 * self.halo
+
+    @property
+    def output_chunks(self) -> tuple[tuple[int, ...], ...]:
+        """Chunks of the result before it is cropped to :attr:`shape`."""
+        (nyb, nxb), (cy, cx) = self.blocks, self.block
+        return (*self.lead_chunks, (self.n_out,), (cy,) * nyb, (cx,) * nxb)
+
+
+def _spatial_plan(
+    cube: xr.DataArray,
+    model: Any,
+    *,
+    n_out: int,
+    halo: int | None,
+    tile: int | None,
+    batch_size: int | None,
+    blend: str,
+    boundary: str,
+) -> SpatialPlan:
+    """Check the arguments of a spatial prediction and size its blocks and tiles."""
+    ny, nx = cube.sizes["y"], cube.sizes["x"]
+    multiple = int(getattr(model, "tile_multiple_", 1) or 1)
+    if halo is None:
+        halo = int(getattr(model, "default_halo_", 0) or 0)
+    elif halo > min(ny, nx):
+        raise InputError(
+            f"halo={halo} px is larger than the cube ({ny}×{nx} px); "
+            f"expected at most {min(ny, nx)} px of context around a block"
+        )
+    if halo < 0:
+        raise InputError(f"halo must be >= 0 pixels; got {halo}")
+    halo = _round_up(halo, multiple) if halo else 0
+    if blend not in _BLENDS:
+        raise InputError(f"blend must be one of {_BLENDS}; got {blend!r}")
+    if boundary not in _BOUNDARIES:
+        raise InputError(f"boundary must be one of {_BOUNDARIES}; got {boundary!r}")
+    if blend == "cosine" and halo == 0:
+        raise InputError("blend='cosine' needs a halo > 0 (the overlap that is blended)")
+    n_lead = cube.ndim - 3
+    lazy = cube.chunks is not None
+    # Interior block size: the user's chunking rounded to the tile, at least the halo; an
+    # eager cube is one block.
+    cy, cx = (max(cube.chunks[-2]), max(cube.chunks[-1])) if lazy else (ny, nx)
+    if tile is None:
+        tile = max(_round_up(max(cy, halo, 1), multiple), _round_up(max(cx, halo, 1), multiple))
+        if lazy:  # square tiles of the larger chunk side; blocks one tile each
+            cy = cx = tile
+    else:
+        tile = _round_up(int(tile), multiple)
+        cy = _round_up(max(min(cy, ny), halo, 1), tile)
+        cx = _round_up(max(min(cx, nx), halo, 1), tile)
+    if not lazy:
+        cy, cx = _round_up(ny, tile), _round_up(nx, tile)
+    lead_chunks = cube.chunks[:n_lead] if lazy else tuple((s,) for s in cube.shape[:n_lead])
+    lead_shape = tuple(max(c) for c in lead_chunks)
+    tiles_per_block = math.prod(lead_shape) * (cy // tile) * (cx // tile)
+    batch_size = int(batch_size or tiles_per_block)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1; got {batch_size}")
+    return SpatialPlan(
+        shape=(ny, nx),
+        halo=halo,
+        tile=tile,
+        block=(cy, cx),
+        padding=(_round_up(ny, cy) - ny, _round_up(nx, cx) - nx),
+        lead_chunks=tuple(tuple(c) for c in lead_chunks),
+        batch_size=batch_size,
+        n_out=n_out,
+        blend=blend,
+        boundary=boundary,
+    )
+
+
+def _predict_eager(plan: SpatialPlan, fn, data: np.ndarray, config: Any, params: Any):
+    """Predict an eager cube as one block: pad it, predict it, crop (normalise the blend)."""
+    (ny, nx), h = plan.shape, plan.halo
+    padded = _pad_edges(np.asarray(data, dtype=plan.dtype), h, plan.padding, plan.boundary)
+    result = fn(padded, config, params)
+    if plan.blend == "cosine":
+        return _normalise(result, plan.n_out)[..., h : h + ny, h : h + nx].astype(plan.dtype)
+    return result[..., :ny, :nx].astype(plan.dtype)
+
+
+def _predict_blockwise(plan: SpatialPlan, fn, data: dsa.Array, config: Any, params: Any):
+    """Build the graph: halo-overlapped blocks, one ``fn`` task per block, blended or trimmed."""
+    (ny, nx), h = plan.shape, plan.halo
+    n_lead = len(plan.lead_chunks)
+    data = data.astype(plan.dtype).rechunk({n_lead: -1})
+    padded = _pad_edges(data, h, plan.padding, plan.boundary).rechunk(plan.input_chunks)
+    depth = {padded.ndim - 2: h, padded.ndim - 1: h}
+    overlapped = dsa.overlap.overlap(padded, depth=depth, boundary="none") if h else padded
+    # config and params are one key each, shared by every block task
+    config_key = dask.delayed(config, pure=True, traverse=False)
+    params_key = dask.delayed(params, pure=True, traverse=False)
+    idx = "abcdefgh"[:n_lead] + "BYX"
+    bands, by, bx = plan.block_result
+    meta = np.empty((0,) * data.ndim, plan.dtype)
+    out = dsa.blockwise(
+        fn,
+        idx.replace("B", "K"),
+        overlapped,
+        idx,
+        config_key,
+        None,
+        params_key,
+        None,
+        new_axes={"K": bands},
+        adjust_chunks={"Y": lambda _: by, "X": lambda _: bx},
+        concatenate=True,
+        dtype=plan.dtype,
+        meta=meta,
+    )
+    if plan.blend == "cosine":
+        depth2 = {out.ndim - 2: 2 * h, out.ndim - 1: 2 * h}
+        gathered = dsa.overlap.overlap(out, depth=depth2, boundary="none")
+        out = gathered.map_blocks(
+            _blend_sum,
+            halo=h,
+            n_out=plan.n_out,
+            nblocks=plan.blocks,
+            chunks=plan.output_chunks,
+            dtype=plan.dtype,
+            meta=meta,
+        )
+    return out[..., :ny, :nx]
+
+
 def _predict_spatial(
     da: xr.DataArray,
     model: Any,
@@ -603,141 +768,30 @@ def _predict_spatial(
 ):
     apply, config, params = _spatial_parts(model)
     out_bands = [str(b) for b in getattr(model, "output_bands_", ["prediction"])]
-    multiple = int(getattr(model, "tile_multiple_", 1) or 1)
-    if halo is None:
-        halo = int(getattr(model, "default_halo_", 0) or 0)
-    elif halo > min(da.sizes["y"], da.sizes["x"]):
-        raise InputError(
-            f"halo={halo} px is larger than the cube ({da.sizes['y']}×{da.sizes['x']} px); "
-            f"expected at most {min(da.sizes['y'], da.sizes['x'])} px of context around a block"
-        )
-    if halo < 0:
-        raise InputError(f"halo must be >= 0 pixels; got {halo}")
-    halo = _round_up(halo, multiple) if halo else 0
-    if blend not in _BLENDS:
-        raise InputError(f"blend must be one of {_BLENDS}; got {blend!r}")
-    if boundary not in _BOUNDARIES:
-        raise InputError(f"boundary must be one of {_BOUNDARIES}; got {boundary!r}")
-    if blend == "cosine" and halo == 0:
-        raise InputError("blend='cosine' needs a halo > 0 (the overlap that is blended)")
-    lead = [d for d in da.dims if d not in _SPATIAL]
-    dims = (*lead, *_SPATIAL)
+    dims = (*[d for d in da.dims if d not in _SPATIAL], *_SPATIAL)
     cube = da.transpose(*dims)
-    ny, nx = cube.sizes["y"], cube.sizes["x"]
-    lazy = cube.chunks is not None
-    # Interior block size: the user's chunking rounded to the tile, at least the halo.
-    if lazy:
-        cy, cx = max(cube.chunks[-2]), max(cube.chunks[-1])
-    else:
-        cy, cx = ny, nx
-    if tile is None:
-        tile_y = _round_up(max(cy, halo, 1), multiple)
-        tile_x = _round_up(max(cx, halo, 1), multiple)
-        tile = max(tile_y, tile_x)
-        if lazy:  # square tiles of the larger chunk side; blocks one tile each
-            cy = cx = tile
-        else:
-            cy, cx = _round_up(ny, tile), _round_up(nx, tile)
-    else:
-        tile = _round_up(int(tile), multiple)
-        cy = _round_up(max(min(cy, ny), halo, 1), tile)
-        cx = _round_up(max(min(cx, nx), halo, 1), tile)
-    if not lazy:
-        cy, cx = _round_up(ny, tile), _round_up(nx, tile)
-    lead_chunks = cube.chunks[: len(lead)] if lazy else tuple((s,) for s in cube.shape[: len(lead)])
-    lead_shape = tuple(max(c) for c in lead_chunks)
-    tiles_per_block = math.prod(lead_shape) * (cy // tile) * (cx // tile)
-    batch_size = int(batch_size or tiles_per_block)
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1; got {batch_size}")
-    n_out = len(out_bands)
-    py, px = _round_up(ny, cy) - ny, _round_up(nx, cx) - nx
-    mode = boundary
-    fn = partial(
-        _spatial_block,
-        apply=apply,
-        n_out=n_out,
+    plan = _spatial_plan(
+        cube,
+        model,
+        n_out=len(out_bands),
         halo=halo,
         tile=tile,
         batch_size=batch_size,
-        lead_shape=lead_shape,
         blend=blend,
+        boundary=boundary,
     )
-    if not lazy:
-        padded = _pad_edges(np.asarray(cube.data, dtype=np.float32), halo, (py, px), mode)
-        result = fn(padded, config, params)
-        if blend == "cosine":
-            result = _normalise(result, n_out)[..., halo : halo + ny, halo : halo + nx]
-        else:
-            result = result[..., :ny, :nx]
-        return _output_da(da, result.astype(np.float32), dims, out_bands, "prediction")
-    data = cube.data.astype(np.float32).rechunk({len(lead): -1})
-    padded = _pad_edges(data, halo, (py, px), mode)
-    # Chunks [h + c, c, …, c, c + h] so that with the halo every block is c + 2h.
-    ychunks = _halo_chunks(ny + py, cy, halo)
-    xchunks = _halo_chunks(nx + px, cx, halo)
-    padded = padded.rechunk((*lead_chunks, -1, ychunks, xchunks))
-    depth = {padded.ndim - 2: halo, padded.ndim - 1: halo}
-    overlapped = dsa.overlap.overlap(padded, depth=depth, boundary="none") if halo else padded
-    config_key = dask.delayed(config, pure=True, traverse=False)
-    params_key = dask.delayed(params, pure=True, traverse=False)
-    idx = "abcdefgh"[: len(lead)] + "BYX"
-    out_idx = idx.replace("B", "K")
-    nyb, nxb = len(ychunks), len(xchunks)
-    if blend == "trim":
-        out = dsa.blockwise(
-            fn,
-            out_idx,
-            overlapped,
-            idx,
-            config_key,
-            None,
-            params_key,
-            None,
-            new_axes={"K": n_out},
-            adjust_chunks={"Y": lambda _: cy, "X": lambda _: cx},
-            concatenate=True,
-            dtype=np.float32,
-            meta=np.empty((0,) * data.ndim, np.float32),
-        )
-        out = out[..., :ny, :nx]
-    else:
-        weighted = dsa.blockwise(
-            fn,
-            out_idx,
-            overlapped,
-            idx,
-            config_key,
-            None,
-            params_key,
-            None,
-            new_axes={"K": n_out + 1},
-            adjust_chunks={"Y": lambda _: cy + 2 * halo, "X": lambda _: cx + 2 * halo},
-            concatenate=True,
-            dtype=np.float32,
-            meta=np.empty((0,) * data.ndim, np.float32),
-        )
-        depth2 = {weighted.ndim - 2: 2 * halo, weighted.ndim - 1: 2 * halo}
-        gathered = dsa.overlap.overlap(weighted, depth=depth2, boundary="none")
-        out = gathered.map_blocks(
-            _blend_sum,
-            halo=halo,
-            n_out=n_out,
-            nblocks=(nyb, nxb),
-            chunks=(*lead_chunks, (n_out,), (cy,) * nyb, (cx,) * nxb),
-            dtype=np.float32,
-            meta=np.empty((0,) * data.ndim, np.float32),
-        )
-        out = out[..., :ny, :nx]
-    return _output_da(da, out, dims, out_bands, "prediction")
-
-
-def _halo_chunks(total: int, size: int, halo: int) -> tuple[int, ...]:
-    n = total // size
-    chunks = [size] * n
-    chunks[0] += halo
-    chunks[-1] += halo
-    return tuple(chunks)
+    fn = partial(
+        _spatial_block,
+        apply=apply,
+        n_out=plan.n_out,
+        halo=plan.halo,
+        tile=plan.tile,
+        batch_size=plan.batch_size,
+        lead_shape=plan.lead_shape,
+        blend=plan.blend,
+    )
+    run = _predict_eager if cube.chunks is None else _predict_blockwise
+    return _output_da(da, run(plan, fn, cube.data, config, params), dims, out_bands, "prediction")
 
 
 def _pad_edges(arr, halo: int, extra: tuple[int, int], mode: str):
