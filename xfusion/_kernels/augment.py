@@ -31,10 +31,12 @@ def _rot90(x: Any, k: int, axes: tuple[int, int]) -> Any:
 def dihedral(x: Any, k: int, *, axes: tuple[int, int] = (-2, -1), inverse: bool = False) -> Any:
     """Apply the dihedral transform number ``k`` (0..7) to the plane ``axes`` of ``x``.
 
-    ``k < 4`` rotates by ``k`` quarter turns (``numpy.rot90(x, k, axes)``); ``k >= 4`` first
-    mirrors the second axis (``numpy.flip(x, axes[1])``) and then rotates by ``k - 4`` quarter
-    turns. ``k = 0`` is the identity. With ``inverse=True`` the transform is undone, which is
-    what test-time augmentation needs after predicting on a transformed patch.
+    ``k % 4`` quarter turns (``numpy.rot90(x, k % 4, axes)``), then, for ``k >= 4``, a mirror of
+    the second axis (``numpy.flip(..., axes[1])``). ``k = 0`` is the identity. This is the one
+    numbering of the package: training augmentation (:mod:`xfusion.models.train`) and
+    :func:`xfusion.patches` (``augment=True``, the ``dihedral`` coordinate) both use it. With
+    ``inverse=True`` the transform is undone, which is what test-time augmentation needs after
+    predicting on a transformed patch.
 
     Parameters
     ----------
@@ -58,6 +60,8 @@ def dihedral(x: Any, k: int, *, axes: tuple[int, int] = (-2, -1), inverse: bool 
     >>> a = np.arange(4).reshape(2, 2)
     >>> dihedral(a, 1).tolist()
     [[1, 3], [0, 2]]
+    >>> dihedral(a, 5).tolist()  # a quarter turn, then the mirror
+    [[3, 1], [2, 0]]
     >>> dihedral(dihedral(a, 5), 5, inverse=True).tolist()
     [[0, 1], [2, 3]]
     """
@@ -67,8 +71,8 @@ def dihedral(x: Any, k: int, *, axes: tuple[int, int] = (-2, -1), inverse: bool 
     axes = (axes[0] % x.ndim, axes[1] % x.ndim)
     turns, mirror = k % 4, k >= 4
     if inverse:
-        x = _rot90(x, -turns, axes)
-        return _flip(x, axes[1]) if mirror else x
-    if mirror:
-        x = _flip(x, axes[1])
-    return _rot90(x, turns, axes)
+        if mirror:
+            x = _flip(x, axes[1])
+        return _rot90(x, -turns, axes)
+    x = _rot90(x, turns, axes)
+    return _flip(x, axes[1]) if mirror else x
