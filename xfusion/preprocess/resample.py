@@ -31,14 +31,15 @@ import dask.array
 import numpy as np
 import rasterio.warp
 import xarray as xr
+from dask._task_spec import DataNode, Task, TaskRef
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from odc.geo.geobox import GeoBox
-from odc.geo.overlap import compute_reproject_roi
 from odc.geo.xr import xr_coords
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
+from xfusion._graph import SparseChunkLayer, candidate_chunks, chunk_starts, reproject_rois
 from xfusion._kernels.aggregate import aggregate_blocks, aggregate_pieces
 from xfusion.bands import KIND_COORD, band_kinds, set_band_kinds
 from xfusion.errors import BandError, GridError, InputError
@@ -495,6 +496,23 @@ def is_aligned(src: GeoBox, dst: GeoBox) -> tuple[tuple[int, int], tuple[int, in
     return (ky, kx), (row, col)
 
 
+def _one_chunk(data: np.ndarray) -> dask.array.Array:
+    """Wrap ``data`` in a one-chunk Dask array held by a task-spec node.
+
+    ``dask.array.from_array`` stores a one-chunk array as a legacy graph value, which makes Dask
+    list every key of every layer when culling, a million for a global canvas.
+    """
+    name = "xf-array-" + tokenize(data)
+    key = (name,) + (0,) * data.ndim
+    graph = HighLevelGraph.from_collections(name, {key: DataNode(key, data)}, dependencies=())
+    return dask.array.Array(graph, name, chunks=tuple((n,) for n in data.shape), dtype=data.dtype)
+
+
+def _nbytes(data: Any, dst: GeoBox) -> int:
+    """Bytes of ``data`` resampled onto ``dst``."""
+    return math.prod(data.shape[:-2]) * dst.shape[0] * dst.shape[1] * np.dtype(data.dtype).itemsize
+
+
 def _chunk_limit_elems() -> int:
     limit = dask.config.get("array.chunk-size", "128MiB")
     return int(dask.utils.parse_bytes(limit)) if isinstance(limit, str) else int(limit)
@@ -581,6 +599,12 @@ def _resample_one(
 ) -> xr.DataArray:
     data = da.data
     lazy = isinstance(data, dask.array.Array)
+    if not lazy and _nbytes(data, dst) > _chunk_limit_elems():
+        # an in-memory cube onto a grid too large to hold in one array (a continental or global
+        # canvas): the result is a sparse Dask array instead of a MemoryError
+        data = _one_chunk(data)
+        da = da.copy(data=data)
+        lazy = True
     aligned = is_aligned(src, dst)
     if aligned is not None and aligned[0] == (1, 1):
         # the same pixel lattice: a crop or pad, exact for every method
@@ -720,19 +744,57 @@ def _warp_task(src, dst, method, window_shape, plan, *blocks):
     return _warp_block(window, src, dst, method)
 
 
+def _overlapping(bounds: np.ndarray, lo: int, hi: int) -> list[tuple[int, slice, slice]]:
+    """Input chunks along one axis that ``[lo, hi)`` overlaps: (index, slice in it, in window)."""
+    first = max(int(np.searchsorted(bounds, lo, side="right")) - 1, 0)
+    last = min(int(np.searchsorted(bounds, hi, side="left")), len(bounds) - 1)
+    found = []
+    for b in range(first, last):
+        b0, b1 = int(bounds[b]), int(bounds[b + 1])
+        p0, p1 = max(lo, b0), min(hi, b1)
+        if p1 > p0:
+            found.append((b, slice(p0 - b0, p1 - b0), slice(p0 - lo, p1 - lo)))
+    return found
+
+
+def _out_chunks(size: int, chunk: int) -> tuple[int, ...]:
+    return tuple(min(chunk, size - s) for s in range(0, size, chunk))
+
+
+def _sparse_array(
+    name: str,
+    chunks: tuple[tuple[int, ...], ...],
+    dtype: np.dtype,
+    tasks: dict,
+    data: dask.array.Array,
+) -> dask.array.Array:
+    """Dask array with ``tasks`` for the chunks data reach, a shared NaN chunk elsewhere."""
+    layer = SparseChunkLayer(name, chunks, dtype, tasks)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=(data,))
+    return dask.array.Array(
+        graph, name, chunks=chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype)
+    )
+
+
 def _warp_dask(
     data: dask.array.Array, src: GeoBox, dst: GeoBox, method: str, chunks: tuple[int, int]
 ) -> dask.array.Array:
-    """Tile-intersection graph: each output chunk warps the padded source window it needs.
+    """Sparse tile-intersection graph: each output chunk data reach warps its padded window.
 
     Unlike a plain footprint intersection, the source window is padded by the interpolation
-    kernel's reach, so chunked results equal the whole-array warp at chunk edges.
+    kernel's reach, so chunked results equal the whole-array warp at chunk edges. Only the
+    chunks the padded source footprint touches are visited (:func:`xfusion._graph.
+    candidate_chunks`), their windows computed in one vectorised call
+    (:func:`xfusion._graph.reproject_rois`, equal to odc-geo's ``compute_reproject_roi`` per
+    chunk); every other chunk is the shared all-NaN chunk of :class:`xfusion._graph.
+    SparseChunkLayer`.
     """
     pad = _PADDING[method]
-    ybounds = np.cumsum((0, *data.chunks[-2]))
-    xbounds = np.cumsum((0, *data.chunks[-1]))
-    ychunks = tuple(min(chunks[0], dst.shape[0] - s) for s in range(0, dst.shape[0], chunks[0]))
-    xchunks = tuple(min(chunks[1], dst.shape[1] - s) for s in range(0, dst.shape[1], chunks[1]))
+    ybounds = chunk_starts(data.chunks[-2])
+    xbounds = chunk_starts(data.chunks[-1])
+    ychunks = _out_chunks(dst.shape[0], chunks[0])
+    xchunks = _out_chunks(dst.shape[1], chunks[1])
+    ystarts, xstarts = chunk_starts(ychunks), chunk_starts(xchunks)
     lead_chunks = data.chunks[:-2]
     dtype = data.dtype
     name = "xf-warp-" + tokenize(data, src, dst, method, chunks)
@@ -744,49 +806,37 @@ def _warp_dask(
             k = k[i]
         return k
 
-    def overlapping(bounds: np.ndarray, lo: int, hi: int) -> list[tuple[int, slice, slice]]:
-        found = []
-        for b in range(len(bounds) - 1):
-            b0, b1 = int(bounds[b]), int(bounds[b + 1])
-            p0, p1 = max(lo, b0), min(hi, b1)
-            if p1 > p0:
-                found.append((b, slice(p0 - b0, p1 - b0), slice(p0 - lo, p1 - lo)))
-        return found
-
-    dsk: dict[Any, Any] = {}
-    y0 = 0
-    for by, ny in enumerate(ychunks):
-        x0 = 0
-        for bx, nx in enumerate(xchunks):
-            dst_chunk = dst[y0 : y0 + ny, x0 : x0 + nx]
-            roi = compute_reproject_roi(src, dst_chunk, padding=pad).roi_src
-            rys, rxs = roi
-            yparts = overlapping(ybounds, rys.start, rys.stop) if rys.stop > rys.start else []
-            xparts = overlapping(xbounds, rxs.start, rxs.stop) if rxs.stop > rxs.start else []
-            for lead_idx in np.ndindex(*(len(c) for c in lead_chunks)):
-                lead_shape = tuple(c[i] for c, i in zip(lead_chunks, lead_idx, strict=True))
-                key = (name, *lead_idx, by, bx)
-                if not (yparts and xparts):
-                    dsk[key] = (np.full, (*lead_shape, ny, nx), np.nan, dtype)
-                    continue
-                plan, deps = [], []
-                for iy, ys, wy in yparts:
-                    for ix, xs, wx in xparts:
-                        plan.append((ys, xs, wy, wx))
-                        deps.append(src_key((*lead_idx, iy, ix)))
-                window_shape = (rys.stop - rys.start, rxs.stop - rxs.start)
-                task = partial(_warp_task, src[roi], dst_chunk, method, window_shape, tuple(plan))
-                dsk[key] = (task, *deps)
-            x0 += nx
-        y0 += ny
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=(data,))
-    return dask.array.Array(
-        graph,
-        name,
-        chunks=(*lead_chunks, ychunks, xchunks),
-        dtype=dtype,
-        meta=np.empty((0,) * data.ndim, dtype),
-    )
+    found = candidate_chunks(src, dst, ystarts, xstarts, pad)
+    if found is None:  # no trustworthy footprint: every chunk is a candidate
+        grid_y, grid_x = np.meshgrid(
+            np.arange(len(ychunks)), np.arange(len(xchunks)), indexing="ij"
+        )
+        found = (grid_y.ravel(), grid_x.ravel())
+    blocks_y, blocks_x = found
+    rois = reproject_rois(src, dst, ystarts, xstarts, blocks_y, blocks_x, pad)
+    tasks: dict[Any, Any] = {}
+    lead_blocks = list(np.ndindex(*(len(c) for c in lead_chunks)))
+    for by, bx, (r0, r1, c0, c1) in zip(
+        blocks_y.tolist(), blocks_x.tolist(), rois.tolist(), strict=True
+    ):
+        if r1 <= r0 or c1 <= c0:
+            continue
+        yparts = _overlapping(ybounds, r0, r1)
+        xparts = _overlapping(xbounds, c0, c1)
+        if not (yparts and xparts):
+            continue
+        y0, x0 = int(ystarts[by]), int(xstarts[bx])
+        dst_chunk = dst[y0 : y0 + ychunks[by], x0 : x0 + xchunks[bx]]
+        window = src[r0:r1, c0:c1]
+        plan = tuple((ys, xs, wy, wx) for _, ys, wy in yparts for _, xs, wx in xparts)
+        func = partial(_warp_task, window, dst_chunk, method, (r1 - r0, c1 - c0), plan)
+        for lead_idx in lead_blocks:
+            key = (name, *lead_idx, by, bx)
+            deps = [
+                TaskRef(src_key((*lead_idx, iy, ix))) for iy, _, _ in yparts for ix, _, _ in xparts
+            ]
+            tasks[key] = Task(key, func, *deps)
+    return _sparse_array(name, (*lead_chunks, ychunks, xchunks), dtype, tasks, data)
 
 
 def _aggregate_task(plan, out_shape, factor, method, dtype, *blocks):
@@ -802,7 +852,7 @@ def _axis_plan(
     """For each output chunk along an axis: (input chunk index, slice in it, offset in block)."""
     bounds = np.cumsum((0, *src_chunks))
     n = int(bounds[-1])
-    out_chunks = tuple(min(out_chunk, out_size - s) for s in range(0, out_size, out_chunk))
+    out_chunks = _out_chunks(out_size, out_chunk)
     plans = []
     start = 0
     for size in out_chunks:
@@ -831,6 +881,12 @@ def _aggregate_dask(
     method: str,
     chunks: tuple[int, int],
 ) -> dask.array.Array:
+    """Sparse graph: a task for each output chunk whose blocks cover input pixels.
+
+    The rows and columns of output chunks that input reaches are found per axis
+    (:func:`_axis_plan`); every other chunk is the shared all-NaN chunk of
+    :class:`xfusion._graph.SparseChunkLayer`.
+    """
     ky, kx = factor
     dtype = data.dtype
     ychunks, yplans = _axis_plan(data.chunks[-2], ky, offset[0], out_yx[0], chunks[0])
@@ -845,28 +901,20 @@ def _aggregate_dask(
             k = k[i]
         return k
 
-    dsk: dict[Any, Any] = {}
+    rows = [(by, plan) for by, plan in enumerate(yplans) if plan]
+    cols = [(bx, plan) for bx, plan in enumerate(xplans) if plan]
+    tasks: dict[Any, Any] = {}
     for lead_idx in np.ndindex(*(len(c) for c in lead_chunks)):
         lead_shape = tuple(c[i] for c, i in zip(lead_chunks, lead_idx, strict=True))
-        for by, yplan in enumerate(yplans):
-            for bx, xplan in enumerate(xplans):
+        for by, yplan in rows:
+            for bx, xplan in cols:
                 out_shape = (*lead_shape, ychunks[by], xchunks[bx])
                 plan, deps = [], []
                 for iy, ys, row in yplan:
                     for ix, xs, col in xplan:
                         plan.append((ys, xs, row, col))
-                        deps.append(src_key((*lead_idx, iy, ix)))
+                        deps.append(TaskRef(src_key((*lead_idx, iy, ix))))
                 key = (name, *lead_idx, by, bx)
-                if deps:
-                    task = partial(_aggregate_task, tuple(plan), out_shape, factor, method, dtype)
-                    dsk[key] = (task, *deps)
-                else:
-                    dsk[key] = (np.full, out_shape, np.nan, dtype)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=(data,))
-    return dask.array.Array(
-        graph,
-        name,
-        chunks=(*lead_chunks, ychunks, xchunks),
-        dtype=dtype,
-        meta=np.empty((0,) * data.ndim, dtype),
-    )
+                func = partial(_aggregate_task, tuple(plan), out_shape, factor, method, dtype)
+                tasks[key] = Task(key, func, *deps)
+    return _sparse_array(name, (*lead_chunks, ychunks, xchunks), dtype, tasks, data)

@@ -1,0 +1,393 @@
+"""Sparse tile-intersection graphs for grid changes onto large canvases.
+
+A grid change (:func:`xfusion.resample`, :func:`xfusion.fuse`, :func:`xfusion.open_raster` onto a
+grid) builds one task per output chunk that source data reach. Every other chunk is an alias of
+one shared fill chunk per chunk shape (all NaN), so a 16 × 16 pixel cube placed on a global
+0.001° grid (about a million 256² chunks) has a handful of tasks, and the graph is built in time
+proportional to the chunks with data:
+
+* :class:`SparseChunkLayer` is a Dask graph layer that holds the data tasks and generates the
+  fill aliases on demand (nothing is stored per empty chunk; culling touches only the keys
+  asked for);
+* :func:`candidate_chunks` finds the output chunks the source's footprint (padded by the
+  resampling kernel's reach) can touch, from the footprint polygon, without visiting the rest
+  of the canvas;
+* :func:`reproject_rois` computes, for many output chunks at once, the source window that
+  :func:`odc.geo.overlap.compute_reproject_roi` gives for each of them, with the same
+  floating-point operations (one vectorised PROJ call instead of one per chunk), so the warp of
+  every chunk with data reads exactly the window it read before.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import shapely
+from affine import Affine
+from dask._task_spec import Alias, GraphNode, Task
+from dask.highlevelgraph import Layer, MaterializedLayer
+from odc.geo import CRS
+from odc.geo.geobox import GeoBox
+from odc.geo.roi import roi_boundary
+
+__all__ = ["SparseChunkLayer", "candidate_chunks", "chunk_starts", "reproject_rois"]
+
+# output chunks whose source windows are computed in one vectorised call (bounds memory: about
+# 16 points x 8 arrays of float64 per chunk)
+_BATCH = 65536
+
+
+def chunk_starts(chunks: Sequence[int]) -> np.ndarray:
+    """Start offsets of the chunks along one axis, plus the total size at the end."""
+    return np.concatenate(([0], np.cumsum(chunks, dtype=np.int64)))
+
+
+class SparseChunkLayer(Layer):
+    """Dask layer: explicit tasks for some chunks, a shared fill chunk for all the others.
+
+    Parameters
+    ----------
+    name : str
+        Name of the Dask array (keys are ``(name, *block_index)``).
+    chunks : tuple of tuples of int
+        Chunks of the array, as ``dask.array.Array.chunks``.
+    dtype : numpy dtype
+        Dtype of the fill chunks.
+    tasks : mapping of key to task
+        The chunks that hold data (Dask task-spec nodes keyed ``(name, *block_index)``).
+    fill_value : float
+        Value of every other chunk (NaN by default).
+
+    Notes
+    -----
+    A chunk without a task is an alias of the key ``(name + "-fill", *shape)``, one task per
+    distinct chunk shape that computes ``np.full(shape, fill_value, dtype)`` once; the aliases
+    are generated when asked for, never stored, so building the layer costs nothing per empty
+    chunk. A consumer must not write into a block in place (Dask's own rule): the fill block
+    is shared.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        chunks: tuple[tuple[int, ...], ...],
+        dtype: Any,
+        tasks: Mapping[Any, GraphNode],
+        fill_value: float = np.nan,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.chunks = tuple(tuple(int(c) for c in axis) for axis in chunks)
+        self.numblocks = tuple(len(axis) for axis in self.chunks)
+        self.dtype = np.dtype(dtype)
+        self.tasks = dict(tasks)
+        self.fill_value = fill_value
+        self.fill_name = f"{name}-fill"
+        self._sizes = [sorted(set(axis)) for axis in self.chunks]
+
+    # --- what a Layer must say about itself -----------------------------------------------------
+
+    has_legacy_tasks = False
+
+    def is_materialized(self) -> bool:
+        return False
+
+    def get_output_keys(self):
+        return self.keys()
+
+    def get_dependencies(self, key: Any, all_hlg_keys: Any) -> set:
+        return set(self[key].dependencies)
+
+    def __repr__(self) -> str:
+        return (
+            f"SparseChunkLayer<{self.name}: {len(self.tasks)} tasks, "
+            f"{math.prod(self.numblocks)} chunks>"
+        )
+
+    # --- the mapping ----------------------------------------------------------------------------
+
+    def _block(self, key: Any) -> tuple[int, ...] | None:
+        """Block index of a chunk key of this array, or None."""
+        if not isinstance(key, tuple) or len(key) != len(self.numblocks) + 1 or key[0] != self.name:
+            return None
+        idx = key[1:]
+        for i, n in zip(idx, self.numblocks, strict=True):
+            if not isinstance(i, int | np.integer) or not 0 <= i < n:
+                return None
+        return tuple(int(i) for i in idx)
+
+    def _fill_shape(self, key: Any) -> tuple[int, ...] | None:
+        if not isinstance(key, tuple) or len(key) != len(self.numblocks) + 1:
+            return None
+        if key[0] != self.fill_name:
+            return None
+        shape = key[1:]
+        if all(s in sizes for s, sizes in zip(shape, self._sizes, strict=True)):
+            return tuple(int(s) for s in shape)
+        return None
+
+    def fill_key(self, block: tuple[int, ...]) -> tuple:
+        """Key of the shared fill chunk with the shape of block ``block``."""
+        return (self.fill_name, *(axis[i] for axis, i in zip(self.chunks, block, strict=True)))
+
+    def __getitem__(self, key: Any) -> GraphNode:
+        try:
+            return self.tasks[key]
+        except (KeyError, TypeError):
+            pass
+        block = self._block(key)
+        if block is not None:
+            return Alias(key, self.fill_key(block))
+        shape = self._fill_shape(key)
+        if shape is not None:
+            return Task(key, np.full, shape, self.fill_value, self.dtype)
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            if key in self.tasks:
+                return True
+        except TypeError:
+            return False
+        return self._block(key) is not None or self._fill_shape(key) is not None
+
+    def __iter__(self) -> Iterator:
+        for shape in itertools.product(*self._sizes):
+            yield (self.fill_name, *shape)
+        for idx in itertools.product(*(range(n) for n in self.numblocks)):
+            yield (self.name, *idx)
+
+    def __len__(self) -> int:
+        return math.prod(len(s) for s in self._sizes) + math.prod(self.numblocks)
+
+    def cull(self, keys: set, all_hlg_keys: Any) -> tuple[Layer, dict]:
+        """Keep the tasks of ``keys`` (and the fill chunks they alias), visiting only those keys."""
+        out: dict = {}
+        deps: dict = {}
+        fills: set = set()
+        for key in keys:
+            if key in self.tasks:
+                node = self.tasks[key]
+            elif self._block(key) is not None:
+                node = self[key]
+                fills.add(node.target)
+            else:
+                continue
+            out[key] = node
+            deps[key] = set(node.dependencies)
+        # the fill chunks last: HighLevelGraph.cull drops a layer's own keys from the keys it
+        # asks the layers below for, in this order
+        for key in fills:
+            out[key] = self[key]
+            deps[key] = set()
+        return MaterializedLayer(out, annotations=self.annotations), deps
+
+
+# --- which output chunks the source reaches --------------------------------------------------
+
+
+def candidate_chunks(
+    src: GeoBox,
+    dst: GeoBox,
+    ystarts: np.ndarray,
+    xstarts: np.ndarray,
+    pad: int,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Block indices ``(by, bx)`` of the output chunks the padded source footprint touches.
+
+    The footprint is the source extent buffered by ``pad + 1`` source pixels, projected to
+    ``dst``'s CRS (split at the antimeridian on a geographic grid) and then to ``dst``'s pixel
+    plane; a chunk is a candidate when its pixel box intersects it. Returns ``None`` when the
+    footprint cannot be trusted (a projection failure, a non-finite or empty footprint, or a
+    source holding a pole on a geographic grid): the caller then considers every chunk.
+
+    Parameters
+    ----------
+    src, dst : GeoBox
+        Source and target grids.
+    ystarts, xstarts : numpy.ndarray
+        Chunk start offsets along ``y`` and ``x`` with the total size last
+        (:func:`chunk_starts`).
+    pad : int
+        Reach of the resampling kernel, in source pixels.
+    """
+    poly = _footprint_pixels(src, dst, pad)
+    if poly is None:
+        return None
+    if poly.is_empty:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    x0, y0, x1, y1 = poly.bounds
+    by0 = max(int(np.searchsorted(ystarts, math.floor(y0), side="right")) - 1, 0)
+    by1 = min(int(np.searchsorted(ystarts, math.ceil(y1), side="left")), len(ystarts) - 1)
+    bx0 = max(int(np.searchsorted(xstarts, math.floor(x0), side="right")) - 1, 0)
+    bx1 = min(int(np.searchsorted(xstarts, math.ceil(x1), side="left")), len(xstarts) - 1)
+    if by1 <= by0 or bx1 <= bx0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    shapely.prepare(poly)
+    found_y, found_x = [], []
+    bys = np.arange(by0, by1)
+    bxs = np.arange(bx0, bx1)
+    # one row of chunks at a time: a vectorised test of its boxes against the footprint
+    for by in bys:
+        boxes = shapely.box(xstarts[bxs], ystarts[by], xstarts[bxs + 1], ystarts[by + 1])
+        hit = shapely.intersects(poly, boxes)
+        found_x.append(bxs[hit])
+        found_y.append(np.full(int(hit.sum()), by, dtype=np.int64))
+    return np.concatenate(found_y), np.concatenate(found_x)
+
+
+def _footprint_pixels(src: GeoBox, dst: GeoBox, pad: int) -> Any:
+    """Return the padded source footprint in ``dst``'s pixel plane (shapely), or None."""
+    if _holds_pole(src, dst, pad):
+        return None
+    try:
+        foot = src.footprint(dst.crs, buffer=pad + 1, wrapdateline=bool(dst.crs.geographic))
+        inverse = ~dst.affine
+        geom = shapely.transform(
+            foot.geom,
+            lambda xy: np.column_stack(inverse @ (xy[:, 0], xy[:, 1])),
+        )
+    except Exception:  # pyproj/shapely/GEOS raise several unrelated types
+        return None
+    if geom is None or not geom.is_valid:
+        geom = shapely.make_valid(geom) if geom is not None else None
+    if geom is None or (not geom.is_empty and not all(map(math.isfinite, geom.bounds))):
+        return None
+    return geom
+
+
+def _holds_pole(src: GeoBox, dst: GeoBox, pad: int) -> bool:
+    """Whether ``src`` (padded) holds a pole while ``dst`` is geographic (footprints break)."""
+    if not dst.crs.geographic:
+        return False
+    try:
+        to_src = CRS("EPSG:4326").transformer_to_crs(src.crs)
+        xs, ys = to_src(np.array([0.0, 0.0]), np.array([90.0, -90.0]))
+        cols, rows = (~src.affine) @ (np.asarray(xs), np.asarray(ys))
+    except Exception:  # a pole outside the CRS's domain: not held
+        return False
+    ny, nx = src.shape.yx
+    m = pad + 1
+    inside = (
+        np.isfinite(cols)
+        & np.isfinite(rows)
+        & (cols >= -m)
+        & (cols <= nx + m)
+        & (rows >= -m)
+        & (rows <= ny + m)
+    )
+    return bool(inside.any())
+
+
+# --- the source window of each output chunk --------------------------------------------------
+
+
+def reproject_rois(
+    src: GeoBox,
+    dst: GeoBox,
+    ystarts: np.ndarray,
+    xstarts: np.ndarray,
+    blocks_y: np.ndarray,
+    blocks_x: np.ndarray,
+    pad: int,
+) -> np.ndarray:
+    """Source windows of output chunks: ``compute_reproject_roi(src, chunk, padding=pad)``.
+
+    Parameters
+    ----------
+    src, dst : GeoBox
+        Source and target grids.
+    ystarts, xstarts : numpy.ndarray
+        Chunk start offsets of ``dst`` with the total size last (:func:`chunk_starts`).
+    blocks_y, blocks_x : numpy.ndarray
+        Block indices of the chunks.
+    pad : int
+        Padding in source pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, 4)`` int64: ``row_start, row_stop, col_start, col_stop`` of each chunk's window
+        (empty where ``stop <= start``), equal to ``compute_reproject_roi(src, dst[chunk],
+        padding=pad).roi_src``: the same boundary points, the same affine arithmetic and the
+        same PROJ transformation, done for many chunks at once.
+    """
+    out = np.zeros((len(blocks_y), 4), dtype=np.int64)
+    for s in range(0, len(blocks_y), _BATCH):
+        out[s : s + _BATCH] = _rois_batch(
+            src, dst, ystarts, xstarts, blocks_y[s : s + _BATCH], blocks_x[s : s + _BATCH], pad
+        )
+    return out
+
+
+def _affine_columns(affines: Sequence[Affine]) -> np.ndarray:
+    """``(6, n, 1)`` array of the coefficients ``a, b, c, d, e, f`` of each affine."""
+    return np.array([tuple(a)[:6] for a in affines], dtype=np.float64).T[:, :, None]
+
+
+def _apply(coef: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``Affine @ (x, y)`` with the same operations as :mod:`affine` (``x*a + y*b + c``)."""
+    a, b, c, d, e, f = coef
+    return x * a + y * b + c, x * d + y * e + f
+
+
+def _rois_batch(src, dst, ystarts, xstarts, blocks_y, blocks_x, pad) -> np.ndarray:
+    n = len(blocks_y)
+    if n == 0:
+        return np.zeros((0, 4), dtype=np.int64)
+    y0 = ystarts[blocks_y]
+    x0 = xstarts[blocks_x]
+    ny = ystarts[blocks_y + 1] - y0
+    nx = xstarts[blocks_x + 1] - x0
+    base = dst.affine
+    # each chunk's affine exactly as GeoBox.__getitem__ computes it
+    chunk_affines = [
+        base @ Affine.translation(int(tx), int(ty)) for tx, ty in zip(x0, y0, strict=True)
+    ]
+    linear = src.crs == dst.crs
+    pts_per_side = 2 if linear else 5
+    # boundary points of a chunk depend only on its shape: one set per distinct shape
+    shapes = np.stack([ny, nx], axis=1)
+    uniq, inverse = np.unique(shapes, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    per_shape = [roi_boundary(np.s_[0 : int(h), 0 : int(w)], pts_per_side) for h, w in uniq]
+    npts = per_shape[0].shape[0]
+    px = np.stack([p[:, 0] for p in per_shape])[inverse]  # (n, npts)
+    py = np.stack([p[:, 1] for p in per_shape])[inverse]
+    with np.errstate(all="ignore"):
+        if linear:
+            # LinearPointTransform(~(~chunk.transform * src.transform)) applied to the corners
+            back = [~((~a) @ src.affine) for a in chunk_affines]
+            sx, sy = _apply(_affine_columns(back), px, py)
+        else:
+            wx, wy = _apply(_affine_columns(chunk_affines), px, py)
+            if dst.crs.geographic:
+                wx = np.clip(wx, -180, 180)
+                wy = np.clip(wy, -90, 90)
+            transform = dst.crs.transformer_to_crs(src.crs)
+            tx, ty = transform(wx.ravel(), wy.ravel())
+            tx = np.asarray(tx, dtype=np.float64).reshape(n, npts)
+            ty = np.asarray(ty, dtype=np.float64).reshape(n, npts)
+            sx, sy = _apply(_affine_columns([~src.affine]), tx, ty)
+        # roi_from_points: the envelope of the finite points, floor/ceil, padded, clipped
+        ok = np.isfinite(sx) & np.isfinite(sy)
+        any_ok = ok.any(axis=1)
+        xmin = np.where(ok, sx, np.inf).min(axis=1)
+        ymin = np.where(ok, sy, np.inf).min(axis=1)
+        xmax = np.where(ok, sx, -np.inf).max(axis=1)
+        ymax = np.where(ok, sy, -np.inf).max(axis=1)
+        c0 = np.floor(np.where(any_ok, xmin, 0)).astype("int32") - pad
+        r0 = np.floor(np.where(any_ok, ymin, 0)).astype("int32") - pad
+        c1 = np.ceil(np.where(any_ok, xmax, 0)).astype("int32") + pad
+        r1 = np.ceil(np.where(any_ok, ymax, 0)).astype("int32") + pad
+    sny, snx = src.shape.yx
+    rois = np.stack(
+        [np.clip(r0, 0, sny), np.clip(r1, 0, sny), np.clip(c0, 0, snx), np.clip(c1, 0, snx)],
+        axis=1,
+    ).astype(np.int64)
+    rois[~any_ok] = 0
+    return rois
