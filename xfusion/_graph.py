@@ -20,6 +20,8 @@ proportional to the chunks with data:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,11 +36,33 @@ from odc.geo import CRS
 from odc.geo.geobox import GeoBox
 from odc.geo.roi import roi_boundary
 
-__all__ = ["SparseChunkLayer", "candidate_chunks", "chunk_starts", "reproject_rois"]
+__all__ = [
+    "SparseChunkLayer",
+    "candidate_chunks",
+    "chunk_starts",
+    "no_gc",
+    "reproject_rois",
+]
 
 # output chunks whose source windows are computed in one vectorised call (bounds memory: about
 # 16 points x 8 arrays of float64 per chunk)
 _BATCH = 65536
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a graph is built.
+
+    Building ~100,000 task objects (none of them in reference cycles) otherwise triggers
+    repeated full collections that cost about twice the build itself.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def chunk_starts(chunks: Sequence[int]) -> np.ndarray:
@@ -324,13 +348,42 @@ def reproject_rois(
     return out
 
 
-def _affine_columns(affines: Sequence[Affine]) -> np.ndarray:
-    """``(6, n, 1)`` array of the coefficients ``a, b, c, d, e, f`` of each affine."""
-    return np.array([tuple(a)[:6] for a in affines], dtype=np.float64).T[:, :, None]
+def _coefs(a: Affine) -> tuple[float, ...]:
+    return tuple(a)[:6]
 
 
-def _apply(coef: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``Affine @ (x, y)`` with the same operations as :mod:`affine` (``x*a + y*b + c``)."""
+# The affine library's arithmetic, written out on numpy arrays of coefficients (one element
+# per chunk) with the same operations in the same order, so every result is bit for bit the
+# one GeoBox slicing and odc-geo's point transforms compute one chunk at a time.
+
+
+def _matmul(s: tuple, o: tuple) -> tuple:
+    """``Affine @ Affine`` (``affine.Affine.__matmul__``)."""
+    sa, sb, sc, sd, se, sf = s
+    oa, ob, oc, od, oe, of = o
+    return (
+        sa * oa + sb * od,
+        sa * ob + sb * oe,
+        sa * oc + sb * of + sc,
+        sd * oa + se * od,
+        sd * ob + se * oe,
+        sd * oc + se * of + sf,
+    )
+
+
+def _invert(s: tuple) -> tuple:
+    """``~Affine`` (``affine.Affine.__invert__``)."""
+    sa, sb, sc, sd, se, sf = s
+    idet = 1.0 / (sa * se - sb * sd)
+    ra = se * idet
+    rb = -sb * idet
+    rd = -sd * idet
+    re = sa * idet
+    return (ra, rb, -sc * ra - sf * rb, rd, re, -sc * rd - sf * re)
+
+
+def _apply(coef: tuple, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``Affine @ (x, y)`` (``x*a + y*b + c``, ``x*d + y*e + f``)."""
     a, b, c, d, e, f = coef
     return x * a + y * b + c, x * d + y * e + f
 
@@ -343,11 +396,14 @@ def _rois_batch(src, dst, ystarts, xstarts, blocks_y, blocks_x, pad) -> np.ndarr
     x0 = xstarts[blocks_x]
     ny = ystarts[blocks_y + 1] - y0
     nx = xstarts[blocks_x + 1] - x0
-    base = dst.affine
-    # each chunk's affine exactly as GeoBox.__getitem__ computes it
-    chunk_affines = [
-        base @ Affine.translation(int(tx), int(ty)) for tx, ty in zip(x0, y0, strict=True)
-    ]
+    # each chunk's affine as GeoBox.__getitem__ computes it: dst.affine @ translation(x0, y0)
+    one = np.ones(n)
+    zero = np.zeros(n)
+    chunk = _matmul(
+        tuple(np.float64(v) for v in _coefs(dst.affine)),
+        (one, zero, x0.astype(np.float64), zero, one, y0.astype(np.float64)),
+    )
+    chunk = tuple(np.asarray(v, dtype=np.float64)[:, None] for v in chunk)
     linear = src.crs == dst.crs
     pts_per_side = 2 if linear else 5
     # boundary points of a chunk depend only on its shape: one set per distinct shape
@@ -361,10 +417,10 @@ def _rois_batch(src, dst, ystarts, xstarts, blocks_y, blocks_x, pad) -> np.ndarr
     with np.errstate(all="ignore"):
         if linear:
             # LinearPointTransform(~(~chunk.transform * src.transform)) applied to the corners
-            back = [~((~a) @ src.affine) for a in chunk_affines]
-            sx, sy = _apply(_affine_columns(back), px, py)
+            back = _invert(_matmul(_invert(chunk), _coefs(src.affine)))
+            sx, sy = _apply(back, px, py)
         else:
-            wx, wy = _apply(_affine_columns(chunk_affines), px, py)
+            wx, wy = _apply(chunk, px, py)
             if dst.crs.geographic:
                 wx = np.clip(wx, -180, 180)
                 wy = np.clip(wy, -90, 90)
@@ -372,7 +428,7 @@ def _rois_batch(src, dst, ystarts, xstarts, blocks_y, blocks_x, pad) -> np.ndarr
             tx, ty = transform(wx.ravel(), wy.ravel())
             tx = np.asarray(tx, dtype=np.float64).reshape(n, npts)
             ty = np.asarray(ty, dtype=np.float64).reshape(n, npts)
-            sx, sy = _apply(_affine_columns([~src.affine]), tx, ty)
+            sx, sy = _apply(_coefs(~src.affine), tx, ty)
         # roi_from_points: the envelope of the finite points, floor/ceil, padded, clipped
         ok = np.isfinite(sx) & np.isfinite(sy)
         any_ok = ok.any(axis=1)

@@ -39,7 +39,7 @@ from odc.geo.xr import xr_coords
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
-from xfusion._graph import SparseChunkLayer, candidate_chunks, chunk_starts, reproject_rois
+from xfusion._graph import SparseChunkLayer, candidate_chunks, chunk_starts, no_gc, reproject_rois
 from xfusion._kernels.aggregate import aggregate_blocks, aggregate_pieces
 from xfusion.bands import KIND_COORD, band_kinds, set_band_kinds
 from xfusion.errors import BandError, GridError, InputError
@@ -737,20 +737,28 @@ def _warp_plane(
     )
 
 
-def _warp_task(src, dst, method, window_shape, plan, *blocks):
-    window = np.empty((*blocks[0].shape[:-2], *window_shape), dtype=blocks[0].dtype)
+def _warp_task(src, dst, method, roi, dst_roi, plan, *blocks):
+    # the grids of the window and the chunk are sliced here rather than when building the graph
+    # (GeoBox slicing is most of a graph's build time, and nothing next to a warp)
+    (r0, r1, c0, c1), (y0, y1, x0, x1) = roi, dst_roi
+    window = np.empty((*blocks[0].shape[:-2], r1 - r0, c1 - c0), dtype=blocks[0].dtype)
     for blk, (ys, xs, wy, wx) in zip(blocks, plan, strict=True):
         window[..., wy, wx] = blk[..., ys, xs]
-    return _warp_block(window, src, dst, method)
+    return _warp_block(window, src[r0:r1, c0:c1], dst[y0:y1, x0:x1], method)
 
 
-def _overlapping(bounds: np.ndarray, lo: int, hi: int) -> list[tuple[int, slice, slice]]:
-    """Input chunks along one axis that ``[lo, hi)`` overlaps: (index, slice in it, in window)."""
-    first = max(int(np.searchsorted(bounds, lo, side="right")) - 1, 0)
-    last = min(int(np.searchsorted(bounds, hi, side="left")), len(bounds) - 1)
+def _overlaps(bounds: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Range ``[first, last)`` of the input chunks along one axis each ``[lo, hi)`` overlaps."""
+    first = np.maximum(np.searchsorted(bounds, lo, side="right") - 1, 0)
+    last = np.minimum(np.searchsorted(bounds, hi, side="left"), len(bounds) - 1)
+    return first, last
+
+
+def _pieces(bounds: list[int], first: int, last: int, lo: int, hi: int) -> list:
+    """(input chunk, slice in it, slice in the window) for the chunks ``first..last-1``."""
     found = []
     for b in range(first, last):
-        b0, b1 = int(bounds[b]), int(bounds[b + 1])
+        b0, b1 = bounds[b], bounds[b + 1]
         p0, p1 = max(lo, b0), min(hi, b1)
         if p1 > p0:
             found.append((b, slice(p0 - b0, p1 - b0), slice(p0 - lo, p1 - lo)))
@@ -779,6 +787,13 @@ def _sparse_array(
 def _warp_dask(
     data: dask.array.Array, src: GeoBox, dst: GeoBox, method: str, chunks: tuple[int, int]
 ) -> dask.array.Array:
+    with no_gc():
+        return _warp_graph(data, src, dst, method, chunks)
+
+
+def _warp_graph(
+    data: dask.array.Array, src: GeoBox, dst: GeoBox, method: str, chunks: tuple[int, int]
+) -> dask.array.Array:
     """Sparse tile-intersection graph: each output chunk data reach warps its padded window.
 
     Unlike a plain footprint intersection, the source window is padded by the interpolation
@@ -798,13 +813,7 @@ def _warp_dask(
     lead_chunks = data.chunks[:-2]
     dtype = data.dtype
     name = "xf-warp-" + tokenize(data, src, dst, method, chunks)
-    keys = data.__dask_keys__()
-
-    def src_key(idx: tuple[int, ...]) -> Any:
-        k = keys
-        for i in idx:
-            k = k[i]
-        return k
+    src_name = data.name  # a Dask array's keys are (name, *block_index)
 
     found = candidate_chunks(src, dst, ystarts, xstarts, pad)
     if found is None:  # no trustworthy footprint: every chunk is a candidate
@@ -814,26 +823,36 @@ def _warp_dask(
         found = (grid_y.ravel(), grid_x.ravel())
     blocks_y, blocks_x = found
     rois = reproject_rois(src, dst, ystarts, xstarts, blocks_y, blocks_x, pad)
+    keep = (rois[:, 1] > rois[:, 0]) & (rois[:, 3] > rois[:, 2])
+    blocks_y, blocks_x, rois = blocks_y[keep], blocks_x[keep], rois[keep]
+    yfirst, ylast = _overlaps(ybounds, rois[:, 0], rois[:, 1])
+    xfirst, xlast = _overlaps(xbounds, rois[:, 2], rois[:, 3])
+    ylist, xlist = ybounds.tolist(), xbounds.tolist()
     tasks: dict[Any, Any] = {}
     lead_blocks = list(np.ndindex(*(len(c) for c in lead_chunks)))
-    for by, bx, (r0, r1, c0, c1) in zip(
-        blocks_y.tolist(), blocks_x.tolist(), rois.tolist(), strict=True
-    ):
-        if r1 <= r0 or c1 <= c0:
-            continue
-        yparts = _overlapping(ybounds, r0, r1)
-        xparts = _overlapping(xbounds, c0, c1)
+    rows = zip(
+        blocks_y.tolist(),
+        blocks_x.tolist(),
+        rois.tolist(),
+        yfirst.tolist(),
+        ylast.tolist(),
+        xfirst.tolist(),
+        xlast.tolist(),
+        strict=True,
+    )
+    for by, bx, roi, fy, ly, fx, lx in rows:
+        yparts = _pieces(ylist, fy, ly, roi[0], roi[1])
+        xparts = _pieces(xlist, fx, lx, roi[2], roi[3])
         if not (yparts and xparts):
             continue
         y0, x0 = int(ystarts[by]), int(xstarts[bx])
-        dst_chunk = dst[y0 : y0 + ychunks[by], x0 : x0 + xchunks[bx]]
-        window = src[r0:r1, c0:c1]
+        dst_roi = (y0, y0 + ychunks[by], x0, x0 + xchunks[bx])
         plan = tuple((ys, xs, wy, wx) for _, ys, wy in yparts for _, xs, wx in xparts)
-        func = partial(_warp_task, window, dst_chunk, method, (r1 - r0, c1 - c0), plan)
+        func = partial(_warp_task, src, dst, method, tuple(roi), dst_roi, plan)
         for lead_idx in lead_blocks:
             key = (name, *lead_idx, by, bx)
             deps = [
-                TaskRef(src_key((*lead_idx, iy, ix))) for iy, _, _ in yparts for ix, _, _ in xparts
+                TaskRef((src_name, *lead_idx, iy, ix)) for iy, _, _ in yparts for ix, _, _ in xparts
             ]
             tasks[key] = Task(key, func, *deps)
     return _sparse_array(name, (*lead_chunks, ychunks, xchunks), dtype, tasks, data)
@@ -881,6 +900,18 @@ def _aggregate_dask(
     method: str,
     chunks: tuple[int, int],
 ) -> dask.array.Array:
+    with no_gc():
+        return _aggregate_graph(data, factor, offset, out_yx, method, chunks)
+
+
+def _aggregate_graph(
+    data: dask.array.Array,
+    factor: tuple[int, int],
+    offset: tuple[int, int],
+    out_yx: tuple[int, int],
+    method: str,
+    chunks: tuple[int, int],
+) -> dask.array.Array:
     """Sparse graph: a task for each output chunk whose blocks cover input pixels.
 
     The rows and columns of output chunks that input reaches are found per axis
@@ -893,13 +924,7 @@ def _aggregate_dask(
     xchunks, xplans = _axis_plan(data.chunks[-1], kx, offset[1], out_yx[1], chunks[1])
     lead_chunks = data.chunks[:-2]
     name = "xf-aggregate-" + tokenize(data, factor, offset, out_yx, method, chunks)
-    keys = data.__dask_keys__()
-
-    def src_key(idx: tuple[int, ...]) -> Any:
-        k = keys
-        for i in idx:
-            k = k[i]
-        return k
+    src_name = data.name  # a Dask array's keys are (name, *block_index)
 
     rows = [(by, plan) for by, plan in enumerate(yplans) if plan]
     cols = [(bx, plan) for bx, plan in enumerate(xplans) if plan]
@@ -913,7 +938,7 @@ def _aggregate_dask(
                 for iy, ys, row in yplan:
                     for ix, xs, col in xplan:
                         plan.append((ys, xs, row, col))
-                        deps.append(TaskRef(src_key((*lead_idx, iy, ix))))
+                        deps.append(TaskRef((src_name, *lead_idx, iy, ix)))
                 key = (name, *lead_idx, by, bx)
                 func = partial(_aggregate_task, tuple(plan), out_shape, factor, method, dtype)
                 tasks[key] = Task(key, func, *deps)
