@@ -15,6 +15,7 @@ padded),
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -29,11 +30,13 @@ from xfusion.models import persist
 from xfusion.models.losses import LossSpec
 from xfusion.models.predict import check_band_names
 from xfusion.models.unet import (
+    NORMS,
     PRESETS,
     TARGET_TRANSFORMS,
     apply_tiles,
     build_unet,
     default_halo,
+    member_params,
     unet_params,
 )
 
@@ -42,6 +45,15 @@ __all__ = ["UNetRegressor", "UNetSegmenter"]
 _INPUT_NAMES = ("inputs", "features", "X", "x")
 _TARGET_NAMES = ("target", "targets", "labels", "label", "y")
 _FOOTPRINT_NAMES = ("footprint", "weights", "weight")
+_REGION_NAMES = ("region", "scene")
+
+#: Input standardisation of the U-Net estimators: one mean and standard deviation per band
+#: learned in ``fit`` (``"global"``), or the statistics of each region / scene
+#: (``"per_region"``).
+STANDARDIZE = ("global", "per_region")
+
+#: Fewest samples for an automatic validation split (fewer train on everything).
+_MIN_SPLIT_SAMPLES = 4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,6 +166,142 @@ def _footprint_array(footprint: Any, xa: np.ndarray, ya: np.ndarray) -> np.ndarr
     return fp
 
 
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name} must be a positive int; got {value!r}")
+    return int(value)
+
+
+def _bad_norm(norm: Any) -> str:
+    raise InputError(f"norm must be one of {list(NORMS)}; got {norm!r}")
+
+
+def _sample_coord(obj: Any, names: Sequence[str]) -> np.ndarray | None:
+    """Values of the first per-sample coordinate of ``obj`` among ``names`` (None if none)."""
+    if not isinstance(obj, (xr.Dataset, xr.DataArray)):
+        return None
+    for name in names:
+        if name in obj.coords and obj[name].dims == ("sample",):
+            return np.asarray(obj[name].values)  # xf: computes a per-sample label (in memory)
+    return None
+
+
+def _sample_labels(obj: Any, given: Any, n: int, what: str, names: Sequence[str]) -> np.ndarray:
+    """One label per sample: ``given``, or a per-sample coordinate of ``obj``, or all zeros."""
+    labels = _sample_coord(obj, names) if given is None else np.asarray(given)
+    if labels is None:
+        return np.zeros(n, dtype=np.int64)
+    if labels.shape != (n,):
+        raise InputError(f"{what} must hold one label per sample ({n}); got shape {labels.shape}")
+    return labels
+
+
+def _sample_positions(obj: Any) -> np.ndarray | None:
+    """``(sample, 2)`` pixel offsets (row, col) of patches cut by ``patches`` (None if absent)."""
+    rows, cols = _sample_coord(obj, ("row",)), _sample_coord(obj, ("col",))
+    if rows is None or cols is None:
+        return None
+    return np.stack([rows, cols], axis=1).astype(np.int64)
+
+
+def _region_statistics(xa: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample ``(sample, band)`` mean and std: those of the sample's region, per band."""
+    mean = np.empty(xa.shape[:2], np.float64)
+    std = np.empty(xa.shape[:2], np.float64)
+    for label in np.unique(groups):
+        members = groups == label
+        m, s = _band_statistics(xa[members], f"region {label!r}")
+        mean[members], std[members] = m, s
+    return mean, std
+
+
+def _band_statistics(xa: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """nan-aware mean and std per band of ``(…, band, y, x)`` samples (std 0 → 1)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        m = np.nanmean(xa, axis=(0, 2, 3)).astype(np.float64)
+        s = np.nanstd(xa, axis=(0, 2, 3)).astype(np.float64)
+    if not np.all(np.isfinite(m)):
+        empty = [i for i, v in enumerate(m) if not np.isfinite(v)]
+        raise InputError(
+            f"input bands at positions {empty} have no valid (non-NaN) pixel in {what}; "
+            "per-region standardisation needs at least one finite value per band and region"
+        )
+    return m, np.where(s > 0, s, 1.0)
+
+
+def _standardise(xa: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """NHWC float32 ``(x - mean) / std`` with NaN → 0; ``mean``/``std`` per band or per sample."""
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    shape = (1, -1, 1, 1) if mean.ndim == 1 else (*mean.shape, 1, 1)
+    x = (xa - mean.reshape(shape)) / std.reshape(shape)
+    return _nhwc(np.where(np.isnan(x), 0.0, x).astype(np.float32))
+
+
+def _spatial_split(
+    n: int,
+    shape: tuple[int, int],
+    *,
+    positions: np.ndarray | None,
+    groups: np.ndarray,
+    fraction: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Training and validation sample indices, holding out whole spatial blocks.
+
+    With patch positions (``row``/``col``): the cube is cut into square blocks of twice the
+    patch side (the patch side when that gives fewer than 5 blocks), per region label; whole
+    blocks, drawn with ``seed``, are held out until they hold ``fraction`` of the samples, and
+    training patches that overlap a held-out patch are dropped, so no target pixel is in both.
+    Without positions every patch is its own block. Returns ``(train, validation, how)``.
+    """
+    if isinstance(fraction, bool) or not 0 <= float(fraction) < 1:
+        raise InputError(f"validation_fraction must be in [0, 1); got {fraction!r}")
+    everything = np.arange(n)
+    if float(fraction) == 0:
+        return everything, everything[:0], "none (validation_fraction=0)"
+    if n < _MIN_SPLIT_SAMPLES:
+        return everything, everything[:0], f"none (fewer than {_MIN_SPLIT_SAMPLES} samples)"
+    h, w = int(shape[0]), int(shape[1])
+    _, group_index = np.unique(groups, return_inverse=True)
+    blocks, how = None, "whole patches (no positions)"
+    if positions is not None:
+        centre_r, centre_c = positions[:, 0] + h // 2, positions[:, 1] + w // 2
+        for side in (2 * max(h, w), max(h, w)):
+            keys = np.stack([group_index, centre_r // side, centre_c // side], axis=1)
+            _, blocks = np.unique(keys, axis=0, return_inverse=True)
+            blocks = blocks.ravel()
+            if blocks.max() + 1 >= 5:
+                break
+        how = f"spatial blocks of {side} px"
+        if blocks.max() + 1 < 2:
+            blocks, how = None, "whole patches (all patches in one block)"
+    if blocks is None:
+        blocks = everything
+    rng = np.random.default_rng(seed)
+    wanted = max(1, round(float(fraction) * n))
+    held = np.zeros(n, dtype=bool)
+    for block in rng.permutation(blocks.max() + 1):
+        if held.sum() >= wanted:
+            break
+        candidate = held | (blocks == block)
+        if candidate.all():
+            continue
+        held = candidate
+    keep = ~held
+    if positions is not None and blocks is not everything:
+        for i in np.flatnonzero(held):  # no target pixel in both sets
+            overlap = (
+                (group_index == group_index[i])
+                & (np.abs(positions[:, 0] - positions[i, 0]) < h)
+                & (np.abs(positions[:, 1] - positions[i, 1]) < w)
+            )
+            keep &= ~overlap
+    if keep.sum() < 1 or held.sum() < 1:
+        return everything, everything[:0], "none (no spatially separate split possible)"
+    return np.flatnonzero(keep), np.flatnonzero(held), how
+
+
 def _block_sum(a: np.ndarray, factor: int) -> np.ndarray:
     n, b, h, w = a.shape
     return a.reshape(n, b, h // factor, factor, w // factor, factor).sum(axis=(3, 5))
@@ -201,7 +349,14 @@ class _UNetEstimator(BaseEstimator):
     # -- fit ----------------------------------------------------------------------------------
 
     def fit(
-        self, X: Any, y: Any = None, *, validation_data: Any = None, bands=None, footprint=None
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        validation_data: Any = None,
+        bands=None,
+        footprint=None,
+        regions=None,
     ):
         """Train on patches; computes (the patches are loaded into memory).
 
@@ -213,8 +368,9 @@ class _UNetEstimator(BaseEstimator):
         y : array-like, optional
             Targets ``(sample, [band,] y, x)`` when ``X`` is not a patches Dataset.
         validation_data : Dataset or (X, y), optional
-            Evaluated after every epoch (``val_*`` entries of ``history_``; early stopping
-            watches ``val_loss``).
+            Evaluated after every epoch (``val_*`` entries of ``history_``; the kept epoch and
+            early stopping watch ``val_loss``). Without it, ``validation_fraction`` of the
+            samples are held out as whole spatial blocks (see Notes).
         bands : sequence of str, optional
             Band names when ``X`` carries none (numpy input). A model fitted without names
             records ``bands_ = None`` and needs them (``bands=`` of ``predict``, or
@@ -225,6 +381,11 @@ class _UNetEstimator(BaseEstimator):
             averages the fine field, ``(sample, [1 or target bands,] y, x)`` on the fine grid.
             Taken from a patches Dataset's ``footprint`` (or ``weights``) variable when not
             given. See :class:`UNetRegressor`.
+        regions : array-like, optional
+            One region / scene label per sample, for ``standardize="per_region"`` (each
+            region's inputs standardised by its own band statistics) and to keep validation
+            blocks inside one region. Taken from a per-sample ``region`` (or ``scene``)
+            coordinate of ``X`` when not given; without either, all samples are one region.
 
         Returns
         -------
@@ -248,9 +409,24 @@ class _UNetEstimator(BaseEstimator):
         (and ``ignore_value`` labels) are left out of the loss and the metrics, except with
         ``loss="mse"``, which refuses them. The input mean and standard deviation are computed
         over the finite pixels only.
+
+        Validation: without ``validation_data`` and with ``validation_fraction`` > 0 (default
+        0.2), whole spatial blocks are held out. For patches cut by ``cube.xf.patches`` (their
+        ``row``/``col`` coordinates give their position) the cube is cut into square blocks of
+        twice the patch side (per region), whole blocks drawn with ``seed`` are held out until
+        they hold the fraction of the samples, and training patches that overlap a held-out
+        patch are dropped, so no target pixel is used for both. Patches without positions
+        (numpy arrays) are held out whole, each its own block: pass a patches Dataset when
+        patches overlap. With fewer than 4 samples nothing is held out. The split is the same
+        for every ensemble member; ``training_["validation"]`` says how it was made and
+        ``training_["train_index"]`` lists the training samples. The kept weights are those
+        of the epoch with the lowest validation loss (evaluated in eval mode on
+        un-augmented patches), ``best_epoch_``; without validation, of the lowest training
+        loss.
         """
         if footprint is None and isinstance(X, xr.Dataset):
             footprint = _pick(X, _FOOTPRINT_NAMES, "footprint")
+        source = X
         xa, ya, x_bands, target_names = _training_arrays(X, y)
         self._fit_footprint = None if footprint is None else _footprint_array(footprint, xa, ya)
         if bands is not None:
@@ -287,8 +463,12 @@ class _UNetEstimator(BaseEstimator):
                 "least one finite value per band"
             )
         std = np.where(std > 0, std, 1.0)
+        per_region = self._standardize() == "per_region"
+        groups = _sample_labels(source, regions, len(xa), "regions", _REGION_NAMES)
         self._set_target(ya, target_names, xa.shape)
         spec = self._loss_spec()
+        n_members = _positive_int(self.n_members, "n_members")
+        norm = self.norm if self.norm in NORMS else _bad_norm(self.norm)
         config = {
             "architecture": {
                 "in_channels": int(xa.shape[1]),
@@ -298,24 +478,33 @@ class _UNetEstimator(BaseEstimator):
                 "head": self._head,
                 "activation": self._activation(),
                 "bn_momentum": float(self.bn_momentum),
+                "norm": norm,
             },
             "input_mean": mean.tolist(),
             "input_std": std.tolist(),
             **self._output_config(),
         }
-        train = (
-            self._prepare_x(xa, config),
-            self._prepare_y(ya, xa.shape, "training", self._fit_footprint),
-        )
+        if n_members > 1:
+            config["n_members"] = n_members
+        if per_region:
+            config["standardize"] = "per_region"
+            x_mean, x_std = _region_statistics(xa, groups)
+        else:
+            x_mean, x_std = mean, std
+        x_all = _standardise(xa, x_mean, x_std)
+        y_all = self._prepare_y(ya, xa.shape, "training", self._fit_footprint)
         del self._fit_footprint
         val = None
         if validation_data is not None:
+            how = "given"
             v_fp = None
             if isinstance(validation_data, xr.Dataset):
                 v_fp = _pick(validation_data, _FOOTPRINT_NAMES, "footprint")
                 vx, vy, v_bands, _ = _training_arrays(validation_data, None)
+                v_source = validation_data
             else:
                 vx, vy, v_bands, _ = _training_arrays(*validation_data)
+                v_source = validation_data[0]
             if vx.shape[1] != xa.shape[1]:
                 raise InputError(
                     f"validation inputs have {vx.shape[1]} bands; expected {xa.shape[1]}"
@@ -330,12 +519,42 @@ class _UNetEstimator(BaseEstimator):
             self._check_spatial(vx.shape, mult, "validation")
             if v_fp is not None:
                 v_fp = _footprint_array(v_fp, vx, vy)
-            val = (self._prepare_x(vx, config), self._prepare_y(vy, vx.shape, "validation", v_fp))
+            if per_region:
+                v_groups = _sample_labels(v_source, None, len(vx), "regions", _REGION_NAMES)
+                v_mean, v_std = _region_statistics(vx, v_groups)
+            else:
+                v_mean, v_std = mean, std
+            val = (
+                _standardise(vx, v_mean, v_std),
+                self._prepare_y(vy, vx.shape, "validation", v_fp),
+            )
+            train = (x_all, y_all)
+            train_index = np.arange(len(xa))
+        else:
+            split = _spatial_split(
+                len(xa),
+                xa.shape[2:],
+                positions=_sample_positions(source),
+                groups=groups,
+                fraction=self.validation_fraction,
+                seed=int(self.seed),
+            )
+            train_index, val_index, how = split
+            train = (x_all[train_index], y_all[train_index])
+            if len(val_index):
+                val = (x_all[val_index], y_all[val_index])
 
-        from xfusion.models.train import make_optimizer, train_and_evaluate
+        from xfusion.models.train import (
+            best_epoch,
+            evaluate,
+            make_optimizer,
+            recalibrate_batchnorm,
+            train_and_evaluate,
+        )
 
-        batch_size = min(int(self.batch_size), len(xa))
-        steps = max(len(xa) // batch_size, 1) * int(self.epochs)
+        n_train = len(train[0])
+        batch_size = min(int(self.batch_size), n_train)
+        steps = max(n_train // batch_size, 1) * int(self.epochs)
         tx = make_optimizer(
             self.optimizer,
             float(self.learning_rate),
@@ -344,25 +563,40 @@ class _UNetEstimator(BaseEstimator):
             schedule=self.schedule,
             total_steps=steps,
         )
-        model = build_unet(config["architecture"], seed=int(self.seed))
-        history = train_and_evaluate(
-            model,
-            tx,
-            train,
-            spec=spec,
-            epochs=int(self.epochs),
-            batch_size=batch_size,
-            validation_data=val,
-            seed=int(self.seed),
-            augment=bool(self.augment),
-            patience=self.early_stopping,
-            progress=bool(self.progress),
-            target_scale=config.get("target_scale"),
-        )
+        recalibrate = bool(self.recalibrate_bn) and norm == "batch"
+        members, histories, best, recalibrated = [], [], [], []
+        for member in range(n_members):
+            seed = int(self.seed) + member
+            model = build_unet(config["architecture"], seed=seed)
+            history = train_and_evaluate(
+                model,
+                tx,
+                train,
+                spec=spec,
+                epochs=int(self.epochs),
+                batch_size=batch_size,
+                validation_data=val,
+                seed=seed,
+                augment=bool(self.augment),
+                patience=self.early_stopping,
+                progress=bool(self.progress),
+                target_scale=config.get("target_scale"),
+                recalibrate=min(n_train, 4 * batch_size) if recalibrate else 0,
+            )
+            if recalibrate:
+                recalibrate_batchnorm(model, train[0], batch_size=batch_size)
+                if val is not None:
+                    after = evaluate(model, val, spec=spec, batch_size=batch_size)
+                    recalibrated.append(float(after["loss"]))
+            members.append(unet_params(model))
+            histories.append(history)
+            best.append(best_epoch(history))
         self.config_ = config
-        self.params_ = unet_params(model)
-        self.history_ = history
-        self.metrics_ = {k: v[-1] for k, v in history.items()}
+        ensemble = {"members": {str(i): p for i, p in enumerate(members)}}
+        self.params_ = members[0] if n_members == 1 else ensemble
+        self.history_ = histories[0]
+        self.best_epoch_ = best[0] if n_members == 1 else tuple(best)
+        self.metrics_ = {k: v[-1] for k, v in histories[0].items()}
         self.bands_ = x_bands
         self.n_features_in_ = int(xa.shape[1])
         self.tile_multiple_ = mult
@@ -374,14 +608,30 @@ class _UNetEstimator(BaseEstimator):
             "patch_shape": list(xa.shape[2:]),
             "target_shape": list(ya.shape[1:]),
             "n_validation": 0 if val is None else len(val[0]),
+            "n_train": n_train,
+            "validation": how,
+            "best_epoch": best if n_members > 1 else best[0],
+            "batchnorm_recalibrated": recalibrate,
         }
+        if validation_data is None:
+            self.training_["train_index"] = [int(i) for i in train_index]
+        if recalibrated:
+            self.training_["val_loss_recalibrated"] = (
+                recalibrated if n_members > 1 else recalibrated[0]
+            )
+        if n_members > 1:
+            self.training_["member_histories"] = histories
         return self
 
+    def _standardize(self) -> str:
+        if self.standardize not in STANDARDIZE:
+            raise InputError(
+                f"standardize must be one of {list(STANDARDIZE)}; got {self.standardize!r}"
+            )
+        return self.standardize
+
     def _prepare_x(self, xa: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
-        mean = np.asarray(config["input_mean"], np.float32)[None, :, None, None]
-        std = np.asarray(config["input_std"], np.float32)[None, :, None, None]
-        x = (xa - mean) / std
-        return _nhwc(np.where(np.isnan(x), 0.0, x).astype(np.float32))
+        return _standardise(xa, np.asarray(config["input_mean"]), np.asarray(config["input_std"]))
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -393,10 +643,96 @@ class _UNetEstimator(BaseEstimator):
         """Return ``(config, params)`` for :func:`xfusion.models.unet.apply_tiles`.
 
         ``config`` is JSON-able (architecture, input normalisation, output kind and target
-        scaling or classes); ``params`` a nested dict of numpy arrays.
+        scaling or classes); ``params`` a nested dict of numpy arrays (for an ensemble,
+        ``{"members": {"0": ..., ...}}``, see :func:`~xfusion.models.unet.member_params`).
+
+        Raises
+        ------
+        ModelError
+            The model standardises per region (``standardize="per_region"``): its input
+            statistics are those of the cube it predicts, so it has no fixed state; use
+            ``model.predict(cube)`` or ``model.for_region(cube)``.
         """
         self._check_fitted()
+        if self.config_.get("standardize") == "per_region":
+            raise ModelError(
+                f"this {type(self).__name__} standardises its inputs per region "
+                "(standardize='per_region'): predict with model.predict(cube), which uses the "
+                "cube's band statistics, or take model.for_region(cube) (statistics of that "
+                "region) and predict with it"
+            )
         return self.config_, self.params_
+
+    def for_region(self, X: Any, *, bands=None):
+        """Return a copy standardising inputs with the band statistics of ``X``; computes.
+
+        For ``standardize="per_region"`` models: the copy's input mean and standard deviation
+        are those of ``X`` (a cube ``(band, y, x)`` or more leading dims, with the model's
+        bands, or a numpy ``(sample, band, y, x)`` array), over all its finite pixels; it
+        predicts any cube or array with them, e.g. tiles of one scene, and works with
+        ``xf.predict``. ``bands`` maps the model's bands to the cube's as in ``predict``.
+        A model with global standardisation is returned unchanged.
+        """
+        self._check_fitted()
+        if self.config_.get("standardize") != "per_region":
+            return self
+        if isinstance(X, xr.DataArray):
+            names = list(self.bands_) if self.bands_ is not None else None
+            if bands is not None:
+                names = (
+                    [str(bands.get(b, b)) for b in self.bands_]
+                    if isinstance(bands, Mapping) and self.bands_ is not None
+                    else [str(b) for b in bands]
+                )
+            if names is None:
+                raise BandError(
+                    f"this {type(self).__name__} was fitted without band names: pass bands= "
+                    "(the cube's bands in the model's input order) or call set_bands first"
+                )
+            missing = [b for b in names if b not in X["band"].values]
+            if missing:
+                raise BandError(
+                    f"bands {missing} not in cube; bands are {X['band'].values.tolist()}"
+                )
+            cube = X.sel(band=names).astype(np.float32)
+            other = [d for d in cube.dims if d != "band"]
+            mean, std = cube.mean(other, skipna=True), cube.std(other, skipna=True)
+            stats = xr.concat([mean, std], "statistic")
+            values = np.asarray(stats.data, np.float64)  # xf: computes the cube's band stats
+            mean, std = values[0], np.where(values[1] > 0, values[1], 1.0)
+            if not np.all(np.isfinite(mean)):
+                raise InputError(f"bands {names} of the cube have no finite pixel")
+        else:
+            x = np.asarray(X, dtype=np.float32)
+            if x.ndim != 4 or x.shape[1] != self.n_features_in_:
+                raise InputError(
+                    f"X must be (sample, band, y, x) with {self.n_features_in_} bands; "
+                    f"got shape {x.shape}"
+                )
+            mean, std = _band_statistics(x, "X")
+        out = copy.copy(self)
+        config = {k: v for k, v in self.config_.items() if k != "standardize"}
+        config.update(input_mean=mean.tolist(), input_std=std.tolist(), region_statistics=True)
+        out.config_ = config
+        return out
+
+    def members(self) -> list:
+        """Each ensemble member as a fitted model of its own (one for ``n_members=1``).
+
+        The members share the normalisation, band names and settings; a member ``i`` was
+        trained with seed ``seed + i``. E.g. the spread of a cube prediction:
+        ``xr.concat([m.predict(cube) for m in model.members()], "member").std("member")``.
+        """
+        self._check_fitted()
+        out = []
+        config = {k: v for k, v in self.config_.items() if k != "n_members"}
+        for params in member_params(self.config_, self.params_):
+            member = copy.copy(self)
+            member.config_ = config
+            member.params_ = params
+            member.n_members = 1
+            out.append(member)
+        return out
 
     def set_bands(self, bands: Sequence[str]):
         """Name the model's input bands, in its input order; returns ``self``.
@@ -418,6 +754,10 @@ class _UNetEstimator(BaseEstimator):
         return self
 
     def _apply(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        return self._outputs(X, batch_size)[0]
+
+    def _outputs(self, X: np.ndarray, batch_size: int | None = None) -> tuple:
+        """Member mean and standard deviation of the network outputs (target units / proba)."""
         self._check_fitted()
         x = np.asarray(X, dtype=np.float32)
         if x.ndim != 4 or x.shape[1] != self.n_features_in_:
@@ -427,20 +767,22 @@ class _UNetEstimator(BaseEstimator):
                 f"{names}; got shape {x.shape}"
             )
         size = int(batch_size or self.batch_size)
-        config, params = self.inference_state()
+        config, params = self.for_region(x).inference_state()
         size = min(size, len(x))
         # every batch padded to `size` samples: one compiled program per tile shape; any height
         # and width (the network reflect-pads to multiples of 2**depth, as in training)
         padded = np.pad(x, ((0, -len(x) % size), (0, 0), (0, 0), (0, 0)))
-        out = np.concatenate(
-            [apply_tiles(config, params, padded[i : i + size]) for i in range(0, len(x), size)]
-        )
-        return out[: len(x)]
+        parts = [
+            apply_tiles(config, params, padded[i : i + size], return_std=True)
+            for i in range(0, len(x), size)
+        ]
+        mean = np.concatenate([p[0] for p in parts])[: len(x)]
+        return mean, np.concatenate([p[1] for p in parts])[: len(x)]
 
     def _nodata(self, X: np.ndarray) -> np.ndarray:
         return np.isnan(np.asarray(X, dtype=np.float32)).any(axis=1, keepdims=True)
 
-    def predict(self, X: Any, **kwargs: Any):
+    def predict(self, X: Any, *, return_std: bool = False, **kwargs: Any):
         """Predict on patches (eager) or on a cube (lazy).
 
         Parameters
@@ -450,20 +792,37 @@ class _UNetEstimator(BaseEstimator):
             to multiples of ``2 ** depth`` and crops back), or a
             cube with the training bands, predicted blockwise by
             :func:`xfusion.models.predict.predict` (keyword arguments are passed on).
+        return_std : bool
+            numpy input only: also return the standard deviation of the ensemble members'
+            outputs (in target units; of the probabilities for a segmenter; zeros for
+            ``n_members=1``). For a cube, the prediction is the member mean; the spread is
+            ``xr.concat([m.predict(cube) for m in model.members()], "member").std("member")``.
 
         Returns
         -------
-        numpy.ndarray or xarray.DataArray
+        numpy.ndarray or xarray.DataArray, or a pair of numpy arrays with ``return_std``
             See the class docstring for the bands. NaN where any input band is NaN (numpy).
+            With ``standardize="per_region"`` the inputs are standardised with the band
+            statistics of ``X`` (the cube's are computed first).
         """
         if isinstance(X, xr.DataArray):
+            if return_std:
+                raise InputError(
+                    "return_std applies to numpy input; for a cube take the spread of "
+                    "model.members() predictions (see predict's docstring)"
+                )
             from xfusion.models.predict import predict as _predict_cube
 
-            return _predict_cube(X, self, **kwargs)
+            model = self.for_region(X, bands=kwargs.get("bands"))
+            return _predict_cube(X, model, **kwargs)
         if kwargs:
             raise InputError(f"keyword arguments {sorted(kwargs)} apply to cubes only")
-        out = self._predict_array(X)
-        return np.where(self._nodata(X), np.float32(np.nan), out)
+        mean, std = self._outputs(X)
+        nodata = self._nodata(X)
+        out = np.where(nodata, np.float32(np.nan), self._finish(mean))
+        if not return_std:
+            return out
+        return out, np.where(nodata, np.float32(np.nan), std)
 
     # -- persistence --------------------------------------------------------------------------
 
@@ -506,12 +865,19 @@ class _UNetEstimator(BaseEstimator):
         config = meta.get("config")
         if not isinstance(config, dict) or "architecture" not in config:
             raise ModelError("model.json lacks the network 'config'")
-        build_unet(config["architecture"], params=state)  # raises ModelError on mismatch
+        for member in member_params(config, state):  # raises ModelError on a mismatch
+            build_unet(config["architecture"], params=member)
         model.config_ = config
         model.params_ = state
         model.history_ = dict(meta["history"])
         model.metrics_ = dict(meta["metrics"])
         model.training_ = dict(meta["training"])
+        best = model.training_.get("best_epoch")
+        if best is None:  # saved before the kept epoch was recorded
+            from xfusion.models.train import best_epoch
+
+            best = best_epoch(model.history_) if model.history_.get("loss") else 0
+        model.best_epoch_ = tuple(best) if isinstance(best, list) else int(best)
         model.n_features_in_ = int(config["architecture"]["in_channels"])
         model.bands_ = tuple(meta["bands"]) or None  # [] : fitted on unnamed arrays
         if model.bands_ is not None and len(model.bands_) != model.n_features_in_:
@@ -590,12 +956,36 @@ class UNetRegressor(_UNetEstimator):
         Learning-rate schedule over all training steps.
     batch_size, epochs : int
     early_stopping : int, optional
-        Patience in epochs (on ``val_loss`` when validation data is given, else ``loss``); the
-        weights of the best epoch are kept.
+        Patience in epochs (on ``val_loss`` when there is validation data, by default the
+        automatic spatial split, else ``loss``); the weights of the best epoch are kept.
     augment : bool
         Random flips and quarter turns of each training patch.
     bn_momentum : float
         Momentum of the BatchNorm running statistics.
+    norm : {"batch", "group", "none"}
+        Normalisation after each convolution: BatchNorm (default), GroupNorm (no batch
+        statistics: the same in training and prediction, independent of the batch), or none.
+    recalibrate_bn : bool
+        With ``norm="batch"``, recompute the BatchNorm running statistics after training from
+        one pass over the un-augmented training patches
+        (:func:`~xfusion.models.train.recalibrate_batchnorm`), so prediction uses the
+        statistics of the kept weights, not a moving average over augmented batches of
+        earlier weights. Default on.
+    validation_fraction : float
+        Fraction of the samples held out, as whole spatial blocks, to choose the epoch when
+        ``fit`` gets no ``validation_data`` (0 disables it). See :meth:`fit`.
+    n_members : int
+        Ensemble size: members are trained with seeds ``seed``, ``seed + 1``, …; ``predict``
+        returns their mean (of values, or of probabilities), ``return_std=True`` also their
+        spread; :meth:`members` gives each member as a model of its own.
+    standardize : {"global", "per_region"}
+        Input standardisation: one mean and standard deviation per band learned in ``fit``
+        (``"global"``), or ``"per_region"``: every region / scene standardised with its own
+        band statistics (``fit(regions=)`` or a ``region`` coordinate of the patches; in
+        prediction, the statistics of the cube or array being predicted), so scenes whose
+        brightness differs by a constant factor give the network the same input. Cube
+        prediction then computes the cube's band means and standard deviations first (one
+        pass), see :meth:`for_region`; predict one region or scene per call.
     halo : int, optional
         Halo for blockwise prediction (``default_halo_``); default from the depth.
     seed : int
@@ -661,6 +1051,11 @@ class UNetRegressor(_UNetEstimator):
         early_stopping: int | None = None,
         augment: bool = True,
         bn_momentum: float = 0.9,
+        norm: str = "batch",
+        recalibrate_bn: bool = True,
+        validation_fraction: float = 0.2,
+        n_members: int = 1,
+        standardize: str = "global",
         halo: int | None = None,
         seed: int = 0,
         progress: bool = True,
@@ -684,6 +1079,11 @@ class UNetRegressor(_UNetEstimator):
         self.early_stopping = early_stopping
         self.augment = augment
         self.bn_momentum = bn_momentum
+        self.norm = norm
+        self.recalibrate_bn = recalibrate_bn
+        self.validation_fraction = validation_fraction
+        self.n_members = n_members
+        self.standardize = standardize
         self.halo = halo
         self.seed = seed
         self.progress = progress
@@ -830,8 +1230,8 @@ class UNetRegressor(_UNetEstimator):
         values = _upsample(normalise(obs), f)
         return _nhwc(np.concatenate([values, weights], axis=1).astype(np.float32))
 
-    def _predict_array(self, X: np.ndarray) -> np.ndarray:
-        return self._apply(X)
+    def _finish(self, mean: np.ndarray) -> np.ndarray:
+        return mean
 
     def _restore_extra(self, meta: Mapping[str, Any]) -> None:
         self._target_offset = np.asarray(self.config_["target_offset"], np.float64)
@@ -862,12 +1262,36 @@ class UNetSegmenter(_UNetEstimator):
         Learning-rate schedule over all training steps.
     batch_size, epochs : int
     early_stopping : int, optional
-        Patience in epochs (on ``val_loss`` when validation data is given, else ``loss``); the
-        weights of the best epoch are kept.
+        Patience in epochs (on ``val_loss`` when there is validation data, by default the
+        automatic spatial split, else ``loss``); the weights of the best epoch are kept.
     augment : bool
         Random flips and quarter turns of each training patch.
     bn_momentum : float
         Momentum of the BatchNorm running statistics.
+    norm : {"batch", "group", "none"}
+        Normalisation after each convolution: BatchNorm (default), GroupNorm (no batch
+        statistics: the same in training and prediction, independent of the batch), or none.
+    recalibrate_bn : bool
+        With ``norm="batch"``, recompute the BatchNorm running statistics after training from
+        one pass over the un-augmented training patches
+        (:func:`~xfusion.models.train.recalibrate_batchnorm`), so prediction uses the
+        statistics of the kept weights, not a moving average over augmented batches of
+        earlier weights. Default on.
+    validation_fraction : float
+        Fraction of the samples held out, as whole spatial blocks, to choose the epoch when
+        ``fit`` gets no ``validation_data`` (0 disables it). See :meth:`fit`.
+    n_members : int
+        Ensemble size: members are trained with seeds ``seed``, ``seed + 1``, …; ``predict``
+        returns their mean (of values, or of probabilities), ``return_std=True`` also their
+        spread; :meth:`members` gives each member as a model of its own.
+    standardize : {"global", "per_region"}
+        Input standardisation: one mean and standard deviation per band learned in ``fit``
+        (``"global"``), or ``"per_region"``: every region / scene standardised with its own
+        band statistics (``fit(regions=)`` or a ``region`` coordinate of the patches; in
+        prediction, the statistics of the cube or array being predicted), so scenes whose
+        brightness differs by a constant factor give the network the same input. Cube
+        prediction then computes the cube's band means and standard deviations first (one
+        pass), see :meth:`for_region`; predict one region or scene per call.
     halo : int, optional
         Halo for blockwise prediction (``default_halo_``); default from the depth.
     seed : int
@@ -918,6 +1342,11 @@ class UNetSegmenter(_UNetEstimator):
         early_stopping: int | None = None,
         augment: bool = True,
         bn_momentum: float = 0.9,
+        norm: str = "batch",
+        recalibrate_bn: bool = True,
+        validation_fraction: float = 0.2,
+        n_members: int = 1,
+        standardize: str = "global",
         halo: int | None = None,
         seed: int = 0,
         progress: bool = True,
@@ -937,6 +1366,11 @@ class UNetSegmenter(_UNetEstimator):
         self.early_stopping = early_stopping
         self.augment = augment
         self.bn_momentum = bn_momentum
+        self.norm = norm
+        self.recalibrate_bn = recalibrate_bn
+        self.validation_fraction = validation_fraction
+        self.n_members = n_members
+        self.standardize = standardize
         self.halo = halo
         self.seed = seed
         self.progress = progress
@@ -1004,15 +1438,20 @@ class UNetSegmenter(_UNetEstimator):
             )
         return np.where(known, index, -1)[:, 0].astype(np.int32)
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray, *, return_std: bool = False) -> np.ndarray:
         """Class probabilities ``(sample, output_bands_, y, x)`` for numpy patches (eager).
 
-        NaN where any input band is NaN.
+        NaN where any input band is NaN. For an ensemble the members' mean probability; with
+        ``return_std`` also their standard deviation.
         """
-        return np.where(self._nodata(X), np.float32(np.nan), self._apply(X))
+        mean, std = self._outputs(X)
+        nodata = self._nodata(X)
+        proba = np.where(nodata, np.float32(np.nan), mean)
+        if not return_std:
+            return proba
+        return proba, np.where(nodata, np.float32(np.nan), std)
 
-    def _predict_array(self, X: np.ndarray) -> np.ndarray:
-        proba = self._apply(X)
+    def _finish(self, proba: np.ndarray) -> np.ndarray:
         classes = np.asarray(self.classes_, np.float32)
         index = (proba[:, :1] > 0.5).astype(int) if len(classes) == 2 else proba.argmax(1)[:, None]
         return classes[index]

@@ -23,7 +23,14 @@ from tqdm.auto import tqdm
 from xfusion.errors import InputError, ModelError
 from xfusion.models.losses import LossSpec, compute_loss, finalize_metrics, metric_stats
 
-__all__ = ["dihedral", "evaluate", "make_optimizer", "train_and_evaluate"]
+__all__ = [
+    "best_epoch",
+    "dihedral",
+    "evaluate",
+    "make_optimizer",
+    "recalibrate_batchnorm",
+    "train_and_evaluate",
+]
 
 _OPTIMIZERS = ("sgd", "adam", "adamw")
 _SCHEDULES = ("constant", "cosine", "exponential")
@@ -197,6 +204,7 @@ def train_and_evaluate(
     progress: bool = True,
     target_scale=None,
     callback: Callable[[int, dict[str, float]], Any] | None = None,
+    recalibrate: int = 0,
 ) -> dict[str, list[float]]:
     """Train ``model`` in place on in-memory data and return the per-epoch history.
 
@@ -228,6 +236,12 @@ def train_and_evaluate(
         Per-band scale of normalised regression targets, to report RMSE/MAE in target units.
     callback : callable, optional
         Called as ``callback(epoch, record)`` after each epoch.
+    recalibrate : int
+        With validation data and BatchNorm: before each epoch's validation, set the BatchNorm
+        statistics to those of this many (un-augmented) training samples, the first of a
+        fixed permutation (:func:`recalibrate_batchnorm`), so the validation loss is that of
+        the network as it will predict, not of lagging moving averages; the kept epoch holds
+        these statistics. 0 (default) evaluates with the moving averages.
 
     Returns
     -------
@@ -251,6 +265,10 @@ def train_and_evaluate(
     history: dict[str, list[float]] = {}
     monitor = "val_loss" if validation_data is not None else "loss"
     best, best_state, waited = np.inf, None, 0
+    calibration = None
+    if recalibrate and validation_data is not None:
+        pick = np.random.default_rng(seed).permutation(len(x))[: int(recalibrate)]
+        calibration = x[np.sort(pick)]
     bar = tqdm(range(int(epochs)), desc="training", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         order = rng.permutation(len(x))
@@ -275,8 +293,14 @@ def train_and_evaluate(
             stats = s if stats is None else stats + s
             steps += 1
         record = {"loss": total / steps, **finalize_metrics(spec, np.asarray(stats), target_scale)}
+        kept = (params, rest)
         if validation_data is not None:
             nnx.update(model, params, rest)
+            if calibration is not None:
+                stats = _pooled_batchnorm_statistics(model, calibration, batch_size)
+                if stats is not None:
+                    nnx.update(model, stats)
+                    kept = (params, nnx.state(model, nnx.Not(nnx.Param)))
             val = evaluate(
                 model, validation_data, spec=spec, batch_size=batch_size, target_scale=target_scale
             )
@@ -289,7 +313,7 @@ def train_and_evaluate(
             callback(epoch, record)
         if record[monitor] < best:
             best, waited = record[monitor], 0
-            best_state = jax.tree.map(np.asarray, (params, rest))
+            best_state = jax.tree.map(np.asarray, kept)
         else:
             waited += 1
             if patience is not None and waited >= patience:
@@ -298,3 +322,105 @@ def train_and_evaluate(
     nnx.update(model, *(best_state if best_state is not None else (params, rest)))
     model.eval()
     return history
+
+
+def best_epoch(history: dict[str, list[float]]) -> int:
+    """Index of the epoch :func:`train_and_evaluate` kept: the first minimum of the monitor.
+
+    The monitor is ``val_loss`` when the history has it, else ``loss``.
+
+    Examples
+    --------
+    >>> best_epoch({"loss": [3.0, 1.0, 2.0], "val_loss": [2.0, 2.5, 1.5]})
+    2
+    """
+    values = np.asarray(history["val_loss" if "val_loss" in history else "loss"], float)
+    values = np.where(np.isnan(values), np.inf, values)
+    return int(np.argmin(values))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _batch_statistics(graphdef, state, x):
+    model = nnx.merge(graphdef, state)
+    model(x)  # train mode, momentum 0: every BatchNorm's running statistics := batch statistics
+    return nnx.state(model, nnx.BatchStat)
+
+
+def _pooled_batchnorm_statistics(model: nnx.Module, x: np.ndarray, batch_size: int):
+    """Pooled BatchNorm input statistics of ``model`` over ``x`` (None without BatchNorm).
+
+    Returns the model's ``BatchStat`` state holding them; the model itself is unchanged
+    (its momenta and mode are restored).
+    """
+    layers = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
+    if not layers:
+        return None
+    if len(x) == 0:
+        raise InputError("recalibrating BatchNorm needs at least one sample")
+    momenta = [m.momentum for m in layers]
+    modes = [m.use_running_average for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+        m.use_running_average = False
+    try:
+        graphdef, state = nnx.split(model)
+        size = min(int(batch_size), len(x))
+        first: dict[tuple, np.ndarray] = {}  # per layer: Σ n·mean
+        second: dict[tuple, np.ndarray] = {}  # per layer: Σ n·(var + mean²) = Σ n·E[x²]
+        for start in range(0, len(x), size):
+            xb = np.ascontiguousarray(x[start : start + size], dtype=np.float32)
+            pure = nnx.to_pure_dict(_batch_statistics(graphdef, state, xb))
+            flat = nnx.traversals.flatten_mapping(pure)
+            n = len(xb)
+            for layer in {path[:-1] for path in flat}:
+                mean = np.asarray(flat[(*layer, "mean")], np.float64)
+                var = np.asarray(flat[(*layer, "var")], np.float64)
+                first[layer] = first.get(layer, 0.0) + n * mean
+                second[layer] = second.get(layer, 0.0) + n * (var + mean * mean)
+    finally:
+        for m, momentum, mode in zip(layers, momenta, modes, strict=True):
+            m.momentum = momentum
+            m.use_running_average = mode
+    total = float(len(x))
+    pooled = {}
+    for layer, s1 in first.items():
+        mean = s1 / total
+        pooled[(*layer, "mean")] = mean.astype(np.float32)
+        pooled[(*layer, "var")] = np.maximum(second[layer] / total - mean * mean, 0.0).astype(
+            np.float32
+        )
+    new = nnx.state(model, nnx.BatchStat)
+    nnx.replace_by_pure_dict(new, nnx.traversals.unflatten_mapping(pooled))
+    return new
+
+
+def recalibrate_batchnorm(model: nnx.Module, x: np.ndarray, *, batch_size: int = 16) -> int:
+    """Recompute the BatchNorm running statistics of ``model`` from ``x``, in place.
+
+    One pass over ``x`` (NHWC, normalised, no NaN; un-augmented training patches) in training
+    mode: every BatchNorm layer's running mean and variance become the pooled statistics of
+    its inputs over all of ``x`` (the mean of the batch means, and of the batch second moments
+    minus the squared mean, weighted by batch size), instead of the exponential moving average
+    over augmented batches of changing weights that training leaves behind. With one batch
+    (``batch_size >= len(x)``) they are exactly the batch statistics of ``x``. The weights are
+    not changed; the model is left in eval mode.
+
+    Returns
+    -------
+    int
+        The number of BatchNorm layers recalibrated (0 for a network without BatchNorm).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xfusion.models.unet import build_unet
+    >>> net = build_unet({"in_channels": 1, "widths": [2], "center": 2})
+    >>> x = np.random.default_rng(0).normal(3.0, 1.0, (4, 8, 8, 1)).astype("float32")
+    >>> recalibrate_batchnorm(net, x)  # two per block: encoder, centre, decoder
+    6
+    """
+    stats = _pooled_batchnorm_statistics(model, x, batch_size)
+    if stats is not None:
+        nnx.update(model, stats)
+    model.eval()
+    return len([m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)])

@@ -40,6 +40,7 @@ __all__ = [
     "depth_to_space",
     "group_count",
     "init_params",
+    "member_params",
     "pad_to_multiple",
     "receptive_field_radius",
     "unet_params",
@@ -515,8 +516,42 @@ def _state_from_params(template, params: Mapping[str, Any]):
     return state
 
 
-def apply_tiles(config: Mapping[str, Any], params: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
-    """Apply a fitted U-Net to a batch of tiles.
+def member_params(config: Mapping[str, Any], params: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Return the parameter dicts of a fitted model's members, one per member, in order.
+
+    A single network (``config`` without ``n_members``, or ``n_members`` = 1) is one member,
+    ``params`` itself; an ensemble of ``n_members`` networks stores them as
+    ``params = {"members": {"0": ..., "1": ..., ...}}``.
+
+    Examples
+    --------
+    >>> len(member_params({"n_members": 2}, {"members": {"0": {}, "1": {}}}))
+    2
+    """
+    n = int(config.get("n_members", 1))
+    if n < 1:
+        raise ModelError(f"config 'n_members' must be a positive int; got {n}")
+    if n == 1:
+        return [params]
+    members = params.get("members") if isinstance(params, Mapping) else None
+    keys = [str(i) for i in range(n)]
+    if not isinstance(members, Mapping) or sorted(members, key=str) != sorted(keys):
+        found = sorted(members) if isinstance(members, Mapping) else type(params).__name__
+        raise ModelError(
+            f"an ensemble of {n} members needs params {{'members': {{'0': ..., "
+            f"'{n - 1}': ...}}}}; got {found}"
+        )
+    return [members[k] for k in keys]
+
+
+def apply_tiles(
+    config: Mapping[str, Any],
+    params: Mapping[str, Any],
+    x: np.ndarray,
+    *,
+    return_std: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Apply a fitted U-Net (or an ensemble of them) to a batch of tiles.
 
     Parameters
     ----------
@@ -526,19 +561,25 @@ def apply_tiles(config: Mapping[str, Any], params: Mapping[str, Any], x: np.ndar
         ``"multiclass"``) and, for regression, ``target_offset``/``target_scale`` and
         optionally ``target_transform`` (``"none"`` or ``"log1p"``: the network predicts
         ``log1p`` of the target, returned through ``expm1``).
+        ``n_members`` (optional, default 1): an ensemble, see :func:`member_params`.
     params : dict
-        Nested dict of numpy arrays: the network state, BatchNorm statistics included.
+        Nested dict of numpy arrays: the network state, BatchNorm statistics included; for an
+        ensemble ``{"members": {"0": state, "1": state, ...}}``.
     x : numpy.ndarray
         float32 ``(n, band, h, w)``, any ``h`` and ``w`` (the network pads to multiples of
         ``2 ** depth`` and crops back; multiples avoid that work). NaN inputs are replaced by
         the band mean (0 after normalisation).
+    return_std : bool
+        Also return the standard deviation over the members (population, ``ddof=0``; zeros
+        for a single network).
 
     Returns
     -------
-    numpy.ndarray
+    numpy.ndarray, or (numpy.ndarray, numpy.ndarray) with ``return_std``
         float32 ``(n, out, h, w)``: regression values in the target's units; for ``"binary"`` the
         probability of the positive class (one band); for ``"multiclass"`` one probability per
-        class (in ``classes`` order).
+        class (in ``classes`` order). For an ensemble, the mean of the members' outputs (of
+        their values in target units, or of their probabilities).
 
     Notes
     -----
@@ -576,7 +617,7 @@ def apply_tiles(config: Mapping[str, Any], params: Mapping[str, Any], x: np.ndar
             f"only); got {transform!r} for output {output!r}"
         )
     template, fn = _inference_program(json.dumps(arch, sort_keys=True), output, transform)
-    state = _state_from_params(template, params)
+    states = [_state_from_params(template, p) for p in member_params(config, params)]
     n_out = int(arch.get("out_channels", 1))
     # numpy constants: jnp.asarray outside a trace compiles a program per shape
     constants = [
@@ -588,4 +629,11 @@ def apply_tiles(config: Mapping[str, Any], params: Mapping[str, Any], x: np.ndar
             ("target_scale", 1.0, n_out),
         )
     ]
-    return np.asarray(fn(state, x, *constants))
+    outs = [np.asarray(fn(state, x, *constants)) for state in states]
+    if len(outs) == 1:
+        mean, std = outs[0], np.zeros_like(outs[0])
+    else:
+        stack = np.stack(outs)
+        mean = (stack.sum(axis=0) / np.float32(len(outs))).astype(np.float32)
+        std = stack.std(axis=0).astype(np.float32)
+    return (mean, std) if return_std else mean
