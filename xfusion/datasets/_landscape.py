@@ -337,3 +337,71 @@ def nightlight_radiance(landscape: Landscape, stage: int) -> np.ndarray:
     town = ndimage.gaussian_filter(urban, max(n / 20, 2.0))
     rad = 0.4 + 60.0 * near**1.6 + 12.0 * landscape.road * np.clip(town * 3.0, 0.0, 1.0)
     return rad * (1.0 - 0.9 * landscape.water)
+
+
+# ---------------------------------------------------------------------------------------------
+# What makes real scenes hard: partial footprints, field parcels, smooth dark surfaces, terrain
+
+
+def footprint_tracks(rng: np.random.Generator, side: int, fraction: float) -> np.ndarray:
+    """Boolean ``(side, side)`` footprint of parallel sounding tracks covering ``fraction``.
+
+    One to three parallel straight tracks at a random heading, each with up to two gaps along
+    it, like an airborne spectrometer's flight lines over a tile. The track width is found by
+    bisection so that the covered share matches ``fraction`` to within a pixel row.
+    """
+    rows, cols = np.mgrid[0:side, 0:side].astype(float) + 0.5 - side / 2.0
+    theta = rng.uniform(0.0, np.pi)
+    across = rows * np.cos(theta) - cols * np.sin(theta)
+    along = rows * np.sin(theta) + cols * np.cos(theta)
+    across = across + 0.02 * side * np.sin(2 * np.pi * along / side + rng.uniform(0, 6.3))
+    dist = np.full((side, side), np.inf)
+    for offset in rng.uniform(-0.4, 0.4, int(rng.integers(1, 4))) * side:
+        d = np.abs(across - offset)
+        for _ in range(int(rng.integers(0, 3))):
+            start, length = rng.uniform(-0.5, 0.4) * side, rng.uniform(0.05, 0.15) * side
+            d[(along >= start) & (along < start + length)] = np.inf
+        dist = np.minimum(dist, d)
+    lo, hi = 0.0, float(side)
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if (dist <= mid).mean() < fraction else (lo, mid)
+    return dist <= hi
+
+
+def parcels(rng: np.random.Generator, n: int, field: float) -> np.ndarray:
+    """Integer labels ``(n, n)`` of Voronoi field parcels about ``field`` pixels across."""
+    count = max(int((n / field) ** 2), 1)
+    seeds = np.zeros((n, n), dtype=bool)
+    seeds.flat[rng.choice(n * n, count, replace=False)] = True
+    ids = np.full((n, n), -1, dtype=np.int64)
+    ids[seeds] = np.arange(int(seeds.sum()))
+    _, (ir, ic) = ndimage.distance_transform_edt(~seeds, return_indices=True)
+    return ids[ir, ic]
+
+
+def height_above_drainage(dem: np.ndarray, wet: np.ndarray) -> np.ndarray:
+    """HAND: elevation above the nearest (Euclidean) drainage pixel, 0 on the drainage itself."""
+    _, (ir, ic) = ndimage.distance_transform_edt(~wet, return_indices=True)
+    hand = np.clip(dem - dem[ir, ic], 0.0, None)
+    hand[wet] = 0.0
+    return hand
+
+
+def radar_terrain(dem: np.ndarray, res: float, incidence: float = 35.0) -> tuple[np.ndarray, ...]:
+    """Terrain effects on side-looking radar that looks east (range along +x).
+
+    Returns ``(gain, shadow)``: the backscatter gain of the local incidence angle (cosine-squared
+    law relative to flat ground, so slopes facing away from the sensor darken) and the geometric
+    radar shadow (a pixel hidden from the sensor by terrain nearer in range).
+    """
+    tan_inc = np.tan(np.radians(incidence))
+    slope_x = np.gradient(dem, res, axis=1)  # rise per metre eastwards: > 0 faces the sensor
+    local = np.radians(incidence) - np.arctan(slope_x)
+    gain = np.clip(np.cos(local), 0.0, None) ** 2 / np.cos(np.radians(incidence)) ** 2
+    # A ray towards the sensor rises by 1/tan(incidence) per metre of ground nearer in range.
+    height = dem + np.arange(dem.shape[1])[None, :] * res / tan_inc
+    horizon = np.maximum.accumulate(height, axis=1)
+    shadow = np.zeros(dem.shape, dtype=bool)
+    shadow[:, 1:] = horizon[:, :-1] > height[:, 1:] + 1e-6
+    return gain, shadow | (local >= np.pi / 2)

@@ -11,6 +11,7 @@ checkable answer offline.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -282,7 +283,9 @@ def _landsat_encoding() -> dict[str, dict[str, Any]]:
     }
 
 
-def _nightlights(rng: np.random.Generator, size: int) -> Scene:
+def _nightlights(rng: np.random.Generator, size: int, difficulty: str = "standard") -> Scene:
+    if difficulty == "hard":
+        return _nightlights_hard(rng, size)
     n = _round_up(size, 16)
     fine = _geobox(250000.0, 9870000.0, n, 30.0, "EPSG:32737")  # Nairobi, UTM 37S
     coarse = _geobox(250000.0, 9870000.0, n // 16, 480.0, "EPSG:32737")
@@ -317,6 +320,83 @@ def _nightlights(rng: np.random.Generator, size: int) -> Scene:
         "blurred by a point-spread function, area-averaged and noisy",
         "truth_radiance": "night-time radiance at 30 m (what a U-Net should recover): smoothed "
         "settlement intensity to a power plus lit roads near towns, dark water",
+        "truth_cloud": "per Landsat date at 30 m: cloud, thin_cloud, shadow (0/1)",
+    }
+    return Scene(
+        cubes, recipe="nightlights", seed=0, descriptions=descriptions,
+        encodings={"landsat": _landsat_encoding()},
+    )  # fmt: skip
+
+
+def _nightlights_hard(rng: np.random.Generator, size: int) -> Scene:
+    """Four cities, one per quadrant, whose lights differ in brightness scale by 10x or more."""
+    n = _round_up(size, 32)  # each quadrant covers whole 480 m cells
+    half = n // 2
+    fine = _geobox(250000.0, 9870000.0, n, 30.0, "EPSG:32737")
+    coarse = _geobox(250000.0, 9870000.0, n // 16, 480.0, "EPSG:32737")
+    cities = []
+    for _ in range(4):
+        city = L.make_landscape(
+            rng, half, towns=int(rng.integers(1, 4)), relief=float(rng.uniform(40.0, 300.0)),
+            base_elevation=float(rng.uniform(20.0, 1800.0)), lakes=int(rng.integers(0, 3)),
+        )  # fmt: skip
+        aridity = rng.uniform(0.15, 1.0)  # dry cities are soil-coloured, humid ones green
+        city.forest, city.crop = city.forest * aridity, city.crop * aridity
+        cities.append(city)
+
+    def tile(field: str, stage: bool = False) -> np.ndarray:
+        parts = [getattr(c, field)[0] if stage else getattr(c, field) for c in cities]
+        return np.block([[parts[0], parts[1]], [parts[2], parts[3]]])
+
+    land = L.Landscape(
+        settlement=tile("settlement", stage=True)[None], road=tile("road"), water=tile("water"),
+        forest=tile("forest"), crop=tile("crop"), dem=tile("dem"), hand=tile("hand"),
+    )  # fmt: skip
+    region = np.kron(np.arange(4.0).reshape(2, 2), np.ones((half, half)))
+    # Lights per unit of settlement differ between cities (wealth, electrification, lamp types).
+    scales = np.geomspace(1.0, 10 ** rng.uniform(1.0, 1.25), 4)[rng.permutation(4)]
+    scales = scales * rng.uniform(0.3, 0.6)
+    scale = scales[region.astype(int)]
+    airglow = 0.4 * (1.0 - 0.9 * land.water)
+    rad = airglow + scale * (L.nightlight_radiance(land, 0) - airglow)
+    dates = [pd.Timestamp(d) for d in ("2021-01-14", "2021-02-15", "2021-07-09", "2021-09-11")]
+    covers = _cloud_covers(rng, len(dates), clear_first=1)
+    clouds = [L.make_clouds(rng, n, c, cirrus_cover=ci) for c, ci in covers]
+    landsat = np.stack(
+        [_landsat_sr(land, rng, d.dayofyear, c) for d, c in zip(dates, clouds, strict=True)]
+    )
+    months = pd.date_range("2021-01-01", periods=6, freq="MS")
+    viirs = np.stack(
+        [_radiance_coarse(rad * (1 + 0.04 * rng.standard_normal()), 16, rng, noise=0.3)[None]
+         for _ in months]
+    )  # fmt: skip
+    order = ", ".join(f"{s:.2f}" for s in scales)
+    cubes = {
+        "landsat": _cube(landsat, LANDSAT_L2_BANDS, fine, times=dates, name="landsat",
+                         long_name="Landsat 8 C2 L2-like DN; SR = DN*2.75e-5-0.2, "
+                         "ST = DN*0.00341802+149 K"),
+        "viirs": _cube(viirs, ["avg_rad"], coarse, times=months, name="viirs", units="nW/cm2/sr"),
+        "region": _cube(region[None], ["city"], fine, name="region"),
+        "truth_radiance": _cube(rad[None], ["avg_rad"], fine, name="truth_radiance",
+                                units="nW/cm2/sr"),
+        "truth_city_scale": _cube(scale[None], ["scale"], fine, name="truth_city_scale"),
+        "truth_cloud": _cube(_cloud_truth(clouds), ["cloud", "thin_cloud", "shadow"], fine,
+                             times=dates, name="truth_cloud"),
+    }  # fmt: skip
+    descriptions = {
+        "landsat": "Landsat-8-C2-L2-like DN at 30 m, 4 dates of 2021, over four different cities "
+        "(one per quadrant: own terrain, towns, lakes and aridity, so the daytime look shifts "
+        "between them); SR_B1..SR_B7 (scale 2.75e-5, offset -0.2), ST_B10 (scale 0.00341802, "
+        "offset 149 K), QA_PIXEL bits 1 dilated, 2 cirrus, 3 cloud, 4 shadow, 6 clear, 7 water",
+        "viirs": "VIIRS-like monthly avg_rad (nW/cm2/sr) at 480 m, Jan-Jun 2021: the fine radiance "
+        "blurred, area-averaged and noisy; the only source that sees each city's brightness scale",
+        "region": "city id (0..3, one per quadrant; 0 top left, 1 top right, 2 bottom left, "
+        "3 bottom right) for per-city standardisation and held-out-city validation",
+        "truth_radiance": "night-time radiance at 30 m: airglow plus each city's lights times its "
+        f"brightness scale (cities 0..3: {order}; the largest is >= 10x the smallest), so a "
+        "model fitted on some cities must generalise to brighter or dimmer ones",
+        "truth_city_scale": "the brightness scale of each pixel's city (the multiplier of its "
+        "lights above airglow)",
         "truth_cloud": "per Landsat date at 30 m: cloud, thin_cloud, shadow (0/1)",
     }
     return Scene(
@@ -366,7 +446,9 @@ def _cloudmask(rng: np.random.Generator, size: int) -> Scene:
     )  # fmt: skip
 
 
-def _water(rng: np.random.Generator, size: int) -> Scene:
+def _water(rng: np.random.Generator, size: int, difficulty: str = "standard") -> Scene:
+    if difficulty == "hard":
+        return _water_hard(rng, size)
     n = size
     fine = _geobox(640000.0, 3380000.0, n, 30.0, "EPSG:32615")  # lower Mississippi, UTM 15N
     land = L.make_landscape(rng, n, towns=3, relief=25.0, base_elevation=15.0, lakes=3)
@@ -404,7 +486,93 @@ def _water(rng: np.random.Generator, size: int) -> Scene:
     return Scene(cubes, recipe="water", seed=0, descriptions=descriptions)
 
 
-def _downscale(rng: np.random.Generator, size: int) -> Scene:
+def _water_hard(rng: np.random.Generator, size: int) -> Scene:
+    """SAR that confuses dark land with water and an optical composite with clouds left in it."""
+    n = size
+    fine = _geobox(640000.0, 3380000.0, n, 30.0, "EPSG:32615")
+    land = L.make_landscape(rng, n, towns=3, relief=25.0, base_elevation=15.0, lakes=3)
+    wet = land.water > 0.5
+    # Steep bluffs over the eastern part of the floodplain cast radar shadows.
+    ramp = np.clip((np.arange(n) / n - 0.45) / 0.25, 0.0, 1.0)[None, :]
+    hills = 120.0 * np.clip(L.smooth_noise(rng, (n, n), max(n / 40, 1.5)), 0.0, None) ** 1.5
+    land.dem = (land.dem + hills * ramp * (1.0 - land.water)).astype(np.float32)
+    land.hand = L.height_above_drainage(land.dem, wet).astype(np.float32)
+    # Smooth wet bare soil (ponded fields, mud flats) on the low ground: as dark as water in SAR.
+    low = ~wet & (land.hand < np.quantile(land.hand[~wet], 0.4)) & (land.settlement[0] < 0.2)
+    field = L.smooth_noise(rng, (n, n), max(n / 30, 1.5))
+    area = max(0.03 * n * n, 0.6 * wet.sum())
+    smooth = low & (field >= np.quantile(field[low], max(0.0, 1.0 - area / max(low.sum(), 1))))
+    date = pd.Timestamp("2010-06-15")
+    fr = land.fractions(0, date.dayofyear)
+    bare = np.where(smooth, 0.9, 0.0)  # ponded fields are bare: vegetation becomes soil
+    fr["soil"] = fr["soil"] + fr["vegetation"] * bare
+    fr["vegetation"] = fr["vegetation"] * (1.0 - bare)
+    # Wind roughens part of the open water: brighter than calm water, so SAR misses it.
+    wind = 1.0 + 5.0 * np.clip(L.smooth_noise(rng, (n, n), max(n / 10, 2.0)) - 0.8, 0.0, None)
+    smooth_bs = (0.007, 0.0011)
+    sigma0 = []
+    for pol in (0, 1):
+        soil = np.where(smooth, smooth_bs[pol], L.BACKSCATTER["soil"][pol])
+        s = (fr["water"] * L.BACKSCATTER["water"][pol] * wind + fr["soil"] * soil
+             + sum(fr[k] * L.BACKSCATTER[k][pol] for k in ("urban", "vegetation")))  # fmt: skip
+        sigma0.append(s)
+    gain, shadow = L.radar_terrain(land.dem, 30.0)
+    floor = np.array([0.004, 0.0006])[:, None, None]  # noise-equivalent sigma0 in shadow
+    sigma0 = np.where(shadow[None], floor, np.stack(sigma0) * gain[None])
+    looks = 4.0
+    speckle = rng.gamma(looks, 1.0 / looks, size=(2, n, n))
+    sar_db = 10.0 * np.log10(np.maximum(sigma0, 1e-5) * speckle)
+    surface = L.reflectance(fr, [3, 4, 5, 6], rng)
+    darken = np.array([0.6, 0.55, 0.4, 0.4])[:, None, None]  # water absorbs in the NIR/SWIR
+    surface = np.where(smooth[None], surface * darken, surface).astype(np.float32)
+    # The optical composite still holds clouds and their shadows; thick cores have no data.
+    clouds = L.make_clouds(rng, n, 0.25, cirrus_cover=0.2)
+    optical = L.apply_clouds(surface, clouds, [3, 4, 5, 6])
+    optical[:, clouds.thick > 0.8] = np.nan
+    qa = _qa_pixel(clouds, land.water, rng).astype(np.float32)
+    label_clouds = L.make_clouds(rng, n, 0.12)
+    label = np.where(land.water >= 0.95, 1.0, np.where(land.water <= 0.05, 0.0, np.nan))
+    label[label_clouds.truth() | label_clouds.shadow] = np.nan
+    cubes = {
+        "sar": _cube(sar_db[None], ["HH", "HV"], fine, times=[date], name="sar", units="dB"),
+        "optical": _cube(np.concatenate([optical, qa[None]])[None],
+                         ["Red", "NIR", "SWIR1", "SWIR2", "QA_PIXEL"], fine, times=[date],
+                         name="optical"),
+        "terrain": _cube(np.stack([land.dem, land.hand]), ["DEM", "HAND"], fine, name="terrain",
+                         units="m"),
+        "truth_water": _cube(label[None], ["water"], fine, name="truth_water"),
+        "truth_cover": _cube(np.stack([fr[k] for k in ("water", "urban", "vegetation", "soil")]),
+                             ["water", "urban", "vegetation", "soil"], fine, name="truth_cover"),
+        "truth_dark_land": _cube(np.stack([smooth, shadow & ~wet]), ["smooth_surface",
+                                 "radar_shadow"], fine, name="truth_dark_land"),
+        "truth_cloud": _cube(_cloud_truth([clouds]), ["cloud", "thin_cloud", "shadow"], fine,
+                             times=[date], name="truth_cloud"),
+    }  # fmt: skip
+    descriptions = {
+        "sar": "L-band-SAR-like backscatter HH, HV in dB at 30 m (4-look gamma speckle, looking "
+        "east): calm water dark, but smooth wet bare soil on the low ground is as dark, radar "
+        "shadows behind the eastern bluffs fall to the noise floor and wind-roughened water is "
+        "brighter, so SAR alone is ambiguous",
+        "optical": "Landsat-like reflectance Red, NIR, SWIR1, SWIR2 (0..1) at 30 m with clouds, "
+        "cirrus and cloud shadows left in (NaN in thick cloud cores) and QA_PIXEL (bits 1 dilated, "
+        "2 cirrus, 3 cloud, 4 shadow, 6 clear, 7 water) that misses thin cloud: it separates wet "
+        "soil from water where clear and is unreliable elsewhere",
+        "terrain": "DEM (m) and HAND, height above nearest drainage (m), at 30 m; steep bluffs in "
+        "the east",
+        "truth_water": "water labels at 30 m: 1 water, 0 land, NaN nodata (cloud, cloud shadow "
+        "or partial water), to be ignored in the loss",
+        "truth_cover": "cover fractions (0..1, summing to 1) of water, urban, vegetation and soil "
+        "at 30 m (smooth wet surfaces count as soil)",
+        "truth_dark_land": "land that SAR confuses with water (0/1): smooth_surface (wet bare "
+        "soil), radar_shadow (terrain hidden from the sensor)",
+        "truth_cloud": "clouds in the optical composite at 30 m: cloud, thin_cloud, shadow (0/1)",
+    }
+    return Scene(cubes, recipe="water", seed=0, descriptions=descriptions)
+
+
+def _downscale(rng: np.random.Generator, size: int, difficulty: str = "standard") -> Scene:
+    if difficulty == "hard":
+        return _downscale_hard(rng, size)
     n = _round_up(size, 5)
     fine = _geobox(300000.0, 4800000.0, n, 1000.0, "EPSG:32615")  # US corn belt, UTM 15N
     coarse = _geobox(300000.0, 4800000.0, n // 5, 5000.0, "EPSG:32615")
@@ -444,6 +612,82 @@ def _downscale(rng: np.random.Generator, size: int) -> Scene:
     return Scene(cubes, recipe="downscale", seed=0, descriptions=descriptions)
 
 
+def _downscale_hard(rng: np.random.Generator, size: int) -> Scene:
+    """Coarse labels over partial flight-track footprints of 100-pixel tiles; heavy-tailed SIF."""
+    tile = 100  # 3 km tiles of 30 m pixels, as airborne SIF campaigns are gridded
+    n = _round_up(size, tile)
+    fine = _geobox(330000.0, 4450000.0, n, 30.0, "EPSG:32616")  # central Illinois, UTM 16N
+    coarse = _geobox(330000.0, 4450000.0, n // tile, tile * 30.0, "EPSG:32616")
+    land = L.make_landscape(rng, n, towns=2, relief=25.0, base_elevation=200.0, lakes=1)
+    fields = L.parcels(rng, n, 25.0)
+    count = int(fields.max()) + 1
+    kind = rng.choice(3, size=count, p=[0.45, 0.35, 0.2])[fields]  # corn, soybean, other
+    crop = (kind < 2) & (land.forest < 0.5)
+    # Field vigour is log-normal (irrigation, soils, management), so SIF has a long right tail
+    # while NDVI saturates over the most vigorous fields.
+    vigor = np.exp(0.5 * rng.standard_normal(count))[fields]
+    vigor = vigor * np.exp(0.15 * L.smooth_noise(rng, (n, n), 2.0))
+    urban = land.urban(0)
+    ground = np.clip(1.0 - land.water - urban, 0.0, 1.0)
+    quantum = np.where(crop, np.where(kind == 0, 1.35, 1.0), 0.75)  # C4 corn yields most
+    doys = [167, 183, 199, 215]
+    times = [pd.Timestamp(2016, 1, 1) + pd.Timedelta(days=d - 1) for d in doys]
+    vi, sif = [], []
+    for doy in doys:
+        corn = 0.1 + 0.9 * np.exp(-0.5 * ((doy - 200.0) / 28.0) ** 2)
+        soy = 0.1 + 0.9 * np.exp(-0.5 * ((doy - 222.0) / 28.0) ** 2)
+        green = np.where(crop, np.where(kind == 0, corn, soy), land.greenness(doy))
+        lai = 4.0 * green * np.where(crop, vigor, np.sqrt(vigor))
+        cover = 1.0 - np.exp(-0.5 * lai)
+        fr = {"water": land.water, "urban": urban, "vegetation": ground * cover,
+              "soil": ground * (1.0 - cover)}  # fmt: skip
+        blue, red, nir = L.reflectance(fr, [1, 3, 4], rng, noise=0.006)
+        vi.append(np.stack([(nir - red) / (nir + red),
+                            2.5 * (nir - red) / (nir + 6.0 * red - 7.5 * blue + 1.0)]))  # fmt: skip
+        apar = 0.9 + 0.1 * np.cos(2 * np.pi * (doy - 180) / 365)
+        sif.append(0.25 * quantum * apar * lai * ground)
+    sif = np.stack(sif)[:, None].astype(np.float32)
+    # Each tile is observed along a few flight tracks covering 10-30 % of it on each date; its
+    # coarse label is the mean of the fine SIF over that footprint only.
+    cells = n // tile
+    footprint = np.zeros((len(doys), 1, n, n), dtype=bool)
+    for t in range(len(doys)):
+        for i in range(cells):
+            for j in range(cells):
+                track = L.footprint_tracks(rng, tile, float(rng.uniform(0.12, 0.28)))
+                footprint[t, 0, i * tile : (i + 1) * tile, j * tile : (j + 1) * tile] = track
+    weights = footprint.astype(np.float64)
+    label = L.block_mean(sif * weights, tile) / L.block_mean(weights, tile)
+    observed = np.where(footprint, sif, np.nan)
+    cubes = {
+        "modis": _cube(np.stack(vi), ["NDVI", "EVI"], fine, times=times, name="modis"),
+        "cdl": _cube(np.stack([crop & (kind == 0), crop & (kind == 1)]), ["corn", "soybean"],
+                     fine, name="cdl"),
+        "tropomi": _cube(label, ["SIF743"], coarse, times=times, name="tropomi",
+                         units="mW/m2/nm/sr"),
+        "footprint": _cube(weights, ["weight"], fine, times=times, name="footprint"),
+        "truth_sif": _cube(sif, ["SIF743"], fine, times=times, name="truth_sif",
+                           units="mW/m2/nm/sr"),
+        "truth_sif_observed": _cube(observed, ["SIF743"], fine, times=times,
+                                    name="truth_sif_observed", units="mW/m2/nm/sr"),
+    }  # fmt: skip
+    descriptions = {
+        "modis": "NDVI and EVI at 30 m (Landsat-like; the key is the standard scene's), 4 dates "
+        "from 2016-06-15 every 16 days: NDVI saturates over the most vigorous fields",
+        "cdl": "crop-type map at 30 m (0/1): corn and soybean fields; corn (C4) yields more SIF "
+        "for the same greenness",
+        "tropomi": "coarse SIF743 per 3 km tile (100 x 100 px, not a power of 2) and date: the "
+        "mean of truth_sif over the tile's footprint only (10-30 % of the tile), not over the tile",
+        "footprint": "per date at 30 m: 1 where the tile's coarse label was observed (one to three "
+        "parallel flight tracks with gaps), 0 elsewhere; the weights of the coarse labels",
+        "truth_sif": "SIF743 at 30 m: crop-specific yield x APAR x log-normal field vigour, so the "
+        "target is heavy-tailed (bright outlier fields) and varies field by field",
+        "truth_sif_observed": "truth_sif on the footprint, NaN elsewhere (like airborne fine SIF: "
+        "for evaluation only, never for coarse-supervised training)",
+    }
+    return Scene(cubes, recipe="downscale", seed=0, descriptions=descriptions)
+
+
 _BUILDERS: dict[str, Callable[[np.random.Generator, int], Scene]] = {
     "builtup": _builtup,
     "nightlights": _nightlights,
@@ -465,7 +709,9 @@ RECIPES: dict[str, str] = {
 }
 
 
-def synthetic_scene(recipe: str, *, seed: int = 0, size: int = 256) -> Scene:
+def synthetic_scene(
+    recipe: str, *, seed: int = 0, size: int = 256, difficulty: str = "standard"
+) -> Scene:
     """Generate the synthetic scene of a recipe, with its truth.
 
     Parameters
@@ -479,6 +725,18 @@ def synthetic_scene(recipe: str, *, seed: int = 0, size: int = 256) -> Scene:
         Pixels along each side of the finest grid, rounded up to a multiple of the recipe's
         coarsest aggregation factor (10 for ``builtup``, 16 for ``nightlights``, 5 for
         ``downscale``) so that coarse pixels cover whole fine blocks.
+    difficulty : {"standard", "hard"}
+        ``"standard"`` (the default, unchanged) or ``"hard"``: scenes that fail the way real data
+        fails, for ``"downscale"``, ``"nightlights"`` and ``"water"``. Hard ``downscale`` is
+        30 m / 3 km (tiles of 100 px, size rounded up to a multiple of 100) with each coarse
+        label the mean of a heavy-tailed fine SIF over a flight-track footprint of 10-30 % of
+        its tile (extra keys ``footprint``, ``cdl``, ``truth_sif_observed``); hard
+        ``nightlights`` joins four cities, one per quadrant, whose lights differ in brightness
+        scale by 10x or more (size a multiple of 32; extra keys ``region``,
+        ``truth_city_scale``); hard ``water`` has smooth wet soil and radar shadow as dark as
+        water in SAR, wind-roughened water, and clouds left in the optical composite with a
+        ``QA_PIXEL`` band (extra keys ``truth_dark_land``, ``truth_cloud``). Each scene's
+        ``descriptions`` say what is hard.
 
     Returns
     -------
@@ -497,6 +755,11 @@ def synthetic_scene(recipe: str, *, seed: int = 0, size: int = 256) -> Scene:
     True
     >>> scene["modis"].rio.crs.to_epsg()
     32615
+    >>> hard = synthetic_scene("downscale", size=100, difficulty="hard")
+    >>> sorted(hard)
+    ['cdl', 'footprint', 'modis', 'tropomi', 'truth_sif', 'truth_sif_observed']
+    >>> 0.1 <= float(hard["footprint"].mean()) <= 0.3
+    True
     """
     if recipe not in _BUILDERS:
         raise InputError(f"unknown recipe {recipe!r}; expected one of {sorted(_BUILDERS)}")
@@ -504,6 +767,13 @@ def synthetic_scene(recipe: str, *, seed: int = 0, size: int = 256) -> Scene:
         raise InputError(f"size must be an integer >= 16 pixels; got {size!r}")
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
         raise InputError(f"seed must be an integer; got {seed!r}")
-    scene = _BUILDERS[recipe](np.random.default_rng(int(seed)), int(size))
+    hard = [k for k, b in _BUILDERS.items() if "difficulty" in inspect.signature(b).parameters]
+    if difficulty not in ("standard", "hard") or (difficulty == "hard" and recipe not in hard):
+        raise InputError(
+            f"difficulty must be 'standard' or 'hard' (scenes with a hard version: {hard}); "
+            f"got {difficulty!r} for {recipe!r}"
+        )
+    extra = {"difficulty": difficulty} if difficulty != "standard" else {}
+    scene = _BUILDERS[recipe](np.random.default_rng(int(seed)), int(size), **extra)
     scene.seed = int(seed)
     return scene
