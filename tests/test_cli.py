@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 
 from xfusion import recipes
-from xfusion.cli import RECIPE_TABLE, main
+from xfusion.cli import main
+from xfusion.errors import ConfigError
+from xfusion.recipes import RECIPES
 from xfusion.recipes._base import config_keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +70,39 @@ def test_scene_in_process(tmp_path, capsys):
 def test_recipes_lists_every_recipe(capsys):
     assert main(["recipes"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == list(RECIPE_TABLE)
-    assert set(RECIPE_TABLE) == {"builtup", "nightlights", "cloudmask", "water", "downscale"}
+    assert [line.split()[0] for line in lines] == list(RECIPES)
+    assert set(RECIPES) == {"builtup", "nightlights", "cloudmask", "water", "downscale"}
+    # the one-line summary of each is the first line of its module's docstring
+    for line, name in zip(lines, RECIPES, strict=True):
+        assert line.split(None, 1)[1] == recipes.get(name).__doc__.splitlines()[0]
+
+
+def test_the_registry_is_the_recipe_modules(tmp_path, monkeypatch):
+    """A sixth recipe is one more file in the package: the registry finds it."""
+    package = tmp_path / "xfusion_extra"
+    shutil.copytree(ROOT / "xfusion" / "recipes", package / "recipes")
+    (package / "__init__.py").write_text("")
+    (package / "recipes" / "tiny.py").write_text(
+        '"""A tiny recipe."""\nfrom xfusion.recipes.downscale import Config, run\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    extra = importlib.import_module("xfusion_extra.recipes")
+    assert extra.RECIPES == tuple(sorted([*RECIPES, "tiny"]))
+    assert extra.summary("tiny") == "A tiny recipe."
+    assert extra.get("tiny").Config is recipes.get("downscale").Config
+    with pytest.raises(ConfigError, match=r"unknown recipe 'nope'; available recipes are \["):
+        extra.get("nope")
+
+
+def test_readme_recipe_table_names_every_recipe():
+    """The README's recipe tables list the registry's recipes, one row each."""
+    text = (ROOT / "README.md").read_text()
+    for header in ("| recipe | what it does |", "| recipe | result on held-out data |"):
+        table = text[text.index(header) :].split("\n\n", 1)[0]
+        rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:]]
+        assert sorted(rows) == sorted(RECIPES), header
 
 
 @pytest.mark.parametrize(
@@ -172,7 +206,7 @@ def _sets(recipe: str) -> list[str]:
 def demos(tmp_path_factory):
     """Each recipe's demo, one after the other into the same OUT, with progress (the default)."""
     out = tmp_path_factory.mktemp("demos") / "xfusion-out"
-    runs = {name: _main(["demo", name, "--out", str(out), *_sets(name)]) for name in RECIPE_TABLE}
+    runs = {name: _main(["demo", name, "--out", str(out), *_sets(name)]) for name in RECIPES}
     return out, runs
 
 
@@ -186,13 +220,13 @@ def test_demos_write_each_recipe_into_its_own_folder(demos):
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics and (folder / "outputs.zarr").is_dir()
         assert json.loads((folder / ".xfusion-output.json").read_text())["owner"] == name
-    assert sorted(p.name for p in out.iterdir()) == sorted([".xfusion-output.json", *RECIPE_TABLE])
+    assert sorted(p.name for p in out.iterdir()) == sorted([".xfusion-output.json", *RECIPES])
 
 
 def test_every_recipe_writes_a_config_toml_that_loads_back(demos):
     # before: cloudmask, water and downscale wrote config.json
     out, _ = demos
-    for name in RECIPE_TABLE:
+    for name in RECIPES:
         module = recipes.get(name)
         assert not (out / name / "config.json").exists()
         text = (out / name / "config.toml").read_text()
@@ -237,7 +271,7 @@ def test_quiet_rerun_of_a_demo_and_its_config_toml(demos, tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("recipe", list(RECIPE_TABLE))
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_run_recipe_help_lists_every_config_key(recipe, capsys):
     with pytest.raises(SystemExit) as info:
         main(["run", recipe, "--help"])

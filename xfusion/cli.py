@@ -4,7 +4,7 @@
 ``xfusion demo``                              the main job: the ``nightlights`` recipe on the
                                               synthetic scene through the STAC path, into
                                               ``xfusion-out/nightlights``
-``xfusion demo --all``                        all five recipes, each into ``xfusion-out/<recipe>``
+``xfusion demo --all``                        every recipe, each into ``xfusion-out/<recipe>``
 ``xfusion run RECIPE --config FILE``          a recipe with a TOML configuration
 ``xfusion run RECIPE --help``                 the recipe's config keys: type, default, meaning
 ``xfusion recipes``                           list the recipes
@@ -48,20 +48,7 @@ import xarray as xr
 from xfusion._files import claim_output_dir
 from xfusion.errors import ConfigError, SourceError, XFusionError
 
-__all__ = ["RECIPE_TABLE", "main"]
-
-#: The recipes and what each does (one line each).
-RECIPE_TABLE: dict[str, str] = {
-    "builtup": "Sentinel-2 + VIIRS fused at 1 km, GHSL SMOD >= 2 labels, pixel classifier, "
-    "built-up maps per year and change",
-    "nightlights": "VIIRS night-light radiance at ~30 m from Landsat 8 daytime bands with a "
-    "regression U-Net",
-    "cloudmask": "multitemporal cloud masking: forecast the clear background from lagged images, "
-    "cluster the differences",
-    "water": "surface-water segmentation from SAR (HH, HV), optical and terrain (DEM, HAND)",
-    "downscale": "downscale a coarse SIF-like field to 1 km with fine vegetation indices, "
-    "keeping the coarse aggregate",
-}
+__all__ = ["main"]
 
 # QA band and bits to mask (cloud, cirrus, shadow, dilated cloud) per product, for quicklooks.
 _QA_BITS = {"QA_PIXEL": [1, 2, 3, 4], "QA60": [10, 11]}
@@ -124,7 +111,7 @@ _RUN_EPILOG = textwrap.fill(
 def _config_help(recipe: str | None) -> str:
     """Return the config keys of ``recipe`` for ``xfusion run RECIPE --help`` ('' if none)."""
     from xfusion import recipes
-    from xfusion.recipes._base import _toml_value, config_keys
+    from xfusion.recipes._base import config_keys, toml_value
 
     if recipe not in recipes.RECIPES:
         return ""
@@ -135,7 +122,7 @@ def _config_help(recipe: str | None) -> str:
     ]
     width = max(len(name) for name, *_ in keys)
     for name, kind, default, doc in keys:
-        shown = "unset" if default is None else _toml_value(default)
+        shown = "unset" if default is None else toml_value(default)
         lines.append(f"  {name:<{width}}  {kind}, default {shown}")
         if doc:
             lines.extend(
@@ -149,6 +136,9 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
 
     With ``recipe`` (a recipe name), the help of ``xfusion run`` lists that recipe's config keys.
     """
+    from xfusion.datasets.synthetic import SCENES
+    from xfusion.recipes import RECIPES
+
     parser = argparse.ArgumentParser(
         prog="xfusion",
         description="Lazy, Dask-native satellite data fusion and machine learning on datacubes.",
@@ -160,15 +150,15 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
         help="run the main job (the nightlights recipe) on the embedded synthetic scene",
         description="Run a recipe (default: nightlights) offline on its synthetic scene, written "
         "as a local STAC catalog and read back through xfusion.open_stac; print a summary table "
-        "and where the outputs are. --all runs all five recipes. Each recipe writes into its own "
+        "and where the outputs are. --all runs every recipe. Each recipe writes into its own "
         "folder, OUT/<recipe> (OUT: --out, default xfusion-out); running a demo again reuses "
         "its folder.",
     )
     demo.add_argument(
-        "recipe", nargs="?", default="nightlights", choices=sorted(RECIPE_TABLE),
+        "recipe", nargs="?", default="nightlights", choices=RECIPES,
         help="which recipe (default: nightlights)",
     )  # fmt: skip
-    demo.add_argument("--all", action="store_true", help="run all five recipes")
+    demo.add_argument("--all", action="store_true", help="run every recipe")
     _add_common(demo)
     demo.set_defaults(out="xfusion-out")
     demo.set_defaults(func=_demo)
@@ -185,7 +175,7 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
         ),
         epilog=_config_help(recipe) + _RUN_EPILOG,
     )
-    run.add_argument("recipe", help=f"one of {', '.join(RECIPE_TABLE)}")
+    run.add_argument("recipe", help=f"one of {', '.join(RECIPES)}")
     run.add_argument("--config", help="TOML configuration file")
     _add_common(run)
     run.set_defaults(func=_run)
@@ -200,8 +190,8 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
         "open it with xfusion.open_stac, print a summary of every source and write a quicklook.",
     )
     scene.add_argument(
-        "recipe", nargs="?", default="nightlights", choices=sorted(RECIPE_TABLE),
-        help="which recipe's synthetic scene (default: nightlights)",
+        "recipe", nargs="?", default="nightlights", choices=sorted(SCENES),
+        help="which synthetic scene, named after its recipe (default: nightlights)",
     )  # fmt: skip
     scene.add_argument(
         "--out", default="xfusion-scene", help="output folder (default: %(default)s)"
@@ -221,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Examples
     --------
     >>> main(["recipes"])  # doctest: +ELLIPSIS
-    builtup      Sentinel-2 + VIIRS ...
+    builtup      Built-up area mapping ...
     ...
     0
     """
@@ -326,7 +316,9 @@ def _run_one(recipe: str, config_path: str | None, args: argparse.Namespace) -> 
 
 
 def _demo(args: argparse.Namespace) -> int:
-    names = list(RECIPE_TABLE) if args.all else [args.recipe]
+    from xfusion.recipes import RECIPES
+
+    names = list(RECIPES) if args.all else [args.recipe]
     for name in names:  # every configuration mistake before any run
         _load_config(name, None, args)
     # OUT holds one folder per recipe; claiming it first refuses a folder of someone else's files
@@ -353,9 +345,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _recipes(args: argparse.Namespace) -> int:
-    width = max(map(len, RECIPE_TABLE))
-    for name, text in RECIPE_TABLE.items():
-        print(f"{name:<{width}}  {text}")
+    from xfusion import recipes
+
+    width = max(map(len, recipes.RECIPES))
+    for name in recipes.RECIPES:
+        print(f"{name:<{width}}  {recipes.summary(name)}")
     return 0
 
 

@@ -25,7 +25,7 @@ from xfusion.datasets import _landscape as L
 from xfusion.errors import InputError
 from xfusion.grids import grid, grid_coords
 
-__all__ = ["RECIPES", "Scene", "synthetic_scene"]
+__all__ = ["RECIPES", "SCENES", "Scene", "register_scene", "synthetic_scene"]
 
 # Landsat 8 Collection-2 Level-2 encoding (USGS):
 # SR = DN * 2.75e-5 - 0.2, ST = DN * 0.00341802 + 149 (kelvin).
@@ -182,9 +182,45 @@ def _smod(intensity_1km: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# recipes
+# scenes
+
+#: The synthetic scenes, by name: a one-line description of each. The five scenes are named after
+#: the workflows they were made for; a recipe names the scene it runs on, and a new one may add
+#: its own with :func:`register_scene` (this module knows scenes, not recipes).
+SCENES: dict[str, str] = {}
+_BUILDERS: dict[str, Callable[[np.random.Generator, int], Scene]] = {}
 
 
+def register_scene(
+    name: str, description: str
+) -> Callable[[Callable[[np.random.Generator, int], Scene]], Callable[..., Scene]]:
+    """Register a scene builder ``(rng, size) -> Scene`` under ``name`` for :func:`synthetic_scene`.
+
+    Examples
+    --------
+    >>> @register_scene("flat", "one band of zeros")
+    ... def _flat(rng, size):
+    ...     zeros = xr.DataArray(np.zeros((1, size, size), np.float32), dims=("band", "y", "x"),
+    ...                          coords={"band": ["z"]})
+    ...     return Scene({"zeros": zeros}, recipe="flat", seed=0, descriptions={"zeros": "0"})
+    >>> synthetic_scene("flat", size=16)["zeros"].shape
+    (1, 16, 16)
+    >>> del SCENES["flat"], _BUILDERS["flat"]
+    """
+
+    def register(builder: Callable[[np.random.Generator, int], Scene]) -> Callable[..., Scene]:
+        SCENES[name] = description
+        _BUILDERS[name] = builder
+        return builder
+
+    return register
+
+
+@register_scene(
+    "builtup",
+    "Sentinel-2 series, VIIRS monthly night lights and GHSL SMOD over growing "
+    "settlements (Kathmandu-like, 2015-2019)",
+)
 def _builtup(rng: np.random.Generator, size: int) -> Scene:
     n = _round_up(size, 10)
     fine = _geobox(320000.0, 3080000.0, n, 100.0, "EPSG:32645")  # Kathmandu valley, UTM 45N
@@ -283,6 +319,10 @@ def _landsat_encoding() -> dict[str, dict[str, Any]]:
     }
 
 
+@register_scene(
+    "nightlights",
+    "Landsat 8 C2 L2 dates, VIIRS at 480 m and the 30 m radiance truth (Nairobi-like)",
+)
 def _nightlights(rng: np.random.Generator, size: int, difficulty: str = "standard") -> Scene:
     if difficulty == "hard":
         return _nightlights_hard(rng, size)
@@ -405,6 +445,11 @@ def _nightlights_hard(rng: np.random.Generator, size: int) -> Scene:
     )  # fmt: skip
 
 
+@register_scene(
+    "cloudmask",
+    "12-date Landsat-like series with clouds, cirrus and shadows, imperfect QA, cloud "
+    "and background truth",
+)
 def _cloudmask(rng: np.random.Generator, size: int) -> Scene:
     n = size
     fine = _geobox(700000.0, 4400000.0, n, 30.0, "EPSG:32630")  # eastern Spain, UTM 30N
@@ -446,6 +491,10 @@ def _cloudmask(rng: np.random.Generator, size: int) -> Scene:
     )  # fmt: skip
 
 
+@register_scene(
+    "water",
+    "SAR HH/HV, optical, DEM and HAND with water labels (NaN nodata)",
+)
 def _water(rng: np.random.Generator, size: int, difficulty: str = "standard") -> Scene:
     if difficulty == "hard":
         return _water_hard(rng, size)
@@ -570,6 +619,10 @@ def _water_hard(rng: np.random.Generator, size: int) -> Scene:
     return Scene(cubes, recipe="water", seed=0, descriptions=descriptions)
 
 
+@register_scene(
+    "downscale",
+    "MODIS-like NDVI/EVI at 1 km and SIF at 5 km aggregated from a 1 km truth",
+)
 def _downscale(rng: np.random.Generator, size: int, difficulty: str = "standard") -> Scene:
     if difficulty == "hard":
         return _downscale_hard(rng, size)
@@ -688,25 +741,8 @@ def _downscale_hard(rng: np.random.Generator, size: int) -> Scene:
     return Scene(cubes, recipe="downscale", seed=0, descriptions=descriptions)
 
 
-_BUILDERS: dict[str, Callable[[np.random.Generator, int], Scene]] = {
-    "builtup": _builtup,
-    "nightlights": _nightlights,
-    "cloudmask": _cloudmask,
-    "water": _water,
-    "downscale": _downscale,
-}
-
-#: One-line description of the synthetic scene of each recipe.
-RECIPES: dict[str, str] = {
-    "builtup": "Sentinel-2 series, VIIRS monthly night lights and GHSL SMOD over growing "
-    "settlements (Kathmandu-like, 2015-2019)",
-    "nightlights": "Landsat 8 C2 L2 dates, VIIRS at 480 m and the 30 m radiance truth "
-    "(Nairobi-like)",
-    "cloudmask": "12-date Landsat-like series with clouds, cirrus and shadows, imperfect QA, "
-    "cloud and background truth",
-    "water": "SAR HH/HV, optical, DEM and HAND with water labels (NaN nodata)",
-    "downscale": "MODIS-like NDVI/EVI at 1 km and SIF at 5 km aggregated from a 1 km truth",
-}
+#: The old name of :data:`SCENES`.
+RECIPES = SCENES
 
 
 def synthetic_scene(
@@ -716,8 +752,9 @@ def synthetic_scene(
 
     Parameters
     ----------
-    recipe : {"builtup", "nightlights", "cloudmask", "water", "downscale"}
-        Which recipe's sources to simulate (see :data:`RECIPES` and each scene's
+    recipe : str
+        Which scene: a name of :data:`SCENES` (``"builtup"``, ``"nightlights"``,
+        ``"cloudmask"``, ``"water"``, ``"downscale"``: each workflow's sources; see each scene's
         ``descriptions`` for every key).
     seed : int
         Seed of :func:`numpy.random.default_rng`; the same seed gives the same scene.

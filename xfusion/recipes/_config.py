@@ -1,0 +1,589 @@
+"""Recipe configurations: shared field groups, one dialect of names, one ``validate``.
+
+A recipe's ``Config`` is a dataclass composed of the groups it needs, on top of
+:class:`RecipeConfig` (``out_dir``, ``seed``, ``source``, ``resume``, ``size``, ``figures``):
+
+====================  =========================================  ===============================
+group                 fields                                     helpers
+====================  =========================================  ===============================
+:class:`AreaFields`   ``bounds``, ``bounds_crs``, ``crs``,       :meth:`AreaFields.grid`
+                      ``resolution``
+:class:`DateFields`   ``start``, ``end``                         :meth:`DateFields.select_dates`
+:class:`ChunkFields`  ``chunks``, ``persist``                    :meth:`ChunkFields.spatial_chunks`
+:class:`TrainingFields` ``holdout_fraction``, ``epochs``,
+                      ``batch_size``, ``learning_rate``
+====================  =========================================  ===============================
+
+A recipe lists the groups before :class:`RecipeConfig` and gives a field a new default by
+declaring it again (it keeps its place in the field order)::
+
+    @dataclasses.dataclass
+    class Config(TrainingFields, ChunkFields, AreaFields, RecipeConfig):
+        out_dir: str = "xfusion-out/mine"
+        chunks: int = 64              # the group's field, another default
+        alpha: float = 1.0            # the recipe's own field
+
+        def checks(self):
+            return [(self.alpha > 0, "alpha", "> 0")]
+
+Every group documents its fields in a numpydoc ``Parameters`` section (read by
+:func:`config_keys` and ``xfusion run RECIPE --help``) and contributes rows to :meth:`validate`
+through a ``checks`` method, a list of ``(ok, field, expected)``. :meth:`RecipeConfig.validate`
+runs every group's rows, then the recipe's, once, when the config is built; a failing row is a
+:class:`~xfusion.errors.ConfigError` naming the field, what was expected and the value.
+
+One dialect
+    The names are the ones of the public API (``xf.grid(bounds, crs, resolution)``,
+    ``open_*(..., chunks=...)``, ``patches(size=..., n=...)``): ``bounds``, ``chunks``,
+    ``holdout_fraction``, ``n_validation_patches``. The older names ``region``,
+    ``region_crs``, ``chunk``, ``n_val_patches`` and ``train_fraction`` (``1 -
+    holdout_fraction``) are still read by :meth:`RecipeConfig.from_dict` (TOML files, the
+    command line) with a :class:`DeprecationWarning` (:data:`RENAMED_KEYS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import tomllib
+import types
+import typing
+import uuid
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from xfusion.errors import ConfigError
+
+__all__ = [
+    "RENAMED_KEYS",
+    "SOURCES",
+    "AreaFields",
+    "ChunkFields",
+    "DateFields",
+    "RecipeConfig",
+    "TrainingFields",
+    "config_keys",
+    "read_toml",
+]
+
+#: The data sources every recipe reads.
+SOURCES = ("synthetic", "stac", "ee")
+
+#: Old config key → (its name now, conversion of the value or ``None``); read with a warning.
+RENAMED_KEYS: dict[str, tuple[str, Callable[[Any], Any] | None]] = {
+    "region": ("bounds", None),
+    "region_crs": ("bounds_crs", None),
+    "chunk": ("chunks", None),
+    "n_val_patches": ("n_validation_patches", None),
+    "train_fraction": ("holdout_fraction", lambda fraction: 1.0 - fraction),
+}
+
+#: A row of :meth:`RecipeConfig.validate`: (condition, field name, what was expected).
+Check = tuple[bool, str, str]
+
+
+@dataclasses.dataclass
+class RecipeConfig:
+    """Fields common to every recipe's configuration.
+
+    Parameters
+    ----------
+    out_dir : str
+        Where outputs are written (created if missing).
+    seed : int
+        Seed for the synthetic scene, sampling and model initialisation.
+    source : str
+        ``"synthetic"`` (the offline default: the synthetic scene written as a local STAC
+        catalog and read back through :func:`xfusion.open_stac`), ``"stac"`` or ``"ee"``.
+    resume : bool
+        Continue the ``outputs.zarr`` of an interrupted run with the same configuration
+        instead of starting over (see :mod:`xfusion.recipes._base`).
+    size : int
+        Side of the synthetic scene in pixels of its finest grid (``source="synthetic"`` only).
+    figures : bool
+        Draw the PNG figures (``False`` for batch runs).
+    """
+
+    out_dir: str = "xfusion-out"
+    seed: int = 0
+    source: str = "synthetic"
+    resume: bool = False
+    size: int = 256
+    figures: bool = True
+
+    #: Per source, the keys that name its data (collection ids, files, asset names) and whose
+    #: defaults are meant for another source: :meth:`from_dict` refuses that source unless they
+    #: are given, and names them.
+    SOURCE_KEYS: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    #: Per source, defaults that differ from the synthetic scene's (units, label values); used by
+    #: :meth:`from_dict` for the keys that are not given.
+    SOURCE_DEFAULTS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: The smallest synthetic scene the recipe runs on.
+    MIN_SIZE: ClassVar[int] = 16
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def checks(self) -> list[Check]:
+        """Return this class's rows of :meth:`validate` (a recipe overrides it for its fields)."""
+        return [
+            (self.source in SOURCES, "source", f"one of {SOURCES}"),
+            (self.size >= self.MIN_SIZE, "size", f">= {self.MIN_SIZE}"),
+        ]
+
+    def validate(self) -> None:
+        """Check every field once: the rows of each field group, then the recipe's own.
+
+        Raises
+        ------
+        ConfigError
+            For the first failing row, naming the field, what was expected and the value.
+        """
+        for klass in reversed(type(self).__mro__):
+            rows = vars(klass).get("checks")
+            if rows is None:
+                continue
+            for ok, name, expected in rows(self):
+                if not ok:
+                    raise ConfigError(
+                        f"config field {name!r} must be {expected}; got {getattr(self, name)!r}"
+                    )
+
+    @classmethod
+    def recipe_name(cls) -> str:
+        """Return the name of the recipe this config belongs to (its module's name)."""
+        return cls.__module__.rsplit(".", 1)[-1]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Return what identifies the outputs of a run: recipe, xfusion version, config values.
+
+        ``out_dir`` and ``resume`` are left out: they say where and how to write, not what.
+        """
+        from importlib import metadata
+
+        try:
+            version = metadata.version("xfusion")
+        except metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
+            version = "unknown"
+        values = {k: v for k, v in self.to_dict().items() if k not in ("out_dir", "resume")}
+        return {"recipe": self.recipe_name(), "xfusion": version, "config": plain_json(values)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Self:
+        """Build a config from the keys given, the others keeping their defaults.
+
+        Unknown keys and values of the wrong type are refused with a
+        :class:`~xfusion.errors.ConfigError` naming the key, the value and the type expected.
+        Old key names (:data:`RENAMED_KEYS`) are read as their new names with a
+        :class:`DeprecationWarning`. With ``source`` other than ``"synthetic"``, keys that are
+        not given take that source's defaults (:attr:`SOURCE_DEFAULTS`, e.g. Earth Engine's
+        label values), and the keys that name the data (:attr:`SOURCE_KEYS`) must be given:
+        otherwise the error names all of them at once, before anything is read.
+
+        Examples
+        --------
+        >>> from xfusion.recipes import water
+        >>> water.Config.from_dict({"source": "ee"}).sar_calibration  # the PALSAR DN default
+        'palsar_dn'
+        >>> water.Config.from_dict({"source": "stac"})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        xfusion.errors.ConfigError: source='stac' needs ['sar_source', 'optical_source', ...
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values = _renamed(values, fields)
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s) {unknown} for {cls.__module__}.{cls.__name__}; "
+                f"valid keys are {sorted(fields)}"
+            )
+        hints = typing.get_type_hints(cls)
+        checked = {key: _coerce(key, value, hints[key]) for key, value in values.items()}
+        source = checked.get("source", fields["source"].default)
+        for key, value in cls.SOURCE_DEFAULTS.get(source, {}).items():
+            checked.setdefault(key, value)
+        missing = [key for key in cls.SOURCE_KEYS.get(source, ()) if key not in checked]
+        if missing:
+            held = ", ".join(f"{key}={fields[key].default!r}" for key in missing)
+            raise ConfigError(
+                f"source={source!r} needs {missing} set for it (they name the data it reads); "
+                f"not given, they keep defaults that are not for {source!r}: {held}; set them "
+                "in the --config file or with --set KEY=VALUE (the recipe's real_sources() "
+                "gives a complete example)"
+            )
+        return cls(**checked)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> Self:
+        """Load a config from a TOML file (top-level keys, or a ``[recipe]`` table)."""
+        return cls.from_dict(read_toml(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as plain JSON-able values."""
+        return dataclasses.asdict(self)
+
+    def to_toml(self, path: str | os.PathLike[str]) -> Path:
+        """Write the config as a ``[<recipe>]`` TOML table (``None`` fields are left out).
+
+        The file loads back with :meth:`from_toml`.
+        """
+        lines = [f"[{self.recipe_name()}]"]
+        for key, value in self.to_dict().items():
+            if value is not None:
+                lines.append(f"{key} = {toml_value(value)}")
+        final = Path(path)
+        tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex}")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, final)
+        return final
+
+
+# ----------------------------------------------------------------------------------------------
+# field groups
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class AreaFields:
+    """Where a real source is read: the region and the grid.
+
+    Parameters
+    ----------
+    bounds : (left, bottom, right, top), optional
+        Region to read, in ``bounds_crs`` (real sources; synthetic scenes have their own).
+    bounds_crs : str, optional
+        CRS of ``bounds`` (default: ``crs``).
+    crs : str, optional
+        CRS of the output grid.
+    resolution : float
+        Pixel size of the output grid in ``crs`` units.
+    """
+
+    bounds: tuple[float, ...] | None = None
+    bounds_crs: str | None = None
+    crs: str | None = None
+    resolution: float = 30.0
+
+    def checks(self) -> list[Check]:
+        box = self.bounds
+        return [
+            (
+                box is None or (len(box) == 4 and box[0] < box[2] and box[1] < box[3]),
+                "bounds",
+                "(left, bottom, right, top) with left < right and bottom < top",
+            ),
+            (math.isfinite(self.resolution) and self.resolution > 0, "resolution", "> 0"),
+        ]
+
+    def grid(self, resolution: float | None = None) -> Any:
+        """Return the grid of ``bounds`` in ``crs`` at ``resolution`` (default the field's).
+
+        A :class:`odc.geo.geobox.GeoBox` (:func:`xfusion.grid`); ``bounds`` given in another
+        ``bounds_crs`` are transformed to ``crs`` first (``crs`` unset: ``bounds_crs``).
+        """
+        from xfusion.grids import grid
+
+        crs = self.crs or self.bounds_crs
+        if self.bounds is None or crs is None:
+            raise ConfigError(
+                f"a grid needs bounds and crs; got bounds={self.bounds!r}, crs={self.crs!r}"
+            )
+        bounds = self.bounds
+        if self.bounds_crs is not None and self.bounds_crs != crs:
+            from odc.geo.geom import BoundingBox
+
+            bounds = tuple(BoundingBox(*bounds, crs=self.bounds_crs).to_crs(crs))
+        return grid(bounds, crs, resolution or self.resolution)
+
+
+@dataclasses.dataclass
+class DateFields:
+    """When a real source is read.
+
+    Parameters
+    ----------
+    start, end : str, optional
+        Date range of the series (``start <= time < end``).
+    """
+
+    start: str | None = None
+    end: str | None = None
+
+    def checks(self) -> list[Check]:
+        return [(_is_date(self.start), "start", "a date"), (_is_date(self.end), "end", "a date")]
+
+    def select_dates(self, cube: Any, *, also: str | None = None) -> Any:
+        """Return the images of ``cube`` with ``start <= time < end`` (and the day ``also``).
+
+        A selection on the time coordinate only: nothing is computed.
+        """
+        times = cube.time.to_index()
+        keep = np.ones(len(times), bool)
+        if self.start is not None:
+            keep &= times >= np.datetime64(self.start)
+        if self.end is not None:
+            keep &= times < np.datetime64(self.end)
+        if also is not None:
+            keep |= times.normalize() == np.datetime64(also)
+        return cube.isel(time=np.flatnonzero(keep))
+
+
+@dataclasses.dataclass
+class ChunkFields:
+    """How the cubes are held while a recipe runs.
+
+    Parameters
+    ----------
+    chunks : int
+        Spatial chunk size (pixels) of the opened cubes; also the chunk size of
+        ``outputs.zarr`` for cubes held in memory.
+    persist : bool
+        Keep the prepared cubes in (distributed) memory once computed, so the sources are read
+        once rather than by every step.
+    """
+
+    chunks: int = 256
+    persist: bool = True
+
+    def checks(self) -> list[Check]:
+        return [(self.chunks >= 1, "chunks", ">= 1")]
+
+    def spatial_chunks(self) -> dict[str, int]:
+        """Return ``{"y": chunks, "x": chunks}`` (the ``chunks`` argument of ``xf.open_*``)."""
+        return {"y": self.chunks, "x": self.chunks}
+
+
+@dataclasses.dataclass
+class TrainingFields:
+    """How a model is trained and evaluated.
+
+    Parameters
+    ----------
+    holdout_fraction : float
+        Fraction of the scene kept out of training; metrics are measured there.
+    epochs, batch_size : int
+        Training length and mini-batch size.
+    learning_rate : float
+        Initial learning rate.
+    """
+
+    holdout_fraction: float = 0.25
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+
+    def checks(self) -> list[Check]:
+        return [
+            (0.0 < self.holdout_fraction < 1.0, "holdout_fraction", "strictly between 0 and 1"),
+            (self.epochs >= 1, "epochs", ">= 1"),
+            (self.batch_size >= 1, "batch_size", ">= 1"),
+            (self.learning_rate > 0, "learning_rate", "> 0"),
+        ]
+
+
+def _is_date(value: str | None) -> bool:
+    if value is None:
+        return True
+    try:
+        np.datetime64(value)
+    except ValueError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# TOML, key documentation, types
+# ----------------------------------------------------------------------------------------------
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return the keys of a config file (top-level keys, or the one ``[recipe]`` table)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from err
+    if len(data) == 1 and isinstance(next(iter(data.values())), dict):
+        data = next(iter(data.values()))
+    return data
+
+
+def config_keys(config_class: type[RecipeConfig]) -> list[tuple[str, str, Any, str]]:
+    """Return ``(name, type, default, one-line doc)`` for every key of a recipe's config.
+
+    The type is said in words (``"integer"``, ``"list of strings"``), the doc is the first
+    sentence of the key's entry in the numpydoc ``Parameters`` section of the class, or else of
+    the field group that declares it.
+
+    Examples
+    --------
+    >>> from xfusion.recipes import cloudmask
+    >>> name, kind, default, doc = config_keys(cloudmask.Config)[1]
+    >>> name, kind, default
+    ('seed', 'integer', 0)
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(config_class.__mro__):
+        docs.update(_parameter_docs(vars(klass).get("__doc__")))
+    hints = typing.get_type_hints(config_class)
+    return [
+        (f.name, _describe_type(hints[f.name]), f.default, docs.get(f.name, ""))
+        for f in dataclasses.fields(config_class)
+    ]
+
+
+def plain_json(value: Any) -> Any:
+    """Return ``value`` as plain JSON values (tuples as lists, numpy scalars as numbers)."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _renamed(values: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with old key names read as their new names (warned once each)."""
+    out = dict(values)
+    for old, (new, convert) in RENAMED_KEYS.items():
+        if old not in out or old in fields or new not in fields:
+            continue
+        if new in out:
+            raise ConfigError(f"config keys {old!r} and {new!r} are the same setting; give {new!r}")
+        warnings.warn(
+            f"config key {old!r} is now {new!r}"
+            + (" (1 - train_fraction)" if old == "train_fraction" else "")
+            + "; the old name will be removed",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        value = out.pop(old)
+        out[new] = convert(value) if convert is not None and value is not None else value
+    return out
+
+
+def _parameter_docs(doc: str | None) -> dict[str, str]:
+    """First sentence of every entry of a numpydoc ``Parameters`` section, by parameter name."""
+    lines = (doc or "").expandtabs().splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Parameters") + 2
+    except StopIteration:
+        return {}
+    entries: dict[str, list[str]] = {}
+    names: list[str] = []
+    base = None
+    for line in lines[start:]:
+        indent = len(line) - len(line.lstrip())
+        if not line.strip():
+            continue
+        if base is None:
+            base = indent
+        if indent < base or (indent == base and set(line.strip()) == {"-"}):
+            break
+        if indent == base:
+            if " : " not in line and not line.rstrip().endswith(":"):
+                break  # the next section's title
+            names = [n.strip() for n in line.split(" : ")[0].split(",")]
+            for name in names:
+                entries[name] = []
+        else:
+            for name in names:
+                entries[name].append(line.strip())
+    out = {}
+    for name, words in entries.items():
+        text = " ".join(words)
+        text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)  # :func:`x` -> x
+        text = re.sub(r"``([^`]+)``", r"\1", text)
+        end = text.find(". ")
+        out[name] = text if end < 0 else text[: end + 1]
+    return out
+
+
+_TYPE_WORDS = {int: "integer", float: "number", str: "string", bool: "boolean"}
+_PLURALS = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+
+
+def _describe_type(hint: Any) -> str:
+    """Return the type of a config key in words (``int`` → ``"integer"``)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [o for o in typing.get_args(hint) if o is not type(None)]
+        words = " or ".join(_describe_type(o) for o in options)
+        return f"{words} (optional)" if len(options) < len(typing.get_args(hint)) else words
+    if origin is tuple:
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return f"list of {_PLURALS.get(args[0], 'values')}" if args else "list"
+    return _TYPE_WORDS.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _expected(hint: Any) -> str:
+    """Return what a key expects, for messages: ``"an integer"``, ``"a list of strings"``."""
+    words = _describe_type(hint).replace(" (optional)", "")
+    return ("an " if words[0] in "aeiou" else "a ") + words
+
+
+def toml_value(value: Any) -> str:
+    """Return ``value`` written as TOML (booleans, numbers, strings and lists of them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    converted = _convert(value, hint)
+    if converted is _BAD:
+        kind = type(value).__name__
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ConfigError(
+            f"config key {key!r} must be {_expected(hint)} (got {value!r}, {article} {kind})"
+        )
+    return converted
+
+
+_BAD = object()
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    """``value`` as the type ``hint`` (ints as floats, lists as tuples), or ``_BAD``."""
+    origin = typing.get_origin(hint)
+    options = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        base = typing.get_origin(option) or option
+        if base is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if base is tuple and isinstance(value, list | tuple):
+            items = [a for a in typing.get_args(option) if a is not Ellipsis]
+            if not items:
+                return tuple(value)
+            converted = tuple(_convert(v, items[0]) for v in value)
+            if all(v is not _BAD for v in converted):
+                return converted
+            continue
+        if (
+            isinstance(base, type)
+            and isinstance(value, base)
+            and not (base is int and isinstance(value, bool))
+        ):
+            return value
+    return _BAD
