@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from xfusion.datasets.stac import write_stac
-from xfusion.datasets.synthetic import RECIPES, Scene, synthetic_scene
+from xfusion.datasets.synthetic import RECIPES, SCENES, Scene, register_scene, synthetic_scene
 
-__all__ = ["RECIPES", "Scene", "synthetic_scene", "write_stac"]
+__all__ = ["RECIPES", "SCENES", "Scene", "register_scene", "synthetic_scene", "write_stac"]
