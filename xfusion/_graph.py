@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import shapely
 from affine import Affine
-from dask._task_spec import Alias, GraphNode, Task
-from dask.highlevelgraph import Layer, MaterializedLayer
+from dask._task_spec import Alias, GraphNode, Task, convert_legacy_graph
+from dask.highlevelgraph import HighLevelGraph, Layer, MaterializedLayer
 from odc.geo import CRS
 from odc.geo.geobox import GeoBox
 from odc.geo.roi import roi_boundary
@@ -42,6 +42,7 @@ __all__ = [
     "chunk_starts",
     "no_gc",
     "reproject_rois",
+    "without_legacy_layers",
 ]
 
 # output chunks whose source windows are computed in one vectorised call (bounds memory: about
@@ -209,6 +210,22 @@ class SparseChunkLayer(Layer):
             out[key] = self[key]
             deps[key] = set()
         return MaterializedLayer(out, annotations=self.annotations), deps
+
+
+def without_legacy_layers(graph: HighLevelGraph) -> HighLevelGraph:
+    """``graph`` with its materialised legacy-task layers converted to Dask's task spec.
+
+    One legacy layer anywhere in a graph (``dask.array.from_array`` of a one-chunk array is
+    one) makes Dask list every key of every layer when it culls, a million keys for a
+    global canvas on every compute; converting the (small) input layers avoids that. The
+    layers are replaced in this graph only, never in the input's own graph.
+    """
+    for name, layer in list(graph.layers.items()):
+        if isinstance(layer, MaterializedLayer) and layer.has_legacy_tasks:
+            graph.layers[name] = MaterializedLayer(
+                convert_legacy_graph(dict(layer)), annotations=layer.annotations
+            )
+    return graph
 
 
 # --- which output chunks the source reaches --------------------------------------------------

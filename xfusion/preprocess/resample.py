@@ -39,7 +39,14 @@ from odc.geo.xr import xr_coords
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
-from xfusion._graph import SparseChunkLayer, candidate_chunks, chunk_starts, no_gc, reproject_rois
+from xfusion._graph import (
+    SparseChunkLayer,
+    candidate_chunks,
+    chunk_starts,
+    no_gc,
+    reproject_rois,
+    without_legacy_layers,
+)
 from xfusion._kernels.aggregate import aggregate_blocks, aggregate_pieces
 from xfusion.bands import KIND_COORD, band_kinds, set_band_kinds
 from xfusion.errors import BandError, GridError, InputError
@@ -778,7 +785,9 @@ def _sparse_array(
 ) -> dask.array.Array:
     """Dask array with ``tasks`` for the chunks data reach, a shared NaN chunk elsewhere."""
     layer = SparseChunkLayer(name, chunks, dtype, tasks)
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=(data,))
+    graph = without_legacy_layers(
+        HighLevelGraph.from_collections(name, layer, dependencies=(data,))
+    )
     return dask.array.Array(
         graph, name, chunks=chunks, dtype=dtype, meta=np.empty((0,) * len(chunks), dtype)
     )
