@@ -18,9 +18,12 @@ __all__ = [
     "UNet",
     "UNetRegressor",
     "UNetSegmenter",
+    "baselines",
     "cross_validate",
+    "fit_baselines",
     "load_model",
     "model_bands",
+    "score_baselines",
     "set_bands",
     "spatial_folds",
     "validate_sidecar",
@@ -38,10 +41,14 @@ _LAZY = {
     "validate_sidecar": "xfusion.models.persist",
     "cross_validate": "xfusion.models.validation",
     "spatial_folds": "xfusion.models.validation",
+    "fit_baselines": "xfusion.models.baselines",
+    "score_baselines": "xfusion.models.baselines",
 }
 
 
 def __getattr__(name: str) -> Any:
+    if name == "baselines":  # the module (compare, ThresholdClassifier, ...)
+        return importlib.import_module("xfusion.models.baselines")
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
