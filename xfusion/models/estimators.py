@@ -419,7 +419,7 @@ class _UNetEstimator(BaseEstimator):
         (numpy arrays) are held out whole, each its own block: pass a patches Dataset when
         patches overlap. With fewer than 4 samples nothing is held out. The split is the same
         for every ensemble member; ``training_["validation"]`` says how it was made and
-        ``training_["train_index"]`` lists the training samples. The kept weights are those
+        ``training_["train_index"]`` / ``["validation_index"]`` list the samples of each set. The kept weights are those
         of the epoch with the lowest validation loss (evaluated in eval mode on
         un-augmented patches), ``best_epoch_``; without validation, of the lowest training
         loss.
@@ -615,6 +615,7 @@ class _UNetEstimator(BaseEstimator):
         }
         if validation_data is None:
             self.training_["train_index"] = [int(i) for i in train_index]
+            self.training_["validation_index"] = [int(i) for i in val_index]
         if recalibrated:
             self.training_["val_loss_recalibrated"] = (
                 recalibrated if n_members > 1 else recalibrated[0]
