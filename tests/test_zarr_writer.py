@@ -33,12 +33,13 @@ class LiveBlocks:
     def make(self, block: np.ndarray, block_info=None) -> np.ndarray:
         (y0, y1), (x0, x1) = block_info[None]["array-location"]
         out = np.add.outer(np.arange(y0, y1, dtype=np.float32), np.arange(x0, x1) * 1e-3)
+        out = out.astype(np.float32)
         with self._lock:
             self.now += 1
             self.made += 1
             self.peak = max(self.peak, self.now)
         weakref.finalize(out, self._done)
-        return out.astype(np.float32)
+        return out
 
 
 def _stencil(live: LiveBlocks, n: int = 8, chunk: int = 8, halo: int = 2) -> xr.DataArray:
@@ -65,16 +66,61 @@ def test_regions_write_the_same_values(tmp_path, region):
     path = write_zarr({"f": _stencil(live)}, tmp_path / "o.zarr", region_chunks=region)
     assert store_is_complete(path) and not (path / PROGRESS_FILE).exists()
     np.testing.assert_array_equal(xr.open_zarr(path, group="f")["f"].values, _reference())
+    assert live.made == 64  # every input block computed once, whatever the regions
 
 
-def test_regions_bound_the_blocks_held_at_once(tmp_path):
+def test_regions_compute_each_input_block_once_and_hold_about_a_row(tmp_path):
     with dask.config.set(scheduler="threads", num_workers=2):
         live = LiveBlocks()
-        write_zarr({"f": _stencil(live)}, tmp_path / "a.zarr", region_chunks={"y": 1, "x": 1})
+        path = write_zarr(
+            {"f": _stencil(live)}, tmp_path / "a.zarr", region_chunks={"y": 1, "x": 1}
+        )
+        # the blocks a halo reaches into are kept for the next regions, not computed again
+        assert live.made == 64
+        # ... and what is kept is about one row of the 8 × 8 blocks: the next row's blocks
+        # already computed for a halo, the slices the next row takes from this one
+        assert 8 <= live.peak <= 8 + 3
+    np.testing.assert_array_equal(xr.open_zarr(path, group="f")["f"].values, _reference())
+
+
+def test_without_a_cache_regions_recompute_their_halo_and_hold_a_neighbourhood(tmp_path):
+    with dask.config.set(scheduler="threads", num_workers=2):
+        live = LiveBlocks()
+        path = write_zarr(
+            {"f": _stencil(live)},
+            tmp_path / "a.zarr",
+            region_chunks={"y": 1, "x": 1},
+            cache_mb=0,
+        )
         # a 1×1-chunk region needs its block and its 8 neighbours, never more
         assert live.peak <= 9
-        # ... at the price of computing each input block up to 9 times (3×3 regions see it)
-        assert 64 < live.made <= 9 * 64
+        # ... at the price of computing each inner block 9 times (3×3 regions see it), each
+        # edge block 6 times and each corner block 4 times
+        assert live.made == 36 * 9 + 24 * 6 + 4 * 4
+    np.testing.assert_array_equal(xr.open_zarr(path, group="f")["f"].values, _reference())
+
+
+def test_a_small_cache_keeps_what_is_needed_soonest(tmp_path):
+    with dask.config.set(scheduler="threads", num_workers=2):
+        live = LiveBlocks()
+        block = 8 * 8 * 4  # bytes of one float32 input block
+        path = write_zarr(
+            {"f": _stencil(live)},
+            tmp_path / "a.zarr",
+            region_chunks={"y": 1, "x": 1},
+            cache_mb=3 * block / 2**20,
+        )
+        # room for the right-hand neighbours the next region needs, not for the next row
+        assert 64 < live.made < 36 * 9 + 24 * 6 + 4 * 4
+    np.testing.assert_array_equal(xr.open_zarr(path, group="f")["f"].values, _reference())
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), True, "512", None])
+def test_bad_cache_mb(tmp_path, bad):
+    cube = xr.DataArray(da.zeros((4, 4), chunks=2), dims=("y", "x"))
+    with pytest.raises(InputError, match=r"cache_mb must be a number of MiB >= 0"):
+        write_zarr({"a": cube}, tmp_path / "o.zarr", cache_mb=bad)
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.partial").exists()
 
 
 def test_progress_keys_name_both_dimensions(tmp_path):

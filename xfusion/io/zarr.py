@@ -10,6 +10,7 @@ CRS, band metadata) as written.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import json
@@ -17,12 +18,20 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
+from dask.array.core import concatenate3
+from dask.sizeof import sizeof
+
+try:  # task specs: dask >= 2024.12
+    from dask._task_spec import DataNode, convert_legacy_graph
+except ImportError:  # pragma: no cover - older dask: every region is computed on its own
+    DataNode = convert_legacy_graph = None
 
 from xfusion.errors import ConfigError, InputError, MissingFileError, SourceError
 
@@ -93,6 +102,7 @@ def write_zarr(
     fingerprint: Mapping[str, Any] | None = None,
     chunks: Mapping[str, int] | None = None,
     region_chunks: Mapping[str, int] | None = None,
+    cache_mb: float = 512,
 ) -> Path:
     """Write ``cubes`` as one Zarr store, one group per cube; resumable, and complete or absent.
 
@@ -137,9 +147,17 @@ def write_zarr(
         (dimensions not named are written whole). Peak memory follows the region, not the
         cube: Dask's local scheduler computes the inputs of a whole graph greedily, so a lazy
         prediction with a halo written in one go holds a growing share of the cube's input
-        blocks, while a region holds at most its own blocks and their neighbours. The cost is
-        that a region recomputes the input blocks its halo reaches into (for ``k × k`` chunk
-        regions, ``(k + 2)² / k²`` times the input reads). Default ``{"y": 1}``.
+        blocks, while a region holds its own blocks and the neighbours its halo reaches into.
+        Default ``{"y": 1}``.
+    cache_mb : float
+        Memory (MiB) for task results that a later region needs again, chiefly the input
+        blocks a halo reaches into across a region's edge: they are kept from the region that
+        computed them instead of being computed again. The regions of a cube are written in
+        order (row by row with the default ``region_chunks``), so what is kept is about one
+        row of blocks along the region edges; when that exceeds ``cache_mb``, the results
+        needed soonest are kept and the others recomputed. ``0`` keeps nothing: each region
+        is computed on its own and recomputes the blocks its halo reaches into (for
+        ``k × k`` chunk regions, ``(k + 2)² / k²`` times the input reads). Default 512.
 
     Returns
     -------
@@ -149,8 +167,9 @@ def write_zarr(
     Raises
     ------
     InputError
-        ``cubes`` is empty or not a mapping, a value is not a DataArray, or a group name breaks
-        the rules above; raised before anything is written.
+        ``cubes`` is empty or not a mapping, a value is not a DataArray, a group name breaks
+        the rules above, or ``region_chunks`` or ``cache_mb`` is not a positive number; raised
+        before anything is written.
     ConfigError
         ``path`` holds something other than an xfusion store, or ``resume`` meets a partial
         store of another origin.
@@ -173,6 +192,7 @@ def write_zarr(
     variables; open one with ``xr.open_zarr(store, group="a")`` or all with :func:`open_zarr`.
     """
     _check_cubes(cubes)
+    _cache_budget(cache_mb)
     final = Path(path)
     partial = _partial_path(final)
     if (final.exists() or final.is_symlink()) and _completed_digest(final) is None:
@@ -217,24 +237,190 @@ def write_zarr(
             )
     record = {**identity, "digest": digest, "n_regions": len(regions)}
     _write_progress(partial, {**record, "regions": [r[0] for r in regions if r[0] in done]})
-    for key, name, where in regions:
-        if key in done:
+    budget = _cache_budget(cache_mb)
+    for name, ds in datasets.items():
+        todo = [(key, where) for key, cube, where in regions if cube == name and key not in done]
+        if not todo:
             continue
-        data = datasets[name][name]
-        piece = data.isel(where) if where else data
-        piece = piece.drop_vars(list(piece.coords)).to_dataset(name=name)
-        piece.to_zarr(
-            partial,
-            group=name,
-            mode="r+",
-            region=dict(where) if where else None,
-            zarr_format=2,
-            consolidated=False,
-        )
-        done.add(key)
-        _write_progress(partial, {**record, "regions": [r[0] for r in regions if r[0] in done]})
+        data = ds[name]
+        pieces = _region_values(data, [where for _, where in todo], budget)
+        for (key, where), values in zip(todo, pieces, strict=True):
+            piece = xr.DataArray(values, dims=data.dims, attrs=data.attrs).to_dataset(name=name)
+            piece.to_zarr(
+                partial,
+                group=name,
+                mode="r+",
+                region=dict(where) if where else None,
+                zarr_format=2,
+                consolidated=False,
+            )
+            done.add(key)
+            regions_done = [r[0] for r in regions if r[0] in done]
+            _write_progress(partial, {**record, "regions": regions_done})
     _finish_store(partial, final, digest, len(regions), list(datasets))
     return final
+
+
+def _cache_budget(cache_mb: Any) -> int:
+    if (
+        isinstance(cache_mb, bool)
+        or not isinstance(cache_mb, int | float | np.integer | np.floating)
+        or not cache_mb >= 0
+        or not np.isfinite(cache_mb)
+    ):
+        raise InputError(
+            f"cache_mb must be a number of MiB >= 0 (0 recomputes shared blocks); got {cache_mb!r}"
+        )
+    return int(cache_mb * 2**20)
+
+
+def _region_values(
+    data: xr.DataArray, wheres: list[Mapping[str, slice]], budget: int
+) -> Iterator[Any]:
+    """Yield the values of ``data`` over each region in turn, as numpy arrays.
+
+    With a ``budget`` of bytes and a Dask version with task specs, the regions share one task
+    graph (:class:`_SharedTasks`); otherwise each region is computed on its own.
+    """
+    if budget > 0 and DataNode is not None:
+        yield from _SharedTasks(data.data, [_block_ranges(data, w) for w in wheres], budget)
+        return
+    for where in wheres:
+        piece = data.isel(where) if where else data
+        yield piece.data.compute()  # xf: computes one region of the store being written
+
+
+def _block_ranges(data: xr.DataArray, where: Mapping[str, slice]) -> list[range]:
+    """Return the chunk indices a region spans along each dimension (it follows chunk edges)."""
+    ranges = []
+    for dim, sizes in zip(data.dims, data.chunks or (), strict=True):
+        if dim in where:
+            bounds = np.cumsum((0, *sizes))
+            span = where[dim]
+            ranges.append(range(*np.searchsorted(bounds, [span.start, span.stop]).tolist()))
+        else:
+            ranges.append(range(len(sizes)))
+    return ranges
+
+
+class _SharedTasks:
+    """Compute the regions of one Dask array in order, each task once as far as memory allows.
+
+    The array's graph is optimised once; each region runs the part of it that its blocks need,
+    on the current Dask scheduler. Results that a later region needs as well (the blocks a halo
+    reaches into across the region's edge, or anything computed once for the whole array) are
+    returned with the region and fed to the later regions instead of being computed again:
+    those needed soonest first, within ``budget`` bytes.
+
+    Iterating yields each region's values as one numpy array.
+    """
+
+    def __init__(self, array: Any, regions: list[list[range]], budget: int) -> None:
+        self.array = array
+        (optimized,) = dask.optimize(array)
+        self.name = optimized.name
+        self.graph = convert_legacy_graph(dict(optimized.__dask_graph__()))
+        self.deps = {key: node.dependencies for key, node in self.graph.items()}
+        self.dependents: dict[Any, list[Any]] = {key: [] for key in self.graph}
+        for key, deps in self.deps.items():
+            for dep in deps:
+                self.dependents[dep].append(key)
+        self.regions = regions
+        self.budget = budget
+        # users[key]: the regions (in order) whose blocks need the task, if none were kept
+        self.users: dict[Any, list[int]] = {}
+        for i, ranges in enumerate(regions):
+            for key in self._needed(self._outputs(ranges), stop={}):
+                self.users.setdefault(key, []).append(i)
+
+    def _outputs(self, ranges: list[range]) -> list[Any]:
+        return [(self.name, *index) for index in itertools.product(*ranges)]
+
+    def _needed(self, outputs: list[Any], stop: Mapping[Any, Any]) -> set[Any]:
+        """Return the tasks behind ``outputs``, down to (without) the results in ``stop``."""
+        needed: set[Any] = set()
+        todo = list(outputs)
+        while todo:
+            key = todo.pop()
+            if key in needed or key in stop:
+                continue
+            needed.add(key)
+            todo.extend(self.deps[key])
+        return needed
+
+    def _next_use(self, key: Any, after: int) -> int | None:
+        users = self.users.get(key, ())
+        i = bisect.bisect_right(users, after)
+        return users[i] if i < len(users) else None
+
+    def __iter__(self) -> Iterator[Any]:
+        from dask.base import get_scheduler
+
+        kept: dict[Any, Any] = {}
+        for i, ranges in enumerate(self.regions):
+            outputs = self._outputs(ranges)
+            run = self._needed(outputs, stop=kept)
+            have = run | set(kept)
+            # tasks of later regions whose inputs are all at hand (the slices a halo takes from
+            # a block) run now, so that the slice is kept rather than the whole block
+            ahead = {
+                d
+                for key in have
+                for d in self.dependents[key]
+                if d not in have
+                and d[0] != self.name
+                and self._next_use(d, i) is not None
+                and all(x in have for x in self.deps[d])
+            }
+            run |= ahead
+            have |= ahead
+            # keep a result if a later region needs a task built on it that is not at hand
+            wanted: dict[Any, int] = {}
+            for key in have:
+                uses = [self._next_use(d, i) for d in self.dependents[key] if d not in have]
+                uses = [u for u in uses if u is not None]
+                if uses:
+                    wanted[key] = min(uses)
+            graph = {key: self.graph[key] for key in run}
+            graph.update({key: DataNode(key, kept[key]) for key in kept if self._feeds(key, run)})
+            returned = [key for key in wanted if key in run]
+            schedule = get_scheduler(collections=[self.array])
+            values = schedule(graph, [*outputs, *returned])
+            results = dict(zip(returned, values[len(outputs) :], strict=True))
+            results.update((key, kept[key]) for key in wanted if key in kept)
+            kept = self._within_budget(results, wanted)
+            blocks = dict(zip(outputs, values[: len(outputs)], strict=True))
+            del values, results, graph
+            yield self._assemble(ranges, blocks)
+
+    def _feeds(self, key: Any, run: set[Any]) -> bool:
+        return any(d in run for d in self.dependents[key])
+
+    def _within_budget(self, results: dict[Any, Any], wanted: dict[Any, int]) -> dict[Any, Any]:
+        """Keep the results needed soonest, up to ``budget`` bytes (a small view is copied)."""
+        kept, used = {}, 0
+        for key in sorted(wanted, key=wanted.__getitem__):
+            value = results[key]
+            base = getattr(value, "base", None)
+            if isinstance(value, np.ndarray) and isinstance(base, np.ndarray):
+                if base.nbytes > 2 * value.nbytes:  # keep a copy, not the whole block behind it
+                    value = value.copy()
+            size = sizeof(value)
+            if used + size <= self.budget:
+                kept[key] = value
+                used += size
+        return kept
+
+    def _assemble(self, ranges: list[range], blocks: dict[Any, Any]) -> Any:
+        if not ranges:
+            return blocks[(self.name,)]
+
+        def nest(index: tuple[int, ...]) -> Any:
+            if len(index) == len(ranges):
+                return blocks[(self.name, *index)]
+            return [nest((*index, i)) for i in ranges[len(index)]]
+
+        return concatenate3(nest(()))
 
 
 _NAME_RULE = (
