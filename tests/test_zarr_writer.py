@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import weakref
+from functools import partial
 
 import dask
 import dask.array as da
@@ -25,6 +26,9 @@ class LiveBlocks:
     def __init__(self) -> None:
         self.now = self.peak = self.made = 0
         self._lock = threading.Lock()
+
+    def __dask_tokenize__(self) -> tuple[str, int]:  # one counter, one token
+        return ("LiveBlocks", id(self))
 
     def _done(self) -> None:
         with self._lock:
@@ -142,6 +146,77 @@ def test_progress_keys_name_both_dimensions(tmp_path):
     np.testing.assert_array_equal(
         xr.open_zarr(tmp_path / "o.zarr", group="f")["f"].values, _reference(n=4)
     )
+
+
+def _chunk_files(store) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(store)): p.read_bytes()
+        for p in sorted((store / "f" / "f").iterdir())
+        if not p.name.startswith(".")
+    }
+
+
+def test_resume_with_a_halo_is_bit_identical_and_computes_only_what_is_missing(tmp_path):
+    def fail_late(block, block_info=None):
+        if block_info[None]["array-location"][0][0] >= 40:
+            raise RuntimeError("late rows failed")
+        return block
+
+    regions = {"y": 2, "x": 4}  # 2 × 4 regions of 2 × 4 blocks of 8 × 8 px
+    first = _stencil(LiveBlocks())
+    broken = first.copy(data=first.data.map_blocks(fail_late, dtype=np.float32))
+    with pytest.raises(RuntimeError, match="late rows"):
+        write_zarr({"f": broken}, tmp_path / "o.zarr", region_chunks=regions)
+    progress = json.loads((tmp_path / "o.zarr.partial" / PROGRESS_FILE).read_text())
+    assert progress["regions"] == [
+        "f/y=0:16,x=0:32",
+        "f/y=0:16,x=32:64",
+        "f/y=16:32,x=0:32",
+        "f/y=16:32,x=32:64",
+    ]
+    live = LiveBlocks()
+    path = write_zarr(
+        {"f": _stencil(live)}, tmp_path / "o.zarr", region_chunks=regions, resume=True
+    )
+    # rows 32:64 are 4 block rows; their halo reaches one block row up: 5 rows of 8 blocks
+    assert live.made == 5 * 8
+    whole = write_zarr({"f": _stencil(LiveBlocks())}, tmp_path / "w.zarr", region_chunks=regions)
+    assert _chunk_files(path) == _chunk_files(whole)  # bit-identical chunk files
+    np.testing.assert_array_equal(xr.open_zarr(path, group="f")["f"].values, _reference())
+
+
+_CALLS: dict[str, int] = {}
+_CALLS_LOCK = threading.Lock()
+
+
+def _counted_block(tag: str, block: np.ndarray, block_info=None) -> np.ndarray:
+    """``LiveBlocks.make`` without the object: a function a Dask client can pickle by name."""
+    (y0, y1), (x0, x1) = block_info[None]["array-location"]  # Dask's meta probe stops here
+    with _CALLS_LOCK:
+        _CALLS[tag] = _CALLS.get(tag, 0) + 1
+    return np.add.outer(np.arange(y0, y1), np.arange(x0, x1) * 1e-3).astype(np.float32)
+
+
+def test_shared_tasks_on_a_distributed_client(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    source = da.empty((64, 64), chunks=8, dtype=np.float32).map_blocks(
+        partial(_counted_block, tmp_path.name), dtype=np.float32
+    )
+    doubled = source.map_overlap(lambda b: b * 2, depth=2, boundary="reflect", dtype=np.float32)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, processes=False, threads_per_worker=2, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
+        path = write_zarr(
+            {"f": xr.DataArray(doubled, dims=("y", "x"))},
+            tmp_path / "o.zarr",
+            region_chunks={"y": 2},
+        )
+    # kept results travel back to the client as values: no input block is computed twice
+    assert _CALLS[tmp_path.name] == 64
+    np.testing.assert_array_equal(xr.open_zarr(path, group="f")["f"].values, _reference())
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
