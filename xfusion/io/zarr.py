@@ -3,7 +3,8 @@
 :func:`write_zarr` writes lazy cubes region by region into ``<path>.partial``, records each
 finished region in a progress file, and renames the store into place only when every region
 is written; :func:`store_is_complete` tells a finished store from a partial one. Writing region
-by region also bounds memory: each region is computed on its own (see ``region_chunks``).
+by region also bounds memory (see ``region_chunks``); the blocks a halo reaches into across a
+region edge are kept for the next region rather than computed again (see ``cache_mb``).
 :func:`open_zarr` reads such a store back: one lazy cube per group, with its coordinates (grid,
 CRS, band metadata) as written.
 """
@@ -108,14 +109,16 @@ def write_zarr(
 
     The store is written into ``<path>.partial``: the metadata of every cube first, then the
     data one region at a time (by default a slab of one chunk row along ``y``, or along the
-    first dimension of a cube without ``y``; see ``region_chunks``), each computed on its own
-    and recorded, once written, in the partial store's
-    ``.xfusion-progress.json``. When all regions are written the root group gets an
-    ``xfusion_complete`` attribute, the metadata is consolidated and the store is renamed to
-    ``path`` (replacing an older store there), so ``path`` only ever holds a complete store.
+    first dimension of a cube without ``y``; see ``region_chunks``) in order, each recorded,
+    once written, in the partial store's ``.xfusion-progress.json``. When all regions are
+    written the root group gets an ``xfusion_complete`` attribute, the metadata is
+    consolidated and the store is renamed to ``path`` (replacing an older store there), so
+    ``path`` only ever holds a complete store.
     If writing fails or is killed, the partial store stays behind.
 
-    This function computes: it computes the cubes, one region at a time.
+    This function computes: it computes the cubes, one region at a time, on the current Dask
+    scheduler. A cube's task graph is optimised once and each region runs the part its blocks
+    need; a result that a later region needs too (within ``cache_mb``) is computed once.
 
     Parameters
     ----------
