@@ -1,0 +1,63 @@
+"""The sif_cfis_train study (benchmarks/bench_sif_cfis.py) on the real tiles: its baselines and
+its tiny mode. Skipped where ../shared/data is absent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks import bench_sif_cfis as study
+
+
+@pytest.fixture(scope="module")
+def tiles():
+    from tests.conftest import SHARED_DATA
+
+    root = SHARED_DATA / "sif_cfis_train"
+    if not (root / "tiles_index.csv").exists():
+        pytest.skip(f"real SIF tiles not found at {root} (they sit beside the project in CI)")
+    return study.load_tiles(root)
+
+
+def test_tiles_and_coarse_labels_are_footprint_means(tiles):
+    assert tiles["X"].shape == (56, 24, 100, 100)
+    assert np.bincount(tiles["fold"]).tolist() == [14, 28, 14]
+    fine = tiles["fine"]
+    means = np.array([f[np.isfinite(f)].mean() for f in fine])
+    np.testing.assert_allclose(means, tiles["coarse"], rtol=1e-5)
+
+
+def test_mean_correction_restores_every_footprint_mean(tiles):
+    fine, coarse = tiles["fine"][:5], tiles["coarse"][:5]
+    fp = np.isfinite(fine)
+    pred = np.random.default_rng(0).normal(size=fine.shape)
+    out = study.mean_correct(pred, fp, coarse)
+    np.testing.assert_allclose([o[m].mean() for o, m in zip(out, fp, strict=True)], coarse)
+    # within a tile the pattern is unchanged
+    np.testing.assert_allclose(out[0] - out[0, 0, 0], pred[0] - pred[0, 0, 0], atol=1e-12)
+
+
+def test_coarse_trained_ridge_on_fold_0(tiles):
+    """The ridge is deterministic: its held-out pixel R² on fold 0 is a fixed number."""
+    X, fine, coarse, fold = tiles["X"], tiles["fine"], tiles["coarse"], tiles["fold"]
+    fp = np.isfinite(fine)
+    tr, te = fold != 0, fold == 0
+    ridge, norm = study.fit_coarse_ridge(X[tr], fp[tr], coarse[tr], tiles["bands"])
+    assert norm["alpha"] == 100.0
+    pred = study.mean_correct(study.predict_ridge(ridge, norm, X[te]), fp[te], coarse[te])
+    got = study.scores(pred, fine[te])
+    flat = study.scores(np.broadcast_to(coarse[te][:, None, None], fine[te].shape), fine[te])
+    assert got["n"] == flat["n"] == int(fp[te].sum())
+    assert got["r2"] == pytest.approx(0.4245, abs=2e-3)
+    assert flat["r2"] == pytest.approx(0.3900, abs=2e-3)
+
+
+def test_tiny_study_runs_one_fold_one_seed():
+    result = study.run(smoke=True)
+    rows = result["per_fold_seed"]
+    assert [(r["fold"], r["seed"]) for r in rows] == [(0, 0)]
+    assert np.isfinite(rows[0]["unet"]["rmse"]) and rows[0]["unet"]["n"] > 0
+    assert rows[0]["beats_ridge"] == (
+        rows[0]["unet"]["rmse"] < result["baselines"][0]["ridge"]["rmse"]
+    )
+    assert result["summary"]["0"]["beats_ridge"] in ("0/1", "1/1")
