@@ -1,5 +1,6 @@
-"""The sif_cfis_train study (benchmarks/bench_sif_cfis.py) on the real tiles: its baselines and
-its tiny mode. Skipped where ../shared/data is absent."""
+"""The sif_cfis_train study (benchmarks/bench_sif_cfis.py) on the real tiles: its data and its
+baselines. Its tiny mode (1 fold, 1 seed, 1 epoch) runs in tests/test_benchmarks.py. Skipped
+where ../shared/data is absent."""
 
 from __future__ import annotations
 
@@ -50,14 +51,3 @@ def test_coarse_trained_ridge_on_fold_0(tiles):
     assert got["n"] == flat["n"] == int(fp[te].sum())
     assert got["r2"] == pytest.approx(0.4245, abs=2e-3)
     assert flat["r2"] == pytest.approx(0.3900, abs=2e-3)
-
-
-def test_tiny_study_runs_one_fold_one_seed():
-    result = study.run(smoke=True)
-    rows = result["per_fold_seed"]
-    assert [(r["fold"], r["seed"]) for r in rows] == [(0, 0)]
-    assert np.isfinite(rows[0]["unet"]["rmse"]) and rows[0]["unet"]["n"] > 0
-    assert rows[0]["beats_ridge"] == (
-        rows[0]["unet"]["rmse"] < result["baselines"][0]["ridge"]["rmse"]
-    )
-    assert result["summary"]["0"]["beats_ridge"] in ("0/1", "1/1")
