@@ -16,7 +16,7 @@ import xarray as xr
 import xfusion as xf
 from xfusion.errors import InputError, MissingFileError, SourceError
 from xfusion.grids import geobox_of
-from xfusion.io.zarr import PROGRESS_FILE, open_zarr, store_is_complete, write_zarr
+from xfusion.io.store import PROGRESS_FILE, open_zarr, store_is_complete, write_zarr
 from xfusion.testing import raise_if_dask_computes
 
 

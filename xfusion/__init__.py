@@ -12,7 +12,7 @@ from xfusion import accessor, bands, datasets, errors, grids, models, recipes, v
 from xfusion.grids import grid
 from xfusion.io.raster import open_raster
 from xfusion.io.stac import open_stac
-from xfusion.io.zarr import open_zarr, store_is_complete, write_zarr
+from xfusion.io.store import open_zarr, store_is_complete, write_zarr
 from xfusion.preprocess.composite import composite
 from xfusion.preprocess.features import index, standardize
 from xfusion.preprocess.fuse import fuse

@@ -1,4 +1,4 @@
-"""Streaming, resumable Zarr output: a store is complete under its name, or absent.
+"""Resumable Zarr stores that are complete under their name, or absent.
 
 :func:`write_zarr` writes lazy cubes region by region into ``<path>.partial``, records each
 finished region in a progress file, and renames the store into place only when every region
@@ -34,6 +34,7 @@ try:  # task specs: dask >= 2024.12
 except ImportError:  # pragma: no cover - older dask: every region is computed on its own
     DataNode = convert_legacy_graph = None
 
+from xfusion._json import jsonable
 from xfusion.errors import ConfigError, InputError, MissingFileError, SourceError
 
 __all__ = [
@@ -52,19 +53,6 @@ PROGRESS_FILE = ".xfusion-progress.json"
 #: Attribute of the root group of a finished Zarr store, set once every region is written.
 COMPLETE_ATTR = "xfusion_complete"
 _STORE_FORMAT = 1
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON values (tuples as lists, numpy scalars as Python numbers)."""
-    return json.loads(json.dumps(value, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -206,7 +194,7 @@ def write_zarr(
     datasets = {name: _zarr_dataset(name, cube, chunks) for name, cube in cubes.items()}
     identity = {
         "format": _STORE_FORMAT,
-        "fingerprint": _jsonable(dict(fingerprint or {})),
+        "fingerprint": jsonable(dict(fingerprint or {})),
         "schema": _schema(datasets),
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -633,7 +621,7 @@ def _schema(datasets: Mapping[str, xr.Dataset]) -> dict[str, Any]:
     schema = {}
     for name, ds in datasets.items():
         data = ds[name]
-        schema[name] = _jsonable(
+        schema[name] = jsonable(
             {
                 "dims": list(data.dims),
                 "shape": list(data.shape),
@@ -735,7 +723,7 @@ def fingerprint_difference(before: Any, now: Mapping[str, Any]) -> str:
     field by field (``recipe``, ``xfusion`` and each ``config`` value).
     """
     before = before if isinstance(before, dict) else {}
-    now = _jsonable(dict(now))
+    now = jsonable(dict(now))
     for key in ("recipe", "xfusion"):
         if before.get(key) != now.get(key):
             return f"{key} was {before.get(key)!r}, now {now.get(key)!r}"

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from xfusion._json import jsonable
 from xfusion.errors import InputError, ModelError
 
 __all__ = [
@@ -190,18 +191,11 @@ def _class_path(model: Any) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    """Convert numpy scalars/arrays and tuples into JSON types (recursively)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float | int | str | bool) or value is None:
-        return value
-    raise ModelError(f"cannot store {type(value).__name__} {value!r} in the JSON sidecar")
+    """Convert numpy scalars/arrays and tuples into JSON types; refuse anything else."""
+    try:
+        return jsonable(value, strict=True)
+    except TypeError as err:
+        raise ModelError(f"cannot store {err} in the JSON sidecar") from err
 
 
 def _flatten(state: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:

@@ -47,7 +47,7 @@ Interrupted runs and ``resume``
 
 from __future__ import annotations
 
-from xfusion.io.zarr import COMPLETE_ATTR, PROGRESS_FILE, store_is_complete, write_zarr
+from xfusion.io.store import COMPLETE_ATTR, PROGRESS_FILE, store_is_complete, write_zarr
 from xfusion.recipes._config import (
     RENAMED_KEYS,
     SOURCES,

@@ -59,6 +59,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
+from xfusion._json import jsonable as plain_json
 from xfusion.errors import ConfigError
 
 __all__ = [
@@ -440,19 +441,6 @@ def config_keys(config_class: type[RecipeConfig]) -> list[tuple[str, str, Any, s
         (f.name, _describe_type(hints[f.name]), f.default, docs.get(f.name, ""))
         for f in dataclasses.fields(config_class)
     ]
-
-
-def plain_json(value: Any) -> Any:
-    """Return ``value`` as plain JSON values (tuples as lists, numpy scalars as numbers)."""
-    return json.loads(json.dumps(value, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def _renamed(values: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from typing import Any
 import xarray as xr
 
 from xfusion._files import claim_output_dir
-from xfusion.io.zarr import check_resumable, write_zarr
+from xfusion.io.store import check_resumable, write_zarr
 from xfusion.recipes._config import RecipeConfig
 
 __all__ = [
