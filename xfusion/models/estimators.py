@@ -419,10 +419,11 @@ class _UNetEstimator(BaseEstimator):
         (numpy arrays) are held out whole, each its own block: pass a patches Dataset when
         patches overlap. With fewer than 4 samples nothing is held out. The split is the same
         for every ensemble member; ``training_["validation"]`` says how it was made and
-        ``training_["train_index"]`` / ``["validation_index"]`` list the samples of each set. The kept weights are those
-        of the epoch with the lowest validation loss (evaluated in eval mode on
-        un-augmented patches), ``best_epoch_``; without validation, of the lowest training
-        loss.
+        ``training_["train_index"]`` / ``["validation_index"]`` list the samples of each set.
+        The kept weights are those of the epoch with the lowest validation loss (evaluated in
+        eval mode on un-augmented patches, with BatchNorm statistics recomputed from the
+        training patches when ``recalibrate_bn``), ``best_epoch_``; without validation, of
+        the lowest training loss.
         """
         if footprint is None and isinstance(X, xr.Dataset):
             footprint = _pick(X, _FOOTPRINT_NAMES, "footprint")
@@ -1009,6 +1010,14 @@ class UNetRegressor(_UNetEstimator):
         ``log1p`` units with ``target_transform="log1p"``.
     config_, params_ : dict
         The network description and weights (see :meth:`inference_state`).
+    best_epoch_ : int or tuple of int
+        Index (into the ``history_`` lists) of the epoch whose weights were kept: the lowest
+        ``val_loss`` (else ``loss``); one per member for an ensemble.
+    training_ : dict
+        How the model was trained: sample counts, ``validation`` (how the validation set was
+        made), ``train_index``/``validation_index`` (automatic split), ``best_epoch``,
+        ``batchnorm_recalibrated``, ``val_loss_recalibrated`` (the validation loss after the
+        final recalibration), ``member_histories`` (ensembles).
 
     Examples
     --------
@@ -1313,6 +1322,14 @@ class UNetSegmenter(_UNetEstimator):
     history_ : dict of lists
         Per epoch ``loss``, ``accuracy``, ``f1``, ``iou`` (positive class, or means over
         classes) and ``val_*``.
+    best_epoch_ : int or tuple of int
+        Index (into the ``history_`` lists) of the epoch whose weights were kept: the lowest
+        ``val_loss`` (else ``loss``); one per member for an ensemble.
+    training_ : dict
+        How the model was trained: sample counts, ``validation`` (how the validation set was
+        made), ``train_index``/``validation_index`` (automatic split), ``best_epoch``,
+        ``batchnorm_recalibrated``, ``val_loss_recalibrated`` (the validation loss after the
+        final recalibration), ``member_histories`` (ensembles).
 
     Examples
     --------
