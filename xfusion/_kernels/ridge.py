@@ -13,11 +13,18 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
+from xfusion._kernels import threadpool as _threadpool
+
 __all__ = ["block_stats", "combine_stats", "solve_ridge", "stats_size"]
 
 
 def stats_size(p: int, k: int) -> int:
-    """Length of the packed statistics vector for ``p`` features and ``k`` targets."""
+    """Length of the packed statistics vector for ``p`` features and ``k`` targets.
+
+    Graph builders call this first: it also makes sure the one-BLAS-thread-per-task limit of
+    the threaded scheduler is registered (:mod:`xfusion._kernels.threadpool`).
+    """
+    _threadpool.ensure_registered()
     return 1 + p + k + p * p + p * k
 
 
