@@ -20,6 +20,7 @@ import xfusion as xf
 from xfusion.datasets import synthetic_scene
 from xfusion.errors import ConfigError, GridError
 from xfusion.recipes import downscale
+from xfusion.recipes._base import coarsening_factor
 from xfusion.testing import raise_if_dask_computes
 
 FACTOR = 5
@@ -84,6 +85,16 @@ def test_quality_bar_against_the_truth(result, scene):
     assert m["aggregation_rmse"] == pytest.approx(expected, rel=1e-5)
     assert m["aggregation_rmse"] < m["bilinear_aggregation_rmse"]
     assert m["factor"] == FACTOR and len(m["periods"]) == 8
+    # the baselines block: the U-Net against the better of bilinear and ridge, by RMSE
+    block = m["baselines"]
+    assert (block["metric"], block["baseline"]) == ("rmse", "bilinear")
+    assert (block["model_rmse"], block["baseline_rmse"]) == (m["rmse"], m["bilinear_rmse"])
+    assert block["scores"] == {
+        "bilinear": {"rmse": m["bilinear_rmse"]},
+        "ridge": {"rmse": m["ridge_rmse"]},
+    }
+    assert m["rmse"] <= 0.9 * m["bilinear_rmse"]  # the default margin: 10 % lower
+    assert m["beats_baseline"] is True
 
 
 def test_bilinear_baseline_matches_gdal(result, scene):
@@ -216,7 +227,7 @@ def test_unmatched_grids_are_a_grid_error():
     scene = synthetic_scene("downscale", size=40)
     coarse = scene["tropomi"].isel(x=slice(1, None))
     with pytest.raises(GridError, match="integer factor"):
-        downscale._resolution_factor(scene["modis"], coarse)
+        coarsening_factor(scene["modis"], coarse)
 
 
 @pytest.fixture(scope="module")
@@ -235,11 +246,21 @@ def test_same_metrics_on_a_process_cluster(tiny, tmp_path):
         distributed.Client(cluster),
     ):
         other = downscale.run(config)
-    for key, value in tiny.metrics.items():
+    flat = dict(_flat(other.metrics))
+    for key, value in _flat(tiny.metrics):
         if isinstance(value, float):
-            assert other.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+            assert flat[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
         else:
-            assert other.metrics[key] == value, key
+            assert flat[key] == value, key
+
+
+def _flat(metrics: dict, prefix: str = ""):
+    """``(key, value)`` of nested metrics, nested keys joined with dots."""
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def test_earth_engine_path_offline(tiny, tmp_path):
@@ -274,5 +295,8 @@ def test_earth_engine_path_offline(tiny, tmp_path):
     )
     np.testing.assert_allclose(res.cubes["coarse"].values, sif.values, rtol=1e-6)
     assert "rmse" not in res.metrics  # no fine truth from a real source
+    # without a fine truth the baselines are compared with the coarse observation
+    assert res.metrics["baselines"]["metric"] == "aggregation_rmse"
+    assert res.metrics["baselines"]["model_aggregation_rmse"] == res.metrics["aggregation_rmse"]
     assert res.metrics["aggregation_rmse"] == pytest.approx(tiny.metrics["aggregation_rmse"], 0.1)
     assert rioxarray.open_rasterio(tmp_path / "downscaled.tif").rio.crs.to_epsg() == 32615

@@ -61,9 +61,11 @@ from xfusion.recipes._config import (
     read_toml,
     toml_value,
 )
+from xfusion.recipes._metrics import aggregation_rmse
 from xfusion.recipes._outputs import (
     RecipeResult,
     baseline_block,
+    plain_coords,
     prepare_out_dir,
     progress,
     save_model,
@@ -73,7 +75,7 @@ from xfusion.recipes._outputs import (
     write_outputs,
     write_results,
 )
-from xfusion.recipes._sources import band_names, require_bands, write_synthetic
+from xfusion.recipes._sources import band_names, coarsening_factor, require_bands, write_synthetic
 
 __all__ = [
     "COMPLETE_ATTR",
@@ -86,9 +88,12 @@ __all__ = [
     "RecipeConfig",
     "RecipeResult",
     "TrainingFields",
+    "aggregation_rmse",
     "band_names",
     "baseline_block",
+    "coarsening_factor",
     "config_keys",
+    "plain_coords",
     "plain_json",
     "prepare_out_dir",
     "progress",

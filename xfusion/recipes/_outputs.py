@@ -38,6 +38,7 @@ from xfusion.recipes._config import RecipeConfig
 __all__ = [
     "RecipeResult",
     "baseline_block",
+    "plain_coords",
     "prepare_out_dir",
     "progress",
     "save_model",
@@ -198,6 +199,16 @@ def write_results(
     drawn = dict(figures()) if figures is not None and config.figures else {}
     files["metrics"] = write_json(metrics, out / "metrics.json")
     return RecipeResult(config.recipe_name(), metrics, dict(cubes), drawn, out, files)
+
+
+def plain_coords(cube: xr.DataArray) -> xr.DataArray:
+    """Return ``cube`` with only its dimension coordinates and ``spatial_ref`` (Zarr-friendly).
+
+    Scalar and auxiliary coordinates left by selections and fusion (``source``, a selected
+    ``time``) are dropped.
+    """
+    keep = {*cube.dims, "spatial_ref"}
+    return cube.drop_vars([c for c in cube.coords if c not in keep])
 
 
 def save_model(model: Any, path: Path) -> Path:

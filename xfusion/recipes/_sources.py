@@ -3,7 +3,8 @@
 Every recipe reads its offline default the same way as real STAC data: the synthetic scene is
 written as COGs and a STAC catalog in ``out_dir/stac`` (:func:`write_synthetic`) and opened
 back with :func:`xfusion.open_stac`. :func:`require_bands` checks, before any work, that a cube
-holds the bands a recipe needs.
+holds the bands a recipe needs, and :func:`coarsening_factor` that a coarse source's grid
+coarsens a fine one's by an integer factor.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Any
 
 import xarray as xr
 
-from xfusion.errors import BandError
+from xfusion.errors import BandError, GridError
+from xfusion.grids import geobox_of
 
-__all__ = ["band_names", "require_bands", "write_synthetic"]
+__all__ = ["band_names", "coarsening_factor", "require_bands", "write_synthetic"]
 
 
 def band_names(cube: xr.DataArray) -> list[str]:
@@ -67,3 +69,37 @@ def write_synthetic(
     written = {key: scene[key] for key in bands}
     catalog = write_stac(written, out / "stac", encodings=scene.encodings)
     return scene, catalog.parent
+
+
+def coarsening_factor(fine: xr.DataArray, coarse: xr.DataArray) -> int:
+    """Return the integer factor by which ``coarse``'s grid coarsens ``fine``'s.
+
+    The grids must share CRS, origin and extent, with ``factor × factor`` fine pixels in every
+    coarse one; otherwise a :class:`~xfusion.errors.GridError` says how they differ.
+
+    Examples
+    --------
+    >>> import xfusion as xf
+    >>> scene = xf.datasets.synthetic_scene("downscale", size=40)
+    >>> coarsening_factor(scene["modis"], scene["tropomi"])
+    5
+    """
+    fg, cg = geobox_of(fine), geobox_of(coarse)
+    fa, ca = fg.affine, cg.affine
+    ratio = ca.a / fa.a
+    factor = round(ratio)
+    if (
+        fg.crs != cg.crs
+        or factor < 1
+        or abs(ratio - factor) > 1e-6
+        or abs(ca.e / fa.e - factor) > 1e-6
+        or fg.shape != (cg.shape[0] * factor, cg.shape[1] * factor)
+        or abs(ca.c - fa.c) > 1e-6 * abs(fa.a)
+        or abs(ca.f - fa.f) > 1e-6 * abs(fa.e)
+    ):
+        raise GridError(
+            "the coarse grid must be the fine grid coarsened by an integer factor (same CRS, "
+            f"origin and extent); got fine {fg.shape} at {fa.a} and coarse {cg.shape} at {ca.a} "
+            f"in {cg.crs}"
+        )
+    return factor

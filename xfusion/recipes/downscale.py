@@ -36,24 +36,31 @@ import numpy as np
 import xarray as xr
 
 import xfusion.accessor  # noqa: F401  (registers ``.xf``)
-from xfusion.errors import BandError, ConfigError, GridError, InputError
-from xfusion.grids import geobox_of
-from xfusion.grids import grid as make_grid
+from xfusion.errors import ConfigError, InputError
+from xfusion.models.baselines import score_predictions
 from xfusion.recipes._base import (
+    AreaFields,
+    ChunkFields,
+    DateFields,
     RecipeConfig,
     RecipeResult,
+    TrainingFields,
+    aggregation_rmse,
+    band_names,
+    baseline_block,
+    coarsening_factor,
+    plain_coords,
     prepare_out_dir,
+    require_bands,
     show_progress,
-    write_cog,
-    write_json,
-    write_outputs,
+    write_results,
+    write_synthetic,
 )
 
 __all__ = ["Config", "aggregation_rmse", "real_sources", "regression_scores", "run"]
 
 log = logging.getLogger(__name__)
 
-_SOURCES = ("synthetic", "stac", "ee")
 _REDUCTIONS = ("median", "mean", "min", "max")
 _SCHEDULES = ("cosine", "constant", "exponential")
 #: Values of the ``regions`` output map.
@@ -61,25 +68,18 @@ TRAIN, VALIDATION, HELDOUT = 0, 1, 2
 
 
 @dataclasses.dataclass
-class Config(RecipeConfig):
+class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
     """Configuration of the downscaling recipe.
 
     The defaults run offline in well under a minute on a 120×120 px synthetic scene
     (:func:`xfusion.datasets.synthetic_scene` ``("downscale")``: MODIS-like NDVI/EVI at 1 km and
     a TROPOMI-like SIF at 5 km, 8 periods of 16 days in 2019) written as a local STAC catalog.
-    :func:`real_sources` gives the fields that switch to real data.
+    :func:`real_sources` gives the fields that switch to real data. The fields every recipe
+    shares (``out_dir``, ``seed``, ``source``, ``resume``, ``figures``, ``persist``,
+    ``batch_size``) are documented in :mod:`xfusion.recipes._config`.
 
     Parameters
     ----------
-    out_dir : str
-        Output folder.
-    seed : int
-        Seed of the synthetic scene, the patch draws and the U-Net initialisation.
-    source : {"synthetic", "stac", "ee"}
-        Where the fine and coarse series come from.
-    resume : bool
-        Continue the ``outputs.zarr.partial`` of an interrupted run with the same
-        configuration rather than starting over (see :mod:`xfusion.recipes._base`).
     size : int
         Side of the synthetic scene in fine pixels (``source="synthetic"`` only; rounded up to
         a multiple of 5).
@@ -113,8 +113,8 @@ class Config(RecipeConfig):
         bottleneck; a small one is enough on the synthetic scene and fast on a CPU).
     center : int, optional
         Width of the bottleneck (default: twice the last width).
-    epochs, batch_size : int
-        Training length and mini-batch size.
+    epochs : int
+        Training length (passes over the training patches).
     learning_rate : float
         Initial Adam learning rate.
     schedule : {"cosine", "constant", "exponential"}
@@ -131,11 +131,6 @@ class Config(RecipeConfig):
     validation_fraction : float
         Fraction of the height of the remaining region (southern strip) whose patches select
         the best epoch.
-    persist : bool
-        Keep the features in (distributed) memory once computed, so the sources are read once
-        rather than by every step.
-    figures : bool
-        Draw the PNG figures.
     fine_collection : str
         Fine vegetation-index source: Earth Engine collection id (``source="ee"``) or STAC
         ItemCollection/Collection/Catalog file (``source="stac"``).
@@ -161,8 +156,18 @@ class Config(RecipeConfig):
         "stac": ("fine_collection", "coarse_collection"),
     }
     SOURCE_DEFAULTS: ClassVar = {"ee": {"vi_scale": 1e-4}}
+    MIN_SIZE: ClassVar = 40
     size: int = 120
+    bounds: tuple[float, ...] = (300000.0, 4680000.0, 420000.0, 4800000.0)
+    crs: str = "EPSG:32615"
+    resolution: float = 1000.0
+    start: str = "2019-05-09"
+    end: str = "2019-09-14"
     chunks: int = 60
+    holdout_fraction: float = 0.33
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 0.01
     vi_bands: tuple[str, ...] = ("NDVI", "EVI")
     coarse_band: str = "SIF743"
     vi_scale: float = 1.0
@@ -176,36 +181,22 @@ class Config(RecipeConfig):
     n_validation_patches: int = 8
     widths: tuple[int, ...] = (16, 32)
     center: int | None = None
-    epochs: int = 30
-    batch_size: int = 32
-    learning_rate: float = 0.01
     schedule: str = "cosine"
     smoothness: float = 0.1
     ridge_alpha: float = 1e-3
-    holdout_fraction: float = 0.33
     validation_fraction: float = 0.25
-    persist: bool = True
-    figures: bool = True
     fine_collection: str = "MODIS/061/MOD13A2"
     coarse_collection: str = ""
     fine_assets: tuple[str, ...] = ("NDVI", "EVI")
     coarse_asset: str = "SIF743"
-    bounds: tuple[float, ...] = (300000.0, 4680000.0, 420000.0, 4800000.0)
-    crs: str = "EPSG:32615"
-    resolution: float = 1000.0
     coarse_resolution: float = 5000.0
-    start: str = "2019-05-09"
-    end: str = "2019-09-14"
 
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Check value ranges; raise :class:`~xfusion.errors.ConfigError` naming the field."""
+    def checks(self) -> list[tuple[bool, str, str]]:
+        """Return the rows of :meth:`validate` for this recipe's own fields."""
         mult = 2 ** len(self.widths)
-        checks = [
-            (self.source in _SOURCES, "source", f"one of {_SOURCES}"),
-            (self.size >= 40, "size", ">= 40"),
+        ratio = self.coarse_resolution / self.resolution
+        real = self.source != "synthetic"
+        return [
             (self.chunks >= 16, "chunks", ">= 16"),
             (len(self.vi_bands) >= 1, "vi_bands", "at least one band"),
             (self.vi_composite in _REDUCTIONS, "vi_composite", f"one of {_REDUCTIONS}"),
@@ -217,45 +208,21 @@ class Config(RecipeConfig):
              f"a multiple of {mult} (2 ** len(widths))"),
             (self.n_patches >= 1, "n_patches", ">= 1"),
             (self.n_validation_patches >= 1, "n_validation_patches", ">= 1"),
-            (self.epochs >= 1, "epochs", ">= 1"),
-            (self.batch_size >= 1, "batch_size", ">= 1"),
-            (self.learning_rate > 0, "learning_rate", "> 0"),
             (self.schedule in _SCHEDULES, "schedule", f"one of {_SCHEDULES}"),
             (self.smoothness >= 0, "smoothness", ">= 0"),
             (self.ridge_alpha >= 0, "ridge_alpha", ">= 0"),
-            (0.0 < self.holdout_fraction < 1.0, "holdout_fraction", "strictly between 0 and 1"),
             (0.0 < self.validation_fraction < 1.0, "validation_fraction",
              "strictly between 0 and 1"),
-            (len(self.bounds) == 4, "bounds", "(left, bottom, right, top)"),
-            (self.resolution > 0, "resolution", "> 0"),
             (self.coarse_resolution >= self.resolution, "coarse_resolution", ">= resolution"),
+            (not real or abs(ratio - round(ratio)) <= 1e-9, "coarse_resolution",
+             f"resolution ({self.resolution}) times an integer factor"),
+            (not real or self.patch_size % max(1, round(ratio)) == 0, "patch_size",
+             f"a multiple of the resolution factor {round(ratio)}"),
+            (not real or bool(self.coarse_collection), "coarse_collection",
+             f"set for source={self.source!r} (the gridded coarse field)"),
+            (self.source != "stac" or len(self.fine_assets) == len(self.vi_bands), "fine_assets",
+             f"one asset per band of vi_bands {self.vi_bands}"),
         ]  # fmt: skip
-        for ok, name, expected in checks:
-            if not ok:
-                raise ConfigError(
-                    f"config field {name!r} must be {expected}; got {getattr(self, name)!r}"
-                )
-        if self.source != "synthetic":
-            ratio = self.coarse_resolution / self.resolution
-            if abs(ratio - round(ratio)) > 1e-9:
-                raise ConfigError(
-                    f"coarse_resolution / resolution must be an integer factor; got "
-                    f"{self.coarse_resolution} / {self.resolution} = {ratio}"
-                )
-            if self.patch_size % round(ratio):
-                raise ConfigError(
-                    f"config field 'patch_size' must be a multiple of the resolution factor "
-                    f"{round(ratio)}; got {self.patch_size}"
-                )
-            if not self.coarse_collection:
-                raise ConfigError(
-                    f"source={self.source!r} needs coarse_collection (the gridded coarse field)"
-                )
-        if self.source == "stac" and len(self.fine_assets) != len(self.vi_bands):
-            raise ConfigError(
-                f"fine_assets must name one asset per band of vi_bands {self.vi_bands}; "
-                f"got {self.fine_assets}"
-            )
 
 
 def real_sources() -> dict[str, dict[str, Any]]:
@@ -362,11 +329,10 @@ def run(config: Config) -> RecipeResult:
     """
     if not isinstance(config, Config):
         raise ConfigError(f"run needs a downscale Config; got {type(config).__name__}")
-    config.validate()
     out = prepare_out_dir(config.out_dir, config=config)
     fine, coarse, truth = _open_sources(config, out)
     fine, coarse = _aggregate(fine, coarse, config)
-    factor = _resolution_factor(fine, coarse)
+    factor = coarsening_factor(fine, coarse)
     features, target = _features(fine, coarse, config)
     if config.persist and features.chunks is not None:
         # patches and prediction both read the features: read and aggregate the sources once
@@ -377,14 +343,11 @@ def run(config: Config) -> RecipeResult:
     log.info("downscale: training the U-Net on %d samples", len(train.sample))
     unet = _fit_unet(train, validation, factor, config)
     ridge = _fit_ridge(fine, coarse, regions, config)
+    band = config.coarse_band
     cubes = {
-        "downscaled": _renamed(features.xf.predict(unet), config.coarse_band, "downscaled"),
-        "bilinear": _renamed(
-            features.sel(band=[f"{config.coarse_band}_bilinear"]), config.coarse_band, "bilinear"
-        ),
-        "ridge": _renamed(
-            fine.sel(band=list(config.vi_bands)).xf.predict(ridge), config.coarse_band, "ridge"
-        ),
+        "downscaled": _renamed(features.xf.predict(unet), band, "downscaled"),
+        "bilinear": _renamed(features.sel(band=[f"{band}_bilinear"]), band, "bilinear"),
+        "ridge": _renamed(fine.sel(band=list(config.vi_bands)).xf.predict(ridge), band, "ridge"),
         "features": features.rename("features"),
         "coarse": coarse.rename("coarse"),
         "regions": regions.astype(np.float32).rename("regions"),
@@ -392,9 +355,19 @@ def run(config: Config) -> RecipeResult:
     if truth is not None:
         cubes["truth"] = _match_truth(truth, cubes["downscaled"])
     (computed,) = dask.compute(cubes)  # xf: computes every output cube once (small scene)
-    cubes = {k: _plain(v) for k, v in computed.items()}
+    cubes = {k: plain_coords(v) for k, v in computed.items()}
     metrics = _metrics(cubes, factor, unet, ridge, train, validation, config)
-    return _write_outputs(out, config, cubes, metrics, unet, ridge)
+    return write_results(
+        config,
+        out,
+        cubes,
+        metrics,
+        baselines=_baselines(metrics),
+        cog=("downscaled", _cog_bands(cubes["downscaled"])),
+        models={"unet": unet, "ridge": ridge},
+        figures=lambda: _figures(out, cubes, metrics, unet, config),
+        chunks=config.chunks,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,22 +382,16 @@ def _open_sources(
     import xfusion as xf
 
     bands = list(config.vi_bands)
-    chunks = {"y": config.chunks, "x": config.chunks}
+    chunks = config.spatial_chunks()
     if config.source == "synthetic":
-        from xfusion.datasets import synthetic_scene, write_stac
-
-        scene = synthetic_scene("downscale", seed=config.seed, size=config.size)
-        _check_bands(bands, _names(scene["modis"]), "synthetic scene's MODIS-like cube")
-        _check_bands([config.coarse_band], _names(scene["tropomi"]), "synthetic coarse cube")
-        written = {"modis": scene["modis"], "tropomi": scene["tropomi"]}
-        catalog = write_stac(written, out / "stac", encodings=scene.encodings).parent
+        wanted = {"modis": bands, "tropomi": [config.coarse_band]}
+        scene, catalog = write_synthetic("downscale", config, out, wanted)
         fine = xf.open_stac(catalog / "modis" / "collection.json", assets=bands, chunks=chunks)
         coarse = xf.open_stac(
             catalog / "tropomi" / "collection.json", assets=[config.coarse_band], chunks=chunks
         )
         return fine, coarse, scene["truth_sif"]
-    fine_grid = make_grid(config.bounds, config.crs, config.resolution)
-    coarse_grid = make_grid(config.bounds, config.crs, config.coarse_resolution)
+    fine_grid, coarse_grid = config.grid(), config.grid(config.coarse_resolution)
     if config.source == "stac":
         fine = xf.open_stac(
             config.fine_collection,
@@ -438,52 +405,24 @@ def _open_sources(
             assets={config.coarse_asset: config.coarse_band},
             chunks=chunks,
         )
-        fine, coarse = (_select_dates(c, config) for c in (fine, coarse))
+        fine, coarse = config.select_dates(fine), config.select_dates(coarse)
     else:
-        fine = xf.open_ee(
-            config.fine_collection,
-            grid=fine_grid,
-            start=config.start,
-            end=config.end,
-            bands=bands,
-            chunks={"time": 1, **chunks},
-        )
+        dates = {"start": config.start, "end": config.end, "chunks": {"time": 1, **chunks}}
+        fine = xf.open_ee(config.fine_collection, grid=fine_grid, bands=bands, **dates)
         coarse = xf.open_ee(
-            config.coarse_collection,
-            grid=coarse_grid,
-            start=config.start,
-            end=config.end,
-            bands=[config.coarse_band],
-            chunks={"time": 1, **chunks},
+            config.coarse_collection, grid=coarse_grid, bands=[config.coarse_band], **dates
         )
     if config.vi_scale != 1.0:
         fine = fine.xf.scale(config.vi_scale)
     return fine, coarse, None
 
 
-def _names(cube: xr.DataArray) -> list[str]:
-    return [str(b) for b in cube.band.values]
-
-
-def _check_bands(wanted: list[str], have: list[str], where: str) -> None:
-    missing = [b for b in wanted if b not in have]
-    if missing:
-        raise BandError(f"band(s) {missing} not in the {where}; bands are {have}")
-
-
-def _select_dates(cube: xr.DataArray, config: Config) -> xr.DataArray:
-    """Images with ``start <= time < end``."""
-    times = cube.time.to_index()
-    keep = (times >= np.datetime64(config.start)) & (times < np.datetime64(config.end))
-    return cube.isel(time=np.flatnonzero(keep))
-
-
 def _aggregate(
     fine: xr.DataArray, coarse: xr.DataArray, config: Config
 ) -> tuple[xr.DataArray, xr.DataArray]:
     """Composites of both series over the same periods (those where both have images)."""
-    _check_bands(list(config.vi_bands), _names(fine), "fine cube")
-    _check_bands([config.coarse_band], _names(coarse), "coarse cube")
+    require_bands(fine, config.vi_bands, "fine cube")
+    require_bands(coarse, [config.coarse_band], "coarse cube")
     fine = fine.sel(band=list(config.vi_bands))
     coarse = coarse.sel(band=[config.coarse_band])
     fine = fine.xf.composite(config.vi_composite, freq=config.period, start=config.start)
@@ -498,29 +437,6 @@ def _aggregate(
     return fine.sel(time=common), coarse.sel(time=common)
 
 
-def _resolution_factor(fine: xr.DataArray, coarse: xr.DataArray) -> int:
-    """Return the integer factor between the grids (a :class:`GridError` unless matched)."""
-    fg, cg = geobox_of(fine), geobox_of(coarse)
-    fa, ca = fg.affine, cg.affine
-    ratio = ca.a / fa.a
-    factor = round(ratio)
-    if (
-        fg.crs != cg.crs
-        or factor < 1
-        or abs(ratio - factor) > 1e-6
-        or abs(ca.e / fa.e - factor) > 1e-6
-        or fg.shape != (cg.shape[0] * factor, cg.shape[1] * factor)
-        or abs(ca.c - fa.c) > 1e-6 * abs(fa.a)
-        or abs(ca.f - fa.f) > 1e-6 * abs(fa.e)
-    ):
-        raise GridError(
-            "the coarse grid must be the fine grid coarsened by an integer factor (same CRS, "
-            f"origin and extent); got fine {fg.shape} at {fa.a} and coarse {cg.shape} at {ca.a} "
-            f"in {cg.crs}"
-        )
-    return factor
-
-
 def _features(
     fine: xr.DataArray, coarse: xr.DataArray, config: Config
 ) -> tuple[xr.DataArray, xr.DataArray]:
@@ -529,8 +445,8 @@ def _features(
     bilinear = coarse.xf.resample(fine, "bilinear").assign_coords(band=[f"{band}_bilinear"])
     texture = coarse.xf.lbp(config.lbp_points, config.lbp_radius).xf.resample(fine, "nearest")
     features = xr.concat([fine, bilinear, texture], dim="band", coords="minimal", compat="override")
-    features = features.chunk({"band": -1, "y": config.chunks, "x": config.chunks})
-    target = coarse.xf.resample(fine, "nearest").chunk({"y": config.chunks, "x": config.chunks})
+    features = features.chunk({"band": -1, **config.spatial_chunks()})
+    target = coarse.xf.resample(fine, "nearest").chunk(config.spatial_chunks())
     features.attrs = {"coarse_band": band}
     return features.rename("features"), target.rename("target")
 
@@ -571,7 +487,7 @@ def _regions(features: xr.DataArray, factor: int, config: Config) -> xr.DataArra
 
 def _stack_time(da: xr.DataArray) -> xr.DataArray:
     """``(time, band, y, x)`` → ``(band, y, x)`` with bands ``"<period>|<band>"``."""
-    names = [f"{t}|{b}" for t in range(da.sizes["time"]) for b in _names(da)]
+    names = [f"{t}|{b}" for t in range(da.sizes["time"]) for b in band_names(da)]
     stacked = da.transpose("time", "band", "y", "x").stack(tb=("time", "band"))
     stacked = stacked.drop_vars(["tb", "time", "band"]).rename(tb="band")
     stacked = stacked.assign_coords(band=names).transpose("band", "y", "x")
@@ -588,7 +504,7 @@ def _patches(
 ) -> tuple[xr.Dataset, xr.Dataset]:
     """Training and validation patches, one sample per location and period (computes)."""
     inputs, goal = _stack_time(features), _stack_time(target)
-    n_time, bands = features.sizes["time"], _names(features)
+    n_time, bands = features.sizes["time"], band_names(features)
     out = []
     for kind, n, seed in (
         (TRAIN, config.n_patches, config.seed),
@@ -668,72 +584,23 @@ def _match_truth(truth: xr.DataArray, like: xr.DataArray) -> xr.DataArray:
     return truth.rename("truth")
 
 
-def _plain(da: xr.DataArray) -> xr.DataArray:
-    """Keep only grid, time and band coordinates (Zarr- and COG-friendly)."""
-    keep = {"time", "band", "y", "x", "spatial_ref"}
-    return da.drop_vars([c for c in da.coords if c not in keep])
-
-
 # ----------------------------------------------------------------------------------------------
 # metrics
 # ----------------------------------------------------------------------------------------------
 
 
 def regression_scores(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """RMSE, MAE and R² of ``prediction`` against ``truth`` over their common finite pixels.
+    """Return RMSE, MAE and R² of ``prediction`` against ``truth`` over common finite pixels.
+
+    :func:`xfusion.models.baselines.score_predictions` for a regression (eager).
 
     Examples
     --------
     >>> import numpy as np
     >>> regression_scores(np.array([1.0, 2.0, 4.0]), np.array([1.0, 2.0, 3.0]))
-    {'rmse': 0.577..., 'mae': 0.333..., 'r2': 0.5, 'n': 3}
+    {'n': 3, 'rmse': 0.577..., 'mae': 0.333..., 'r2': 0.5}
     """
-    p = np.asarray(prediction, dtype=np.float64).ravel()
-    t = np.asarray(truth, dtype=np.float64).ravel()
-    if p.shape != t.shape:
-        raise InputError(f"prediction has {p.size} values but truth has {t.size}")
-    ok = np.isfinite(p) & np.isfinite(t)
-    if not ok.any():
-        raise InputError("no pixel where both prediction and truth are finite")
-    e = p[ok] - t[ok]
-    ss_tot = float(np.sum((t[ok] - t[ok].mean()) ** 2))
-    return {
-        "rmse": float(np.sqrt(np.mean(e**2))),
-        "mae": float(np.mean(np.abs(e))),
-        "r2": 1.0 - float(np.sum(e**2)) / ss_tot if ss_tot > 0 else float("nan"),
-        "n": int(ok.sum()),
-    }
-
-
-def aggregation_rmse(fine: np.ndarray, coarse: np.ndarray, factor: int) -> float:
-    """RMSE between a fine field averaged over ``factor × factor`` blocks and a coarse field.
-
-    ``fine`` is ``(..., Y * factor, X * factor)`` and ``coarse`` ``(..., Y, X)``; blocks are
-    averaged over their finite pixels, and blocks or coarse pixels without data are skipped.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> fine = np.arange(16.0).reshape(4, 4)
-    >>> aggregation_rmse(fine, np.array([[2.5, 4.5], [10.5, 13.5]]), 2)
-    0.5
-    """
-    f = np.asarray(fine, dtype=np.float64)
-    c = np.asarray(coarse, dtype=np.float64)
-    *lead, h, w = f.shape
-    if (h, w) != (c.shape[-2] * factor, c.shape[-1] * factor):
-        raise InputError(
-            f"fine field {h}×{w} is not the coarse field {c.shape[-2]}×{c.shape[-1]} times {factor}"
-        )
-    blocks = f.reshape(*lead, h // factor, factor, w // factor, factor)
-    count = np.isfinite(blocks).sum(axis=(-3, -1))
-    total = np.nansum(blocks, axis=(-3, -1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, total / count, np.nan)
-    diff = (mean - c)[np.isfinite(mean - c)]
-    if diff.size == 0:
-        raise InputError("no coarse pixel with data in both fields")
-    return float(np.sqrt(np.mean(diff**2)))
+    return score_predictions(prediction, truth, task="regression")
 
 
 def _metrics(
@@ -775,32 +642,20 @@ def _metrics(
     return metrics
 
 
+def _baselines(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Compare the U-Net with the bilinear and pixel-ridge baselines on the held-out strip.
+
+    Against the fine truth (``rmse``) where there is one, else against the coarse observation
+    (``aggregation_rmse``).
+    """
+    metric = "rmse" if "rmse" in metrics else "aggregation_rmse"
+    scores = {name: {metric: metrics[f"{name}_{metric}"]} for name in ("bilinear", "ridge")}
+    return baseline_block({metric: metrics[metric]}, scores, metric=metric, higher_is_better=False)
+
+
 # ----------------------------------------------------------------------------------------------
 # outputs
 # ----------------------------------------------------------------------------------------------
-
-
-def _write_outputs(
-    out: Path,
-    config: Config,
-    cubes: dict[str, xr.DataArray],
-    metrics: dict[str, Any],
-    unet: Any,
-    ridge: Any,
-) -> RecipeResult:
-    files: dict[str, Path] = {}
-    files["zarr"] = write_outputs(cubes, out, config, chunks=config.chunks)
-    files["cog"] = write_cog(_cog_bands(cubes["downscaled"]), out / "downscaled.tif")
-    model_dir = out / "model"
-    model_dir.mkdir(exist_ok=True)
-    files["model_unet"] = Path(unet.save(model_dir / "unet"))
-    files["model_ridge"] = Path(ridge.save(model_dir / "ridge", fmt="msgpack"))
-    files["config"] = config.to_toml(out / "config.toml")
-    figures = _figures(out, cubes, metrics, unet, config) if config.figures else {}
-    files["metrics"] = write_json(metrics, out / "metrics.json")
-    return RecipeResult(
-        recipe="downscale", metrics=metrics, cubes=cubes, figures=figures, out_dir=out, files=files
-    )
 
 
 def _cog_bands(downscaled: xr.DataArray) -> xr.DataArray:

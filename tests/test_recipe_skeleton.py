@@ -1,0 +1,185 @@
+"""What every recipe is built from: config field groups, one validate, one writer, baselines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+import rioxarray
+import xarray as xr
+from odc.geo.geom import BoundingBox
+
+import xfusion as xf
+from xfusion.errors import ConfigError
+from xfusion.recipes import downscale
+from xfusion.recipes._base import (
+    AreaFields,
+    ChunkFields,
+    DateFields,
+    RecipeConfig,
+    TrainingFields,
+    baseline_block,
+    config_keys,
+    prepare_out_dir,
+    write_results,
+)
+
+
+@dataclasses.dataclass
+class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
+    """A recipe of this test.
+
+    Parameters
+    ----------
+    alpha : float
+        A field of the recipe itself.
+    """
+
+    chunks: int = 32
+    alpha: float = 1.0
+    #: every config whose rows were checked (the test of "once")
+    CHECKED: ClassVar[list] = []
+
+    def checks(self):
+        self.CHECKED.append(self.alpha)
+        return [(self.alpha > 0, "alpha", "> 0")]
+
+
+def test_groups_compose_one_config_in_declaration_order():
+    names = [f.name for f in dataclasses.fields(Config)]
+    assert names == [
+        "out_dir", "seed", "source", "resume", "size", "figures",  # RecipeConfig
+        "bounds", "bounds_crs", "crs", "resolution",  # AreaFields
+        "start", "end",  # DateFields
+        "chunks", "persist",  # ChunkFields (chunks keeps its place with the recipe's default)
+        "holdout_fraction", "epochs", "batch_size", "learning_rate",  # TrainingFields
+        "alpha",
+    ]  # fmt: skip
+    assert Config().chunks == 32
+    # the help of every key comes from the group that declares it, or from the recipe
+    docs = {name: doc for name, _, _, doc in config_keys(Config)}
+    assert docs["persist"].startswith("Keep the prepared cubes in (distributed) memory")
+    assert (
+        docs["holdout_fraction"]
+        == "Fraction of the scene kept out of training; metrics are measured there."
+    )
+    assert docs["alpha"] == "A field of the recipe itself."
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"source": "ftp"}, "'source' must be one of ('synthetic', 'stac', 'ee'); got 'ftp'"),
+        ({"bounds": (1.0, 0.0, 0.0, 1.0)}, "'bounds' must be (left, bottom, right, top) with"),
+        ({"start": "not a date"}, "'start' must be a date; got 'not a date'"),
+        ({"chunks": 0}, "'chunks' must be >= 1; got 0"),
+        ({"holdout_fraction": 1.0}, "'holdout_fraction' must be strictly between 0 and 1; got 1.0"),
+        ({"alpha": -1.0}, "'alpha' must be > 0; got -1.0"),
+    ],
+)  # fmt: skip
+def test_validate_names_the_field_and_what_was_expected(fields, message):
+    with pytest.raises(ConfigError) as info:
+        Config(**fields)
+    assert str(info.value).startswith(f"config field {message}")
+
+
+def test_validate_runs_once_when_the_config_is_built():
+    Config.CHECKED.clear()
+    Config(alpha=3.0)
+    Config.from_dict({"alpha": 2.0})
+    assert Config.CHECKED == [3.0, 2.0]  # the recipe's rows, once per config, when built
+
+
+def _warned(record) -> list[str]:
+    return sorted(str(w.message).split(";")[0] for w in record)
+
+
+def test_old_key_names_load_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning) as record:
+        config = downscale.Config.from_dict({"n_val_patches": 3, "chunk": 30})
+    assert (config.n_validation_patches, config.chunks) == (3, 30)
+    assert _warned(record) == [
+        "config key 'chunk' is now 'chunks'",
+        "config key 'n_val_patches' is now 'n_validation_patches'",
+    ]
+    with pytest.warns(DeprecationWarning, match=r"'train_fraction' is now 'holdout_fraction' \("):
+        config = downscale.Config.from_dict({"train_fraction": 0.75})
+    assert config.holdout_fraction == pytest.approx(0.25)
+    with pytest.warns(DeprecationWarning) as record:
+        config = Config.from_dict({"region": [0, 0, 10, 10], "region_crs": "EPSG:4326"})
+    assert (config.bounds, config.bounds_crs) == ((0.0, 0.0, 10.0, 10.0), "EPSG:4326")
+    assert _warned(record) == [
+        "config key 'region' is now 'bounds'",
+        "config key 'region_crs' is now 'bounds_crs'",
+    ]
+    with pytest.raises(ConfigError, match="'chunk' and 'chunks' are the same setting"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            Config.from_dict({"chunk": 30, "chunks": 30})
+
+
+def test_area_grid_and_date_selection():
+    config = Config(bounds=(36.6, -1.45, 37.1, -1.1), bounds_crs="EPSG:4326", crs="EPSG:32737")
+    gbox = config.grid(480.0)
+    expected = BoundingBox(36.6, -1.45, 37.1, -1.1, crs="EPSG:4326").to_crs("EPSG:32737")
+    assert gbox.crs.epsg == 32737 and gbox.resolution.x == 480.0
+    assert gbox.boundingbox.left <= expected.left < gbox.boundingbox.left + 480.0
+    assert gbox.boundingbox.top >= expected.top > gbox.boundingbox.top - 480.0
+    with pytest.raises(ConfigError, match="a grid needs bounds and crs"):
+        Config().grid()
+    times = pd.to_datetime(
+        ["2021-01-01", "2021-02-01 10:00", "2021-03-01", "2021-04-01"], format="ISO8601"
+    )
+    cube = xr.DataArray(np.arange(4.0), dims="time", coords={"time": times}).chunk(1)
+    dated = Config(start="2021-02-01", end="2021-04-01")
+    assert list(dated.select_dates(cube).time.dt.month.values) == [2, 3]
+    assert list(dated.select_dates(cube, also="2021-04-01").time.dt.month.values) == [2, 3, 4]
+    assert Config().select_dates(cube).sizes["time"] == 4
+
+
+def test_baseline_block_and_the_summary():
+    block = baseline_block(
+        {"rmse": 0.5}, {"mean": {"rmse": 0.8}, "ridge": {"rmse": 0.52}}, metric="rmse"
+    )
+    entry = block["baselines"]
+    assert entry["baseline"] == "ridge" and entry["baseline_rmse"] == 0.52
+    assert entry["model_rmse"] == 0.5 and entry["scores"]["mean"] == {"rmse": 0.8}
+    assert block["beats_baseline"] is False  # 0.5 is not 10 % below 0.52
+    higher = baseline_block({"iou": 0.9}, {"otsu": {"iou": 0.7}}, metric="iou")
+    assert higher["beats_baseline"] is True
+
+
+def test_write_results_writes_every_output_in_order(tmp_path):
+    config = Config(out_dir=str(tmp_path / "out"), figures=False)
+    out = prepare_out_dir(config.out_dir, config=config)
+    scene = xf.datasets.synthetic_scene("downscale", size=40)
+    sif = scene["truth_sif"].isel(time=0)
+    model = xf.models.Ridge(alpha=1.0).fit(scene["modis"].isel(time=0), sif.isel(band=0))
+    block = baseline_block({"rmse": 0.1}, {"mean": {"rmse": 0.3}}, metric="rmse")
+    drawn = []
+    result = write_results(
+        config,
+        out,
+        {"sif": sif},
+        {"rmse": 0.1},
+        baselines=block,
+        cog=("sif", sif),
+        models={"ridge": model},
+        figures=lambda: drawn.append(1) or {},
+    )
+    assert list(result.files) == ["zarr", "cog", "model_ridge", "config", "metrics"]
+    assert drawn == []  # figures=False: not drawn
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["beats_baseline"] is True and metrics["baselines"]["baseline"] == "mean"
+    assert metrics == result.metrics
+    np.testing.assert_array_equal(rioxarray.open_rasterio(out / "sif.tif").values, sif.values)
+    reloaded = xf.load_model(out / "model" / "ridge")
+    np.testing.assert_allclose(reloaded.coef_, model.coef_)
+    assert Config.from_toml(out / "config.toml") == config
+    assert (out / "config.toml").read_text().startswith("[test_recipe_skeleton]\n")
+    assert "beats it" in result.summary()
