@@ -205,3 +205,71 @@ def test_sparse_layer_mapping_and_cull():
     culled, deps = layer.cull({("a", 0, 0), ("a", 1, 0), ("other", 0)}, set())
     assert set(culled) == {("a", 0, 0), ("a", 1, 0), ("a-fill", 2, 3)}
     assert list(deps)[-1] == ("a-fill", 2, 3)
+
+
+def test_fuse_stacks_sparse_sources_like_xr_concat():
+    from xfusion.preprocess.fuse import _concat_bands, _expand_time
+
+    dst = xf.grid((14.9, 36.0, 15.2, 36.3), 4326, 0.001)
+    s2 = _cube(PAIRS["partly_outside"][0], chunks=(64, 64), lead=2)
+    coarse = _cube(xf.grid((15.05, 36.05, 15.15, 36.15), 4326, 0.004), chunks=(8, 8), lead=1)
+    times = np.array(["2020-01-01", "2020-02-01"], "M8[ns]")
+    a = xf.resample(s2, dst, "bilinear", chunks=(35, 45)).expand_dims(time=times)
+    a = a.assign_coords(band=["s2:b0", "s2:b1"])
+    b = xf.resample(coarse, dst, "bilinear", chunks=(64, 64)).assign_coords(band=["c:b0"])
+    with raise_if_dask_computes():
+        b_timed = _expand_time(b, times)
+        got = _concat_bands([a, b_timed])
+    assert "xf-concatenate" in got.data.name
+    ref = xr.concat(
+        [a, b.expand_dims(time=times)],
+        dim="band",
+        coords="minimal",
+        compat="override",
+        join="override",
+    )
+    with dask.config.set(scheduler="sync"):
+        xr.testing.assert_identical(got.compute(), ref.compute())
+    # the chunks of the first cube, and tasks only where data reach
+    assert got.chunks[-2:] == a.chunks[-2:]
+    assert np.isfinite(got.values).sum() > 0
+
+
+def test_fuse_onto_a_global_grid_builds_in_proportion_to_data():
+    s2 = _cube(xf.grid((500000, 4000000, 505120, 4005120), 32633, 10), chunks=(256, 256))
+    viirs = _cube(xf.grid((14.9, 36.0, 15.2, 36.3), 4326, 0.004), chunks=(64, 64), lead=1)
+    dst = xf.grid((-180, -90, 180, 90), 4326, 0.001)
+    start = time.perf_counter()
+    with raise_if_dask_computes():
+        fused = xf.fuse({"s2": s2, "viirs": viirs}, grid=dst)
+    took = time.perf_counter() - start
+    assert fused.band.values.tolist() == ["s2:b0", "s2:b1", "viirs:b0"]
+    assert np.prod(fused.data.numblocks) > 2_000_000
+    assert len(_tasks(fused.data).tasks) < 100
+    assert took < 10, took
+    window = fused.isel(y=slice(53_700, 54_100), x=slice(194_900, 195_300))
+    values = window.values
+    assert np.isfinite(values[:2]).sum() > 1000 and np.isfinite(values[2]).sum() > 1000
+
+
+def test_legacy_input_layers_keep_their_references():
+    # a hand-made input whose legacy task names a key of another layer
+    base = dask.array.from_array(np.arange(256, dtype=np.float32).reshape(1, 16, 16), chunks=8)
+    name = "legacy-plus-one"
+    dsk = {
+        (name, 0, i, j): (np.add, (base.name, 0, i, j), np.float32(1))
+        for i in range(2)
+        for j in range(2)
+    }
+    graph = dask.highlevelgraph.HighLevelGraph.from_collections(name, dsk, dependencies=[base])
+    arr = dask.array.Array(graph, name, chunks=((1,), (8, 8), (8, 8)), dtype=np.float32)
+    src = xf.grid((15.0, 45.0, 15.016, 45.016), 4326, 0.001)
+    cube = assign_grid(xr.DataArray(arr, dims=("band", "y", "x"), coords={"band": ["b"]}), src)
+    dst = xf.grid((14.0, 44.0, 16.0, 46.0), 4326, 0.002)  # aligned, k = 2
+    out = xf.resample(cube, dst, "average").values
+    expected = xf.resample(cube.compute(), dst, "average").values
+    np.testing.assert_array_equal(out, expected)
+    assert (
+        np.nanmax(out) == np.float32(256 - 16 - 2 + 1 + 0.5 + 16 / 2 + 0.5)
+        or np.isfinite(out).sum() == 64
+    )

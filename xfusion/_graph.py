@@ -27,10 +27,12 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import dask.array
 import numpy as np
 import shapely
 from affine import Affine
-from dask._task_spec import Alias, GraphNode, Task, convert_legacy_graph
+from dask._task_spec import Alias, GraphNode, Task, TaskRef, convert_legacy_graph
+from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, Layer, MaterializedLayer
 from odc.geo import CRS
 from odc.geo.geobox import GeoBox
@@ -38,9 +40,13 @@ from odc.geo.roi import roi_boundary
 
 __all__ = [
     "SparseChunkLayer",
+    "broadcast_leading",
     "candidate_chunks",
     "chunk_starts",
+    "concatenate",
+    "data_blocks",
     "no_gc",
+    "rechunk",
     "reproject_rois",
     "without_legacy_layers",
 ]
@@ -222,10 +228,26 @@ def without_legacy_layers(graph: HighLevelGraph) -> HighLevelGraph:
     """
     for name, layer in list(graph.layers.items()):
         if isinstance(layer, MaterializedLayer) and layer.has_legacy_tasks:
+            # a legacy task names keys of its own layer and of the layers it depends on
+            scope = [layer, *(graph.layers[d] for d in graph.dependencies.get(name, ()))]
             graph.layers[name] = MaterializedLayer(
-                convert_legacy_graph(dict(layer)), annotations=layer.annotations
+                convert_legacy_graph(dict(layer), all_keys=_KeysOf(scope)),
+                annotations=layer.annotations,
             )
     return graph
+
+
+class _KeysOf:
+    """The keys of some layers, as a container (nothing is listed)."""
+
+    def __init__(self, layers: Sequence[Layer]) -> None:
+        self.layers = layers
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return any(key in layer for layer in self.layers)
+        except TypeError:  # an unhashable literal inside a task is not a key
+            return False
 
 
 # --- which output chunks the source reaches --------------------------------------------------
@@ -464,3 +486,129 @@ def _rois_batch(src, dst, ystarts, xstarts, blocks_y, blocks_x, pad) -> np.ndarr
     ).astype(np.int64)
     rois[~any_ok] = 0
     return rois
+
+
+# --- operations that keep a sparse array sparse ----------------------------------------------
+
+
+def data_blocks(arr: dask.array.Array) -> list[tuple[int, ...]] | None:
+    """Block indices of the chunks of ``arr`` that hold data, or None if all may."""
+    layer = arr.dask.layers.get(arr.name)
+    if isinstance(layer, SparseChunkLayer):
+        return [key[1:] for key in layer.tasks]
+    return None
+
+
+def _all_blocks(arr: dask.array.Array) -> list[tuple[int, ...]]:
+    return list(itertools.product(*(range(n) for n in arr.numblocks)))
+
+
+def _sparse(name, chunks, dtype, tasks, dependencies, fill_value=np.nan) -> dask.array.Array:
+    layer = SparseChunkLayer(name, chunks, dtype, tasks, fill_value)
+    graph = without_legacy_layers(
+        HighLevelGraph.from_collections(name, layer, dependencies=dependencies)
+    )
+    meta = np.empty((0,) * len(chunks), dtype)
+    return dask.array.Array(graph, name, chunks=chunks, dtype=dtype, meta=meta)
+
+
+def _paste(shape, dtype, fill_value, plan, *blocks):
+    out = np.full(shape, fill_value, dtype)
+    for blk, (src, dst) in zip(blocks, plan, strict=True):
+        out[dst] = blk[src]
+    return out
+
+
+def rechunk(arr: dask.array.Array, chunks: tuple[tuple[int, ...], ...]) -> dask.array.Array:
+    """``arr.rechunk(chunks)``, visiting only the chunks with data of a sparse array.
+
+    A sparse array (made of a :class:`SparseChunkLayer`) gives a sparse array whose chunks
+    with data are pasted from the input chunks with data they overlap (NaN elsewhere, as the
+    input's fill chunks are); any other array goes through ``dask.array.rechunk``.
+    """
+    chunks = tuple(tuple(int(c) for c in axis) for axis in chunks)
+    if arr.chunks == chunks:
+        return arr
+    blocks = data_blocks(arr)
+    if blocks is None:
+        return arr.rechunk(chunks)
+    with no_gc():
+        name = "xf-rechunk-" + tokenize(arr, chunks)
+        bin_ = [chunk_starts(c).tolist() for c in arr.chunks]
+        bout = [chunk_starts(c) for c in chunks]
+        wanted: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        for idx in blocks:
+            ranges = []
+            for d, i in enumerate(idx):
+                lo, hi = bin_[d][i], bin_[d][i + 1]
+                first = int(np.searchsorted(bout[d], lo, side="right")) - 1
+                last = int(np.searchsorted(bout[d], hi, side="left"))
+                ranges.append(range(max(first, 0), last))
+            for out_idx in itertools.product(*ranges):
+                wanted.setdefault(out_idx, []).append(idx)
+        layer = arr.dask.layers[arr.name]
+        tasks = {}
+        for out_idx, ins in wanted.items():
+            starts = [int(bout[d][i]) for d, i in enumerate(out_idx)]
+            shape = tuple(chunks[d][i] for d, i in enumerate(out_idx))
+            plan, deps = [], []
+            for idx in ins:
+                src, dst = [], []
+                for d, i in enumerate(idx):
+                    lo = max(bin_[d][i], starts[d])
+                    hi = min(bin_[d][i + 1], starts[d] + shape[d])
+                    src.append(slice(lo - bin_[d][i], hi - bin_[d][i]))
+                    dst.append(slice(lo - starts[d], hi - starts[d]))
+                plan.append((tuple(src), tuple(dst)))
+                deps.append(TaskRef((arr.name, *idx)))
+            key = (name, *out_idx)
+            tasks[key] = Task(key, _paste, shape, arr.dtype, layer.fill_value, tuple(plan), *deps)
+        return _sparse(name, chunks, arr.dtype, tasks, (arr,), layer.fill_value)
+
+
+def concatenate(arrays: Sequence[dask.array.Array], axis: int) -> dask.array.Array:
+    """``dask.array.concatenate`` that stays sparse: aliases for the chunks with data only.
+
+    The arrays must share their chunks on every other axis (see :func:`rechunk`). Every chunk
+    of a non-sparse input is an alias (as many as it has chunks); the rest is NaN fill.
+    """
+    first = arrays[0]
+    dtype = np.result_type(*(a.dtype for a in arrays))
+    if any(a.dtype != dtype for a in arrays):
+        arrays = [a.astype(dtype) for a in arrays]
+    with no_gc():
+        name = "xf-concatenate-" + tokenize(*arrays, axis)
+        tasks = {}
+        offset = 0
+        for arr in arrays:
+            blocks = data_blocks(arr)
+            for idx in _all_blocks(arr) if blocks is None else blocks:
+                new = (*idx[:axis], idx[axis] + offset, *idx[axis + 1 :])
+                key = (name, *new)
+                tasks[key] = Alias(key, (arr.name, *idx))
+            offset += arr.numblocks[axis]
+        chunks = tuple(
+            tuple(c for a in arrays for c in a.chunks[axis]) if d == axis else first.chunks[d]
+            for d in range(first.ndim)
+        )
+        return _sparse(name, chunks, dtype, tasks, tuple(arrays))
+
+
+def broadcast_leading(arr: dask.array.Array, size: int) -> dask.array.Array:
+    """``arr`` repeated along a new first axis of ``size`` (one chunk), staying sparse.
+
+    Like ``dask.array.broadcast_to``: each chunk with data is a read-only broadcast view.
+    """
+    blocks = data_blocks(arr)
+    if blocks is None:
+        return dask.array.broadcast_to(arr, (size, *arr.shape), chunks=((size,), *arr.chunks))
+    with no_gc():
+        name = "xf-broadcast-" + tokenize(arr, size)
+        tasks = {}
+        for idx in blocks:
+            key = (name, 0, *idx)
+            shape = (size, *(c[i] for c, i in zip(arr.chunks, idx, strict=True)))
+            tasks[key] = Task(key, np.broadcast_to, TaskRef((arr.name, *idx)), shape)
+        chunks = ((size,), *arr.chunks)
+        fill = arr.dask.layers[arr.name].fill_value
+        return _sparse(name, chunks, arr.dtype, tasks, (arr,), fill)

@@ -11,10 +11,12 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import dask.array
 import numpy as np
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
+from xfusion._graph import broadcast_leading, concatenate, data_blocks, rechunk
 from xfusion.bands import KIND_COORD, band_kinds, band_scaling, set_band_kinds, set_band_scaling
 from xfusion.errors import BandError, EmptySelectionError, InputError
 from xfusion.grids import as_geobox, geobox_of
@@ -174,14 +176,14 @@ def fuse(
                 pair = None
             scaling[f"{name}:{band}"] = pair
         if times is not None and "time" not in cube.dims:
-            cube = cube.expand_dims(time=times)
+            cube = _expand_time(cube, times)
         bands = [f"{name}:{b}" for b in cube.band.values]
         keep = {"time", "band", "y", "x", "spatial_ref", KIND_COORD}
         cube = cube.drop_vars([c for c in cube.coords if c not in keep])
         cube = cube.assign_coords(band=bands, source=("band", [name] * len(bands)))
         dims = ("time", "band", "y", "x") if times is not None else ("band", "y", "x")
         stacked.append(cube.transpose(*dims).astype(np.float32))
-    out = xr.concat(stacked, dim="band", coords="minimal", compat="override", join="override")
+    out = _concat_bands(stacked)
     if any(pair is not None for pair in scaling.values()):
         out = set_band_scaling(out, scaling)
     out.name = None
@@ -267,6 +269,46 @@ def _bitwise_or(parts: Sequence[xr.DataArray]) -> xr.DataArray:
         ored = xr.apply_ufunc(np.bitwise_or, ored, other.fillna(0).astype(np.int64), dask="allowed")
     valid = sum(p.notnull().astype(np.int16) for p in parts) > 0
     return ored.where(valid)
+
+
+def _expand_time(cube: xr.DataArray, times: np.ndarray) -> xr.DataArray:
+    """``cube.expand_dims(time=times)``; a sparse grid-change result stays sparse."""
+    if isinstance(cube.data, dask.array.Array) and data_blocks(cube.data) is not None:
+        data = broadcast_leading(cube.data, len(times))
+        coords = {**cube.coords, "time": times}
+        return xr.DataArray(
+            data, dims=("time", *cube.dims), coords=coords, attrs=cube.attrs, name=cube.name
+        )
+    return cube.expand_dims(time=times)
+
+
+def _concat_bands(stacked: list[xr.DataArray]) -> xr.DataArray:
+    """``xr.concat`` along ``band``, visiting only the chunks with data of sparse cubes.
+
+    Onto a continental or global grid the resampled sources are sparse Dask arrays
+    (:mod:`xfusion._graph`): they are brought to the chunks of the first cube and stacked with
+    aliases for their chunks with data, so the graph grows with the data, not the canvas. The
+    coordinates and attrs are those ``xr.concat`` gives (computed on a one-pixel corner).
+    """
+    lazy = all(isinstance(c.data, dask.array.Array) for c in stacked)
+    if not lazy or all(data_blocks(c.data) is None for c in stacked):
+        return xr.concat(stacked, dim="band", coords="minimal", compat="override", join="override")
+    first = stacked[0]
+    axis = first.dims.index("band")
+    datas = []
+    for cube in stacked:
+        target = tuple(
+            cube.data.chunks[d] if d == axis else first.data.chunks[d] for d in range(first.ndim)
+        )
+        datas.append(rechunk(cube.data, target))
+    data = concatenate(datas, axis)
+    corner = [c.isel(y=slice(0, 1), x=slice(0, 1)) for c in stacked]
+    small = xr.concat(corner, dim="band", coords="minimal", compat="override", join="override")
+    coords = {
+        name: coord for name, coord in small.coords.items() if not {"y", "x"} & set(coord.dims)
+    }
+    coords.update(y=first["y"], x=first["x"])
+    return xr.DataArray(data, dims=small.dims, coords=coords, attrs=small.attrs, name=small.name)
 
 
 def _with_kinds(cube: xr.DataArray, override: Mapping[Any, str]) -> xr.DataArray:
