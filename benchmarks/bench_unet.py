@@ -6,8 +6,10 @@ with the same network and weights:
 
 * **whole array** — the same jitted model applied to the whole reflect-padded array in one call;
 * **PyTorch** (CPU build) sliding window of the same architecture with the same tile and halo,
-  weights copied from the JAX parameters (``benchmarks/_torch_unet.py``), ``inference_mode`` and
-  as many threads as cores; skipped (recorded as ``"torch": "missing"``) when torch is absent;
+  weights copied from the JAX parameters (``benchmarks/_torch_unet.py``), with its best CPU
+  settings (``best_cpu_settings``: channels-last, ``inference_mode``, oneDNN, ``torch.compile``
+  with weight freezing where it compiles, as many threads as cores), in fp32 and in bf16
+  autocast; skipped (``"torch": "missing: ..."``) when torch is absent;
 * **Earth-Engine style** — 256 px tiles with a 128 px buffer on each side (512 px inputs per
   256 px output), predicted one by one with the same jitted model.
 
@@ -16,6 +18,10 @@ random weights (BatchNorm statistics and biases randomised too, so that a wrong 
 would show), in eval mode. Reported besides the times: output Mpx/s and the achieved FLOP/s,
 counting the convolutions' multiply-adds analytically (2 FLOP each) over the pixels each method
 actually processes (halos and buffers included).
+
+xfusion's inference options run on the same blocks: BatchNorm folded into the convolutions
+(fp32), and bf16 compute; ``precisions`` lists them side by side with the maximum absolute
+difference from the default fp32 prediction over the whole scene.
 
 Correctness (also in the smoke run): the PyTorch sliding window sees exactly the tiles xfusion's
 blockwise prediction sees, so the two outputs must agree to float32 rounding.
@@ -205,6 +211,13 @@ def run(*, smoke: bool = False, repeats: int = 3) -> dict:
     mpx = size * size / 1e6
 
     lazy = predict(cube, model, halo=halo)
+    variants = {  # xfusion's inference options, same blocks and tiles
+        name: predict(cube, model, halo=halo, precision=precision, fold_batchnorm=True)
+        for name, precision in (
+            ("fp32, BatchNorm folded", "fp32"),
+            ("bf16, BatchNorm folded", "bf16"),
+        )
+    }
     block_shape = [int(c) for c in lazy.data.chunksize]
     tile = block_shape[-1]
     # Warm-ups compile each method's shape once with a single tile, not a whole pass (the
@@ -214,6 +227,16 @@ def run(*, smoke: bool = False, repeats: int = 3) -> dict:
     # profile: CPU seconds of the model alone on one block, against the whole blockwise pass
     block_cpu = {"xfusion": _cpu_median(lambda: apply_tiles(config, params, block))}
     ours = measure(lambda: lazy.data.compute(), repeats=repeats, warmup=0)
+    options = {}
+    for name, pred in variants.items():
+        res = measure(lambda pred=pred: pred.data.compute(), repeats=repeats, warmup=1)
+        diff = np.abs(res["result"] - ours["result"])
+        options[name] = {
+            **{k: v for k, v in res.items() if k != "result"},
+            "max_abs_diff_vs_fp32": float(np.nanmax(diff)),
+            "output_range_fp32": float(np.nanmax(ours["result"]) - np.nanmin(ours["result"])),
+            "speed_vs_default": ours["median_s"] / res["median_s"],
+        }
     whole = measure(lambda: _whole_array(config, params, padded, halo), repeats=repeats)
     ee_size = ee_tile + 2 * ee_buffer
     apply_tiles(config, params, padded_ee[None, :, :ee_size, :ee_size])
@@ -236,19 +259,22 @@ def run(*, smoke: bool = False, repeats: int = 3) -> dict:
         * conv_flops(arch, ee_tile + 2 * ee_buffer, ee_tile + 2 * ee_buffer),
     }
 
+    torch_settings: dict[str, Any] = {}
     try:
         import torch
 
         from benchmarks._torch_unet import from_jax, sliding_window
     except ImportError:
-        torch_version = "missing"
+        torch_version = "missing: PyTorch is not installed, so the PyTorch ratio is not measured"
     else:
+        from benchmarks._torch_unet import best_cpu_settings
+
         torch_version = torch.__version__
         torch.set_num_threads(os.cpu_count() or 1)
-        net = from_jax(arch, params)
         mean = np.asarray(config["input_mean"], np.float32)
         std = np.asarray(config["input_std"], np.float32)
         window = padded[:, : tile + 2 * halo, : tile + 2 * halo]
+        net, torch_settings = best_cpu_settings(from_jax(arch, params), window[None])
         sliding_window(net, window, tile=tile, halo=halo, mean=mean, std=std)  # warm-up
         block_cpu["PyTorch CPU sliding window"] = _cpu_median(
             lambda: sliding_window(net, window, tile=tile, halo=halo, mean=mean, std=std)
@@ -259,6 +285,18 @@ def run(*, smoke: bool = False, repeats: int = 3) -> dict:
             warmup=0,
         )
         competitors["PyTorch CPU sliding window"] = comp
+        # PyTorch in bf16 (autocast, same settings otherwise), beside xfusion's bf16
+        net16, torch16 = best_cpu_settings(from_jax(arch, params), window[None], bf16=True)
+        if torch16.get("bf16") == "autocast":
+            comp16 = measure(
+                lambda: sliding_window(net16, padded, tile=tile, halo=halo, mean=mean, std=std),
+                repeats=repeats,
+                warmup=1,
+            )
+            torch_settings["bf16_median_s"] = comp16["median_s"]
+            torch_settings["bf16_max_abs_diff_vs_fp32"] = float(
+                np.max(np.abs(comp16["result"] - comp["result"]))
+            )
         # same tiles, same halo, same weights: equal up to float32 rounding
         ref = comp["result"]
         scale = float(np.abs(ref).max())
@@ -279,6 +317,23 @@ def run(*, smoke: bool = False, repeats: int = 3) -> dict:
             "gflop_per_cpu_s": None if flops is None else flops / res["median_cpu_s"] / 1e9,
         }
     cpu_ratios = {k: v["median_cpu_s"] / ours["median_cpu_s"] for k, v in competitors.items()}
+    torch_s = competitors.get("PyTorch CPU sliding window", {}).get("median_s")
+    precisions = {
+        "fp32 (default)": {"median_s": ours["median_s"], "mpx_per_s": mpx / ours["median_s"]},
+        **{
+            name: {
+                "median_s": res["median_s"],
+                "mpx_per_s": mpx / res["median_s"],
+                "max_abs_diff_vs_fp32": res["max_abs_diff_vs_fp32"],
+                "output_range_fp32": res["output_range_fp32"],
+            }
+            for name, res in options.items()
+        },
+    }
+    for row in precisions.values():
+        row["ratio_pytorch_fp32"] = None if torch_s is None else torch_s / row["median_s"]
+        if "bf16_median_s" in torch_settings:
+            row["ratio_pytorch_bf16"] = torch_settings["bf16_median_s"] / row["median_s"]
     by_name = {"xfusion": ours, **competitors}
     profile = {
         name: {
@@ -315,6 +370,13 @@ def run(*, smoke: bool = False, repeats: int = 3) -> dict:
         packages=("jax", "jaxlib", "flax"),
         extra={
             "torch": torch_version,
+            "torch_settings": torch_settings,
+            "inference_options": options,
+            "precisions": precisions,
+            "precision_note": "the same blocks and tiles in each row; max_abs_diff_vs_fp32 is "
+            "the largest absolute difference from the default fp32 prediction over the whole "
+            "scene (output_range_fp32 gives its scale); bf16 pays off only where the CPU's "
+            "bfloat16 units are used by XLA (not the case for XLA:CPU's convolutions here)",
             "throughput": throughput,
             "cpu_time_ratios": cpu_ratios,
             "profile": profile,
