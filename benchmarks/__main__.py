@@ -1,5 +1,8 @@
 """Run the benchmark suite: ``python -m benchmarks [CASE ...] [--smoke] [--repeats N]``.
 
+``--device gpu`` (``pip install ".[gpu]"`` on a CUDA machine) exits with status 2 and a message,
+before timing anything, where JAX runs on the CPU; results go to ``<case>_gpu.json``.
+
 Every case times xfusion and its competitors in the same run on the same data, writes
 ``benchmarks/results/<case>.json`` and the summary table ``benchmarks/results/summary.md``.
 """
@@ -27,9 +30,15 @@ def discover() -> list[str]:
     )
 
 
-def run_case(case: str, *, smoke: bool, repeats: int) -> dict:
-    """Import and run one case."""
+def run_case(case: str, *, smoke: bool, repeats: int, device: str = "cpu") -> dict:
+    """Import and run one case.
+
+    With ``device="gpu"`` a case's ``run_gpu`` runs where it has one (``unet``: model-only and
+    end-to-end Mpx/s); other cases run as they are, on JAX's default device, the GPU.
+    """
     module = importlib.import_module(f"benchmarks.bench_{case}")
+    if device == "gpu" and hasattr(module, "run_gpu"):
+        return module.run_gpu(smoke=smoke, repeats=repeats)
     return module.run(smoke=smoke, repeats=repeats)
 
 
@@ -62,24 +71,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("cases", nargs="*", help=f"cases to run (default all: {discover()})")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, no files")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="gpu: refuse to start unless JAX runs on a GPU (pip install '.[gpu]'); results "
+        "go to <case>_gpu.json",
+    )
     args = parser.parse_args(argv)
     cases = args.cases or discover()
     unknown = sorted(set(cases) - set(discover()))
     if unknown:
         parser.error(f"unknown case(s) {unknown}; available: {discover()}")
+    if args.device == "gpu":
+        from benchmarks._util import DeviceError, require_gpu
+
+        try:
+            print(f"GPU: {require_gpu()}", flush=True)
+        except DeviceError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            return 2
+    suffix = "_gpu" if args.device == "gpu" else ""
     results = []
     for case in cases:
         print(f"== {case}", flush=True)
         try:
-            res = run_case(case, smoke=args.smoke, repeats=1 if args.smoke else args.repeats)
+            res = run_case(
+                case,
+                smoke=args.smoke,
+                repeats=1 if args.smoke else args.repeats,
+                device=args.device,
+            )
         except unittest.SkipTest as why:  # a case whose data is absent (../shared/data)
             print(f"skipped: {why}", flush=True)
             continue
         results.append(res)
-        print(json.dumps(res["ratios"], indent=1), flush=True)
+        print(json.dumps(res.get("gpu", res["ratios"]), indent=1), flush=True)
         if not args.smoke:
             RESULTS.mkdir(exist_ok=True)
-            (RESULTS / f"{case}.json").write_text(json.dumps(res, indent=2, default=str))
+            (RESULTS / f"{case}{suffix}.json").write_text(json.dumps(res, indent=2, default=str))
     if not args.smoke:
         every = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
         (RESULTS / "summary.md").write_text(summary_table(every))

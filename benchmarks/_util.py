@@ -165,3 +165,29 @@ def case_result(
         "ratios": {k: v["median_s"] / xfusion["median_s"] for k, v in competitors.items()},
         **(extra or {}),
     }
+
+
+class DeviceError(RuntimeError):
+    """The requested device is not what JAX runs on (e.g. ``--device gpu`` on a CPU-only JAX)."""
+
+
+def require_gpu() -> str:
+    """Return ``platform:device_kind`` of JAX's first GPU; raise :class:`DeviceError` without one.
+
+    A CPU-only jaxlib, a CUDA jaxlib without a visible GPU or driver, and a JAX that fell back
+    to its CPU backend all count as no GPU: a GPU benchmark must never time the CPU.
+    """
+    try:
+        import jax
+
+        backend = jax.default_backend()
+        devices = jax.devices()
+    except Exception as err:  # jax missing or its backend failed to start
+        raise DeviceError(f"--device gpu: JAX has no usable backend ({err})") from err
+    if backend not in ("gpu", "cuda", "rocm") or devices[0].platform == "cpu":
+        raise DeviceError(
+            f"--device gpu: JAX runs on {backend!r} ({devices[0].device_kind}), not a GPU; it "
+            "fell back to the CPU. On a CUDA machine install the GPU build with "
+            "pip install '.[gpu]' (jax[cuda12]) and check that nvidia-smi sees the GPU"
+        )
+    return f"{devices[0].platform}:{devices[0].device_kind}"

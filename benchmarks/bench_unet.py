@@ -42,7 +42,7 @@ import dask.array as dsa
 import numpy as np
 import xarray as xr
 
-from benchmarks._util import case_result
+from benchmarks._util import case_result, versions
 from benchmarks._util import measure as _measure_wall
 from xfusion.models.predict import predict
 from xfusion.models.unet import PRESETS, apply_tiles, build_unet, unet_params
@@ -387,6 +387,89 @@ def run(*, smoke: bool = False, repeats: int = 3) -> dict:
             "target": "ratios: whole array >= 0.85, PyTorch >= 2, Earth-Engine style >= 1.7",
         },
     )
+
+
+def run_gpu(*, smoke: bool = False, repeats: int = 3) -> dict:
+    """GPU mode (``python -m benchmarks unet --device gpu``): Mpx/s model-only and end to end.
+
+    * **model only**: the jitted network (BatchNorm folded) applied to a batch of blocks already
+      on the GPU, in fp32 and bf16; output (interior) pixels per second;
+    * **end to end**: ``predict(cube, model, precision=..., fold_batchnorm=True)`` over a cube in
+      host memory on Dask's threaded scheduler with 4 workers, so at least 2 blocks are in
+      flight and one block's host→device copy overlaps another's compute; includes Dask
+      feeding, halo exchange, host↔device copies and stitching.
+
+    Raises :class:`benchmarks._util.DeviceError` (before any timing) where JAX runs on the CPU.
+    """
+    import jax
+
+    from benchmarks._util import require_gpu
+    from xfusion.models import inference
+
+    gpu = require_gpu()
+    preset = "small" if smoke else "seed"
+    size, chunk, halo, batch = (256, 128, 32, 2) if smoke else (8192, 1024, 64, 4)
+    widths, center = PRESETS[preset]["widths"], PRESETS[preset]["center"]
+    config, params = random_model(widths, center)
+    cube = make_cube(size, chunk)
+    model = RandomUNet(config, params, cube.band.values, halo)
+    block = chunk + 2 * halo
+    rng = np.random.default_rng(0)
+    x_host = (0.1 + 0.05 * rng.standard_normal((batch, N_BANDS, block, block))).astype(np.float32)
+    x_dev = jax.device_put(x_host)
+    mpx = size * size / 1e6
+    results: dict[str, Any] = {}
+    reference = None
+    for precision in ("fp32", "bf16"):
+        c, p = inference.inference_options(config, params, precision=precision, fold=True)
+        apply = inference.device_apply(c, p)
+        apply(x_dev).block_until_ready()  # compile
+        model_only = _measure_wall(
+            lambda apply=apply: apply(x_dev).block_until_ready(), repeats=max(repeats, 5)
+        )
+        pred = predict(cube, model, halo=halo, precision=precision, fold_batchnorm=True)
+        end_to_end = _measure_wall(
+            lambda pred=pred: pred.data.compute(scheduler="threads", num_workers=4),
+            repeats=repeats,
+        )
+        out = end_to_end["result"]
+        if reference is None:
+            reference = out
+        model_mpx = batch * chunk * chunk / 1e6 / model_only["median_s"]
+        results[precision] = {
+            "model_only_mpx_per_s": model_mpx,
+            "model_only_median_s_per_batch": model_only["median_s"],
+            "end_to_end_mpx_per_s": mpx / end_to_end["median_s"],
+            "end_to_end_median_s": end_to_end["median_s"],
+            "end_to_end_times_s": end_to_end["times_s"],
+            "end_to_end_share_of_model_only": mpx / end_to_end["median_s"] / model_mpx,
+            "max_abs_diff_vs_fp32": float(np.nanmax(np.abs(out - reference))),
+        }
+    if jax.devices()[0].platform == "cpu":  # never report CPU numbers as GPU ones
+        raise AssertionError("JAX moved to the CPU during the GPU benchmark")
+    e2e = {"median_s": results["bf16"]["end_to_end_median_s"], "peak_mem_mb": 0.0}
+    return {
+        "case": CASE,
+        "device": gpu,
+        "params": {
+            "mode": "gpu",
+            "model": f"U-Net preset {preset!r}: widths {list(widths)}, centre {center}",
+            "shape": [N_BANDS, size, size],
+            "chunks": [N_BANDS, chunk, chunk],
+            "halo": halo,
+            "model_only_batch": [batch, N_BANDS, block, block],
+            "dask_workers": 4,
+            "smoke": smoke,
+            "repeats": repeats,
+        },
+        "versions": versions("jax", "jaxlib", "flax"),
+        "xfusion": {**e2e, "times_s": results["bf16"]["end_to_end_times_s"]},
+        "competitors": {},
+        "ratios": {},
+        "gpu": results,
+        "target": "model only >= 200 Mpx/s (bf16, seed U-Net, one H100/H200); end to end "
+        ">= 50 % of model only",
+    }
 
 
 if __name__ == "__main__":

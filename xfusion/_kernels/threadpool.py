@@ -77,7 +77,10 @@ def _release_openblas() -> None:
 
     clear = getattr(OpenBLASController, "clear_controlling_thread", None)
     if clear is not None:
-        clear(force=True)
+        try:
+            clear(force=True)
+        except TypeError:  # a threadpoolctl whose clear takes no force (the caller's own)
+            clear()
 
 
 class _LimitBlasThreads(Callback):
