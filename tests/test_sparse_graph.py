@@ -12,7 +12,9 @@ import dask
 import dask.array
 import numpy as np
 import pytest
+import rasterio
 import xarray as xr
+from affine import Affine
 from dask._task_spec import Alias
 from dask.local import get_sync
 from odc.geo.overlap import compute_reproject_roi
@@ -21,6 +23,7 @@ import xfusion as xf
 from benchmarks._previous_graph import aggregate_dask_dense, warp_dask_dense
 from xfusion._graph import SparseChunkLayer, chunk_starts, reproject_rois
 from xfusion.grids import assign_grid
+from xfusion.io import raster as raster_module
 from xfusion.preprocess import resample as resample_module
 from xfusion.testing import raise_if_dask_computes
 
@@ -273,3 +276,52 @@ def test_legacy_input_layers_keep_their_references():
         np.nanmax(out) == np.float32(256 - 16 - 2 + 1 + 0.5 + 16 / 2 + 0.5)
         or np.isfinite(out).sum() == 64
     )
+
+
+def _write_tif(path, data, transform, crs="EPSG:32633", nodata=None):
+    profile = {
+        "driver": "GTiff",
+        "count": data.shape[0],
+        "height": data.shape[1],
+        "width": data.shape[2],
+        "dtype": data.dtype.name,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 16,
+        "blockysize": 16,
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+@pytest.mark.parametrize("method", ["nearest", "bilinear", "average"])
+def test_open_raster_onto_a_large_grid_uses_the_sparse_graph(tmp_path, monkeypatch, method):
+    rng = np.random.default_rng(1)
+    data = rng.integers(1, 1000, (1, 64, 64), dtype="uint16")
+    path = _write_tif(tmp_path / "a.tif", data, Affine(30, 0, 400000, 0, -30, 5000000), nodata=0)
+    # the same CRS, half outside: odc-geo's graph (small grid) and the sparse one agree exactly
+    g = xf.grid((399000, 4998500, 400990, 5001000), 32633, 20)
+    small = xf.open_raster(path, grid=g, chunks=16, resampling=method)
+    monkeypatch.setattr(raster_module, "_SPARSE_FROM_CHUNKS", 0)
+    with raise_if_dask_computes():
+        sparse = xf.open_raster(path, grid=g, chunks=16, resampling=method)
+    assert any(isinstance(v, SparseChunkLayer) for v in sparse.data.dask.layers.values())
+    xr.testing.assert_identical(sparse.compute(), small.compute())
+    assert np.isfinite(sparse.values).sum() > 1000
+
+
+def test_open_raster_onto_a_global_grid_is_fast(tmp_path):
+    data = np.arange(64 * 64, dtype="float32").reshape(1, 64, 64)
+    path = _write_tif(tmp_path / "b.tif", data, Affine(10, 0, 500000, 0, -10, 4000640))
+    dst = xf.grid((-180, -90, 180, 90), 4326, 0.001)
+    start = time.perf_counter()
+    cube = xf.open_raster(path, grid=dst)
+    assert time.perf_counter() - start < 5
+    layer = next(v for v in cube.data.dask.layers.values() if isinstance(v, SparseChunkLayer))
+    assert len(layer.tasks) <= 4 and np.prod(cube.data.numblocks) > 60_000
+    window = cube.isel(y=slice(53_800, 53_900), x=slice(194_950, 195_050)).values
+    assert np.isfinite(window).sum() > 10
+    assert np.nanmin(window) >= 0 and np.nanmax(window) < 64 * 64

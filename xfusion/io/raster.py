@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import dask.array
 import dask.base
 import numpy as np
 import pandas as pd
@@ -43,6 +44,7 @@ from xfusion.errors import (
 from xfusion.grids import as_geobox, assign_grid, grid_mismatch, same_grid
 from xfusion.io._hrefs import check_local_exists, local_path
 from xfusion.io._retry import redact, sanitized
+from xfusion.preprocess.resample import _warp_dask
 
 __all__ = ["open_raster"]
 
@@ -51,6 +53,10 @@ _DEFAULT_CHUNKS = {"time": 1, "band": 1, "y": 1024, "x": 1024}
 _RESAMPLINGS = ("nearest", "bilinear", "cubic", "average", "mode", "min", "max", "med", "sum")
 # the warps that keep class labels and bit flags intact (odc-geo has no bitwise OR)
 _VALUE_KEEPING = ("nearest", "mode")
+# output chunks (at the file's chunk size) beyond which a warp onto the grid builds xfusion's
+# sparse graph instead of odc-geo's one-task-per-chunk graph (kept for smaller grids, so their
+# values stay those of odc-geo's xr_reproject)
+_SPARSE_FROM_CHUNKS = 4096
 
 
 def open_raster(
@@ -490,6 +496,15 @@ def _place(da: xr.DataArray, gbox: GeoBox, target: GeoBox, path: str, resampling
                 f"file {path!r}"
             )
         )
+    chunks = (max(da.chunks[-2]), max(da.chunks[-1])) if da.chunks else (1024, 1024)
+    n_chunks = -(-target.shape[0] // chunks[0]) * -(-target.shape[1] // chunks[1])
+    if n_chunks > _SPARSE_FROM_CHUNKS:
+        # a large canvas (continental, global): xfusion's sparse graph, tasks only for the
+        # chunks the file reaches (odc-geo builds one task per chunk, ~250,000 at 0.001 deg)
+        data = da.data if isinstance(da.data, dask.array.Array) else dask.array.from_array(da.data)
+        out = _warp_dask(data, gbox, target, resampling, chunks)
+        lead = {n: c for n, c in da.coords.items() if c.dims and set(c.dims) <= set(da.dims[:-2])}
+        return _bare(xr.DataArray(out, dims=(*da.dims[:-2], "y", "x"), coords=lead))
     warped = xr_reproject(da, target, resampling=resampling, dst_nodata=np.nan)
     if "latitude" in warped.dims:
         warped = warped.rename({"latitude": "y", "longitude": "x"})

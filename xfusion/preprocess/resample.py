@@ -94,6 +94,7 @@ _PADDING = {
     "min": 1,
     "max": 1,
     "bitwise_or": 1,
+    "med": 1,
 }
 _MIN_CHUNK = 256
 _MAX_CHUNK = 2048
@@ -796,6 +797,11 @@ def _sparse_array(
 def _warp_dask(
     data: dask.array.Array, src: GeoBox, dst: GeoBox, method: str, chunks: tuple[int, int]
 ) -> dask.array.Array:
+    """Warp ``data`` (``(..., y, x)`` on ``src``) onto ``dst`` lazily, a GDAL method by name.
+
+    The sparse graph of :func:`_warp_graph`; also what :func:`xfusion.open_raster` uses onto
+    large grids.
+    """
     with no_gc():
         return _warp_graph(data, src, dst, method, chunks)
 
