@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from xfusion._kernels.augment import dihedral
 from xfusion.errors import InputError, ModelError
 from xfusion.models.losses import LossSpec, compute_loss, finalize_metrics, metric_stats
 
@@ -96,26 +97,12 @@ def _make_optimizer(name, learning_rate, momentum, weight_decay, schedule, total
     return optax.adamw(lr, weight_decay=weight_decay)
 
 
-def dihedral(a: np.ndarray, k: int) -> np.ndarray:
-    """Apply the ``k``-th (0–7) of the 8 flips/rotations of the square to axes 0 and 1 of ``a``.
-
-    ``k % 4`` quarter turns, then a left-right flip when ``k >= 4``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> dihedral(np.array([[1, 2], [3, 4]]), 5).tolist()
-    [[4, 2], [3, 1]]
-    """
-    out = np.rot90(a, k % 4, axes=(0, 1))
-    return out[:, ::-1] if k >= 4 else out
-
-
 def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple:
     square = x.shape[1] == x.shape[2]
     ks = rng.integers(0, 8, len(x)) if square else rng.choice([0, 2, 4, 6], len(x))
-    x = np.stack([dihedral(xi, k) for xi, k in zip(x, ks, strict=True)])
-    y = np.stack([dihedral(yi, k) for yi, k in zip(y, ks, strict=True)])
+    # patches are (y, x, band): the package's one dihedral numbering on axes 0 and 1
+    x = np.stack([dihedral(xi, k, axes=(0, 1)) for xi, k in zip(x, ks, strict=True)])
+    y = np.stack([dihedral(yi, k, axes=(0, 1)) for yi, k in zip(y, ks, strict=True)])
     return x, y
 
 
