@@ -71,6 +71,13 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / (a | b).sum())
 
 
+def _best_threshold_iou(scene, band: str) -> float:
+    """The best IoU with the water of thresholding a terrain band from below."""
+    values = scene["terrain"].sel(band=band).values
+    water = scene["truth_cover"].sel(band="water").values >= 0.5
+    return max(_iou(values <= t, water) for t in np.percentile(values, np.arange(1, 30)))
+
+
 def _dark_land(scene) -> np.ndarray:
     """Dry land (water cover < 5 %) darker in HV than the median open-water pixel."""
     hv = scene["sar"].sel(band="HV").values[0]
@@ -230,3 +237,7 @@ def test_hard_water_sar_alone_is_ambiguous_and_optical_cloudy(seed):
     shadow = hard["truth_dark_land"].sel(band="radar_shadow").values.astype(bool)
     assert smooth.any() and shadow.any() and not (water & (smooth | shadow)).any()
     assert np.median(nir[smooth & clear]) > 3 * np.median(nir[water & clear])
+    # Terrain does not give the water away: no HAND or DEM threshold finds it, while in the
+    # standard scene HAND is zero exactly on the water.
+    assert _best_threshold_iou(standard, "HAND") > 0.8
+    assert _best_threshold_iou(hard, "HAND") < 0.5 and _best_threshold_iou(hard, "DEM") < 0.5

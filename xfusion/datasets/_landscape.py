@@ -405,3 +405,27 @@ def radar_terrain(dem: np.ndarray, res: float, incidence: float = 35.0) -> tuple
     shadow = np.zeros(dem.shape, dtype=bool)
     shadow[:, 1:] = horizon[:, :-1] > height[:, 1:] + 1e-6
     return gain, shadow | (local >= np.pi / 2)
+
+
+def elevation_product(
+    rng: np.random.Generator, dem: np.ndarray, wet: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """DEM and HAND as a global elevation product delivers them, not as the truth.
+
+    Water surfaces take the elevation of their nearest bank (a DEM sees the water surface, not the
+    bed), the DEM carries correlated and random errors of a metre or two, and the drainage that
+    HAND refers to is the river's centreline, not today's water extent: lakes and flooded ground
+    sit metres above it, and neither the DEM nor HAND marks the water exactly.
+    """
+    from skimage.morphology import skeletonize
+
+    _, (ir, ic) = ndimage.distance_transform_edt(wet, return_indices=True)
+    surface = dem[ir, ic]  # every wet pixel takes its nearest dry neighbour's height
+    error = 1.5 * smooth_noise(rng, dem.shape, 3.0) + 0.5 * rng.standard_normal(dem.shape)
+    observed = surface + error
+    labels, count = ndimage.label(wet)
+    if count == 0:
+        return observed, np.clip(observed - observed.min(), 0.0, None)
+    river = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    drainage = skeletonize(river)
+    return observed, height_above_drainage(observed, drainage)

@@ -582,12 +582,13 @@ def _water_hard(rng: np.random.Generator, size: int) -> Scene:
     label_clouds = L.make_clouds(rng, n, 0.12)
     label = np.where(land.water >= 0.95, 1.0, np.where(land.water <= 0.05, 0.0, np.nan))
     label[label_clouds.truth() | label_clouds.shadow] = np.nan
+    dem, hand = L.elevation_product(rng, land.dem, wet)
     cubes = {
         "sar": _cube(sar_db[None], ["HH", "HV"], fine, times=[date], name="sar", units="dB"),
         "optical": _cube(np.concatenate([optical, qa[None]])[None],
                          ["Red", "NIR", "SWIR1", "SWIR2", "QA_PIXEL"], fine, times=[date],
                          name="optical"),
-        "terrain": _cube(np.stack([land.dem, land.hand]), ["DEM", "HAND"], fine, name="terrain",
+        "terrain": _cube(np.stack([dem, hand]), ["DEM", "HAND"], fine, name="terrain",
                          units="m"),
         "truth_water": _cube(label[None], ["water"], fine, name="truth_water"),
         "truth_cover": _cube(np.stack([fr[k] for k in ("water", "urban", "vegetation", "soil")]),
@@ -606,8 +607,9 @@ def _water_hard(rng: np.random.Generator, size: int) -> Scene:
         "cirrus and cloud shadows left in (NaN in thick cloud cores) and QA_PIXEL (bits 1 dilated, "
         "2 cirrus, 3 cloud, 4 shadow, 6 clear, 7 water) that misses thin cloud: it separates wet "
         "soil from water where clear and is unreliable elsewhere",
-        "terrain": "DEM (m) and HAND, height above nearest drainage (m), at 30 m; steep bluffs in "
-        "the east",
+        "terrain": "DEM (m) and HAND, height above nearest drainage (m), at 30 m, as a global "
+        "product gives them: water at bank height, metre-scale errors, HAND above the river's "
+        "centreline (lakes and flooded ground are not at zero); steep bluffs in the east",
         "truth_water": "water labels at 30 m: 1 water, 0 land, NaN nodata (cloud, cloud shadow "
         "or partial water), to be ignored in the loss",
         "truth_cover": "cover fractions (0..1, summing to 1) of water, urban, vegetation and soil "
@@ -680,6 +682,7 @@ def _downscale_hard(rng: np.random.Generator, size: int) -> Scene:
     # while NDVI saturates over the most vigorous fields.
     vigor = np.exp(0.5 * rng.standard_normal(count))[fields]
     vigor = vigor * np.exp(0.15 * L.smooth_noise(rng, (n, n), 2.0))
+    vigor = vigor * np.exp(0.25 * L.smooth_noise(rng, (n, n), n / 3))  # soils and rain by region
     urban = land.urban(0)
     ground = np.clip(1.0 - land.water - urban, 0.0, 1.0)
     quantum = np.where(crop, np.where(kind == 0, 1.35, 1.0), 0.75)  # C4 corn yields most
