@@ -11,11 +11,12 @@ import pytest
 import xarray as xr
 from scipy import ndimage, stats
 
-from xfusion.datasets import RECIPES, synthetic_scene
+from xfusion.datasets import RECIPES, Scene, synthetic_scene
+from xfusion.datasets.synthetic import _BUILDERS, SCENES, register_scene
 from xfusion.errors import InputError
 from xfusion.grids import geobox_of
 
-HARD = ("downscale", "nightlights", "water")
+HARD = ("builtup", "cloudmask", "downscale", "nightlights", "water")
 
 # Per recipe and key, for seed=3, size=48: (NaN count, sum, sum of squares) of the standard scenes
 # as built before the hard option existed. Sums (float64 over the float32 values) tolerate
@@ -106,8 +107,19 @@ def test_standard_scenes_are_unchanged(recipe):
 def test_difficulty_errors_name_what_is_allowed():
     with pytest.raises(InputError, match=r"difficulty must be 'standard' or 'hard'.*'extreme'"):
         synthetic_scene("water", size=16, difficulty="extreme")
-    with pytest.raises(InputError, match=r"scenes with a hard version: .*'water'.*'cloudmask'"):
-        synthetic_scene("cloudmask", size=16, difficulty="hard")
+
+    @register_scene("flat", "one band of zeros, no hard version")
+    def _flat(rng, size):
+        zeros = xr.DataArray(np.zeros((1, size, size), np.float32), dims=("band", "y", "x"))
+        return Scene({"zeros": zeros}, recipe="flat", seed=0, descriptions={"zeros": "0"})
+
+    try:
+        assert synthetic_scene("flat", size=16)["zeros"].shape == (1, 16, 16)
+        listed = r"hard version: \['builtup'[^\]]*'water'[^\]]*\]\); got 'hard' for 'flat'"
+        with pytest.raises(InputError, match=listed):
+            synthetic_scene("flat", size=16, difficulty="hard")
+    finally:
+        del SCENES["flat"], _BUILDERS["flat"]
 
 
 # --- every hard scene is a canonical, reproducible scene -----------------------------------------
@@ -241,3 +253,39 @@ def test_hard_water_sar_alone_is_ambiguous_and_optical_cloudy(seed):
     # standard scene HAND is zero exactly on the water.
     assert _best_threshold_iou(standard, "HAND") > 0.8
     assert _best_threshold_iou(hard, "HAND") < 0.5 and _best_threshold_iou(hard, "DEM") < 0.5
+
+
+# --- cloudmask and builtup: brightness shifts and no-data swaths --------------------------------
+
+
+def test_hard_cloudmask_has_brightness_shifts_and_gaps_over_the_same_clouds():
+    hard = synthetic_scene("cloudmask", seed=2, size=96, difficulty="hard")
+    standard = synthetic_scene("cloudmask", seed=2, size=96)
+    xr.testing.assert_identical(hard["truth_cloud"], standard["truth_cloud"])  # same clouds
+    red = hard["landsat"].sel(band="B4").values
+    qa = hard["landsat"].sel(band="QA_PIXEL").values.astype(np.int64)
+    gap = np.isnan(red)
+    assert not gap[0].any() and gap.mean(axis=(1, 2)).max() > 0.1  # swaths after the first date
+    assert np.isnan(hard["landsat"].sel(band="B1").values[gap]).all()
+    assert (qa[gap] == 1).all() and (qa[~gap] & 1 == 0).all()  # QA_PIXEL fill bit, fill only
+    # The brightness of each date is its own: the ratio to the standard scene varies by date.
+    ratio = np.nanmedian(red / standard["landsat"].sel(band="B4").values, axis=(1, 2))
+    assert ratio.max() - ratio.min() > 0.15
+    # The background truth carries the same shift and has no gaps.
+    background = hard["truth_background"].sel(band="B4").values
+    assert np.isfinite(background).all()
+    clear = ~hard["truth_cloud"].sel(band="cloud").values.astype(bool) & ~gap
+    shadow = hard["truth_cloud"].sel(band="shadow").values.astype(bool)
+    np.testing.assert_allclose(red[clear & ~shadow], background[clear & ~shadow], atol=0.05)
+
+
+def test_hard_builtup_has_swath_gaps_and_viirs_background_drift():
+    hard = synthetic_scene("builtup", seed=1, size=100, difficulty="hard")
+    standard = synthetic_scene("builtup", seed=1, size=100)
+    xr.testing.assert_identical(hard["truth_settlement"], standard["truth_settlement"])
+    s2 = hard["s2"]
+    gap = np.isnan(s2.sel(band="B4").values)
+    assert 0.1 < gap.mean(axis=(1, 2)).max() <= 0.4 and (gap.mean(axis=(1, 2)) == 0).any()
+    assert (s2.sel(band="QA60").values[gap] == 0).all()
+    shift = (hard["viirs"] - standard["viirs"]).mean(["band", "y", "x"]).values
+    assert shift.max() > 0.5 and (np.abs(shift) < 0.4).sum() > len(shift) / 2

@@ -429,3 +429,28 @@ def elevation_product(
     river = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
     drainage = skeletonize(river)
     return observed, height_above_drainage(observed, drainage)
+
+
+def swath_gap(rng: np.random.Generator, n: int, cover: float) -> np.ndarray:
+    """Boolean ``(n, n)`` no-data area beyond a straight swath edge, about ``cover`` of the scene.
+
+    Like the edge of an orbit's swath across a tiled product: everything on one side of a line at
+    a random, slightly tilted heading has no data.
+    """
+    rows, cols = np.mgrid[0:n, 0:n].astype(float)
+    theta = rng.uniform(-0.3, 0.3) + rng.choice([0.0, np.pi / 2, np.pi, 1.5 * np.pi])
+    along = (rows - n / 2) * np.sin(theta) + (cols - n / 2) * np.cos(theta)
+    return along > np.quantile(along, 1.0 - cover)
+
+
+def scan_line_gaps(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Boolean ``(n, n)`` wedge-shaped stripes of missing scan lines (Landsat 7 SLC-off-like).
+
+    Stripes about every 15 rows, tilted a little, zero width along the centre column and about
+    two pixels wide at the east and west edges.
+    """
+    rows, cols = np.mgrid[0:n, 0:n].astype(float)
+    phase = rng.uniform(0.0, 15.0)
+    tilted = rows + 0.12 * (cols - n / 2) + phase
+    width = 2.2 * np.abs(cols - n / 2) / (n / 2)
+    return np.mod(tilted, 15.0) < width

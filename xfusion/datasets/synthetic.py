@@ -221,7 +221,9 @@ def register_scene(
     "Sentinel-2 series, VIIRS monthly night lights and GHSL SMOD over growing "
     "settlements (Kathmandu-like, 2015-2019)",
 )
-def _builtup(rng: np.random.Generator, size: int) -> Scene:
+def _builtup(rng: np.random.Generator, size: int, difficulty: str = "standard") -> Scene:
+    if difficulty == "hard":
+        return _builtup_hard(rng, size)
     n = _round_up(size, 10)
     fine = _geobox(320000.0, 3080000.0, n, 100.0, "EPSG:32645")  # Kathmandu valley, UTM 45N
     viirs_box = _geobox(320000.0, 3080000.0, n // 5, 500.0, "EPSG:32645")
@@ -450,7 +452,9 @@ def _nightlights_hard(rng: np.random.Generator, size: int) -> Scene:
     "12-date Landsat-like series with clouds, cirrus and shadows, imperfect QA, cloud "
     "and background truth",
 )
-def _cloudmask(rng: np.random.Generator, size: int) -> Scene:
+def _cloudmask(rng: np.random.Generator, size: int, difficulty: str = "standard") -> Scene:
+    if difficulty == "hard":
+        return _cloudmask_hard(rng, size)
     n = size
     fine = _geobox(700000.0, 4400000.0, n, 30.0, "EPSG:32630")  # eastern Spain, UTM 30N
     land = L.make_landscape(rng, n, towns=3, relief=250.0, base_elevation=400.0)
@@ -489,6 +493,64 @@ def _cloudmask(rng: np.random.Generator, size: int) -> Scene:
         cubes, recipe="cloudmask", seed=0, descriptions=descriptions,
         encodings={"landsat": {"QA_PIXEL": {"dtype": "uint16", "nodata": 1}}},
     )  # fmt: skip
+
+
+def _cloudmask_hard(rng: np.random.Generator, size: int) -> Scene:
+    """Build the standard cloudmask scene, then shift each date's brightness and cut swaths."""
+    scene = _cloudmask(rng, size)
+    landsat, background = scene["landsat"], scene["truth_background"]
+    data, surface = landsat.values.copy(), background.values.copy()
+    n = landsat.sizes["x"]
+    haze_by_band = np.array([1.5, 1.3, 1.0, 0.8, 0.4, 0.2, 0.1])[:, None, None]  # path radiance
+    fill = np.float32(1 << QA_PIXEL_BITS["fill"])
+    for t in range(landsat.sizes["time"]):
+        gain, haze = rng.uniform(0.85, 1.15), rng.uniform(0.0, 0.03)
+        data[t, :7] = data[t, :7] * gain + haze * haze_by_band
+        surface[t] = surface[t] * gain + haze * haze_by_band
+        gap = np.zeros((n, n), dtype=bool)
+        if t > 0 and rng.random() < 0.5:  # the first date stays whole, as a reference
+            gap |= L.swath_gap(rng, n, rng.uniform(0.1, 0.3))
+        if t > 0 and rng.random() < 0.3:
+            gap |= L.scan_line_gaps(rng, n)
+        data[t, :7, gap] = np.nan
+        data[t, 7][gap] = fill
+    scene["landsat"] = landsat.copy(data=data)
+    scene["truth_background"] = background.copy(data=surface)
+    scene.descriptions["landsat"] += (
+        "; HARD: each date has its own brightness (gain 0.85-1.15 and a haze offset strongest in "
+        "the blue), and dates after the first may lose a swath edge (10-30 %) or scan lines "
+        "(Landsat-7-SLC-off-like stripes): NaN reflectance, QA_PIXEL fill bit 0 set"
+    )
+    scene.descriptions["truth_background"] += " (with the date's brightness shift, no gaps)"
+    return scene
+
+
+def _builtup_hard(rng: np.random.Generator, size: int) -> Scene:
+    """Build the standard builtup scene, then add swath gaps, gains and VIIRS background drift."""
+    scene = _builtup(rng, size)
+    s2, viirs = scene["s2"], scene["viirs"]
+    data, lights = s2.values.copy(), viirs.values.copy()
+    n = s2.sizes["x"]
+    for t in range(s2.sizes["time"]):
+        data[t, :6] = np.rint(data[t, :6] * rng.uniform(0.9, 1.1))
+        if rng.random() < 0.4:
+            gap = L.swath_gap(rng, n, rng.uniform(0.1, 0.4))
+            data[t, :6, gap] = np.nan
+            data[t, 6][gap] = 0.0
+    for t in range(viirs.sizes["time"]):
+        stray = rng.uniform(0.5, 2.0) if rng.random() < 0.3 else 0.0  # stray light, moonlight
+        lights[t] = lights[t] * rng.uniform(0.9, 1.1) + stray
+    scene["s2"] = s2.copy(data=data)
+    scene["viirs"] = viirs.copy(data=lights)
+    scene.descriptions["s2"] += (
+        "; HARD: per-date gain 0.9-1.1 and, on about 40 % of the dates, a swath edge with no data "
+        "(NaN DN, QA60 0) over 10-40 % of the scene"
+    )
+    scene.descriptions["viirs"] += (
+        "; HARD: per-month gain 0.9-1.1 and, in about 30 % of the months, a stray-light "
+        "background of 0.5-2 nW/cm2/sr over the whole scene"
+    )
+    return scene
 
 
 @register_scene(
@@ -767,7 +829,7 @@ def synthetic_scene(
         ``downscale``) so that coarse pixels cover whole fine blocks.
     difficulty : {"standard", "hard"}
         ``"standard"`` (the default, unchanged) or ``"hard"``: scenes that fail the way real data
-        fails, for ``"downscale"``, ``"nightlights"`` and ``"water"``. Hard ``downscale`` is
+        fails, for every scene. Hard ``downscale`` is
         30 m / 3 km (tiles of 100 px, size rounded up to a multiple of 100) with each coarse
         label the mean of a heavy-tailed fine SIF over a flight-track footprint of 10-30 % of
         its tile (extra keys ``footprint``, ``cdl``, ``truth_sif_observed``); hard
@@ -775,7 +837,9 @@ def synthetic_scene(
         scale by 10x or more (size a multiple of 32; extra keys ``region``,
         ``truth_city_scale``); hard ``water`` has smooth wet soil and radar shadow as dark as
         water in SAR, wind-roughened water, and clouds left in the optical composite with a
-        ``QA_PIXEL`` band (extra keys ``truth_dark_land``, ``truth_cloud``). Each scene's
+        ``QA_PIXEL`` band (extra keys ``truth_dark_land``, ``truth_cloud``); hard ``cloudmask``
+        and ``builtup`` are the standard scenes with per-date brightness shifts and no-data
+        swaths (NaN, QA fill), and VIIRS stray-light months for ``builtup``. Each scene's
         ``descriptions`` say what is hard.
 
     Returns
