@@ -11,7 +11,8 @@ import pytest
 import xarray as xr
 from scipy import ndimage, stats
 
-from xfusion.datasets import RECIPES, Scene, synthetic_scene
+import xfusion as xf
+from xfusion.datasets import RECIPES, Scene, synthetic_scene, write_stac
 from xfusion.datasets.synthetic import _BUILDERS, SCENES, register_scene
 from xfusion.errors import InputError
 from xfusion.grids import geobox_of
@@ -289,3 +290,13 @@ def test_hard_builtup_has_swath_gaps_and_viirs_background_drift():
     assert (s2.sel(band="QA60").values[gap] == 0).all()
     shift = (hard["viirs"] - standard["viirs"]).mean(["band", "y", "x"]).values
     assert shift.max() > 0.5 and (np.abs(shift) < 0.4).sum() > len(shift) / 2
+
+
+def test_hard_gaps_survive_write_stac_and_open_stac(tmp_path):
+    scene = synthetic_scene("cloudmask", seed=0, size=32, difficulty="hard")
+    path = write_stac({"landsat": scene["landsat"]}, tmp_path, encodings=scene.encodings)
+    opened = xf.open_stac(path.parent / "landsat" / "collection.json")
+    red = scene["landsat"].sel(band="B4").values
+    assert np.isnan(red).any()
+    np.testing.assert_array_equal(np.isnan(opened.sel(band="B4").values), np.isnan(red))
+    np.testing.assert_allclose(opened.sel(band="B4").values, red, rtol=1e-6)
