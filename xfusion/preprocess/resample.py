@@ -178,7 +178,9 @@ def resample(
         that declares a nodata value (``_FillValue``/``nodata``) and whose bands all use
         ``mode``, ``nearest`` or ``bitwise_or`` has it turned into NaN first (and dropped from
         the attrs), so the fill value is neither a class nor a set of flags. Chunked in, chunked
-        out; nothing is computed.
+        out; nothing is computed. An in-memory cube whose result would exceed Dask's
+        ``array.chunk-size`` (128 MiB by default; e.g. any cube onto a global 0.001° grid)
+        gives a lazy result too, instead of allocating it.
 
     Raises
     ------
@@ -210,6 +212,15 @@ def resample(
     source window padded by the kernel's reach, unlike a footprint-only tile intersection); across
     CRSs GDAL's approximate coordinate transformer (error below 0.125 px) depends on the chunk, so
     interpolated values differ slightly (below 1e-3 of the data range on smooth fields).
+
+    Large grids: the graph has a task only for the output chunks the source reaches (its
+    footprint padded by the kernel's reach); every other chunk is an alias of one shared
+    all-NaN chunk per chunk shape (:class:`xfusion._graph.SparseChunkLayer`), so the graph is
+    built in time proportional to the chunks with data, whatever the size of the canvas. A
+    16 × 16 px cube onto a global 0.001° grid (360000 × 180000 px, ~990,000 chunks) has one
+    task; its graph builds in well under a second. Operations applied afterwards chunk by
+    chunk (arithmetic, ``where``) still run once per chunk when computed; write large
+    results with :func:`xfusion.write_zarr`, where the all-NaN chunks are Zarr's fill value.
 
     Examples
     --------
