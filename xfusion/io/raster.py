@@ -84,7 +84,10 @@ def open_raster(
         GDAL as they are.
     grid : GeoBox or DataArray, optional
         Warp every file onto this grid (lazily, with odc-geo; projected or geographic, the cube's
-        dims are ``y``/``x`` either way). A file already on it (within 1e-3 pixel, see
+        dims are ``y``/``x`` either way). Onto a grid of more than 4096 chunks (the file's chunk
+        size) the warp builds :func:`xfusion.resample`'s sparse graph instead: tasks only for
+        the chunks the file reaches, one shared all-NaN chunk for the others (within one CRS
+        the values equal odc-geo's). A file already on it (within 1e-3 pixel, see
         :func:`xfusion.grids.same_grid`) is taken as it is. By default the files must all lie on
         one grid (within the same tolerance), which the cube keeps.
     band_names : sequence of str, optional

@@ -97,7 +97,10 @@ def fuse(
         :func:`xfusion.scale` still refuses to scale a band twice); ``attrs["xfusion:provenance"]``
         is a JSON string giving, per source, the original CRS and resolution of each cube, the
         resampling method (one name, or one per band where they differ), the mosaic and the time
-        handling. Nothing is computed.
+        handling. Nothing is computed. Onto a large grid (continental, global) the result is
+        sparse like :func:`xfusion.resample`'s: the sources are brought to the chunks of the
+        first one and stacked with tasks only for the chunks some source reaches, so the graph
+        grows with the data, not with the grid.
 
     Raises
     ------
