@@ -250,6 +250,8 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
 
 def run(*, smoke: bool = False, repeats: int = 1, **kwargs: Any) -> dict[str, Any]:
     """The study as a benchmark case (``python -m benchmarks sif_cfis``)."""
+    # the code that trains is the one imported now; HEAD may move while the study runs
+    commit_at_start = versions()["xfusion_commit"]
     data = load_tiles(limit=2 if smoke else None)
     folds = kwargs.pop("folds", (0,) if smoke else (0, 1, 2))
     seeds = kwargs.pop("seeds", (0,) if smoke else (0, 1, 2, 3, 4))
@@ -281,6 +283,7 @@ def run(*, smoke: bool = False, repeats: int = 1, **kwargs: Any) -> dict[str, An
         extra={
             "what": "pixel R2/RMSE of coarse-supervised downscaling on held-out CV folds of real "
             "CFIS SIF; timings are per fit (U-Net vs ridge), memory not measured",
+            "commit_at_start": commit_at_start,
             "summary": summarise(res),
             **res,
         },
