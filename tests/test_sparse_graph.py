@@ -24,6 +24,7 @@ from benchmarks._previous_graph import aggregate_dask_dense, warp_dask_dense
 from xfusion._graph import SparseChunkLayer, chunk_starts, reproject_rois
 from xfusion.grids import assign_grid
 from xfusion.io import raster as raster_module
+from xfusion.io import stac as stac_module
 from xfusion.preprocess import resample as resample_module
 from xfusion.testing import raise_if_dask_computes
 
@@ -325,3 +326,34 @@ def test_open_raster_onto_a_global_grid_is_fast(tmp_path):
     window = cube.isel(y=slice(53_800, 53_900), x=slice(194_950, 195_050)).values
     assert np.isfinite(window).sum() > 10
     assert np.nanmin(window) >= 0 and np.nanmax(window) < 64 * 64
+
+
+def _stac_item(tmp_path, name, transform, data):
+    import datetime
+
+    import pystac
+
+    path = _write_tif(tmp_path / f"{name}.tif", data, transform)
+    item = pystac.Item(name, None, None, datetime.datetime(2020, 1, 1), {})
+    fields = {
+        "proj:epsg": 32633,
+        "proj:shape": list(data.shape[1:]),
+        "proj:transform": list(transform)[:6],
+    }
+    item.add_asset("b1", pystac.Asset(str(path), media_type="image/tiff", extra_fields=fields))
+    return item
+
+
+def test_open_stac_onto_a_large_grid_keeps_tasks_where_assets_reach(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    data = rng.random((1, 48, 48)).astype(np.float32)
+    item = _stac_item(tmp_path, "a", Affine(30, 0, 500000, 0, -30, 4001440), data)
+    g = xf.grid((14.95, 36.09, 15.05, 36.17), 4326, 0.0002)
+    dense = xf.open_stac([item], grid=g, chunks=32)
+    monkeypatch.setattr(stac_module, "_SPARSE_FROM_CHUNKS", 0)
+    with raise_if_dask_computes():
+        sparse = xf.open_stac([item], grid=g, chunks=32)
+    layer = next(v for v in sparse.data.dask.layers.values() if isinstance(v, SparseChunkLayer))
+    assert 0 < len(layer.tasks) < np.prod(sparse.data.numblocks)
+    xr.testing.assert_identical(sparse.compute(), dense.compute())
+    assert np.isfinite(sparse.values).sum() > 1000

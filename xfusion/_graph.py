@@ -45,6 +45,7 @@ __all__ = [
     "chunk_starts",
     "concatenate",
     "data_blocks",
+    "keep_blocks",
     "no_gc",
     "rechunk",
     "reproject_rois",
@@ -612,3 +613,20 @@ def broadcast_leading(arr: dask.array.Array, size: int) -> dask.array.Array:
         chunks = ((size,), *arr.chunks)
         fill = arr.dask.layers[arr.name].fill_value
         return _sparse(name, chunks, arr.dtype, tasks, (arr,), fill)
+
+
+def keep_blocks(arr: dask.array.Array, blocks_yx: set[tuple[int, int]]) -> dask.array.Array:
+    """``arr`` with only the spatial chunks ``blocks_yx`` (every leading block) kept as tasks.
+
+    The other chunks become the shared all-NaN fill chunk: for arrays known to be NaN there
+    (e.g. a cube read from files that do not reach those chunks), so culling and computing
+    visit only the chunks with data.
+    """
+    with no_gc():
+        name = "xf-sparse-" + tokenize(arr, sorted(blocks_yx))
+        tasks = {}
+        for lead in itertools.product(*(range(n) for n in arr.numblocks[:-2])):
+            for by, bx in blocks_yx:
+                key = (name, *lead, by, bx)
+                tasks[key] = Alias(key, (arr.name, *lead, by, bx))
+        return _sparse(name, arr.chunks, arr.dtype, tasks, (arr,))

@@ -29,6 +29,7 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import box
 from stackstac.rio_reader import AutoParallelRioReader
 
+from xfusion._graph import candidate_chunks, chunk_starts, keep_blocks
 from xfusion.bands import (
     BAND_KINDS,
     KIND_COORD,
@@ -54,6 +55,8 @@ __all__ = ["open_stac"]
 
 # Media types stackstac can read (one band per asset); used when ``assets`` is not given.
 _RASTER_TYPES = ("image/tiff", "image/x.geotiff", "image/vnd.stac.geotiff", "image/jp2")
+# spatial chunks beyond which only the chunks the assets reach keep their tasks
+_SPARSE_FROM_CHUNKS = 4096
 _DEFAULT_CHUNKS = {"time": -1, "band": 1, "y": 512, "x": 512}
 _DIMS = ("time", "band", "y", "x")
 
@@ -154,6 +157,9 @@ def open_stac(
         Output grid (from :func:`xfusion.grid`, or a cube whose grid to copy). By default the
         items' native grid: their common CRS, the finest resolution of the selected assets and the
         union of their footprints; items in different CRSs then raise :class:`GridError`.
+        Onto a grid of more than 4096 spatial chunks, only the chunks the assets' footprints
+        reach keep a read task; the others share one all-NaN chunk (the same values, a graph
+        that grows with the data, not with the grid).
     assets : sequence of str or mapping of str to str, optional
         Asset keys to read as bands, in this order; a mapping ``{asset_key: band_name}`` also
         renames them. By default every GeoTIFF/JPEG2000 asset.
@@ -321,7 +327,36 @@ def open_stac(
     cube = cube.assign_coords({KIND_COORD: ("band", np.array(band_kinds, dtype=object))})
     cube = set_band_scaling(cube, dict(zip(band_names, scaling, strict=True)))
     cube.attrs = {"source": "stac"}
+    if grid is not None:
+        cube = _sparse_on_large_grid(cube, footprints, gbox)
     return cube.rename(None)
+
+
+def _sparse_on_large_grid(
+    cube: xr.DataArray, footprints: list[_Footprint], gbox: GeoBox
+) -> xr.DataArray:
+    """Keep tasks only for the chunks some asset reaches, on a grid of many chunks.
+
+    stackstac builds one read per chunk; onto a continental or global grid nearly all of them
+    read nothing and return NaN. The chunks the assets' footprints (padded by a resampling
+    kernel's reach) touch keep their tasks, the others share one all-NaN chunk
+    (:func:`xfusion._graph.keep_blocks`). Assets without projection metadata, or footprints
+    that cannot be trusted (a pole on a geographic grid), keep the full graph.
+    """
+    ychunks, xchunks = cube.data.chunks[-2:]
+    if len(ychunks) * len(xchunks) <= _SPARSE_FROM_CHUNKS:
+        return cube
+    ystarts, xstarts = chunk_starts(ychunks), chunk_starts(xchunks)
+    blocks: set[tuple[int, int]] = set()
+    for footprint in footprints:
+        if not footprint.projected:
+            return cube
+        src = GeoBox(footprint.shape, footprint.affine, CRS(f"EPSG:{int(footprint.epsg)}"))
+        found = candidate_chunks(src, gbox, ystarts, xstarts, pad=3)
+        if found is None:
+            return cube
+        blocks.update(zip(found[0].tolist(), found[1].tolist(), strict=True))
+    return cube.copy(data=keep_blocks(cube.data, blocks))
 
 
 # --- metadata: items -------------------------------------------------------------------------
