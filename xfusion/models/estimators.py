@@ -246,22 +246,25 @@ def _spatial_split(
     groups: np.ndarray,
     fraction: float,
     seed: int,
-) -> tuple[np.ndarray, np.ndarray, str]:
+) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
     """Training and validation sample indices, holding out whole spatial blocks.
 
     With patch positions (``row``/``col``): the cube is cut into square blocks of twice the
     patch side (the patch side when that gives fewer than 5 blocks), per region label; whole
-    blocks, drawn with ``seed``, are held out until they hold ``fraction`` of the samples, and
-    training patches that overlap a held-out patch are dropped, so no target pixel is in both.
-    Without positions every patch is its own block. Returns ``(train, validation, how)``.
+    blocks, drawn with ``seed``, are held out until they hold ``fraction`` of the samples. The
+    other patches train, with the pixels that a held-out patch covers masked out of their
+    target: the returned ``(train, h, w)`` mask (None without positions), so no target pixel
+    is used for both. Without positions every patch is its own block.
+    Returns ``(train, validation, how, mask)``.
     """
     if isinstance(fraction, bool) or not 0 <= float(fraction) < 1:
         raise InputError(f"validation_fraction must be in [0, 1); got {fraction!r}")
     everything = np.arange(n)
     if float(fraction) == 0:
-        return everything, everything[:0], "none (validation_fraction=0)"
+        return everything, everything[:0], "none (validation_fraction=0)", None
     if n < _MIN_SPLIT_SAMPLES:
-        return everything, everything[:0], f"none (fewer than {_MIN_SPLIT_SAMPLES} samples)"
+        reason = f"none (fewer than {_MIN_SPLIT_SAMPLES} samples)"
+        return everything, everything[:0], reason, None
     h, w = int(shape[0]), int(shape[1])
     _, group_index = np.unique(groups, return_inverse=True)
     blocks, how = None, "whole patches (no positions)"
@@ -276,6 +279,7 @@ def _spatial_split(
         how = f"spatial blocks of {side} px"
         if blocks.max() + 1 < 2:
             blocks, how = None, "whole patches (all patches in one block)"
+    spatial = blocks is not None
     if blocks is None:
         blocks = everything
     rng = np.random.default_rng(seed)
@@ -288,18 +292,22 @@ def _spatial_split(
         if candidate.all():
             continue
         held = candidate
-    keep = ~held
-    if positions is not None and blocks is not everything:
-        for i in np.flatnonzero(held):  # no target pixel in both sets
-            overlap = (
-                (group_index == group_index[i])
-                & (np.abs(positions[:, 0] - positions[i, 0]) < h)
-                & (np.abs(positions[:, 1] - positions[i, 1]) < w)
-            )
-            keep &= ~overlap
-    if keep.sum() < 1 or held.sum() < 1:
-        return everything, everything[:0], "none (no spatially separate split possible)"
-    return np.flatnonzero(keep), np.flatnonzero(held), how
+    train, val = np.flatnonzero(~held), np.flatnonzero(held)
+    if len(train) < 1 or len(val) < 1:
+        reason = "none (no spatially separate split possible)"
+        return everything, everything[:0], reason, None
+    if not spatial:
+        return train, val, how, None
+    # pixels of each training patch that a held-out patch (same region) covers
+    mask = np.zeros((len(train), h, w), dtype=bool)
+    for k, i in enumerate(train):
+        same = val[group_index[val] == group_index[i]]
+        dr = positions[same, 0] - positions[i, 0]
+        dc = positions[same, 1] - positions[i, 1]
+        for r, c in zip(dr, dc, strict=True):
+            if abs(r) < h and abs(c) < w:
+                mask[k, max(r, 0) : min(r + h, h), max(c, 0) : min(c + w, w)] = True
+    return train, val, how, mask
 
 
 def _block_sum(a: np.ndarray, factor: int) -> np.ndarray:
@@ -414,8 +422,9 @@ class _UNetEstimator(BaseEstimator):
         0.2), whole spatial blocks are held out. For patches cut by ``cube.xf.patches`` (their
         ``row``/``col`` coordinates give their position) the cube is cut into square blocks of
         twice the patch side (per region), whole blocks drawn with ``seed`` are held out until
-        they hold the fraction of the samples, and training patches that overlap a held-out
-        patch are dropped, so no target pixel is used for both. Patches without positions
+        they hold the fraction of the samples, and the other patches train with the target
+        pixels that a held-out patch covers masked out (ignored; whole coarse cells under
+        coarse supervision), so no target pixel is used for both. Patches without positions
         (numpy arrays) are held out whole, each its own block: pass a patches Dataset when
         patches overlap. With fewer than 4 samples nothing is held out. The split is the same
         for every ensemble member; ``training_["validation"]`` says how it was made and
@@ -540,8 +549,14 @@ class _UNetEstimator(BaseEstimator):
                 fraction=self.validation_fraction,
                 seed=int(self.seed),
             )
-            train_index, val_index, how = split
-            train = (x_all[train_index], y_all[train_index])
+            train_index, val_index, how, held_pixels = split
+            y_train = y_all[train_index]
+            if held_pixels is not None:  # no target pixel both trains and validates
+                y_train = self._mask_targets(y_train, held_pixels)
+                keep = ~held_pixels.all(axis=(1, 2))
+                train_index, y_train = train_index[keep], y_train[keep]
+                self._masked_pixels = int(held_pixels[keep].sum())
+            train = (x_all[train_index], y_train)
             if len(val_index):
                 val = (x_all[val_index], y_all[val_index])
 
@@ -615,6 +630,8 @@ class _UNetEstimator(BaseEstimator):
             "batchnorm_recalibrated": recalibrate,
         }
         if validation_data is None:
+            self.training_["masked_target_pixels"] = int(getattr(self, "_masked_pixels", 0))
+            self.__dict__.pop("_masked_pixels", None)
             self.training_["train_index"] = [int(i) for i in train_index]
             self.training_["validation_index"] = [int(i) for i in val_index]
         if recalibrated:
@@ -1243,6 +1260,24 @@ class UNetRegressor(_UNetEstimator):
     def _finish(self, mean: np.ndarray) -> np.ndarray:
         return mean
 
+    def _mask_targets(self, y: np.ndarray, held: np.ndarray) -> np.ndarray:
+        """Targets (as prepared) with the ``held`` ``(n, h, w)`` fine pixels made nodata.
+
+        Under coarse supervision a coarse cell touching a held pixel is dropped whole (NaN
+        observation, or zero footprint weights).
+        """
+        f = self._factor()
+        n, h, w = held.shape
+        cells = held.reshape(n, h // f, f, w // f, f).any(axis=(2, 4)) if f > 1 else held
+        y = y.copy()
+        if getattr(self, "_weighted", False):
+            n_out = y.shape[-1] // 2
+            fine = np.repeat(np.repeat(cells, f, axis=1), f, axis=2) if f > 1 else cells
+            y[..., n_out:][fine] = 0.0
+        else:
+            y[cells] = np.nan
+        return y
+
     def _restore_extra(self, meta: Mapping[str, Any]) -> None:
         self._target_offset = np.asarray(self.config_["target_offset"], np.float64)
         self._target_scale = np.asarray(self.config_["target_scale"], np.float64)
@@ -1468,6 +1503,10 @@ class UNetSegmenter(_UNetEstimator):
         if not return_std:
             return proba
         return proba, np.where(nodata, np.float32(np.nan), std)
+
+    def _mask_targets(self, y: np.ndarray, held: np.ndarray) -> np.ndarray:
+        """Class indices ``(n, h, w)`` with the ``held`` pixels ignored (-1)."""
+        return np.where(held, -1, y).astype(y.dtype)
 
     def _finish(self, proba: np.ndarray) -> np.ndarray:
         classes = np.asarray(self.classes_, np.float32)
