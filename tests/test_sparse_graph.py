@@ -6,6 +6,7 @@ The reference is the previous graph builder (one task per output chunk, kept ver
 
 from __future__ import annotations
 
+import re
 import time
 
 import dask
@@ -357,3 +358,26 @@ def test_open_stac_onto_a_large_grid_keeps_tasks_where_assets_reach(tmp_path, mo
     assert 0 < len(layer.tasks) < np.prod(sparse.data.numblocks)
     xr.testing.assert_identical(sparse.compute(), dense.compute())
     assert np.isfinite(sparse.values).sum() > 1000
+
+
+def test_write_zarr_stores_only_the_chunks_with_data(tmp_path):
+    src = xf.grid((500000, 4000000, 500640, 4000640), 32633, 10)
+    cube = _cube(src, chunks=(32, 32), lead=1)
+    out = xf.resample(cube, xf.grid((14, 35, 16, 37), 4326, 0.001), "bilinear", chunks=256)
+    assert np.prod(out.data.numblocks) == 64
+    store = tmp_path / "out.zarr"
+    xf.write_zarr({"v": out}, store)
+    # chunk files of the (band, y, x) array: "i.j.k" (Zarr v2) or c/i/j/k (Zarr v3)
+    chunk_files = [
+        p
+        for p in store.rglob("*")
+        if p.is_file()
+        and (
+            re.fullmatch(r"\d+\.\d+\.\d+", p.name)
+            or (p.parent.parent.parent.name == "c" and p.name.isdigit())
+        )
+    ]
+    # the empty chunks equal the fill value (NaN) and are not written
+    assert 1 <= len(chunk_files) <= len(_tasks(out.data).tasks) < 64
+    back = xf.open_zarr(store, name="v")
+    np.testing.assert_array_equal(back.values, out.values)
