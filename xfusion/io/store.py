@@ -245,6 +245,7 @@ def write_zarr(
                 zarr_format=2,
                 consolidated=False,
             )
+            del piece, values  # not held while the next region computes
             done.add(key)
             regions_done = [r[0] for r in regions if r[0] in done]
             _write_progress(partial, {**record, "regions": regions_done})
@@ -382,7 +383,10 @@ class _SharedTasks:
             kept = self._within_budget(results, wanted)
             blocks = dict(zip(outputs, values[: len(outputs)], strict=True))
             del values, results, graph
-            yield self._assemble(ranges, blocks)
+            piece = self._assemble(ranges, blocks)
+            del blocks  # not held while the next region computes
+            yield piece
+            del piece
 
     def _feeds(self, key: Any, run: set[Any]) -> bool:
         return any(d in run for d in self.dependents[key])
