@@ -282,6 +282,13 @@ def _region_values(
         yield piece.data.compute()  # xf: computes one region of the store being written
 
 
+def _distributed_client(schedule: Any) -> Any:
+    """Return the ``distributed.Client`` whose ``get`` is ``schedule``, or None."""
+    client = getattr(schedule, "__self__", None)
+    module = type(client).__module__
+    return client if module.startswith("distributed") and hasattr(client, "gather") else None
+
+
 def _block_ranges(data: xr.DataArray, where: Mapping[str, slice]) -> list[range]:
     """Return the chunk indices a region spans along each dimension (it follows chunk edges)."""
     ranges = []
@@ -373,14 +380,25 @@ class _SharedTasks:
                 uses = [u for u in uses if u is not None]
                 if uses:
                     wanted[key] = min(uses)
-            graph = {key: self.graph[key] for key in run}
-            graph.update({key: DataNode(key, kept[key]) for key in kept if self._feeds(key, run)})
-            returned = [key for key in wanted if key in run]
             schedule = get_scheduler(collections=[self.array])
-            values = schedule(graph, [*outputs, *returned])
+            client = _distributed_client(schedule)
+            graph = {key: self.graph[key] for key in run}
+            graph.update(
+                {
+                    key: kept[key] if client else DataNode(key, kept[key])
+                    for key in kept
+                    if self._feeds(key, run)
+                }
+            )
+            returned = [key for key in wanted if key in run]
+            if client:  # kept results stay on the workers, as futures
+                futures = schedule(graph, [*outputs, *returned], sync=False)
+                values = [*client.gather(futures[: len(outputs)]), *futures[len(outputs) :]]
+            else:
+                values = schedule(graph, [*outputs, *returned])
             results = dict(zip(returned, values[len(outputs) :], strict=True))
             results.update((key, kept[key]) for key in wanted if key in kept)
-            kept = self._within_budget(results, wanted)
+            kept = self._within_budget(results, wanted, client)
             blocks = dict(zip(outputs, values[: len(outputs)], strict=True))
             del values, results, graph
             piece = self._assemble(ranges, blocks)
@@ -391,11 +409,22 @@ class _SharedTasks:
     def _feeds(self, key: Any, run: set[Any]) -> bool:
         return any(d in run for d in self.dependents[key])
 
-    def _within_budget(self, results: dict[Any, Any], wanted: dict[Any, int]) -> dict[Any, Any]:
+    def _within_budget(
+        self, results: dict[Any, Any], wanted: dict[Any, int], client: Any = None
+    ) -> dict[Any, Any]:
         """Keep the results needed soonest, up to ``budget`` bytes (a small view is copied)."""
         kept, used = {}, 0
+        if client:  # futures: their sizes as the workers hold them
+            client.gather(list(results.values()))  # the results are there, or the error raises
+            sizes = client.nbytes(keys=[f.key for f in results.values()], summary=False)
         for key in sorted(wanted, key=wanted.__getitem__):
             value = results[key]
+            if client:
+                size = int(sizes.get(value.key, 0))
+                if used + size <= self.budget:
+                    kept[key] = value
+                    used += size
+                continue
             base = getattr(value, "base", None)
             if isinstance(value, np.ndarray) and isinstance(base, np.ndarray):
                 if base.nbytes > 2 * value.nbytes:  # keep a copy, not the whole block behind it
