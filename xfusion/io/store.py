@@ -148,7 +148,8 @@ def write_zarr(
         row of blocks along the region edges; when that exceeds ``cache_mb``, the results
         needed soonest are kept and the others recomputed. ``0`` keeps nothing: each region
         is computed on its own and recomputes the blocks its halo reaches into (for
-        ``k × k`` chunk regions, ``(k + 2)² / k²`` times the input reads). Default 512.
+        ``k × k`` chunk regions, ``(k + 2)² / k²`` times the input reads). On a
+        ``distributed`` client the kept results stay on the workers (as futures). Default 512.
 
     Returns
     -------
