@@ -276,8 +276,10 @@ def _region_values(
     graph (:class:`_SharedTasks`); otherwise each region is computed on its own.
     """
     if budget > 0 and DataNode is not None:
-        yield from _SharedTasks(data.data, [_block_ranges(data, w) for w in wheres], budget)
-        return
+        shared = _SharedTasks(data.data, [_block_ranges(data, w) for w in wheres], budget)
+        if shared.closed:
+            yield from shared
+            return
     for where in wheres:
         piece = data.isel(where) if where else data
         yield piece.data.compute()  # xf: computes one region of the store being written
@@ -321,6 +323,14 @@ class _SharedTasks:
         self.name = optimized.name
         self.graph = convert_legacy_graph(dict(optimized.__dask_graph__()))
         self.deps = {key: node.dependencies for key, node in self.graph.items()}
+        #: every dependency is a task of the graph; a graph that refers to results held
+        #: elsewhere (e.g. persisted on a distributed cluster) is computed region by region
+        self.closed = all(dep in self.graph for deps in self.deps.values() for dep in deps)
+        self.closed = self.closed and all(
+            key in self.graph for ranges in regions for key in self._outputs(ranges)
+        )
+        if not self.closed:
+            return
         self.dependents: dict[Any, list[Any]] = {key: [] for key in self.graph}
         for key, deps in self.deps.items():
             for dep in deps:
