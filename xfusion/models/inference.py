@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from xfusion.errors import InputError, ModelError
-from xfusion.models.unet import TARGET_TRANSFORMS, abstract_unet, build_unet
+from xfusion.models.unet import abstract_unet, build_unet, checked_tiles
 
 __all__ = [
     "BATCHNORM_EPSILON",
@@ -261,24 +261,7 @@ def apply_tiles(config: Mapping[str, Any], params: Mapping[str, Any], x: np.ndar
     >>> apply_tiles(config, params, np.zeros((3, 2, 8, 8), np.float32)).shape
     (3, 1, 8, 8)
     """
-    x = np.asarray(x, dtype=np.float32)
-    arch = config.get("architecture", {})
-    if x.ndim != 4 or x.shape[1] != arch.get("in_channels"):
-        raise InputError(
-            f"tiles must be (n, band, h, w) with {arch.get('in_channels')} bands; "
-            f"got shape {x.shape}"
-        )
-    output = config.get("output")
-    if output not in ("regression", "binary", "multiclass"):
-        raise ModelError(
-            f"config 'output' must be regression, binary or multiclass; got {output!r}"
-        )
-    transform = config.get("target_transform") or "none"
-    if transform not in TARGET_TRANSFORMS or (transform != "none" and output != "regression"):
-        raise ModelError(
-            f"config 'target_transform' must be one of {list(TARGET_TRANSFORMS)} (regression "
-            f"only); got {transform!r} for output {output!r}"
-        )
+    x, arch, output, transform = checked_tiles(config, x)
     precision = config.get("precision") or "fp32"
     if precision not in PRECISIONS:
         raise ModelError(f"config 'precision' must be one of {list(PRECISIONS)}; got {precision!r}")

@@ -544,6 +544,34 @@ def member_params(config: Mapping[str, Any], params: Mapping[str, Any]) -> list[
     return [members[k] for k in keys]
 
 
+def checked_tiles(config: Mapping[str, Any], x: Any) -> tuple[np.ndarray, dict, str, str]:
+    """Check tiles against a sidecar config for :func:`apply_tiles`.
+
+    Returns the tiles as float32, the architecture, the output kind and the target transform;
+    raises :class:`~xfusion.errors.InputError` for tiles of the wrong shape and
+    :class:`~xfusion.errors.ModelError` for a config whose output or transform is unknown.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    arch = config.get("architecture", {})
+    if x.ndim != 4 or x.shape[1] != arch.get("in_channels"):
+        raise InputError(
+            f"tiles must be (n, band, h, w) with {arch.get('in_channels')} bands; "
+            f"got shape {x.shape}"
+        )
+    output = config.get("output")
+    if output not in ("regression", "binary", "multiclass"):
+        raise ModelError(
+            f"config 'output' must be regression, binary or multiclass; got {output!r}"
+        )
+    transform = config.get("target_transform") or "none"
+    if transform not in TARGET_TRANSFORMS or (transform != "none" and output != "regression"):
+        raise ModelError(
+            f"config 'target_transform' must be one of {list(TARGET_TRANSFORMS)} (regression "
+            f"only); got {transform!r} for output {output!r}"
+        )
+    return x, arch, output, transform
+
+
 def apply_tiles(
     config: Mapping[str, Any],
     params: Mapping[str, Any],
@@ -598,24 +626,7 @@ def apply_tiles(
     >>> apply_tiles(config, params, np.zeros((3, 2, 8, 8), np.float32)).shape
     (3, 1, 8, 8)
     """
-    x = np.asarray(x, dtype=np.float32)
-    arch = config.get("architecture", {})
-    if x.ndim != 4 or x.shape[1] != arch.get("in_channels"):
-        raise InputError(
-            f"tiles must be (n, band, h, w) with {arch.get('in_channels')} bands; "
-            f"got shape {x.shape}"
-        )
-    output = config.get("output")
-    if output not in ("regression", "binary", "multiclass"):
-        raise ModelError(
-            f"config 'output' must be regression, binary or multiclass; got {output!r}"
-        )
-    transform = config.get("target_transform") or "none"
-    if transform not in TARGET_TRANSFORMS or (transform != "none" and output != "regression"):
-        raise ModelError(
-            f"config 'target_transform' must be one of {list(TARGET_TRANSFORMS)} (regression "
-            f"only); got {transform!r} for output {output!r}"
-        )
+    x, arch, output, transform = checked_tiles(config, x)
     template, fn = _inference_program(json.dumps(arch, sort_keys=True), output, transform)
     states = [_state_from_params(template, p) for p in member_params(config, params)]
     n_out = int(arch.get("out_channels", 1))
