@@ -23,14 +23,22 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
+def pytest_xdist_make_scheduler(config, log):
     """Keep each test file on one xdist worker (its module fixtures run once), except notebooks.
 
-    With ``--dist loadgroup`` (pyproject's addopts) a file's tests form one group; the notebooks
-    are independent of each other and the longest tests, so they spread over the workers.
+    pyproject's addopts ask for ``--dist loadfile``; this scheduler is loadfile with one
+    exception: the notebooks are independent of each other and among the longest tests, so each
+    is its own unit and they spread over the workers. (``--dist loadgroup`` with
+    ``xdist_group`` marks stopped grouping under pytest 9.2: xdist rewrites node ids that
+    pytest no longer reads, and every module fixture ran once per worker.)
     """
-    for item in items:
-        if item.path.name == "test_notebooks.py" or item.get_closest_marker("xdist_group"):
-            continue
-        item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if path.endswith("test_notebooks.py") else path
+
+    return FileScheduling(config, log)

@@ -4,7 +4,9 @@
 augmentation, evaluates per epoch, keeps a history of losses and metrics, stops early, and
 raises :class:`~xfusion.errors.ModelError` when the loss stops being finite. Hot loops use
 ``nnx.split``/``nnx.merge`` around :func:`jax.jit`; the step is compiled once per (network,
-optimiser, loss, batch shape) and reused across fits. With fixed seeds the result is
+optimiser, loss, batch shape) and reused across fits, and across processes through JAX's
+persistent compilation cache (:func:`~xfusion.models.compilation_cache.enable_compilation_cache`).
+With fixed seeds the result is
 bit-for-bit reproducible on CPU.
 """
 
@@ -22,6 +24,7 @@ from tqdm.auto import tqdm
 
 from xfusion._kernels.augment import dihedral
 from xfusion.errors import InputError, ModelError
+from xfusion.models.compilation_cache import enable_compilation_cache
 from xfusion.models.losses import LossSpec, compute_loss, finalize_metrics, metric_stats
 
 __all__ = [
@@ -244,6 +247,7 @@ def train_and_evaluate(
     x, y = train_data
     if len(x) != len(y) or len(x) == 0:
         raise InputError(f"need as many targets as inputs, at least one; got {len(x)} and {len(y)}")
+    enable_compilation_cache()  # the same network, loss and batch shape compile once per machine
     batch_size = min(int(batch_size), len(x))
     rng = np.random.default_rng(seed)
     model.train()
