@@ -53,7 +53,7 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
 def test_groups_compose_one_config_in_declaration_order():
     names = [f.name for f in dataclasses.fields(Config)]
     assert names == [
-        "out_dir", "seed", "source", "resume", "size", "figures",  # RecipeConfig
+        "out_dir", "seed", "source", "resume", "size", "difficulty", "figures",  # RecipeConfig
         "bounds", "bounds_crs", "crs", "resolution",  # AreaFields
         "start", "end",  # DateFields
         "chunks", "persist",  # ChunkFields (chunks keeps its place with the recipe's default)
@@ -183,3 +183,17 @@ def test_write_results_writes_every_output_in_order(tmp_path):
     assert Config.from_toml(out / "config.toml") == config
     assert (out / "config.toml").read_text().startswith("[test_recipe_skeleton]\n")
     assert "beats it" in result.summary()
+
+
+def test_difficulty_picks_the_hard_synthetic_scene(tmp_path):
+    from xfusion.datasets import synthetic_scene
+    from xfusion.recipes._sources import write_synthetic
+
+    config = Config(out_dir=str(tmp_path), size=64, difficulty="hard")
+    scene, _ = write_synthetic("downscale", config, tmp_path, {"modis": ["NDVI"]})
+    hard = synthetic_scene("downscale", size=64, difficulty="hard")
+    standard = synthetic_scene("downscale", size=64)
+    np.testing.assert_array_equal(scene["modis"].values, hard["modis"].values)
+    assert not np.array_equal(scene["modis"].values, standard["modis"].values)
+    with pytest.raises(ConfigError, match=r"'difficulty' must be one of \('standard', 'hard'\)"):
+        Config(difficulty="harder")

@@ -76,6 +76,7 @@ __all__ = [
 
 #: The data sources every recipe reads.
 SOURCES = ("synthetic", "stac", "ee")
+DIFFICULTIES = ("standard", "hard")
 
 #: Old config key → (its name now, conversion of the value or ``None``); read with a warning.
 RENAMED_KEYS: dict[str, tuple[str, Callable[[Any], Any] | None]] = {
@@ -108,6 +109,10 @@ class RecipeConfig:
         instead of starting over (see :mod:`xfusion.recipes._base`).
     size : int
         Side of the synthetic scene in pixels of its finest grid (``source="synthetic"`` only).
+    difficulty : {"standard", "hard"}
+        Which synthetic scene (``source="synthetic"`` only): ``"hard"`` is the version that
+        fails the way real data fails (partial coverage, brightness shifts between regions,
+        ambiguous SAR, clouds over optical; :func:`xfusion.datasets.synthetic_scene`).
     figures : bool
         Draw the PNG figures (``False`` for batch runs).
     """
@@ -117,6 +122,7 @@ class RecipeConfig:
     source: str = "synthetic"
     resume: bool = False
     size: int = 256
+    difficulty: str = "standard"
     figures: bool = True
 
     #: Per source, the keys that name its data (collection ids, files, asset names) and whose
@@ -137,6 +143,7 @@ class RecipeConfig:
         return [
             (self.source in SOURCES, "source", f"one of {SOURCES}"),
             (self.size >= self.MIN_SIZE, "size", f">= {self.MIN_SIZE}"),
+            (self.difficulty in DIFFICULTIES, "difficulty", f"one of {DIFFICULTIES}"),
         ]
 
     def validate(self) -> None:

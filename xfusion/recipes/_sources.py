@@ -51,7 +51,7 @@ def write_synthetic(
     """Write the synthetic scene's cubes as a STAC catalog in ``out/stac``.
 
     The scene is :func:`xfusion.datasets.synthetic_scene` ``(scene_name, seed=config.seed,
-    size=config.size)``; ``bands`` maps each cube written to the bands the recipe reads from it
+    size=config.size, difficulty=config.difficulty)``; ``bands`` maps each cube written to the bands the recipe reads from it
     (checked first, :class:`~xfusion.errors.BandError`). The cubes are written with their
     products' encodings (digital numbers, nodata).
 
@@ -63,7 +63,9 @@ def write_synthetic(
     """
     from xfusion.datasets import synthetic_scene, write_stac
 
-    scene = synthetic_scene(scene_name, seed=config.seed, size=config.size)
+    scene = synthetic_scene(
+        scene_name, seed=config.seed, size=config.size, difficulty=config.difficulty
+    )
     for key, wanted in bands.items():
         require_bands(scene[key], wanted, f"synthetic {scene_name!r} scene's {key!r} cube")
     written = {key: scene[key] for key in bands}
