@@ -81,7 +81,12 @@ def _params() -> list:
             marks.append(pytest.mark.skip(reason=block.reason or "no reason given"))
         elif block.mark == "slow":
             marks.append(pytest.mark.slow)
-        params.append(pytest.param(block, id=f"line{block.line}-{block.kind}", marks=marks))
+        # a slow block's id ends in "-slow": tests/conftest.py's scheduler runs it as a unit of
+        # its own (in a workspace of its own: a fresh folder, as a user starts) beside the rest
+        suffix = "-slow" if block.mark == "slow" else ""
+        params.append(
+            pytest.param(block, id=f"line{block.line}-{block.kind}{suffix}", marks=marks)
+        )
     return params
 
 
