@@ -66,6 +66,7 @@ MODEL_CLASSES: frozenset[str] = frozenset(
         "xfusion.models.estimators.UNetSegmenter",
         "xfusion.models.ridge.Ridge",
         "xfusion.models.ridge.KernelRidge",
+        "xfusion.models.kmeans.KMeans",
     }
 )
 
