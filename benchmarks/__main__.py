@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import pkgutil
 import sys
 import unittest
@@ -40,6 +41,25 @@ def run_case(case: str, *, smoke: bool, repeats: int, device: str = "cpu") -> di
     if device == "gpu" and hasattr(module, "run_gpu"):
         return module.run_gpu(smoke=smoke, repeats=repeats)
     return module.run(smoke=smoke, repeats=repeats)
+
+
+def check_result(case: str, result: dict) -> list[str]:
+    """Return what is wrong with one case's result (an empty list when nothing is).
+
+    A result names its case, times xfusion (a positive median) and gives every competitor a
+    positive, finite ratio. ``main`` refuses (exit status 1) a run with a wrong result, so
+    ``python -m benchmarks --smoke`` (run by the README test in CI) checks every case.
+    """
+    problems = []
+    if result.get("case") != case:
+        problems.append(f"names case {result.get('case')!r}, expected {case!r}")
+    median = (result.get("xfusion") or {}).get("median_s")
+    if not (isinstance(median, int | float) and math.isfinite(median) and median > 0):
+        problems.append(f"xfusion median_s is {median!r}, expected a positive number")
+    for name, ratio in (result.get("ratios") or {}).items():
+        if not (isinstance(ratio, int | float) and math.isfinite(ratio) and ratio > 0):
+            problems.append(f"ratio against {name!r} is {ratio!r}, expected a positive number")
+    return problems
 
 
 def summary_table(results: list[dict]) -> str:
@@ -92,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr, flush=True)
             return 2
     suffix = "_gpu" if args.device == "gpu" else ""
-    results = []
+    results, failed = [], []
     for case in cases:
         print(f"== {case}", flush=True)
         try:
@@ -105,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         except unittest.SkipTest as why:  # a case whose data is absent (../shared/data)
             print(f"skipped: {why}", flush=True)
             continue
+        problems = check_result(case, res)
+        if problems:
+            print(f"error: case {case!r}: " + "; ".join(problems), file=sys.stderr, flush=True)
+            failed.append(case)
+            continue
         results.append(res)
         print(json.dumps(res.get("gpu", res["ratios"]), indent=1), flush=True)
         if not args.smoke:
@@ -114,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         every = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
         (RESULTS / "summary.md").write_text(summary_table(every))
         print(summary_table(every))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

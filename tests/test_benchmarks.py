@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import pytest
 
-from benchmarks.__main__ import discover
+from benchmarks.__main__ import check_result, discover, main
 
 
-@pytest.mark.parametrize("case", discover())
-def test_benchmark_case_smoke(case):
-    result = importlib.import_module(f"benchmarks.bench_{case}").run(smoke=True, repeats=1)
-    assert result["case"] == case
-    assert result["xfusion"]["median_s"] > 0
-    for name, ratio in result["ratios"].items():
-        assert ratio > 0, name
+def test_a_smoke_run_checks_each_result_and_exits_1_on_a_wrong_one(capsys):
+    # every case runs tiny in CI through the README's `python -m benchmarks --smoke`, whose
+    # exit status is 1 when a case's result fails check_result; here one cheap case end to end
+    assert main(["composite", "--smoke"]) == 0
+    assert "error:" not in capsys.readouterr().err
+    good = {"case": "ridge", "xfusion": {"median_s": 0.5}, "ratios": {"scikit-learn": 1.6}}
+    assert check_result("ridge", good) == []
+    bad = {"case": "ridge", "xfusion": {"median_s": 0.0}, "ratios": {"a": float("nan"), "b": -1}}
+    problems = check_result("unet", bad)
+    assert len(problems) == 4, problems
+    assert "names case 'ridge', expected 'unet'" in problems[0]
+    assert "'a' is nan" in problems[2] and "'b' is -1" in problems[3]
+
+
+def test_every_case_has_a_run_with_a_smoke_mode():
+    for case in discover():
+        run = importlib.import_module(f"benchmarks.bench_{case}").run
+        assert {"smoke", "repeats"} <= set(inspect.signature(run).parameters), case
 
 
 def test_gpu_mode_refuses_a_cpu_jax(capsys, tmp_path, monkeypatch):
