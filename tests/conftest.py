@@ -29,9 +29,10 @@ def pytest_xdist_make_scheduler(config, log):
     pyproject's addopts ask for ``--dist loadfile``; this scheduler is loadfile with two
     exceptions: the notebooks are independent of each other and among the longest tests, so each
     is its own unit and they spread over the workers; and so is a README block marked slow
-    (``xfusion demo --all``: its test id ends in ``-slow``), which runs in a workspace of its own. (``--dist loadgroup`` with
-    ``xdist_group`` marks stopped grouping under pytest 9.2: xdist rewrites node ids that
-    pytest no longer reads, and every module fixture ran once per worker.)
+    (``xfusion demo --all``: its test id ends in ``-slow``), which runs in a workspace of its
+    own. (``--dist loadgroup`` with ``xdist_group`` marks stopped grouping under pytest 9.2:
+    xdist rewrites node ids that pytest no longer reads, and every module fixture ran once per
+    worker.)
     """
     if config.getvalue("dist") != "loadfile":
         return None

@@ -51,9 +51,9 @@ def write_synthetic(
     """Write the synthetic scene's cubes as a STAC catalog in ``out/stac``.
 
     The scene is :func:`xfusion.datasets.synthetic_scene` ``(scene_name, seed=config.seed,
-    size=config.size, difficulty=config.difficulty)``; ``bands`` maps each cube written to the bands the recipe reads from it
-    (checked first, :class:`~xfusion.errors.BandError`). The cubes are written with their
-    products' encodings (digital numbers, nodata).
+    size=config.size, difficulty=config.difficulty)``; ``bands`` maps each cube written to the
+    bands the recipe reads from it (checked first, :class:`~xfusion.errors.BandError`). The
+    cubes are written with their products' encodings (digital numbers, nodata).
 
     Returns
     -------
