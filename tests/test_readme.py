@@ -84,9 +84,7 @@ def _params() -> list:
         # a slow block's id ends in "-slow": tests/conftest.py's scheduler runs it as a unit of
         # its own (in a workspace of its own: a fresh folder, as a user starts) beside the rest
         suffix = "-slow" if block.mark == "slow" else ""
-        params.append(
-            pytest.param(block, id=f"line{block.line}-{block.kind}{suffix}", marks=marks)
-        )
+        params.append(pytest.param(block, id=f"line{block.line}-{block.kind}{suffix}", marks=marks))
     return params
 
 
