@@ -396,6 +396,23 @@ class TrainingFields:
             (self.learning_rate > 0, "learning_rate", "> 0"),
         ]
 
+    def training_options(self) -> dict[str, Any]:
+        """Return the training keywords of a model from this group and the config's ``seed``.
+
+        ``learning_rate``, ``batch_size``, ``epochs``, ``seed`` and ``progress`` (a bar inside
+        :func:`xfusion.recipes._outputs.progress`): a recipe passes them on as they are, e.g.
+        ``UNetRegressor(loss="masked_mse", **config.training_options())``.
+        """
+        from xfusion.recipes._outputs import show_progress
+
+        return {
+            "learning_rate": self.learning_rate,
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "seed": getattr(self, "seed", 0),
+            "progress": show_progress(),
+        }
+
 
 def _is_date(value: str | None) -> bool:
     if value is None:
