@@ -14,6 +14,11 @@ with a halo of context, predicted, and the halo trimmed, so chip borders leave n
 precision and recall of both maps are measured on the held-out eastern strip of the scene against
 the labels, ignoring their no data.
 
+Cheap baselines are scored on the same held-out pixels: an Otsu threshold on each SAR band
+(:class:`~xfusion.models.baselines.ThresholdClassifier`: water is dark) and gradient boosting on
+the eight bands, both fitted on the labelled pixels of the training chips. ``metrics.json`` says
+whether the SAR + optical U-Net beats the best of them by 0.05 IoU (``beats_baseline``).
+
 Run it with ``run(Config())`` (offline, on a synthetic scene written as a local STAC catalog) or
 ``xfusion run water --config water.toml``.
 """
@@ -27,27 +32,33 @@ from typing import Any, ClassVar
 
 import dask
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 import xfusion.accessor  # noqa: F401  (registers ``.xf``)
-from xfusion.errors import BandError, ConfigError, EmptySelectionError, InputError
+from xfusion.errors import ConfigError, EmptySelectionError, InputError
 from xfusion.grids import geobox_of
-from xfusion.grids import grid as make_grid
+from xfusion.models.segmentation import segmentation_scores
 from xfusion.recipes._base import (
+    AreaFields,
+    ChunkFields,
+    DateFields,
     RecipeConfig,
     RecipeResult,
+    TrainingFields,
+    band_names,
+    baseline_block,
+    plain_coords,
     prepare_out_dir,
     show_progress,
-    write_cog,
-    write_json,
-    write_outputs,
+    write_results,
+    write_synthetic,
 )
 
 __all__ = ["MODELS", "Config", "real_sources", "run", "segmentation_scores"]
 
 log = logging.getLogger(__name__)
 
-_SOURCES = ("synthetic", "stac", "ee")
 _CALIBRATIONS = ("db", "palsar_dn")
 _OPTIMIZERS = ("sgd", "adam", "adamw")
 _LAYERS = ("sar", "optical", "terrain", "labels")
@@ -56,36 +67,31 @@ MODELS = ("sar_only", "fusion")
 
 
 @dataclasses.dataclass
-class Config(RecipeConfig):
+class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
     """Configuration of the SAR + optical surface-water recipe.
 
     The defaults run offline in well under a minute on a 128×128 synthetic scene
     (:func:`xfusion.datasets.synthetic_scene` ``("water")``: SAR in dB with 4-look speckle, a
-    cloud-free optical composite, DEM, HAND and water labels with no data) written as a local STAC
-    catalog, with 32×32 chips and a small U-Net. The layer fields (``sar_source`` … ``end``)
-    name the workflow's real data; they are read only when ``source`` is ``"ee"`` or ``"stac"``
-    (their defaults are the Earth Engine assets; :func:`real_sources` gives complete sets).
-    Through :meth:`from_dict` (TOML, the command line), ``source="stac"`` needs the layer
-    sources and their band names given, and ``source="ee"`` switches the keys not given to the
-    Earth Engine assets' meaning: ``sar_calibration="palsar_dn"``, labels water ``(3,)`` and
-    land ``(1,)`` (JRC yearly water classes).
+    cloud-free optical composite, DEM, HAND and water labels with no data; ``difficulty="hard"``
+    adds SAR-dark land and clouds over the optical) written as a local STAC catalog, with 32×32
+    chips and a small U-Net. The layer fields (``sar_source`` … ``label_source_band``) name the
+    workflow's real data, read only when ``source`` is ``"ee"`` or ``"stac"`` over ``bounds`` in
+    ``crs`` at ``resolution``, images from ``start`` to ``end`` (SAR and optical reduced to their
+    median, the labels' first image); :func:`real_sources` gives complete sets. Through
+    :meth:`from_dict` (TOML, the command line), ``source="stac"`` needs the layer sources and
+    their band names given, and ``source="ee"`` switches the keys not given to the Earth Engine
+    assets' meaning: ``sar_calibration="palsar_dn"``, labels water ``(3,)`` and land ``(1,)``
+    (JRC yearly water classes). The fields every recipe shares are documented in
+    :mod:`xfusion.recipes._config`.
 
     Parameters
     ----------
-    out_dir : str
-        Output folder.
-    seed : int
-        Seed of the synthetic scene, the chip draw and the network initialisation.
-    source : {"synthetic", "stac", "ee"}
-        Where the layers come from.
-    resume : bool
-        Continue the ``outputs.zarr.partial`` of an interrupted run with the same
-        configuration rather than starting over (see :mod:`xfusion.recipes._base`).
-    size : int
-        Side of the synthetic scene in pixels (``source="synthetic"`` only).
     chunks : int
         Spatial chunk size (pixels) of the opened layers; also the block size of the
         chip-and-stitch prediction.
+    holdout_fraction : float
+        Fraction of the scene's columns, on its eastern side, kept out of training; metrics are
+        measured there.
     sar_bands, optical_bands, terrain_bands : tuple of str
         Band names of the stacked cube, in this order (the workflow's HH, HV, Red, NIR, SWIR1,
         SWIR2, DEM, HAND). Source bands are renamed to these.
@@ -97,8 +103,9 @@ class Config(RecipeConfig):
         training and evaluation. DSWE: water ``(1, 2)`` (high and moderate confidence), land
         ``(0,)``; its partial surface water (3, 4), cloud (9) and fill (255) are no data.
     sar_calibration : {"db", "palsar_dn"}
-        ``"db"``: the SAR bands are backscatter in dB already; ``"palsar_dn"``: JAXA PALSAR
-        mosaic digital numbers, converted with γ⁰ = 10·log10(DN²) − 83 dB (DN 0 is no data).
+        ``"db"``: the SAR bands are backscatter in dB already (the synthetic scene's);
+        ``"palsar_dn"``: JAXA PALSAR mosaic digital numbers, converted with
+        γ⁰ = 10·log10(DN²) − 83 dB (DN 0 is no data).
     chip_size : int
         Side of the square training chips in pixels (the workflow uses 512); a multiple of
         ``2 ** len(widths)``.
@@ -106,23 +113,15 @@ class Config(RecipeConfig):
         Number of training chips drawn from the training region.
     chip_stride : int, optional
         Chip origins on multiples of this; ``chip_size`` gives the workflow's non-overlapping
-        grid of chips. By default chips may start at any pixel (more distinct chips from a small
-        scene).
+        grid of chips. By default chips may start at any pixel.
     max_nodata : float
         Largest fraction of no-data pixels (labels or inputs) in a chip; the workflow discards
         scenes with more than 50 % no data.
-    holdout_fraction : float
-        Fraction of the scene's columns, on its eastern side, kept out of training; metrics are
-        measured there.
     widths : tuple of int
         Encoder widths of the U-Net (depth = its length); ``(32, 64, 128, 256, 512)`` is the
         workflow-sized network.
-    epochs, batch_size : int
-        Training epochs and chips per step.
     optimizer : {"adam", "sgd", "adamw"}
         Optimiser of both models.
-    learning_rate : float
-        Learning rate of the optimiser.
     dice_weight : float
         Weight of the soft Dice loss added to the binary cross-entropy.
     augment : bool
@@ -131,16 +130,11 @@ class Config(RecipeConfig):
         Water where the predicted water probability exceeds this.
     halo : int, optional
         Context (pixels) read around every block when predicting; default the model's.
-    persist : bool
-        Keep the stacked cube and the labels in (distributed) memory once read, so the sources
-        are read once rather than by the chip cutting and again by each model's prediction.
     sar_source, optical_source, terrain_source, label_source : str
         Real sources of the four layers: Earth Engine asset ids (``source="ee"``), or STAC
         ItemCollection / Collection / Catalog JSON files (``source="stac"``). The defaults are the
-        Earth Engine assets: ALOS PALSAR yearly mosaics (``JAXA/ALOS/PALSAR/YEARLY/SAR``), the
-        Landsat composites of Global Forest Change (``UMD/hansen/global_forest_change_2023_v1_11``,
-        the workflow's optical source), MERIT Hydro (elevation and HAND) and the JRC Global
-        Surface Water yearly history as labels (DSWE itself is not on Earth Engine).
+        Earth Engine assets: ALOS PALSAR yearly mosaics, the Landsat composites of Global Forest
+        Change, MERIT Hydro (elevation and HAND) and the JRC Global Surface Water yearly history.
     sar_source_bands, optical_source_bands, terrain_source_bands : tuple of str
         Band (EE) or asset (STAC) names of each layer, in the order of ``sar_bands``,
         ``optical_bands`` and ``terrain_bands``.
@@ -149,38 +143,27 @@ class Config(RecipeConfig):
     ee_images : tuple of str
         Layers (``"sar"``, ``"optical"``, ``"terrain"``, ``"labels"``) whose Earth Engine asset is
         a single ``ee.Image`` rather than an ``ee.ImageCollection``.
-    bounds : tuple of float
-        ``(left, bottom, right, top)`` of the region in ``crs`` (real sources).
-    crs : str
-        CRS of the grid (real sources).
-    resolution : float
-        Pixel size in ``crs`` units (real sources).
-    start, end : str
-        Date range (``start <= time < end``) of the image collections (real sources). SAR and
-        optical collections are reduced to their median; the labels take the first image.
     """
 
     out_dir: str = "xfusion-out/water"
     SOURCE_KEYS: ClassVar = {
-        "stac": (
-            "sar_source",
-            "optical_source",
-            "optical_source_bands",
-            "terrain_source",
-            "terrain_source_bands",
-            "label_source",
-            "label_source_band",
-        ),
-    }
+        "stac": ("sar_source", "optical_source", "optical_source_bands", "terrain_source",
+                 "terrain_source_bands", "label_source", "label_source_band"),
+    }  # fmt: skip
     SOURCE_DEFAULTS: ClassVar = {
-        "ee": {
-            "sar_calibration": "palsar_dn",
-            "label_water_values": (3.0,),
-            "label_land_values": (1.0,),
-        },
-    }
+        "ee": {"sar_calibration": "palsar_dn", "label_water_values": (3.0,),
+               "label_land_values": (1.0,)},
+    }  # fmt: skip
+    MIN_SIZE: ClassVar = 32
     size: int = 128
+    bounds: tuple[float, ...] | None = (640000.0, 3318560.0, 701440.0, 3380000.0)
+    crs: str | None = "EPSG:32615"
+    start: str | None = "2010-01-01"
+    end: str | None = "2011-01-01"
     chunks: int = 64
+    epochs: int = 20
+    batch_size: int = 8
+    learning_rate: float = 0.01
     sar_bands: tuple[str, ...] = ("HH", "HV")
     optical_bands: tuple[str, ...] = ("Red", "NIR", "SWIR1", "SWIR2")
     terrain_bands: tuple[str, ...] = ("DEM", "HAND")
@@ -192,17 +175,12 @@ class Config(RecipeConfig):
     n_chips: int = 48
     chip_stride: int | None = None
     max_nodata: float = 0.5
-    holdout_fraction: float = 0.25
     widths: tuple[int, ...] = (8, 16)
-    epochs: int = 20
-    batch_size: int = 8
     optimizer: str = "adam"
-    learning_rate: float = 0.01
     dice_weight: float = 0.0
     augment: bool = True
     threshold: float = 0.5
     halo: int | None = None
-    persist: bool = True
     sar_source: str = "JAXA/ALOS/PALSAR/YEARLY/SAR"
     sar_source_bands: tuple[str, ...] = ("HH", "HV")
     optical_source: str = "UMD/hansen/global_forest_change_2023_v1_11"
@@ -212,91 +190,55 @@ class Config(RecipeConfig):
     label_source: str = "JRC/GSW1_4/YearlyHistory"
     label_source_band: str = "waterClass"
     ee_images: tuple[str, ...] = ("optical", "terrain")
-    bounds: tuple[float, ...] = (640000.0, 3318560.0, 701440.0, 3380000.0)
-    crs: str = "EPSG:32615"
-    resolution: float = 30.0
-    start: str = "2010-01-01"
-    end: str = "2011-01-01"
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     @property
     def bands(self) -> tuple[str, ...]:
         """Every band of the stacked cube (the SAR + optical model's inputs), in order."""
         return (*self.sar_bands, *self.optical_bands, *self.terrain_bands)
 
-    def validate(self) -> None:
-        """Check value ranges; raise :class:`~xfusion.errors.ConfigError` naming the field."""
-        multiple = 2 ** len(self.widths)
-        checks = [
-            (self.source in _SOURCES, "source", f"one of {_SOURCES}"),
+    def checks(self) -> list[tuple[bool, str, str]]:
+        """Return the rows of :meth:`validate` for this recipe's own fields."""
+        multiple, bands = 2 ** len(self.widths), self.bands
+        real = self.source != "synthetic"
+        rows = [
             (self.sar_calibration in _CALIBRATIONS, "sar_calibration", f"one of {_CALIBRATIONS}"),
+            (real or self.sar_calibration == "db", "sar_calibration",
+             "'db' on the synthetic scene (its SAR is in dB)"),
             (self.optimizer in _OPTIMIZERS, "optimizer", f"one of {_OPTIMIZERS}"),
-            (self.size >= 32, "size", ">= 32"),
             (self.chunks >= 16, "chunks", ">= 16"),
             (len(self.widths) >= 1 and min(self.widths) >= 1, "widths", "positive ints"),
-            (
-                self.chip_size >= multiple and self.chip_size % multiple == 0,
-                "chip_size",
-                f"a positive multiple of {multiple} (2 ** len(widths))",
-            ),
+            (self.chip_size >= multiple and self.chip_size % multiple == 0, "chip_size",
+             f"a positive multiple of {multiple} (2 ** len(widths))"),
             (self.n_chips >= 1, "n_chips", ">= 1"),
             (self.chip_stride is None or self.chip_stride >= 1, "chip_stride", ">= 1 or unset"),
             (0.0 <= self.max_nodata < 1.0, "max_nodata", "in [0, 1)"),
-            (0.0 < self.holdout_fraction < 1.0, "holdout_fraction", "strictly between 0 and 1"),
-            (self.epochs >= 1, "epochs", ">= 1"),
-            (self.batch_size >= 1, "batch_size", ">= 1"),
-            (self.learning_rate > 0, "learning_rate", "> 0"),
             (self.dice_weight >= 0, "dice_weight", ">= 0"),
             (0.0 < self.threshold < 1.0, "threshold", "strictly between 0 and 1"),
             (self.halo is None or self.halo >= 0, "halo", ">= 0 or unset"),
             (len(self.sar_bands) >= 1, "sar_bands", "at least one band"),
-            (
-                len(set(self.bands)) == len(self.bands),
-                "sar_bands",
-                f"band names that are unique across the layers; got {self.bands}",
-            ),
-            (
-                len(self.sar_only_bands) >= 1 and set(self.sar_only_bands) <= set(self.bands),
-                "sar_only_bands",
-                f"a subset of the stacked bands {self.bands}",
-            ),
-            (
-                bool(self.label_water_values) and bool(self.label_land_values),
-                "label_water_values",
-                "non-empty, like label_land_values",
-            ),
-            (
-                not set(self.label_water_values) & set(self.label_land_values),
-                "label_land_values",
-                "disjoint from label_water_values",
-            ),
+            (len(set(bands)) == len(bands), "sar_bands",
+             f"band names that are unique across the layers; got {bands}"),
+            (len(self.sar_only_bands) >= 1 and set(self.sar_only_bands) <= set(bands),
+             "sar_only_bands", f"a subset of the stacked bands {bands}"),
+            (bool(self.label_water_values) and bool(self.label_land_values),
+             "label_water_values", "non-empty, like label_land_values"),
+            (not set(self.label_water_values) & set(self.label_land_values),
+             "label_land_values", "disjoint from label_water_values"),
             (set(self.ee_images) <= set(_LAYERS), "ee_images", f"a subset of {_LAYERS}"),
-            (len(self.bounds) == 4, "bounds", "(left, bottom, right, top)"),
-            (self.resolution > 0, "resolution", "> 0"),
-        ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise ConfigError(
-                    f"config field {name!r} must be {expected}; got {getattr(self, name)!r}"
-                )
+            (not real or self.bounds is not None, "bounds", f"set for source={self.source!r}"),
+        ]  # fmt: skip
         for layer in ("sar", "optical", "terrain"):
-            names = getattr(self, f"{layer}_bands")
-            source = getattr(self, f"{layer}_source_bands")
-            if len(source) != len(names):
-                raise ConfigError(
-                    f"{layer}_source_bands must name {len(names)} source bands (one per "
-                    f"{layer}_bands {names}); got {source}"
-                )
-        if self.source in ("ee", "stac"):
-            empty = [f"{k}_source" for k in _LAYERS if not getattr(self, _source_field(k))]
-            if empty:
-                raise ConfigError(f"source={self.source!r} needs {empty} (asset ids or files)")
+            names, field = getattr(self, f"{layer}_bands"), f"{layer}_source_bands"
+            expected = f"{len(names)} source bands, one per {layer}_bands {names}"
+            rows.append((len(getattr(self, field)) == len(names), field, expected))
+        for field in _source_fields():
+            rows.append((not real or bool(getattr(self, field)), field,
+                         f"an asset id or a file for source={self.source!r}"))  # fmt: skip
+        return rows
 
 
-def _source_field(layer: str) -> str:
-    return "label_source" if layer == "labels" else f"{layer}_source"
+def _source_fields() -> tuple[str, ...]:
+    return ("sar_source", "optical_source", "terrain_source", "label_source")
 
 
 def real_sources() -> dict[str, dict[str, Any]]:
@@ -375,20 +317,16 @@ def real_sources() -> dict[str, dict[str, Any]]:
     }
 
 
-# ----------------------------------------------------------------------------------------------
-# run
-# ----------------------------------------------------------------------------------------------
-
-
 def run(config: Config) -> RecipeResult:
     """Run the SAR + optical surface-water recipe.
 
-    Steps: open the SAR, optical, terrain and label layers → stack the eight bands and turn the
-    labels into water / land / no data → cut training chips west of the held-out strip (computes)
-    → train the SAR-only and the SAR + optical U-Nets (computes) → predict both lazily over the
-    whole scene (chip-and-stitch with a halo) → IoU, F1, precision and recall on the held-out
-    strip → write ``outputs.zarr``, ``water.tif`` (the SAR + optical water map as a COG), PNG
-    figures, ``metrics.json`` and ``model/``.
+    Steps: open the SAR, optical, terrain and label layers on one grid → stack the eight bands
+    and turn the labels into water / land / no data → cut training chips west of the held-out
+    strip (computes) → train the SAR-only and the SAR + optical U-Nets and the baselines on the
+    chips (computes) → predict every map lazily over the whole scene (chip-and-stitch with a
+    halo) → IoU, F1, precision and recall on the held-out strip → write ``outputs.zarr``,
+    ``water.tif`` (the SAR + optical water map as a COG), PNG figures, ``metrics.json`` and
+    ``model/``.
 
     This function computes: it trains models, evaluates metrics and writes files.
 
@@ -403,9 +341,11 @@ def run(config: Config) -> RecipeResult:
         ``metrics`` (per model ``<model>_iou``, ``_f1``, ``_precision``, ``_recall``,
         ``_accuracy`` on held-out labelled pixels; ``iou``/``f1`` of the SAR + optical model and
         ``baseline_iou``/``baseline_f1`` of the SAR-only one; on synthetic scenes also
-        ``<model>_iou_all``, every held-out pixel against the cover truth), ``cubes``
-        (``inputs``, ``labels``, ``probability`` and ``water`` with one band per model,
-        ``holdout``, and ``truth_water`` on synthetic scenes) and the written paths.
+        ``<model>_iou_all``, every held-out pixel against the cover truth; ``baselines`` and
+        ``beats_baseline``: the SAR + optical model against Otsu thresholds and gradient
+        boosting by IoU), ``cubes`` (``inputs``, ``labels``, ``probability`` and ``water`` with
+        one band per model, ``baseline_water`` with one band per baseline, ``holdout``, and
+        ``truth_water`` on synthetic scenes) and the written paths.
 
     Examples
     --------
@@ -418,9 +358,8 @@ def run(config: Config) -> RecipeResult:
     """
     if not isinstance(config, Config):
         raise ConfigError(f"run needs a water Config; got {type(config).__name__}")
-    config.validate()
     out = prepare_out_dir(config.out_dir, config=config)
-    layers, truth = _open_sources(config, out)
+    layers, truth = _open_layers(config, out)
     cube = _stack(layers, config)
     labels = _labels(layers["labels"], config)
     if config.persist and cube.chunks is not None:
@@ -429,7 +368,9 @@ def run(config: Config) -> RecipeResult:
     holdout = _holdout_mask(cube, config)
     chips = _chips(cube, labels, holdout, config)
     models = {name: _fit(chips, bands, config) for name, bands in _model_bands(config).items()}
-    probability = _predict(cube, models, config)
+    baselines = _fit_baselines(chips, config)
+    probability = _predict(cube, models, config.halo).rename("probability")
+    probability.attrs = {"units": "probability of water"}
     water = xr.where(probability.notnull(), probability > config.threshold, np.nan)
     water = water.astype(np.float32).rename("water")
     water.attrs = {"classes": "1 water, 0 land, NaN no data", "threshold": config.threshold}
@@ -442,10 +383,22 @@ def run(config: Config) -> RecipeResult:
     }
     if truth is not None:
         cubes["truth_water"] = truth
-    log.info("water: predicting %d×%d px with both models", cube.sizes["y"], cube.sizes["x"])
-    (computed,) = dask.compute(cubes)  # xf: computes every output cube once
-    metrics = _metrics(computed, chips, models, config)
-    return _write_outputs(out, config, computed, metrics, models)
+    cubes["baseline_water"] = _predict(cube, baselines, None).rename("baseline_water")
+    cubes["baseline_water"].attrs = {"classes": "1 water, 0 land, NaN no data"}
+    log.info("water: predicting %d×%d px with every model", cube.sizes["y"], cube.sizes["x"])
+    (cubes,) = dask.compute(cubes)  # xf: computes every output cube once
+    metrics, block = _metrics(cubes, chips, models, config)
+    return write_results(
+        config,
+        out,
+        cubes,
+        metrics,
+        baselines=block,
+        cog=("water", cubes["water"].sel(band="fusion", drop=True).rename("water")),
+        models=models,
+        figures=lambda: _figures(out, cubes, metrics, models),
+        chunks=config.chunks,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,130 +406,76 @@ def run(config: Config) -> RecipeResult:
 # ----------------------------------------------------------------------------------------------
 
 
-def _open_sources(config: Config, out: Path) -> tuple[dict[str, xr.DataArray], xr.DataArray | None]:
-    """Open the four layers lazily, bands renamed to the config's names, and the truth if known.
+def _open_layers(config: Config, out: Path) -> tuple[dict[str, xr.DataArray], Any]:
+    """Open the four layers lazily on one grid, bands renamed to the config's, and the truth.
 
     The truth (synthetic scenes only) is ``(y, x)``: 1 where water covers at least half of the
     pixel, 0 elsewhere, everywhere (under the labels' clouds and on partial water too).
     """
-    names = {
-        "sar": list(config.sar_bands),
-        "optical": list(config.optical_bands),
-        "terrain": list(config.terrain_bands),
-        "labels": ["label"],
-    }
+    names = dict(zip(_LAYERS, (config.sar_bands, config.optical_bands, config.terrain_bands,
+                               ("label",)), strict=True))  # fmt: skip
+    truth = None
     if config.source == "synthetic":
-        from xfusion.datasets import synthetic_scene, write_stac
-
-        scene = synthetic_scene("water", seed=config.seed, size=config.size)
-        keys = {"sar": "sar", "optical": "optical", "terrain": "terrain", "labels": "truth_water"}
-        for layer in ("sar", "optical", "terrain"):
-            have = [str(b) for b in scene[keys[layer]].band.values]
-            _check_bands(names[layer], have, f"synthetic scene's {layer!r} layer")
-        catalog = write_stac({k: scene[v] for k, v in keys.items()}, out / "stac")
+        keys = dict(zip(_LAYERS, ("sar", "optical", "terrain", "truth_water"), strict=True))
+        bands = {**names, "labels": ("water",)}
+        scene, catalog = write_synthetic("water", config, out, {keys[k]: bands[k] for k in keys})
         grid = geobox_of(scene["sar"])
-        sources = {k: catalog.parent / k / "collection.json" for k in _LAYERS}
-        assets = {k: names[k] for k in ("sar", "optical", "terrain")}
-        assets["labels"] = ["water"]
-        layers = {
-            k: _open_stac_layer(sources[k], assets[k], names[k], grid, config, how=_how(k))
-            for k in _LAYERS
-        }
-        fraction = scene["truth_cover"].sel(band="water", drop=True)
-        truth = (fraction >= 0.5).astype(np.float32).rename("truth_water")
+        sources = {k: catalog / keys[k] / "collection.json" for k in _LAYERS}
+        cover = scene["truth_cover"].sel(band="water", drop=True)
+        truth = plain_coords((cover >= 0.5).astype(np.float32).rename("truth_water"))
         truth.attrs = {"classes": "1 water (cover fraction >= 0.5), 0 land"}
-        return layers, _plain(truth)
-    grid = make_grid(config.bounds, config.crs, config.resolution)
-    source_bands = {
-        "sar": list(config.sar_source_bands),
-        "optical": list(config.optical_source_bands),
-        "terrain": list(config.terrain_source_bands),
-        "labels": [config.label_source_band],
-    }
-    opener = _open_stac_layer if config.source == "stac" else _open_ee_layer
+    else:
+        grid = config.grid()
+        sources = {k: getattr(config, f) for k, f in zip(_LAYERS, _source_fields(), strict=True)}
+        bands = dict(zip(_LAYERS, (config.sar_source_bands, config.optical_source_bands,
+                                   config.terrain_source_bands, (config.label_source_band,)),
+                         strict=True))  # fmt: skip
+    opener = _open_ee_layer if config.source == "ee" else _open_stac_layer
     layers = {
-        k: opener(getattr(config, _source_field(k)), source_bands[k], names[k], grid, config,
-                  how=_how(k))
+        k: _single_image(opener(k, sources[k], bands[k], names[k], grid, config), k, sources[k])
         for k in _LAYERS
-    }  # fmt: skip
+    }
     if config.sar_calibration == "palsar_dn":
-        layers["sar"] = _palsar_db(layers["sar"])
-    return layers, None
+        sar = layers["sar"]  # digital numbers to γ⁰ in dB: 10·log10(DN²) − 83 (DN 0: no data)
+        layers["sar"] = (10.0 * np.log10(sar.where(sar > 0) ** 2) - 83.0).astype(np.float32)
+        layers["sar"].attrs = {"units": "dB"}
+    return layers, truth
 
 
-def _how(layer: str) -> str:
-    # A categorical layer is never averaged: the labels keep their first image.
-    return "first" if layer == "labels" else "median"
-
-
-def _open_stac_layer(
-    items: Any, assets: list[str], names: list[str], grid: Any, config: Config, *, how: str
-) -> xr.DataArray:
+def _open_stac_layer(layer, items, assets, names, grid, config: Config) -> xr.DataArray:
     import xfusion as xf
 
-    chunks = {"y": config.chunks, "x": config.chunks}
-    cube = xf.open_stac(
-        str(items), grid=grid, assets=dict(zip(assets, names, strict=True)), chunks=chunks
-    )
-    if config.source != "synthetic":
-        times = cube.time.to_index()
-        keep = (times >= np.datetime64(config.start)) & (times < np.datetime64(config.end))
-        cube = cube.isel(time=np.flatnonzero(keep))
-    return _single_image(cube.sel(band=names), how, str(items))
+    assets = dict(zip(assets, names, strict=True))
+    cube = xf.open_stac(str(items), grid=grid, assets=assets, chunks=config.spatial_chunks())
+    cube = cube.sel(band=list(names))
+    return cube if config.source == "synthetic" else config.select_dates(cube)
 
 
-def _open_ee_layer(
-    asset: str, bands: list[str], names: list[str], grid: Any, config: Config, *, how: str
-) -> xr.DataArray:
+def _open_ee_layer(layer, asset, bands, names, grid, config: Config) -> xr.DataArray:
     import ee
 
-    from xfusion.io.ee import open_ee
+    import xfusion as xf
 
-    layer = next(k for k in _LAYERS if getattr(config, _source_field(k)) == asset)
-    chunks = {"y": config.chunks, "x": config.chunks}
+    chunks = config.spatial_chunks()
     if layer in config.ee_images:
-        cube = open_ee(ee.Image(asset), grid=grid, bands=bands, chunks=chunks)
+        cube = xf.open_ee(ee.Image(asset), grid=grid, bands=list(bands), chunks=chunks)
     else:
-        cube = open_ee(
-            asset,
-            grid=grid,
-            start=config.start,
-            end=config.end,
-            bands=bands,
-            chunks={"time": 1, **chunks},
-        )
-    cube = cube.assign_coords(band=names)
-    return _single_image(cube, how, asset)
+        dates = {"start": config.start, "end": config.end, "chunks": {"time": 1, **chunks}}
+        cube = xf.open_ee(asset, grid=grid, bands=list(bands), **dates)
+    return cube.assign_coords(band=list(names))
 
 
-def _single_image(cube: xr.DataArray, how: str, where: str) -> xr.DataArray:
-    """``(band, y, x)``: the only image, the first one, or the median of the series."""
+def _single_image(cube: xr.DataArray, layer: str, where: Any) -> xr.DataArray:
+    """``(band, y, x)``: the only image, the median of a series, or the labels' first image."""
     if "time" in cube.dims:
         if cube.sizes["time"] == 0:
-            raise EmptySelectionError(f"no image of {where!r} in the date range")
-        if cube.sizes["time"] == 1 or how == "first":
+            raise EmptySelectionError(f"no image of {str(where)!r} in the date range")
+        # a categorical layer is never averaged: the labels keep their first image
+        if cube.sizes["time"] == 1 or layer == "labels":
             cube = cube.isel(time=0)
         else:
             cube = cube.xf.composite("median")
-    return _plain(cube)
-
-
-def _palsar_db(sar: xr.DataArray) -> xr.DataArray:
-    """PALSAR mosaic digital numbers to γ⁰ in dB: 10·log10(DN²) − 83 (DN 0: no data)."""
-    db = 10.0 * np.log10(sar.where(sar > 0) ** 2) - 83.0
-    return db.astype(np.float32).assign_attrs(units="dB")
-
-
-def _check_bands(wanted: list[str], have: list[str], where: str) -> None:
-    missing = [b for b in wanted if b not in have]
-    if missing:
-        raise BandError(f"band(s) {missing} not in the {where}; bands are {have}")
-
-
-def _plain(da: xr.DataArray) -> xr.DataArray:
-    """Keep only grid and band coordinates (concatenation-, Zarr- and COG-friendly)."""
-    keep = {"band", "y", "x", "spatial_ref"}
-    return da.drop_vars([c for c in da.coords if c not in keep])
+    return plain_coords(cube)
 
 
 def _stack(layers: dict[str, xr.DataArray], config: Config) -> xr.DataArray:
@@ -585,14 +484,12 @@ def _stack(layers: dict[str, xr.DataArray], config: Config) -> xr.DataArray:
     cube = xr.concat(parts, dim="band", coords="minimal", compat="override", join="override")
     cube = cube.astype(np.float32)
     if cube.chunks is not None:
-        cube = cube.chunk({"band": -1, "y": config.chunks, "x": config.chunks})
+        cube = cube.chunk({"band": -1, **config.spatial_chunks()})
     cube.attrs = {"bands": "SAR backscatter (dB), optical reflectance, DEM and HAND (m)"}
     return cube
 
 
-def _label_values(
-    block: np.ndarray, water: tuple[float, ...], land: tuple[float, ...]
-) -> np.ndarray:
+def _label_values(block: np.ndarray, water: tuple, land: tuple) -> np.ndarray:
     out = np.full(block.shape, np.nan, dtype=np.float32)
     out[np.isin(block, np.asarray(land, dtype=block.dtype))] = 0.0
     out[np.isin(block, np.asarray(water, dtype=block.dtype))] = 1.0
@@ -623,8 +520,7 @@ def _holdout_mask(cube: xr.DataArray, config: Config) -> xr.DataArray:
         )
     mask = np.zeros((ny, nx), dtype=bool)
     mask[:, first:] = True
-    out = xr.DataArray(mask, dims=("y", "x"), coords={"y": cube.y, "x": cube.x}, name="holdout")
-    return out
+    return xr.DataArray(mask, dims=("y", "x"), coords={"y": cube.y, "x": cube.x}, name="holdout")
 
 
 def _chips(
@@ -674,15 +570,33 @@ def _fit(chips: xr.Dataset, bands: list[str], config: Config) -> Any:
     return model.fit(chips["inputs"].sel(band=bands), chips["target"])
 
 
-def _predict(cube: xr.DataArray, models: dict[str, Any], config: Config) -> xr.DataArray:
-    """Lazy water probability ``(band, y, x)``, one band per model (chip-and-stitch, seamless)."""
+def _fit_baselines(chips: xr.Dataset, config: Config) -> dict[str, Any]:
+    """Otsu on each SAR band and gradient boosting on every band, on the chips' labelled pixels.
+
+    The same pixels the U-Nets are trained on (computes: fits the baselines).
+    """
+    from xfusion.models.baselines import ThresholdClassifier, fit_baselines
+
+    bands = band_names(chips["inputs"])
+    pixels = chips["inputs"].transpose("sample", "y", "x", "band").values.reshape(-1, len(bands))
+    target = chips["target"].values.reshape(-1)  # xf: computes nothing (patches are in memory)
+    labelled = np.isfinite(target)
+    table, target = pd.DataFrame(pixels[labelled], columns=bands), target[labelled]
+    fitted = {f"otsu_{b}": ThresholdClassifier(b).fit(table[[b]], target) for b in config.sar_bands}
+    fitted["hgb"] = fit_baselines("segmentation", table, target, seed=config.seed)["hgb"]
+    return fitted
+
+
+def _predict(cube: xr.DataArray, models: dict[str, Any], halo: int | None) -> xr.DataArray:
+    """Lazy ``(band, y, x)``, one band per model: water probability (U-Net) or class (pixel)."""
     maps = []
     for name, model in models.items():
-        proba = cube.sel(band=list(model.bands_)).xf.predict(model, halo=config.halo)
+        bands = getattr(model, "bands_", None)
+        bands = list(model.feature_names_in_ if bands is None else bands)
+        kwargs = {"halo": halo} if hasattr(model, "bands_") else {}
+        proba = cube.sel(band=bands).xf.predict(model, **kwargs)
         maps.append(proba.isel(band=0, drop=True).expand_dims(band=[name]))
-    out = xr.concat(maps, dim="band")
-    out.attrs = {"units": "probability of water"}
-    return out.rename("probability")
+    return xr.concat(maps, dim="band")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -690,52 +604,10 @@ def _predict(cube: xr.DataArray, models: dict[str, Any], config: Config) -> xr.D
 # ----------------------------------------------------------------------------------------------
 
 
-def segmentation_scores(prediction: Any, reference: Any) -> dict[str, float]:
-    """IoU, F1, precision, recall and accuracy of a binary water map against labels.
-
-    Pixels where either is NaN (no data) are left out; values are 1 (water) and 0 (land).
-
-    Parameters
-    ----------
-    prediction, reference : array-like
-        Maps of the same shape with values 1, 0 or NaN.
-
-    Returns
-    -------
-    dict
-        ``iou`` and ``f1`` of the water class (1 when neither map has water), ``precision``,
-        ``recall``, ``accuracy`` and ``n`` (the pixels compared).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> pred = np.array([1, 1, 0, 0, np.nan]); ref = np.array([1, 0, 0, np.nan, 1])
-    >>> {k: round(v, 3) for k, v in segmentation_scores(pred, ref).items()}
-    {'iou': 0.5, 'f1': 0.667, 'precision': 0.5, 'recall': 1.0, 'accuracy': 0.667, 'n': 3}
-    """
-    p = np.asarray(prediction, dtype=np.float64).ravel()
-    r = np.asarray(reference, dtype=np.float64).ravel()
-    if p.shape != r.shape:
-        raise InputError(f"prediction has {p.size} pixels but the reference has {r.size}")
-    ok = np.isfinite(p) & np.isfinite(r)
-    if not ok.any():
-        raise EmptySelectionError("no pixel where both the prediction and the reference are valid")
-    p, r = p[ok] == 1, r[ok] == 1
-    tp, fp, fn = float(np.sum(p & r)), float(np.sum(p & ~r)), float(np.sum(~p & r))
-    union = tp + fp + fn
-    return {
-        "iou": tp / union if union else 1.0,
-        "f1": 2 * tp / (2 * tp + fp + fn) if union else 1.0,
-        "precision": tp / (tp + fp) if tp + fp else 1.0,
-        "recall": tp / (tp + fn) if tp + fn else 1.0,
-        "accuracy": float(np.mean(p == r)),
-        "n": int(ok.sum()),
-    }
-
-
 def _metrics(
     cubes: dict[str, xr.DataArray], chips: xr.Dataset, models: dict[str, Any], config: Config
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return the metrics and the baselines block, every map scored on held-out labels."""
     labels = cubes["labels"].values  # xf: computes nothing (already computed)
     held = cubes["holdout"].values.astype(bool)
     reference = np.where(held, labels, np.nan)
@@ -753,8 +625,7 @@ def _metrics(
         water = cubes["water"].sel(band=name).values
         scores = segmentation_scores(water, reference)
         scores.pop("n")
-        for key, value in scores.items():
-            metrics[f"{name}_{key}"] = value
+        metrics.update({f"{name}_{key}": value for key, value in scores.items()})
         metrics[f"{name}_final_loss"] = float(model.history_["loss"][-1])
         if "truth_water" in cubes:
             # every held-out pixel, no data of the labels included, against the cover truth
@@ -764,102 +635,55 @@ def _metrics(
         metrics[key] = metrics[f"fusion_{key}"]
         metrics[f"baseline_{key}"] = metrics[f"sar_only_{key}"]
     metrics["iou_gain"] = metrics["iou"] - metrics["baseline_iou"]
-    return metrics
+    # the model and the baselines on exactly the same pixels: where every map has a value
+    maps = {"fusion": cubes["water"].sel(band="fusion").values}
+    maps.update({str(b): cubes["baseline_water"].sel(band=b).values
+                 for b in cubes["baseline_water"].band.values})  # fmt: skip
+    common = np.where(np.isfinite(np.stack(list(maps.values()))).all(axis=0), reference, np.nan)
+    scores = {name: segmentation_scores(m, common) for name, m in maps.items()}
+    model = scores.pop("fusion")
+    return metrics, baseline_block(model, scores, metric="iou")
 
 
 # ----------------------------------------------------------------------------------------------
-# outputs
+# figures
 # ----------------------------------------------------------------------------------------------
 
 
-def _write_outputs(
-    out: Path,
-    config: Config,
-    cubes: dict[str, xr.DataArray],
-    metrics: dict[str, Any],
-    models: dict[str, Any],
-) -> RecipeResult:
-    files: dict[str, Path] = {}
-    files["zarr"] = write_outputs(cubes, out, config, chunks=config.chunks)
-    main = cubes["water"].sel(band="fusion", drop=True).rename("water")
-    files["cog"] = write_cog(main, out / "water.tif")
-    model_dir = out / "model"
-    model_dir.mkdir(exist_ok=True)
-    for name, model in models.items():
-        files[f"model_{name}"] = model.save(model_dir / name)
-    files["config"] = config.to_toml(out / "config.toml")
-    figures = _figures(out, cubes, metrics, models, config)
-    files["metrics"] = write_json(metrics, out / "metrics.json")
-    return RecipeResult(
-        recipe="water", metrics=metrics, cubes=cubes, figures=figures, out_dir=out, files=files
-    )
-
-
-def _stretch(arr: np.ndarray) -> np.ndarray:
-    values = arr[np.isfinite(arr)]
-    if not values.size:
-        return np.zeros_like(arr)
-    lo, hi = np.percentile(values, [2, 98])
-    return np.nan_to_num(np.clip((arr - lo) / ((hi - lo) or 1.0), 0, 1))
-
-
-def _figures(
-    out: Path, cubes: dict, metrics: dict, models: dict[str, Any], config: Config
-) -> dict[str, Path]:
+def _figures(out: Path, cubes: dict, metrics: dict, models: dict[str, Any]) -> dict[str, Path]:
     """PNG panels (inputs, labels, both maps, errors) and the training curves."""
     from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
 
-    from xfusion._viz_panels import plot_loss
+    from xfusion.viz import plot_loss, rgb_array
+    from xfusion.viz_row import plot_map_row
 
-    inputs = cubes["inputs"]
-    bands = [str(b) for b in inputs.band.values]
-    labels = cubes["labels"].values
-    held = cubes["holdout"].values.astype(bool)
-    first_held = int(np.argmax(held.any(axis=0)))
-    water_cmap = ListedColormap(["#d9c89e", "#2166ac"])
+    inputs, labels = cubes["inputs"], cubes["labels"].values
+    bands = band_names(inputs)
+    classes = {"cmap": ListedColormap(["#d9c89e", "#2166ac"]), "vmin": 0, "vmax": 1}
     panels: list[tuple[str, Any, dict]] = [
         (f"SAR {bands[0]} (dB)", inputs.sel(band=bands[0]).values, {"cmap": "gray"}),
     ]
-    false_colour = [b for b in ("SWIR1", "NIR", "Red") if b in bands]
-    if len(false_colour) == 3:
-        rgb = np.stack([_stretch(inputs.sel(band=b).values) for b in false_colour], axis=-1)
-        panels.append(("optical SWIR1/NIR/Red", rgb, {}))
-    panels.append(("labels (blank: no data)", labels, {"cmap": water_cmap, "vmin": 0, "vmax": 1}))
-    for name in MODELS:
-        title = "SAR-only" if name == "sar_only" else "SAR + optical"
-        panels.append(
-            (
-                f"{title}: IoU {metrics[f'{name}_iou']:.3f}",
-                cubes["water"].sel(band=name).values,
-                {"cmap": water_cmap, "vmin": 0, "vmax": 1},
-            )
-        )
+    if {"SWIR1", "NIR", "Red"} <= set(bands):
+        panels.append(("optical SWIR1/NIR/Red", rgb_array(inputs, ["SWIR1", "NIR", "Red"]), {}))
+    panels.append(("labels (blank: no data)", labels, classes))
+    for name, title in zip(MODELS, ("SAR-only", "SAR + optical"), strict=True):
+        iou = metrics[f"{name}_iou"]
+        panels.append((f"{title}: IoU {iou:.3f}", cubes["water"].sel(band=name).values, classes))
     fusion = cubes["water"].sel(band="fusion").values
-    errors = np.full(labels.shape, np.nan)
     ok = np.isfinite(labels) & np.isfinite(fusion)
-    errors[ok & (fusion == labels)] = 0  # correct
-    errors[ok & (fusion == 1) & (labels == 0)] = 1  # false water
-    errors[ok & (fusion == 0) & (labels == 1)] = 2  # missed water
-    panels.append(
-        (
-            "errors: grey ok, red false, blue missed",
-            errors,
-            {"cmap": ListedColormap(["#bdbdbd", "#d7301f", "#2c7bb6"]), "vmin": 0, "vmax": 2},
-        )
+    # grey correct, red false water, blue missed water
+    errors = np.where(ok, np.where(fusion == labels, 0.0, np.where(fusion == 1, 1.0, 2.0)), np.nan)
+    errors_cmap = ListedColormap(["#bdbdbd", "#d7301f", "#2c7bb6"])
+    panels.append(("errors: grey ok, red false, blue missed", errors,
+                   {"cmap": errors_cmap, "vmin": 0, "vmax": 2}))  # fmt: skip
+    held = cubes["holdout"].values.astype(bool)
+    paths = {"panels": out / "water_panels.png", "loss": out / "training_loss.png"}
+    plot_map_row(
+        panels,
+        title="surface water; held-out strip east of the dashed line",
+        marker_x=int(np.argmax(held.any(axis=0))),
+        path=paths["panels"],
     )
-    fig = Figure(figsize=(3.0 * len(panels), 3.4), dpi=90, layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (title, data, kwargs) in zip(axes, panels, strict=True):
-        ax.imshow(data, interpolation="nearest", **kwargs)
-        ax.axvline(first_held - 0.5, color="#ff7f00", lw=1.0, ls="--")
-        ax.set_title(title, fontsize=8)
-        ax.set_axis_off()
-    fig.suptitle("surface water; held-out strip east of the dashed line", fontsize=10)
-    paths = {"panels": out / "water_panels.png"}
-    fig.savefig(paths["panels"])
-
     history = {f"{name} loss": models[name].history_["loss"] for name in MODELS}
-    paths["loss"] = out / "training_loss.png"
     plot_loss(history, monitor="fusion loss", path=paths["loss"], dpi=90)
     return paths
