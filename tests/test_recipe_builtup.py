@@ -128,6 +128,43 @@ def test_labels_are_smod_at_least_two(result, scene):
     np.testing.assert_array_equal(labels, (smod >= 2).astype(np.float32))
 
 
+# --- baselines ---------------------------------------------------------------------------------
+
+
+def test_baselines_are_recomputed_from_the_saved_outputs(result):
+    from xfusion.models.baselines import fit_baselines
+
+    block, m = result.metrics["baselines"], result.metrics
+    saved = json.loads(result.files["metrics"].read_text())
+    assert saved["baselines"] == block and saved["beats_baseline"] == m["beats_baseline"]
+    assert block["metric"] == "f1" and set(block["scores"]) == {"night_lights", "otsu", "hgb"}
+    assert block["model_f1"] == m["f1"]
+    assert block["scores"]["night_lights"]["f1"] == m["baseline_f1"]
+    # the same held-out points, drawn again from the saved cubes with the recipe's seeds
+    fused = xr.open_zarr(result.files["zarr"], group="fused")["fused"].isel(time=0, drop=True)
+    labels = xr.open_zarr(result.files["zarr"], group="labels")["labels"]
+    config = builtup.Config(**SMALL)
+    train = pd.read_parquet(result.files["model_forest"] / "training_points.parquet")
+    again = fused.xf.sample(labels, config.n_train, seed=config.seed)
+    pd.testing.assert_frame_equal(again[list(train.columns)], train)
+    test = fused.xf.sample(labels, config.n_test, seed=config.seed + 1)
+    seen = set(zip(train["x"], train["y"], strict=True))
+    test = test[[p not in seen for p in zip(test["x"], test["y"], strict=True)]]
+    assert len(test) == m["n_test"]
+    bands = [str(b) for b in fused.band.values]
+    fitted = fit_baselines(
+        "classification", train[bands], train["label"], seed=0, index_band="viirs:avg_rad"
+    )
+    for name, model in fitted.items():
+        f1 = f1_score(test["label"].astype(int), model.predict(test[bands]))
+        assert block["scores"][name]["f1"] == pytest.approx(f1, abs=1e-12)
+    # the verdict: the forest's F1 at least 0.05 above the best baseline's
+    best = max(s["f1"] for s in block["scores"].values())
+    assert block["baseline_f1"] == best
+    assert m["beats_baseline"] is (m["f1"] >= best + 0.05)
+    assert "best baseline" in result.summary()
+
+
 # --- outputs reopen ---------------------------------------------------------------------------
 
 
@@ -151,7 +188,7 @@ def test_outputs_reopen(result):
 
 
 def test_saved_model_refits_and_reproduces_the_maps(result):
-    model = builtup.load_classifier(result.files["model"])
+    model = builtup.load_classifier(result.files["model_forest"])
     fused = xr.open_zarr(result.files["zarr"], group="fused")["fused"]
     maps = xr.open_zarr(result.files["zarr"], group="builtup")["builtup"].isel(band=0).values
     assert list(model.feature_names_in_) == [str(b) for b in fused.band.values]
@@ -165,7 +202,7 @@ def test_saved_model_refits_and_reproduces_the_maps(result):
 def test_saved_model_is_checked(result, tmp_path):
     import shutil
 
-    copy = shutil.copytree(result.files["model"], tmp_path / "model")
+    copy = shutil.copytree(result.files["model_forest"], tmp_path / "model")
     table = copy / "training_points.parquet"
     df = pd.read_parquet(table)
     df.loc[0, "label"] = 1 - df.loc[0, "label"]
@@ -183,7 +220,7 @@ def test_config_toml_round_trip(tmp_path):
     config = builtup.Config.real_sources(out_dir=str(tmp_path / "out"))
     again = builtup.Config.from_toml(config.to_toml(tmp_path / "c.toml"))
     assert again == config
-    assert again.region == (84.75, 27.3, 86.1, 28.4)
+    assert again.bounds == (84.75, 27.3, 86.1, 28.4)
     assert again.s2_bands == ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A")
     text = "[builtup]\nsize = 120\ninference_years = [2017, 2019]\nn_estimators = 5\n"
     (tmp_path / "d.toml").write_text(text)
@@ -199,15 +236,41 @@ def test_config_toml_round_trip(tmp_path):
         ({"n_estimators": "ten"}, "n_estimators"),
         ({"season": [12, 7]}, "season"),
         ({"inference_years": []}, "inference_years"),
-        ({"source": "ee"}, "region"),
+        ({"source": "ee"}, "bounds"),
         ({"source": "modis"}, "source"),
         ({"s2_qa_preset": "QA99"}, "s2_qa_preset"),
-        ({"region": [1, 2, 0, 3]}, "region"),
+        ({"bounds": [1, 2, 0, 3]}, "bounds"),
     ],
 )
 def test_bad_config_is_a_config_error(values, match):
     with pytest.raises(ConfigError, match=match):
         builtup.Config.from_dict(values)
+
+
+def test_old_key_names_still_load_with_a_warning():
+    with pytest.warns(DeprecationWarning) as caught:
+        config = builtup.Config.from_dict(
+            {"region": [84.75, 27.3, 86.1, 28.4], "region_crs": "EPSG:4326"}
+        )
+    said = sorted(str(w.message).split(";")[0] for w in caught)
+    assert said == [
+        "config key 'region' is now 'bounds'",
+        "config key 'region_crs' is now 'bounds_crs'",
+    ]
+    assert config.bounds == (84.75, 27.3, 86.1, 28.4) and config.bounds_crs == "EPSG:4326"
+
+
+def test_hard_difficulty_reads_the_hard_scene(tmp_path):
+    from pathlib import Path
+
+    config = builtup.Config.from_dict({"out_dir": str(tmp_path), "size": 100, "difficulty": "hard"})
+    sources, truth = builtup._open_sources(config, Path(config.out_dir))
+    hard = synthetic_scene("builtup", seed=0, size=100, difficulty="hard")
+    standard = synthetic_scene("builtup", seed=0, size=100)
+    got = sources["viirs"].values
+    np.testing.assert_allclose(got, hard["viirs"].values, rtol=1e-6)
+    assert not np.allclose(got, standard["viirs"].values, equal_nan=True)
+    np.testing.assert_array_equal(truth.values, hard["truth_builtup"].values)
 
 
 def test_years_without_images_are_reported(tmp_path):
@@ -222,7 +285,7 @@ def test_years_without_images_are_reported(tmp_path):
 def test_preprocessing_and_prediction_are_lazy(result):
     config = builtup.Config(out_dir=str(result.out_dir), **SMALL)
     paths = {k: result.out_dir / "stac" / k / "collection.json" for k in ("s2", "viirs", "ghsl")}
-    model = builtup.load_classifier(result.files["model"])
+    model = builtup.load_classifier(result.files["model_forest"])
     with raise_if_dask_computes():
         sources = builtup._open_stac_sources(config, paths)
         grid = builtup._target_grid(config, sources["ghsl"])
@@ -287,8 +350,8 @@ def test_earth_engine_path_offline(result, scene):
     bounds = tuple(geobox_of(scene["ghsl"]).boundingbox)
     config = builtup.Config.real_sources(
         out_dir="unused",
-        region=bounds,
-        region_crs="EPSG:32645",
+        bounds=bounds,
+        bounds_crs="EPSG:32645",
         s2_bands=("B2", "B3", "B4", "B8", "B11", "B12"),
     )
     expected = xr.open_zarr(result.files["zarr"], group="fused")["fused"]

@@ -4,41 +4,23 @@ The recipe generalises a published Earth Engine workflow over Bagmati (Nepal): S
 reflectances (QA60 cloud and cirrus bits masked, ÷10000, July–December median) and VIIRS
 monthly night lights (July–December median, standardised with the mean of a reference year and
 the standard deviation of another) are fused on one 1 km grid; the GHSL settlement model
-(``smod_code``) of the training year is binarised (classes ≥ 2 are built-up) as labels; a
-random forest is trained on pixels sampled with a seed and applied lazily, pixel by pixel, to
-the fused cube of every year; a change map compares the last year with the training year.
+(``smod_code``) of the training year, classes ≥ 2, labels built-up; a random forest is trained
+on points sampled with a seed and applied lazily to the fused cube of every year; a change map
+compares the last year with the training year.
 
-The steps of :func:`run`:
-
-1. prepare ``out_dir``;
-2. open the sources: the synthetic scene written as a local STAC catalog and read back with
-   :func:`xfusion.open_stac` (``source="synthetic"``), STAC catalogs (``"stac"``), or Earth
-   Engine collections through :func:`xfusion.open_ee` (``"ee"``);
-3. preprocess lazily: mask, scale and composite each year, resample onto the 1 km grid,
-   standardise the night lights, stack the sources into one fused cube ``(time, band, y, x)``;
-4. sample labelled training points and a separate held-out sample (different seed, training
-   pixels removed), with a class-balance summary;
-5. fit the classifier and a night-light threshold baseline (this computes);
-6. predict a built-up map per year lazily with ``cube.xf.predict(model)`` and the change map;
-7. score the held-out points (and, for synthetic scenes, every year's map against the truth);
-8. write ``outputs.zarr``, ``builtup.tif`` (one band per year), PNG figures, an HTML split map,
-   ``metrics.json`` and the model directory.
-
-Scikit-learn forests cannot be stored without pickle, which is not a storage format (loading
-can execute code), so the model directory holds what makes the model reproducible instead: the
-training table (``training_points.parquet``) and a JSON sidecar with the classifier's class,
-parameters and band order. :func:`load_classifier` refits it, deterministically, from those.
+:func:`run`: open the sources (the synthetic scene written as a local STAC catalog, STAC
+catalogs, or Earth Engine) → mask, composite, resample and stack them lazily → sample training
+points and separate held-out points → fit the forest and its baselines (computes) → predict a
+map per year lazily → score the held-out points (and the maps against a synthetic truth) →
+write everything with :func:`~xfusion.recipes._base.write_results`. The forest is saved without
+pickle as its training table and a JSON sidecar (:mod:`xfusion.models.forest`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import math
-import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -47,116 +29,81 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from xfusion.errors import ConfigError, EmptySelectionError, InputError, ModelError
+import xfusion as xf
+from xfusion.errors import ConfigError, EmptySelectionError
 from xfusion.grids import geobox_of
 from xfusion.grids import grid as make_grid
+from xfusion.models.binary import best_f1_threshold, binary_scores
+from xfusion.models.forest import RefittableForest, load_classifier, save_classifier
 from xfusion.preprocess.fuse import fuse
 from xfusion.preprocess.mask import CLASS_PRESETS, QA_PRESETS
 from xfusion.recipes._base import (
+    AreaFields,
     RecipeConfig,
     RecipeResult,
+    baseline_block,
     prepare_out_dir,
-    write_cog,
-    write_json,
-    write_outputs,
+    write_results,
+    write_synthetic,
 )
 
 __all__ = ["Config", "load_classifier", "run", "save_classifier"]
 
 log = logging.getLogger(__name__)
 
-_SOURCES = ("synthetic", "stac", "ee")
-_CLASSIFIER = "sklearn.ensemble.RandomForestClassifier"
-_TABLE = "training_points.parquet"
-_SIDECAR = "classifier.json"
-_FORMAT_VERSION = 1
-
 #: The real datasets of the published workflow (Earth Engine ids, bands, dates, region).
 REAL_SOURCES: dict[str, Any] = {
     "source": "ee",
-    "region": (84.75, 27.3, 86.1, 28.4),
-    "region_crs": "EPSG:4326",
+    "bounds": (84.75, 27.3, 86.1, 28.4),
+    "bounds_crs": "EPSG:4326",
     "crs": "EPSG:32645",
-    "resolution": 1000.0,
-    "s2_resolution": 100.0,
-    "viirs_resolution": 500.0,
     "s2_collection": "COPERNICUS/S2",
     "s2_bands": ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A"),
-    "s2_qa": "QA60",
-    "s2_qa_preset": "QA60",
-    "s2_scale": 1e-4,
-    "s2_max_cloud": 20.0,
     "viirs_collection": "NOAA/VIIRS/DNB/MONTHLY_V1/VCMSLCFG",
-    "viirs_band": "avg_rad",
     "ghsl_collection": "JRC/GHSL/P2016/SMOD_POP_GLOBE_V1",
-    "ghsl_band": "smod_code",
-    "train_year": 2015,
-    "inference_years": (2016, 2017, 2018, 2019),
     "n_train": 6000,
     "n_test": 3000,
 }
 
 
 @dataclasses.dataclass
-class Config(RecipeConfig):
-    """Configuration of the built-up recipe; the defaults run offline on a small synthetic scene.
+class Config(AreaFields, RecipeConfig):
+    """Configuration of the built-up recipe; the defaults run offline on a synthetic scene.
 
-    Load one from TOML with ``Config.from_toml(path)`` (top-level keys, or one ``[builtup]``
-    table); :meth:`real_sources` gives the configuration of the published Earth Engine workflow
-    (Sentinel-2 ``COPERNICUS/S2``, VIIRS ``NOAA/VIIRS/DNB/MONTHLY_V1/VCMSLCFG`` and GHSL
-    ``JRC/GHSL/P2016/SMOD_POP_GLOBE_V1`` over Bagmati, Nepal).
+    :meth:`real_sources` gives the published Earth Engine workflow (Sentinel-2
+    ``COPERNICUS/S2``, VIIRS ``NOAA/VIIRS/DNB/MONTHLY_V1/VCMSLCFG``, GHSL
+    ``JRC/GHSL/P2016/SMOD_POP_GLOBE_V1`` over Bagmati, Nepal). The shared fields (``out_dir``,
+    ``seed``, ``source``, ``difficulty``, ``bounds``, ``crs`` ...) are documented in
+    :mod:`xfusion.recipes._config`; ``seed`` also seeds the training sample (held-out points:
+    ``seed + 1``) and the forest.
 
     Parameters
     ----------
-    out_dir : str
-        Where outputs are written (created if missing).
-    seed : int
-        Seed of the synthetic scene, of the training sample (the held-out sample uses
-        ``seed + 1``) and of the random forest.
-    source : {"synthetic", "stac", "ee"}
-        ``"synthetic"``: :func:`xfusion.datasets.synthetic_scene` written as a local STAC catalog
-        in ``out_dir/stac`` and opened with :func:`xfusion.open_stac`. ``"stac"``: the
-        ``*_collection`` fields are paths or URLs of STAC catalogs, collections, item collections
-        or items. ``"ee"``: they are Earth Engine collection ids, opened with
-        :func:`xfusion.open_ee` (initialise Earth Engine first).
-    resume : bool
-        Continue the ``outputs.zarr.partial`` of an interrupted run with the same
-        configuration rather than starting over (see :mod:`xfusion.recipes._base`).
     size : int
-        Synthetic scene only: pixels (100 m) along each side of the scene; at least 100, so the
-        1 km grid has at least 10×10 pixels.
-    region : (left, bottom, right, top), optional
-        Area to map, in ``region_crs``. Required for ``"ee"``; by default (``None``) the extent of
-        the label source (the synthetic or STAC GHSL layer) on its own grid.
-    region_crs : str
-        CRS of ``region`` (default longitude/latitude, ``"EPSG:4326"``).
+        Synthetic scene only: pixels (100 m) along each side; at least 100 (10×10 km).
+    bounds : (left, bottom, right, top), optional
+        Area to map, in ``bounds_crs``; required for ``"ee"``, else the label source's extent.
+    bounds_crs : str
+        CRS of ``bounds`` (default longitude/latitude, ``"EPSG:4326"``).
     crs : str, optional
-        CRS of the output grid; default the label source's CRS (required for ``"ee"``).
-        Bagmati: ``"EPSG:32645"`` (UTM 45N).
+        CRS of the output grid; default the label source's (Bagmati: ``"EPSG:32645"``).
     resolution : float
         Pixel size of the fused grid in ``crs`` units (1000 m, GHSL's native resolution).
     s2_resolution, viirs_resolution : float
-        Pixel size at which Sentinel-2 and VIIRS are read before compositing, where a ``region``
-        is given (``"ee"``, or ``"stac"`` with a region); otherwise the sources' native grids.
+        Pixel size at which Sentinel-2 and VIIRS are read where ``bounds`` are given.
     s2_collection, viirs_collection, ghsl_collection : str
-        The three sources: STAC paths or URLs (``"stac"``) or Earth Engine ids (``"ee"``);
-        ignored for synthetic scenes (whose catalog has collections ``s2``, ``viirs`` and
-        ``ghsl``).
+        The three sources: STAC paths or URLs (``"stac"``) or Earth Engine ids (``"ee"``).
     s2_bands : tuple of str
-        Sentinel-2 bands used as features. Synthetic: B2, B3, B4, B8, B11, B12; the workflow
-        uses B2–B8A.
+        Sentinel-2 feature bands (synthetic: B2, B3, B4, B8, B11, B12; the workflow: B2–B8A).
     s2_qa : str
         Sentinel-2 quality band (``"QA60"``; ``"SCL"`` for L2A STAC items).
     s2_qa_preset : str
-        Mask preset: a bit preset of :data:`xfusion.preprocess.mask.QA_PRESETS` (``"QA60"``:
-        bits 10 opaque and 11 cirrus clouds) applied with ``mask_bits``, or a class preset of
-        :data:`~xfusion.preprocess.mask.CLASS_PRESETS` (``"SCL"``) applied with
-        ``mask_classes``.
+        Mask preset: bits of :data:`~xfusion.preprocess.mask.QA_PRESETS` (``"QA60"``) or
+        classes of :data:`~xfusion.preprocess.mask.CLASS_PRESETS` (``"SCL"``).
     s2_scale : float
-        Factor turning Sentinel-2 values into reflectance (1e-4, i.e. ÷10000; use 1.0 for STAC
-        items whose ``raster:bands`` scale is applied on reading).
+        Factor turning Sentinel-2 values into reflectance (1e-4; 1.0 where STAC scales).
     s2_max_cloud : float, optional
-        Earth Engine only: keep images with ``CLOUDY_PIXEL_PERCENTAGE`` below this (20).
+        Earth Engine only: keep images with ``CLOUDY_PIXEL_PERCENTAGE`` below this.
     viirs_band : str
         Night-light radiance band (``"avg_rad"``).
     ghsl_band : str
@@ -164,18 +111,16 @@ class Config(RecipeConfig):
     builtup_min_class : int
         Settlement classes at or above this are built-up (2: low- and high-density clusters).
     season : (int, int)
-        First and last month of each year's composite (July to December: Sentinel-2 L1C starts
-        in July 2015, and every year is compared over the same months).
+        First and last month of each year's composite (July to December).
     train_year : int
-        Year of the labels and of the training features (2015).
+        Year of the labels and of the training features.
     inference_years : tuple of int
-        Years mapped with the trained classifier (2016–2019). The training year is mapped too.
+        Years mapped with the trained forest (the training year is mapped too).
     viirs_mean_year, viirs_std_year : int
-        Night lights of every year are standardised as ``(v - mean) / std`` with the mean of the
-        ``viirs_mean_year`` composite (2015) and the standard deviation of the ``viirs_std_year``
-        composite (2019), so all years share one scale.
+        Night lights are standardised with the mean of one year's composite and the standard
+        deviation of another's, so all years share one scale.
     n_train : int
-        Training points drawn (uniformly, ``seed``) from the valid labelled pixels.
+        Training points drawn (``seed``) from the valid labelled pixels.
     n_test : int
         Held-out points drawn with ``seed + 1``; training pixels are removed from them.
     stratify : bool
@@ -184,8 +129,6 @@ class Config(RecipeConfig):
         Trees of the random forest.
     max_depth : int, optional
         Depth limit of the trees (default unlimited).
-    figures : bool
-        Write the PNG figures and the HTML split map (``False`` for batch runs).
 
     Examples
     --------
@@ -198,13 +141,12 @@ class Config(RecipeConfig):
 
     out_dir: str = "xfusion-out/builtup"
     SOURCE_KEYS: ClassVar = {
-        "ee": ("s2_collection", "viirs_collection", "ghsl_collection", "region", "crs"),
+        "ee": ("s2_collection", "viirs_collection", "ghsl_collection", "bounds", "crs"),
         "stac": ("s2_collection", "viirs_collection", "ghsl_collection"),
     }
+    MIN_SIZE: ClassVar = 100
     size: int = 240
-    region: tuple[float, ...] | None = None
-    region_crs: str = "EPSG:4326"
-    crs: str | None = None
+    bounds_crs: str | None = "EPSG:4326"
     resolution: float = 1000.0
     s2_resolution: float = 100.0
     viirs_resolution: float = 500.0
@@ -229,63 +171,37 @@ class Config(RecipeConfig):
     stratify: bool = False
     n_estimators: int = 60
     max_depth: int | None = None
-    figures: bool = True
 
-    def __post_init__(self) -> None:
-        if self.source not in _SOURCES:
-            raise ConfigError(f"source must be one of {list(_SOURCES)}; got {self.source!r}")
-        if self.source == "synthetic" and self.size < 100:
-            raise ConfigError(f"size must be at least 100 pixels (10 km at 100 m); got {self.size}")
-        for name in ("resolution", "s2_resolution", "viirs_resolution", "s2_scale"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name} must be a positive number; got {value!r}")
-        for name in ("n_train", "n_test", "n_estimators"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.max_depth is not None and self.max_depth < 1:
-            raise ConfigError(f"max_depth must be at least 1 or None; got {self.max_depth}")
-        if len(self.season) != 2 or not 1 <= self.season[0] <= self.season[1] <= 12:
-            raise ConfigError(
-                f"season must be (first_month, last_month) with 1 <= first <= last <= 12; "
-                f"got {self.season!r}"
-            )
-        if not self.inference_years:
-            raise ConfigError("inference_years must name at least one year; got ()")
-        if self.region is not None and (
-            len(self.region) != 4
-            or not (self.region[0] < self.region[2] and self.region[1] < self.region[3])
-        ):
-            raise ConfigError(
-                f"region must be (left, bottom, right, top) with left < right and bottom < top; "
-                f"got {self.region!r}"
-            )
-        if self.s2_qa_preset not in QA_PRESETS and self.s2_qa_preset not in CLASS_PRESETS:
-            raise ConfigError(
-                f"s2_qa_preset {self.s2_qa_preset!r} is not a mask preset; expected one of "
-                f"{sorted(QA_PRESETS)} (bits) or {sorted(CLASS_PRESETS)} (classes)"
-            )
-        if not self.s2_bands:
-            raise ConfigError("s2_bands must name at least one band; got ()")
-        if self.source == "ee" and (self.region is None or self.crs is None):
-            raise ConfigError(
-                "source='ee' needs a region and a crs, e.g. region=(84.75, 27.3, 86.1, 28.4), "
-                "crs='EPSG:32645' (see Config.real_sources())"
-            )
+    def checks(self) -> list[tuple[bool, str, str]]:
+        """Return the rows of :meth:`validate` for this recipe's own fields."""
+        positive = ("s2_resolution", "viirs_resolution", "s2_scale")
+        presets = (*QA_PRESETS, *CLASS_PRESETS)
+        ee = self.source == "ee"
+        season = self.season
+        return [
+            *((math.isfinite(getattr(self, k)) and getattr(self, k) > 0, k, "> 0")
+              for k in positive),
+            *((getattr(self, k) >= 1, k, ">= 1") for k in ("n_train", "n_test", "n_estimators")),
+            (self.max_depth is None or self.max_depth >= 1, "max_depth", ">= 1 or None"),
+            (len(season) == 2 and 1 <= season[0] <= season[-1] <= 12, "season",
+             "(first_month, last_month) with 1 <= first <= last <= 12"),
+            (len(self.inference_years) >= 1, "inference_years", "at least one year"),
+            (self.s2_qa_preset in presets, "s2_qa_preset", f"a mask preset, one of {presets}"),
+            (len(self.s2_bands) >= 1, "s2_bands", "at least one band"),
+            (not ee or self.bounds is not None, "bounds", "set for source='ee' (real_sources())"),
+            (not ee or self.crs is not None, "crs", "set for source='ee' (e.g. 'EPSG:32645')"),
+        ]  # fmt: skip
 
     @classmethod
     def real_sources(cls, **overrides: Any) -> Self:
-        """Return the configuration of the published workflow (Earth Engine, Bagmati, 2015–2019).
+        """Return the published workflow's configuration (Earth Engine, Bagmati, 2015–2019).
 
-        Sentinel-2 L1C (``COPERNICUS/S2``, bands B2–B8A, ``CLOUDY_PIXEL_PERCENTAGE`` < 20, QA60
-        bits 10/11, ÷10000), VIIRS monthly night lights (``avg_rad`` of
-        ``NOAA/VIIRS/DNB/MONTHLY_V1/VCMSLCFG``) and GHSL SMOD (``smod_code`` of
-        ``JRC/GHSL/P2016/SMOD_POP_GLOBE_V1``), July–December composites, 1 km grid in UTM 45N.
-        ``overrides`` replace any field (``out_dir=...``).
+        Sentinel-2 L1C bands B2–B8A (``CLOUDY_PIXEL_PERCENTAGE`` < 20, QA60 bits 10/11,
+        ÷10000), VIIRS ``avg_rad`` and GHSL ``smod_code``, July–December composites on a 1 km
+        grid in UTM 45N; ``overrides`` replace any field (``out_dir=...``).
         """
         return cls.from_dict({**REAL_SOURCES, **overrides})
 
-    # The years whose composites are needed, and each year's composite window.
     def years(self) -> list[int]:
         """Return the mapped years: the training year, then the inference years (no repeats)."""
         return list(dict.fromkeys([self.train_year, *self.inference_years]))
@@ -297,67 +213,59 @@ class Config(RecipeConfig):
         return f"{year}-{first:02d}-01", end.strftime("%Y-%m-%d")
 
 
-# ---------------------------------------------------------------------------------------------
-# run
-
-
 def run(config: Config) -> RecipeResult:
     """Run the built-up recipe and write its outputs to ``config.out_dir``.
 
-    This function computes: it samples the fused cube, fits the classifier, scores it and writes
-    every output. The 1 km cubes are persisted once (in memory, or on the workers of a
-    ``distributed`` client), so the sources are read once.
-
-    Parameters
-    ----------
-    config : Config
-        The configuration (see :class:`Config`); the defaults run offline on a synthetic scene.
+    This function computes: it samples the fused cube, fits the forest and its baselines,
+    scores them and writes every output. The 1 km cubes are persisted once (in memory, or on the
+    workers of a ``distributed`` client), so the sources are read once.
 
     Returns
     -------
     RecipeResult
-        ``metrics``: held-out ``accuracy``, ``f1``, ``precision``, ``recall`` and
-        ``baseline_*`` (night-light threshold), ``class_balance_train``/``class_balance_test``,
-        ``builtup_fraction`` per year and, for synthetic scenes, ``truth_f1``/``truth_accuracy``
-        per year. ``cubes``: ``fused`` ``(time, band, y, x)``, ``labels``, ``builtup``
-        ``(time, band, y, x)`` and ``change`` (1 gained, −1 lost, 0 unchanged between the
-        training year and the last year). ``figures``: PNG paths. ``files``: the Zarr store, the
-        COG, the split map, ``metrics.json``, the model directory and the config.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> config = Config(out_dir=tempfile.mkdtemp(), size=100, n_estimators=10,
-    ...                 inference_years=(2019,))
-    >>> result = run(config)  # doctest: +SKIP
-    >>> result.metrics["f1"] > 0.5  # doctest: +SKIP
-    True
+        ``metrics``: held-out ``accuracy``, ``f1``, ``precision``, ``recall``, the same for the
+        night-light threshold (``baseline_*``), ``class_balance_*``, ``builtup_fraction_<year>``,
+        ``truth_f1_<year>``/``truth_accuracy_<year>`` (synthetic scenes), and ``baselines``/
+        ``beats_baseline``: the forest against the night-light thresholds (best F1, Otsu) and
+        gradient boosting on the same held-out points by F1. ``cubes``: ``fused``, ``labels``,
+        ``builtup`` ``(time, band, y, x)`` and ``change`` (1 gained, −1 lost). ``files``: the
+        Zarr store, ``builtup.tif`` (a band per year), ``model_forest``, ``config``,
+        ``metrics`` and ``split_map``.
     """
     if not isinstance(config, Config):
-        raise InputError(f"run expects a builtup Config; got {type(config).__name__}")
+        raise ConfigError(f"run needs a builtup Config; got {type(config).__name__}")
     out = prepare_out_dir(config.out_dir, config=config)
-    log.info("builtup: opening %s sources", config.source)
     sources, truth = _open_sources(config, out)
     grid = _target_grid(config, sources["ghsl"])
-    fused = _fused_cube(config, sources, grid)
-    labels = _labels(config, sources["ghsl"], grid)
-    fused, labels = dask.persist(fused, labels)
-    log.info("builtup: sampling training and held-out points")
+    fused, labels = dask.persist(
+        _fused_cube(config, sources, grid), _labels(config, sources["ghsl"], grid)
+    )
     train, test = _samples(config, fused, labels)
     bands = [str(b) for b in fused.band.values]
-    model = _fit_classifier(config, train, bands)
-    baseline = _fit_baseline(train, f"viirs:{config.viirs_band}")
-    builtup = _predict_maps(fused, model)
-    change = _change_map(builtup, config)
-    metrics = _metrics(config, model, baseline, train, test, builtup, truth, bands)
+    forest = _fit_forest(config, train, bands)
+    threshold = best_f1_threshold(train[f"viirs:{config.viirs_band}"], train["label"])
+    builtup = _predict_maps(fused, forest)
+    first = builtup.isel(time=config.years().index(config.train_year), drop=True)
+    change = (builtup.isel(time=-1, drop=True) - first).assign_coords(band=["change"])
+    change = change.rename("change")
+    metrics = _metrics(config, forest, threshold, train, test, builtup, truth)
     cubes = {"fused": fused, "labels": labels, "builtup": builtup, "change": change}
-    log.info("builtup: writing outputs to %s", out)
-    files = _write_outputs(config, out, cubes, model, train, metrics)
-    figures = {}
+    cubes = {k: v.drop_vars("source", errors="ignore") for k, v in cubes.items()}
+    saved = train[["x", "y", *bands, "label"]]
+    extra = {"metrics": {k: v for k, v in metrics.items() if isinstance(v, float)}}
+    result = write_results(
+        config,
+        out,
+        cubes,
+        metrics,
+        baselines=_baselines(config, forest, threshold, train, test),
+        cog=("builtup", _cog_bands(builtup)),
+        models={"forest": RefittableForest(forest, saved, extra)},
+        figures=lambda: _figures(config, out, cubes),
+    )
     if config.figures:
-        figures = _figures(config, out, cubes)
-        files["split_map"] = _split_map(config, out, builtup)
-    return RecipeResult("builtup", metrics, cubes, figures, out, files)
+        result.files["split_map"] = _split_map(config, out, builtup)
+    return result
 
 
 # --- sources ----------------------------------------------------------------------------------
@@ -367,92 +275,67 @@ def _open_sources(config: Config, out: Path) -> tuple[dict[str, xr.DataArray], x
     """Open ``s2``, ``viirs`` and ``ghsl`` lazily; the truth too for synthetic scenes."""
     if config.source == "ee":
         return _open_ee_sources(config), None
-    paths = {
-        "s2": config.s2_collection,
-        "viirs": config.viirs_collection,
-        "ghsl": config.ghsl_collection,
+    if config.source == "stac":
+        paths = {k: getattr(config, f"{k}_collection") for k in ("s2", "viirs", "ghsl")}
+        return _open_stac_sources(config, paths), None
+    wanted = {
+        "s2": [*config.s2_bands, config.s2_qa],
+        "viirs": [config.viirs_band],
+        "ghsl": [config.ghsl_band],
+        "truth_builtup": ["builtup"],
     }
-    truth_path = None
-    if config.source == "synthetic":
-        from xfusion.datasets import synthetic_scene, write_stac
-
-        scene = synthetic_scene("builtup", seed=config.seed, size=config.size)
-        written = {k: scene[k] for k in ("s2", "viirs", "ghsl", "truth_builtup")}
-        catalog = write_stac(written, out / "stac", encodings=scene.encodings).parent
-        paths = {k: catalog / k / "collection.json" for k in ("s2", "viirs", "ghsl")}
-        truth_path = catalog / "truth_builtup" / "collection.json"
-    sources = _open_stac_sources(config, paths)
-    truth = None
-    if truth_path is not None:
-        from xfusion.io.stac import open_stac
-
-        truth = open_stac(truth_path)
-    return sources, truth
+    _, catalog = write_synthetic("builtup", config, out, wanted)
+    paths = {k: catalog / k / "collection.json" for k in wanted}
+    truth = xf.open_stac(paths.pop("truth_builtup"))
+    return _open_stac_sources(config, paths), truth
 
 
-def _region_grid(config: Config, resolution: float) -> Any:
-    """Return the grid covering ``config.region`` in ``config.crs`` (None without a region)."""
-    if config.region is None:
-        return None
-    from odc.geo.geom import BoundingBox
-
-    crs = config.crs or config.region_crs
-    bbox = BoundingBox(*config.region, crs=config.region_crs).to_crs(crs)
-    return make_grid(tuple(bbox), crs, resolution)
+def _grid(config: Config, resolution: float) -> Any:
+    """Return the grid of ``bounds`` at ``resolution`` (``None`` without bounds)."""
+    return None if config.bounds is None else config.grid(resolution)
 
 
-def _open_stac_sources(config: Config, paths: Mapping[str, Any]) -> dict[str, xr.DataArray]:
-    from xfusion.io.stac import open_stac
-
-    s2_grid = _region_grid(config, config.s2_resolution)
-    viirs_grid = _region_grid(config, config.viirs_resolution)
-    ghsl_grid = _region_grid(config, config.resolution)
+def _open_stac_sources(config: Config, paths: dict[str, Any]) -> dict[str, xr.DataArray]:
+    open_stac = xf.open_stac
+    s2_assets = [*config.s2_bands, config.s2_qa]
     return {
-        "s2": open_stac(paths["s2"], grid=s2_grid, assets=[*config.s2_bands, config.s2_qa]),
-        "viirs": open_stac(paths["viirs"], grid=viirs_grid, assets=[config.viirs_band]),
-        "ghsl": open_stac(paths["ghsl"], grid=ghsl_grid, assets=[config.ghsl_band]),
+        "s2": open_stac(paths["s2"], grid=_grid(config, config.s2_resolution), assets=s2_assets),
+        "viirs": open_stac(
+            paths["viirs"], grid=_grid(config, config.viirs_resolution), assets=[config.viirs_band]
+        ),
+        "ghsl": open_stac(
+            paths["ghsl"], grid=_grid(config, config.resolution), assets=[config.ghsl_band]
+        ),
     }
 
 
 def _open_ee_sources(config: Config) -> dict[str, xr.DataArray]:
-    from xfusion.io.ee import open_ee
-
     years = [*config.years(), config.viirs_mean_year, config.viirs_std_year]
-    start, end = f"{min(years)}-01-01", f"{max(years) + 1}-01-01"
-    filters = None
-    if config.s2_max_cloud is not None:
-        filters = {"CLOUDY_PIXEL_PERCENTAGE": ("lt", config.s2_max_cloud)}
-    label_start, label_end = f"{config.train_year}-01-01", f"{config.train_year + 1}-01-01"
+    dates = {"start": f"{min(years)}-01-01", "end": f"{max(years) + 1}-01-01"}
+    label_dates = {"start": f"{config.train_year}-01-01", "end": f"{config.train_year + 1}-01-01"}
+    cloud = config.s2_max_cloud
+    filters = None if cloud is None else {"CLOUDY_PIXEL_PERCENTAGE": ("lt", cloud)}
+    reads = {
+        "s2": (config.s2_resolution, [*config.s2_bands, config.s2_qa], dates, filters),
+        "viirs": (config.viirs_resolution, [config.viirs_band], dates, None),
+        "ghsl": (config.resolution, [config.ghsl_band], label_dates, None),
+    }
     return {
-        "s2": open_ee(
-            config.s2_collection,
-            grid=_region_grid(config, config.s2_resolution),
-            start=start,
-            end=end,
-            bands=[*config.s2_bands, config.s2_qa],
+        key: xf.open_ee(
+            getattr(config, f"{key}_collection"),
+            grid=_grid(config, resolution),
+            bands=bands,
             filters=filters,
-        ),
-        "viirs": open_ee(
-            config.viirs_collection,
-            grid=_region_grid(config, config.viirs_resolution),
-            start=start,
-            end=end,
-            bands=[config.viirs_band],
-        ),
-        "ghsl": open_ee(
-            config.ghsl_collection,
-            grid=_region_grid(config, config.resolution),
-            start=label_start,
-            end=label_end,
-            bands=[config.ghsl_band],
-        ),
+            **window,
+        )
+        for key, (resolution, bands, window, filters) in reads.items()
     }
 
 
 def _target_grid(config: Config, ghsl: xr.DataArray) -> Any:
-    """Return the fused grid: the region's, or the label source's extent at ``resolution``."""
-    if config.region is not None:
-        return _region_grid(config, config.resolution)
+    """Return the fused grid: the bounds', or the label source's extent at ``resolution``."""
+    if config.bounds is not None:
+        return config.grid()
     gbox = geobox_of(ghsl)
     crs = config.crs or gbox.crs
     bbox = gbox.boundingbox.to_crs(crs) if config.crs else gbox.boundingbox
@@ -462,38 +345,28 @@ def _target_grid(config: Config, ghsl: xr.DataArray) -> Any:
 # --- preprocessing ------------------------------------------------------------------------------
 
 
-def _s2_reflectance(config: Config, s2: xr.DataArray) -> xr.DataArray:
-    """Cloud-masked Sentinel-2 reflectance (the quality band dropped)."""
-    if config.s2_qa_preset in QA_PRESETS:
-        masked = s2.xf.mask_bits(config.s2_qa, config.s2_qa_preset)
-    else:
-        masked = s2.xf.mask_classes(config.s2_qa, config.s2_qa_preset)
-    return masked.xf.scale(config.s2_scale)
-
-
-def _season(config: Config, cube: xr.DataArray, year: int, what: str) -> xr.DataArray:
-    """Return the median composite of ``year``'s season (a clear error if it has no image)."""
-    start, end = config.window(year)
+def _composite(cube: xr.DataArray, window: tuple[str, str], what: str) -> xr.DataArray:
+    """Return the median composite of ``window`` (an error naming ``what`` if it has no image)."""
     try:
-        return cube.xf.composite("median", start=start, end=end)
+        return cube.xf.composite("median", start=window[0], end=window[1])
     except EmptySelectionError as err:
-        raise EmptySelectionError(
-            f"{what} has no image for {year} ({start} to {end}): {err}"
-        ) from err
+        raise EmptySelectionError(f"{what} has no image in {window}: {err}") from err
 
 
-def _fused_cube(config: Config, sources: Mapping[str, xr.DataArray], grid: Any) -> xr.DataArray:
+def _fused_cube(config: Config, sources: dict[str, xr.DataArray], grid: Any) -> xr.DataArray:
     """Stack S2 and standardised VIIRS composites per year on ``grid``: (time, band, y, x)."""
-    reflectance = _s2_reflectance(config, sources["s2"])
-    viirs = sources["viirs"]
+    s2, qa, preset = sources["s2"], config.s2_qa, config.s2_qa_preset
+    masked = s2.xf.mask_bits(qa, preset) if preset in QA_PRESETS else s2.xf.mask_classes(qa, preset)
+    reflectance = masked.xf.scale(config.s2_scale)
 
     def lights(year: int) -> xr.DataArray:
-        return _season(config, viirs, year, "VIIRS").xf.resample(grid, "average")
+        season = _composite(sources["viirs"], config.window(year), f"VIIRS ({year})")
+        return season.xf.resample(grid, "average")
 
     mean_ref, std_ref = lights(config.viirs_mean_year), lights(config.viirs_std_year)
     layers = []
     for year in config.years():
-        s2_year = _season(config, reflectance, year, "Sentinel-2")
+        s2_year = _composite(reflectance, config.window(year), f"Sentinel-2 ({year})")
         viirs_year = lights(year).xf.standardize(mean=mean_ref, std=std_ref)
         layers.append(fuse({"s2": s2_year, "viirs": viirs_year}, grid=grid, resampling="average"))
     times = pd.DatetimeIndex([pd.Timestamp(y, config.season[0], 1) for y in config.years()])
@@ -503,29 +376,23 @@ def _fused_cube(config: Config, sources: Mapping[str, xr.DataArray], grid: Any) 
 
 def _labels(config: Config, ghsl: xr.DataArray, grid: Any) -> xr.DataArray:
     """Label built-up (1) / not (0) on ``grid`` from the training year's SMOD; NaN = no data."""
-    start, end = f"{config.train_year}-01-01", f"{config.train_year}-12-31"
     if "time" in ghsl.dims:
-        try:
-            ghsl = ghsl.xf.composite("median", start=start, end=end)
-        except EmptySelectionError as err:
-            raise EmptySelectionError(
-                f"the settlement layer has no image in {config.train_year}: {err}"
-            ) from err
+        year = config.train_year
+        ghsl = _composite(ghsl, (f"{year}-01-01", f"{year}-12-31"), "the settlement layer")
     smod = ghsl.sel(band=[config.ghsl_band]).xf.resample(grid, "mode")
     labels = (smod >= config.builtup_min_class).astype("float32").where(smod.notnull())
     return labels.isel(band=0, drop=True).rename("builtup_label")
 
 
-# --- training ---------------------------------------------------------------------------------
+# --- training and scores ------------------------------------------------------------------------
 
 
 def _samples(
     config: Config, fused: xr.DataArray, labels: xr.DataArray
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Training points (``seed``) and held-out points (``seed + 1``, training pixels removed)."""
-    features = fused.sel(time=fused.time[config.years().index(config.train_year)]).drop_vars(
-        ["time", "source"], errors="ignore"
-    )
+    features = fused.isel(time=config.years().index(config.train_year), drop=True)
+    features = features.drop_vars("source", errors="ignore")
     train = features.xf.sample(labels, config.n_train, seed=config.seed, stratify=config.stratify)
     test = features.xf.sample(labels, config.n_test, seed=config.seed + 1)
     seen = pd.MultiIndex.from_frame(train[["x", "y"]])
@@ -537,85 +404,46 @@ def _samples(
             "built-up (0) are needed: enlarge the region or n_train"
         )
     if len(test) == 0:
-        raise EmptySelectionError(
-            "no held-out point is left once the training pixels are removed; lower n_train"
-        )
+        raise EmptySelectionError("no held-out point is left once the training pixels are removed")
     return train, test
 
 
-def _classifier(config: Config) -> Any:
+def _fit_forest(config: Config, train: pd.DataFrame, bands: list[str]) -> Any:
+    """Fit the random forest on the training table (features named like the cube's bands)."""
     from sklearn.ensemble import RandomForestClassifier
 
-    return RandomForestClassifier(
+    forest = RandomForestClassifier(
         n_estimators=config.n_estimators,
         max_depth=config.max_depth,
         random_state=config.seed,
         n_jobs=1,
     )
-
-
-def _fit_classifier(config: Config, train: pd.DataFrame, bands: list[str]) -> Any:
-    """Fit the random forest on the training table (features named like the cube's bands)."""
-    model = _classifier(config)
-    return model.fit(train[bands], train["label"].astype(int))
-
-
-def _fit_baseline(train: pd.DataFrame, band: str) -> float:
-    """Return the night-light threshold with the best F1 on the training points."""
-    from sklearn.metrics import f1_score
-
-    values = train[band].to_numpy()
-    truth = train["label"].to_numpy().astype(int)
-    candidates = np.unique(values)
-    scores = [f1_score(truth, values >= t, zero_division=0.0) for t in candidates]
-    return float(candidates[int(np.argmax(scores))])
-
-
-# --- prediction and scores ---------------------------------------------------------------------
+    return forest.fit(train[bands], train["label"].astype(int))
 
 
 def _predict_maps(fused: xr.DataArray, model: Any) -> xr.DataArray:
     """Lazy built-up map of every year: (time, band=["builtup"], y, x), 1 built-up, 0 not."""
-    cube = fused.drop_vars("source", errors="ignore")
-    maps = cube.xf.predict(model)
+    maps = fused.drop_vars("source", errors="ignore").xf.predict(model)
     return maps.assign_coords(band=["builtup"]).rename("builtup")
-
-
-def _change_map(builtup: xr.DataArray, config: Config) -> xr.DataArray:
-    """Last year's map minus the training year's: 1 gained, -1 lost, 0 unchanged."""
-    first = builtup.isel(time=config.years().index(config.train_year), drop=True)
-    last = builtup.isel(time=-1, drop=True)
-    return (last - first).assign_coords(band=["change"]).rename("change")
-
-
-def _scores(truth: np.ndarray, pred: np.ndarray, prefix: str = "") -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
-
-    truth, pred = truth.astype(int), pred.astype(int)
-    return {
-        f"{prefix}accuracy": float(accuracy_score(truth, pred)),
-        f"{prefix}f1": float(f1_score(truth, pred, zero_division=0.0)),
-        f"{prefix}precision": float(precision_score(truth, pred, zero_division=0.0)),
-        f"{prefix}recall": float(recall_score(truth, pred, zero_division=0.0)),
-    }
 
 
 def _metrics(
     config: Config,
-    model: Any,
+    forest: Any,
     threshold: float,
     train: pd.DataFrame,
     test: pd.DataFrame,
     builtup: xr.DataArray,
     truth: xr.DataArray | None,
-    bands: list[str],
 ) -> dict[str, Any]:
+    """Held-out scores, class balances, built-up share per year and (with a truth) map scores."""
     from xfusion.preprocess.sample import class_balance
 
-    truth_test = test["label"].to_numpy()
+    labels, bands = test["label"].to_numpy(), list(forest.feature_names_in_)
+    lights = test[f"viirs:{config.viirs_band}"] >= threshold
     metrics: dict[str, Any] = {
-        **_scores(truth_test, model.predict(test[bands])),
-        **_scores(truth_test, test[f"viirs:{config.viirs_band}"] >= threshold, "baseline_"),
+        **binary_scores(labels, forest.predict(test[bands])),
+        **binary_scores(labels, lights, "baseline_"),
         "baseline_threshold": threshold,
         "n_train": len(train),
         "n_test": len(test),
@@ -625,263 +453,95 @@ def _metrics(
     years = config.years()
     fractions = builtup.isel(band=0).mean(("y", "x"))
     if truth is not None:
-        truth_years = pd.DatetimeIndex(truth.time.values).year
-        truth = truth.isel(band=0, drop=True).isel(time=[list(truth_years).index(y) for y in years])
-        maps, truth_np, fractions_np = dask.compute(  # xf: computes the maps to score them
+        truth_years = list(pd.DatetimeIndex(truth.time.values).year)
+        truth = truth.isel(band=0, drop=True).isel(time=[truth_years.index(y) for y in years])
+        maps, truth_np, shares = dask.compute(  # xf: computes the maps to score them
             builtup.isel(band=0).data, truth.data, fractions.data
         )
         for i, year in enumerate(years):
             valid = np.isfinite(maps[i]) & np.isfinite(truth_np[i])
-            scores = _scores(truth_np[i][valid], maps[i][valid])
+            scores = binary_scores(truth_np[i][valid], maps[i][valid])
             metrics[f"truth_accuracy_{year}"] = scores["accuracy"]
             metrics[f"truth_f1_{year}"] = scores["f1"]
     else:
-        (fractions_np,) = dask.compute(fractions.data)  # xf: computes the built-up share per year
-    for year, fraction in zip(years, fractions_np, strict=True):
-        metrics[f"builtup_fraction_{year}"] = float(fraction)
+        (shares,) = dask.compute(fractions.data)  # xf: computes the built-up share per year
+    for year, share in zip(years, shares, strict=True):
+        metrics[f"builtup_fraction_{year}"] = float(share)
     return metrics
+
+
+def _baselines(
+    config: Config,
+    forest: Any,
+    threshold: float,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+) -> dict[str, Any]:
+    """Compare the forest with cheap baselines on the same held-out points and features, by F1.
+
+    ``night_lights``: the night-light threshold with the best training F1 (``baseline_*``);
+    ``otsu``: Otsu's threshold on the night lights; ``hgb``: gradient boosting on every band.
+    """
+    from xfusion.models.baselines import fit_baselines
+
+    band, bands = f"viirs:{config.viirs_band}", list(forest.feature_names_in_)
+    fitted = fit_baselines(
+        "classification", train[bands], train["label"], seed=config.seed, index_band=band
+    )
+    labels = test["label"].to_numpy()
+    scores = {"night_lights": binary_scores(labels, test[band] >= threshold)}
+    scores |= {name: binary_scores(labels, m.predict(test[bands])) for name, m in fitted.items()}
+    model = binary_scores(labels, forest.predict(test[bands]))
+    return baseline_block(model, scores, metric="f1")
 
 
 # --- outputs ------------------------------------------------------------------------------------
 
 
-def _write_outputs(
-    config: Config,
-    out: Path,
-    cubes: Mapping[str, xr.DataArray],
-    model: Any,
-    train: pd.DataFrame,
-    metrics: Mapping[str, Any],
-) -> dict[str, Path]:
-    zarr_cubes = {k: v.drop_vars("source", errors="ignore") for k, v in cubes.items()}
-    years = [str(pd.Timestamp(t).year) for t in cubes["builtup"].time.values]
-    per_year = cubes["builtup"].isel(band=0, drop=True).rename(time="band")
-    per_year = per_year.assign_coords(band=years).transpose("band", "y", "x")
-    per_year = per_year.rio.write_nodata(np.nan, encoded=False)
-    files = {
-        "zarr": write_outputs(zarr_cubes, out, config),
-        "cog": write_cog(per_year, out / "builtup.tif"),
-        "metrics": write_json(dict(metrics), out / "metrics.json"),
-        "config": config.to_toml(out / "config.toml"),
-    }
-    bands = [str(b) for b in cubes["fused"].band.values]
-    files["model"] = save_classifier(
-        model,
-        train[["x", "y", *bands, "label"]],
-        out / "model",
-        extra={"metrics": {k: v for k, v in metrics.items() if isinstance(v, float)}},
-    )
-    return files
+def _cog_bands(builtup: xr.DataArray) -> xr.DataArray:
+    """``(time, 1, y, x)`` → ``(band, y, x)``: one COG band per year, named by the year."""
+    years = [str(pd.Timestamp(t).year) for t in builtup.time.values]
+    per_year = builtup.isel(band=0, drop=True).drop_vars("source", errors="ignore")
+    per_year = per_year.rename(time="band").assign_coords(band=years).transpose("band", "y", "x")
+    return per_year.rio.write_nodata(np.nan, encoded=False)
 
 
-def _figures(config: Config, out: Path, cubes: Mapping[str, xr.DataArray]) -> dict[str, Path]:
+def _figures(config: Config, out: Path, cubes: dict[str, xr.DataArray]) -> dict[str, Path]:
     """PNG figures: the training year's inputs, one built-up map per year and the change map."""
     import matplotlib.pyplot as plt
 
-    from xfusion._viz_panels import plot_classes
-    from xfusion.viz import quicklook
+    from xfusion.viz import plot_classes, quicklook
 
-    fused, builtup = cubes["fused"], cubes["builtup"]
-    train_index = config.years().index(config.train_year)
-    features = fused.isel(time=train_index, drop=True).drop_vars("source", errors="ignore")
+    years, train_year = config.years(), config.train_year
+    features = cubes["fused"].isel(time=years.index(train_year), drop=True)
     rgb = [f"s2:{b}" for b in ("B4", "B3", "B2")]
     panels = {}
     if all(b in features.band.values for b in rgb):
-        panels[f"Sentinel-2 {config.train_year}"] = features.sel(band=rgb)
-    panels[f"VIIRS {config.train_year} (standardised)"] = features.sel(
-        band=[f"viirs:{config.viirs_band}"]
-    )
-    panels[f"labels: SMOD >= {config.builtup_min_class}"] = cubes["labels"].expand_dims(
-        band=["label"]
-    )
+        panels[f"Sentinel-2 {train_year}"] = features.sel(band=rgb)
+    lights = features.sel(band=[f"viirs:{config.viirs_band}"])
+    panels[f"VIIRS {train_year} (standardised)"] = lights
+    label = cubes["labels"].expand_dims(band=["label"])
+    panels[f"labels: SMOD >= {config.builtup_min_class}"] = label
     figures = {"inputs": quicklook(panels, out / "inputs.png")}
-    classes = {0: ("not built-up", "#d9d9d9"), 1: ("built-up", "#d7301f")}
-    for i, year in enumerate(config.years()):
-        path = out / f"builtup_{year}.png"
-        fig = plot_classes(builtup.isel(time=i), classes, title=f"built-up {year}", path=path)
-        plt.close(fig)
-        figures[f"builtup_{year}"] = path
-    change_classes = {
-        -1: ("lost", "#2166ac"),
-        0: ("unchanged", "#f0f0f0"),
-        1: ("gained", "#b2182b"),
-    }
-    last = config.years()[-1]
-    path = out / "change.png"
-    fig = plot_classes(
-        cubes["change"], change_classes, title=f"change {config.train_year}–{last}", path=path
-    )
-    plt.close(fig)
-    figures["change"] = path
+    maps = [(f"builtup_{y}", cubes["builtup"].isel(time=i), f"built-up {y}", _BUILTUP)
+            for i, y in enumerate(years)]  # fmt: skip
+    maps.append(("change", cubes["change"], f"change {train_year}–{years[-1]}", _CHANGE))
+    for name, cube, title, classes in maps:
+        figures[name] = out / f"{name}.png"
+        plt.close(plot_classes(cube, classes, title=title, path=figures[name]))
     return figures
+
+
+_BUILTUP = {0: ("not built-up", "#d9d9d9"), 1: ("built-up", "#d7301f")}
+_CHANGE = {-1: ("lost", "#2166ac"), 0: ("unchanged", "#f0f0f0"), 1: ("gained", "#b2182b")}
 
 
 def _split_map(config: Config, out: Path, builtup: xr.DataArray) -> Path:
     """Write an offline HTML map comparing the training year's map with the last year's."""
-    from xfusion._viz_maps import save_html, split_map
+    from xfusion.viz import save_html, split_map
 
     years = config.years()
-    m = split_map(
-        builtup.isel(time=years.index(config.train_year)),
-        builtup.isel(time=-1),
-        left_name=str(config.train_year),
-        right_name=str(years[-1]),
-        vmin=0,
-        vmax=1,
-        cmap="Reds",
-    )
+    first = builtup.isel(time=years.index(config.train_year))
+    m = split_map(first, builtup.isel(time=-1), left_name=str(config.train_year),
+                  right_name=str(years[-1]), vmin=0, vmax=1, cmap="Reds")  # fmt: skip
     return save_html(m, out / "split_map.html")
-
-
-# --- the model, reproducible without pickle ----------------------------------------------------
-
-
-def save_classifier(
-    model: Any,
-    table: pd.DataFrame,
-    path: str | os.PathLike[str],
-    *,
-    extra: Mapping[str, Any] | None = None,
-) -> Path:
-    """Save a random forest as its training table plus a JSON sidecar (no pickle).
-
-    The directory holds ``training_points.parquet`` (the points, features and ``label``) and
-    ``classifier.json`` (class, parameters, band order, the table's SHA-256, package versions and
-    ``extra``). :func:`load_classifier` refits the same forest from them: scikit-learn forests
-    with a fixed ``random_state`` are deterministic, so the refitted model predicts exactly as
-    the original.
-
-    Parameters
-    ----------
-    model : sklearn.ensemble.RandomForestClassifier
-        The fitted forest (with an integer ``random_state``).
-    table : pandas.DataFrame
-        The training table: one column per feature band (``model.feature_names_in_``) and a
-        ``label`` column; other columns (``x``, ``y``) are kept.
-    path : path-like
-        Directory to write (replaced if it holds a saved classifier).
-    extra : mapping, optional
-        JSON-able entries for the sidecar (e.g. metrics).
-
-    Returns
-    -------
-    pathlib.Path
-        The directory.
-
-    Examples
-    --------
-    >>> import tempfile, numpy as np, pandas as pd
-    >>> from sklearn.ensemble import RandomForestClassifier
-    >>> table = pd.DataFrame({"a": np.arange(20.0), "label": np.arange(20) >= 10})
-    >>> model = RandomForestClassifier(n_estimators=5, random_state=0)
-    >>> model = model.fit(table[["a"]], table["label"])
-    >>> path = save_classifier(model, table, tempfile.mkdtemp() + "/model")
-    >>> sorted(p.name for p in path.iterdir())
-    ['classifier.json', 'training_points.parquet']
-    >>> again = load_classifier(path)
-    >>> bool((again.predict_proba(table[["a"]]) == model.predict_proba(table[["a"]])).all())
-    True
-    """
-    from sklearn.ensemble import RandomForestClassifier
-
-    if type(model) is not RandomForestClassifier:
-        raise ModelError(f"save_classifier saves a {_CLASSIFIER}; got {type(model).__name__}")
-    bands = [str(b) for b in getattr(model, "feature_names_in_", [])]
-    if not bands:
-        raise ModelError("the classifier was not fitted on a table with named feature columns")
-    missing = [c for c in [*bands, "label"] if c not in table.columns]
-    if missing:
-        raise InputError(f"table lacks columns {missing}; it has {list(table.columns)}")
-    params = model.get_params()
-    if not isinstance(params.get("random_state"), int):
-        raise ModelError("the classifier needs an integer random_state to be refitted exactly")
-    target = Path(path)
-    target.mkdir(parents=True, exist_ok=True)
-    table_path = target / _TABLE
-    tmp = target / f".{_TABLE}.partial"
-    table.reset_index(drop=True).to_parquet(tmp, index=False)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    os.replace(tmp, table_path)
-    sidecar = {
-        "format_version": _FORMAT_VERSION,
-        "class": _CLASSIFIER,
-        "params": params,
-        "bands": bands,
-        "label": "label",
-        "classes": [_plain(c) for c in model.classes_],
-        "table": _TABLE,
-        "table_sha256": digest,
-        "versions": _versions(),
-        **dict(extra or {}),
-    }
-    write_json(sidecar, target / _SIDECAR)
-    return target
-
-
-def load_classifier(path: str | os.PathLike[str]) -> Any:
-    """Rebuild a classifier saved by :func:`save_classifier` by refitting it on its table.
-
-    Loading never unpickles: the class must be the random forest, its parameters are checked
-    against the class's own, and the table must match its checksum.
-
-    Parameters
-    ----------
-    path : path-like
-        Directory written by :func:`save_classifier`.
-
-    Returns
-    -------
-    sklearn.ensemble.RandomForestClassifier
-        Fitted, with the saved band order as ``feature_names_in_``.
-
-    Examples
-    --------
-    See :func:`save_classifier`.
-    """
-    from sklearn.ensemble import RandomForestClassifier
-
-    folder = Path(path)
-    sidecar_path, table_path = folder / _SIDECAR, folder / _TABLE
-    if not sidecar_path.is_file() or not table_path.is_file():
-        raise ModelError(
-            f"{folder} is not a saved classifier; expected {_SIDECAR} and {_TABLE} in it"
-        )
-    try:
-        meta = json.loads(sidecar_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ModelError(f"{sidecar_path} is not valid JSON: {err}") from err
-    if meta.get("format_version") != _FORMAT_VERSION or meta.get("class") != _CLASSIFIER:
-        raise ModelError(
-            f"{sidecar_path} holds format {meta.get('format_version')!r} of class "
-            f"{meta.get('class')!r}; expected format {_FORMAT_VERSION} of {_CLASSIFIER}"
-        )
-    data = table_path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != meta.get("table_sha256"):
-        raise ModelError(f"{table_path} does not match the checksum in {_SIDECAR}")
-    params = dict(meta.get("params", {}))
-    unknown = sorted(set(params) - set(RandomForestClassifier().get_params()))
-    if unknown:
-        raise ModelError(f"{sidecar_path} has unknown classifier parameters {unknown}")
-    table = pd.read_parquet(table_path)
-    bands = list(meta["bands"])
-    label = table[meta.get("label", "label")]
-    classes = meta.get("classes")
-    if classes is not None:
-        label = label.astype(np.asarray(classes).dtype)
-    return RandomForestClassifier(**params).fit(table[bands], label)
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for name in ("xfusion", "scikit-learn", "numpy", "pandas"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "unknown"
-    return out
