@@ -21,6 +21,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from xfusion.datasets import synthetic_scene
 from xfusion.errors import ConfigError, EmptySelectionError, ModelError
+from xfusion.io.stac import open_stac
 from xfusion.recipes import builtup
 from xfusion.testing import raise_if_dask_computes
 
@@ -260,23 +261,19 @@ def test_old_key_names_still_load_with_a_warning():
     assert config.bounds == (84.75, 27.3, 86.1, 28.4) and config.bounds_crs == "EPSG:4326"
 
 
-def test_hard_difficulty_reads_the_hard_scene(tmp_path):
-    from pathlib import Path
-
-    config = builtup.Config.from_dict({"out_dir": str(tmp_path), "size": 100, "difficulty": "hard"})
-    sources, truth = builtup._open_sources(config, Path(config.out_dir))
-    hard = synthetic_scene("builtup", seed=0, size=100, difficulty="hard")
-    standard = synthetic_scene("builtup", seed=0, size=100)
-    got = sources["viirs"].values
-    np.testing.assert_allclose(got, hard["viirs"].values, rtol=1e-6)
-    assert not np.allclose(got, standard["viirs"].values, equal_nan=True)
-    np.testing.assert_array_equal(truth.values, hard["truth_builtup"].values)
-
-
-def test_years_without_images_are_reported(tmp_path):
-    config = builtup.Config(out_dir=str(tmp_path), size=100, inference_years=(2021,))
+def test_years_without_images_are_reported_on_the_hard_scene(tmp_path):
+    values = {"out_dir": str(tmp_path), "size": 100, "inference_years": [2021]}
+    config = builtup.Config.from_dict({**values, "difficulty": "hard"})  # --set difficulty=hard
     with pytest.raises(EmptySelectionError, match="2021"):
         _run(config)
+    # the run wrote the hard scene to its catalog, not the standard one
+    hard = synthetic_scene("builtup", seed=0, size=100, difficulty="hard")
+    standard = synthetic_scene("builtup", seed=0, size=100)
+    got = open_stac(tmp_path / "stac" / "viirs" / "collection.json").values
+    np.testing.assert_allclose(got, hard["viirs"].values, rtol=1e-6)
+    assert not np.allclose(got, standard["viirs"].values, equal_nan=True)
+    truth = open_stac(tmp_path / "stac" / "truth_builtup" / "collection.json").values
+    np.testing.assert_array_equal(truth, hard["truth_builtup"].values)
 
 
 # --- laziness ---------------------------------------------------------------------------------
