@@ -122,6 +122,42 @@ def test_labels_map_values_and_ignore_the_rest(chunked):
     np.testing.assert_array_equal(labels.values, expected)
 
 
+def test_baselines_on_the_same_heldout_pixels_recomputed_from_the_outputs(result):
+    """Otsu on each SAR band and gradient boosting, scored by IoU where the U-Net is scored."""
+    m = result.metrics
+    block = m["baselines"]
+    assert json.loads((result.out_dir / "metrics.json").read_text())["baselines"] == block
+    assert block["metric"] == "iou" and list(block["scores"]) == ["otsu_HH", "otsu_HV", "hgb"]
+    maps = _open(result, "baseline_water")
+    assert maps.band.values.tolist() == list(block["scores"])
+    held = _open(result, "holdout").values.astype(bool)
+    reference = np.where(held, _open(result, "labels").values, np.nan)
+    ok = np.isfinite(reference)
+    for name, scores in block["scores"].items():
+        pred = maps.sel(band=name).values
+        assert np.isfinite(pred).all()  # every input band is valid: a map everywhere
+        truth, ours = reference[ok].astype(int), pred[ok].astype(int)
+        assert scores["n"] == ok.sum() == m["heldout_labelled"]
+        assert scores["iou"] == pytest.approx(jaccard_score(truth, ours))
+        assert scores["f1"] == pytest.approx(f1_score(truth, ours))
+    # an Otsu map is its SAR band cut at the recorded threshold, water below it (dark)
+    inputs = _open(result, "inputs")
+    for band in ("HH", "HV"):
+        fitted = block["thresholds"][f"otsu_{band}"]
+        assert fitted["water_above"] is False
+        expected = (inputs.sel(band=band).values <= fitted["threshold"]).astype(np.float32)
+        np.testing.assert_array_equal(maps.sel(band=f"otsu_{band}").values, expected)
+    # the verdict: the SAR + optical U-Net against the best baseline, by 0.05 IoU
+    best = max(block["scores"], key=lambda name: block["scores"][name]["iou"])
+    assert (block["baseline"], block["baseline_iou"]) == (best, block["scores"][best]["iou"])
+    assert block["model_iou"] == m["iou"] and block["margin"] == 0.05
+    margin_rule = m["iou"] >= block["baseline_iou"] + 0.05
+    assert m["beats_baseline"] is block["beats_baseline"] is margin_rule
+    assert block["baseline_iou"] > 0.8  # gradient boosting on eight clean bands is strong here
+    verdict = "beats it" if m["beats_baseline"] else "does NOT beat it"
+    assert f"vs best baseline {best!r}" in result.summary() and verdict in result.summary()
+
+
 def test_segmentation_scores_match_scikit_learn():
     rng = np.random.default_rng(1)
     pred = (rng.random(400) < 0.3).astype(float)
@@ -195,8 +231,53 @@ def test_config_toml_round_trip_and_errors(tmp_path):
         water.Config.from_dict({"epochs": "ten"})
     with pytest.raises(ConfigError, match="water Config"):
         water.run({"out_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="sar_calibration"):
+        water.Config(sar_calibration="palsar_dn")  # the synthetic scene's SAR is in dB already
+    with pytest.raises(ConfigError, match="bounds"):
+        water.Config(source="ee", bounds=None)
+    with pytest.raises(ConfigError, match="label_source"):
+        water.Config(source="stac", label_source="")
     for fields in water.real_sources().values():
         assert water.Config(**fields).source == fields["source"]
+
+
+def test_old_key_names_load_with_a_warning():
+    """The one dialect: ``chunk`` and ``train_fraction`` are read as ``chunks`` and
+    ``holdout_fraction``, with a DeprecationWarning."""
+    with pytest.warns(DeprecationWarning, match="'chunk' is now 'chunks'"):
+        assert water.Config.from_dict({"chunk": 32}).chunks == 32
+    with pytest.warns(DeprecationWarning, match="'train_fraction' is now 'holdout_fraction'"):
+        config = water.Config.from_dict({"train_fraction": 0.7})
+    assert config.holdout_fraction == pytest.approx(0.3)
+    with pytest.warns(DeprecationWarning, match="'region' is now 'bounds'"):
+        config = water.Config.from_dict({"source": "ee", "region": [0, 0, 3000, 3000]})
+    assert config.bounds == (0.0, 0.0, 3000.0, 3000.0)
+
+
+#: A tiny run (the same network and chips as the Earth Engine test: compiled once).
+TINY = ["size=64", "chunks=32", "n_chips=8", "epochs=1", "figures=false"]
+
+
+def test_difficulty_hard_runs_on_the_hard_scene(tmp_path):
+    """``--set difficulty=hard`` reads the hard scene: SAR-dark land, clouds over the optical."""
+    from xfusion.cli import main
+
+    out = tmp_path / "hard"
+    sets = [arg for item in [*TINY, "difficulty=hard"] for arg in ("--set", item)]
+    assert main(["run", "water", "--out", str(out), "--quiet", *sets]) == 0
+    hard = synthetic_scene("water", seed=0, size=64, difficulty="hard")
+    expected = np.concatenate(
+        [hard["sar"].isel(time=0).values, hard["optical"].isel(time=0).values[:4],
+         hard["terrain"].values]
+    )  # fmt: skip
+    inputs = xr.open_zarr(out / "outputs.zarr", group="inputs")["inputs"].values
+    np.testing.assert_allclose(inputs, expected, rtol=1e-6)  # NaN in the same places
+    assert np.isnan(inputs[2:6]).any()  # thick cloud cores: the standard scene has none
+    standard = synthetic_scene("water", seed=0, size=64)["sar"].isel(time=0).values
+    assert not np.allclose(inputs[:2], standard)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["baselines"]["metric"] == "iou" and isinstance(metrics["beats_baseline"], bool)
+    assert water.Config.from_toml(out / "config.toml").difficulty == "hard"
 
 
 def _palsar_dn(db: np.ndarray) -> np.ndarray:
@@ -245,6 +326,7 @@ def test_earth_engine_path_offline(tmp_path):
             "epochs": 2,
             "batch_size": 8,
             "learning_rate": 0.01,
+            "figures": False,
         }
     )
     with fake_earth_engine(collections, images) as fake:
@@ -263,6 +345,8 @@ def test_earth_engine_path_offline(tmp_path):
     )
     assert "iou_all" not in res.metrics and "sar_only_iou_all" not in res.metrics  # no truth
     assert 0 <= res.metrics["baseline_iou"] <= 1 and 0 <= res.metrics["iou"] <= 1
+    # the baselines are scored against the labels alone, like the models
+    assert res.metrics["baselines"]["model_iou"] == res.metrics["iou"]
     assert rioxarray.open_rasterio(tmp_path / "water.tif").rio.crs.to_epsg() == 32615
 
 

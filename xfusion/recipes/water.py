@@ -156,10 +156,10 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
     }  # fmt: skip
     MIN_SIZE: ClassVar = 32
     size: int = 128
-    bounds: tuple[float, ...] | None = (640000.0, 3318560.0, 701440.0, 3380000.0)
-    crs: str | None = "EPSG:32615"
-    start: str | None = "2010-01-01"
-    end: str | None = "2011-01-01"
+    bounds: tuple[float, ...] = (640000.0, 3318560.0, 701440.0, 3380000.0)
+    crs: str = "EPSG:32615"
+    start: str = "2010-01-01"
+    end: str = "2011-01-01"
     chunks: int = 64
     epochs: int = 20
     batch_size: int = 8
@@ -387,7 +387,7 @@ def run(config: Config) -> RecipeResult:
     cubes["baseline_water"].attrs = {"classes": "1 water, 0 land, NaN no data"}
     log.info("water: predicting %d×%d px with every model", cube.sizes["y"], cube.sizes["x"])
     (cubes,) = dask.compute(cubes)  # xf: computes every output cube once
-    metrics, block = _metrics(cubes, chips, models, config)
+    metrics, block = _metrics(cubes, chips, models, baselines, config)
     return write_results(
         config,
         out,
@@ -605,7 +605,11 @@ def _predict(cube: xr.DataArray, models: dict[str, Any], halo: int | None) -> xr
 
 
 def _metrics(
-    cubes: dict[str, xr.DataArray], chips: xr.Dataset, models: dict[str, Any], config: Config
+    cubes: dict[str, xr.DataArray],
+    chips: xr.Dataset,
+    models: dict[str, Any],
+    baselines: dict[str, Any],
+    config: Config,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return the metrics and the baselines block, every map scored on held-out labels."""
     labels = cubes["labels"].values  # xf: computes nothing (already computed)
@@ -641,8 +645,13 @@ def _metrics(
                  for b in cubes["baseline_water"].band.values})  # fmt: skip
     common = np.where(np.isfinite(np.stack(list(maps.values()))).all(axis=0), reference, np.nan)
     scores = {name: segmentation_scores(m, common) for name, m in maps.items()}
-    model = scores.pop("fusion")
-    return metrics, baseline_block(model, scores, metric="iou")
+    block = baseline_block(scores.pop("fusion"), scores, metric="iou")
+    block["baselines"]["thresholds"] = {
+        name: {"threshold": model.threshold_, "water_above": model.above_}
+        for name, model in baselines.items()
+        if hasattr(model, "threshold_")
+    }
+    return metrics, block
 
 
 # ----------------------------------------------------------------------------------------------
