@@ -37,6 +37,7 @@ from xfusion.models.binary import best_f1_threshold, binary_scores
 from xfusion.models.forest import RefittableForest, load_classifier, save_classifier
 from xfusion.preprocess.fuse import fuse
 from xfusion.preprocess.mask import CLASS_PRESETS, QA_PRESETS
+from xfusion.preprocess.points import train_test_points
 from xfusion.recipes._base import (
     AreaFields,
     RecipeConfig,
@@ -393,18 +394,15 @@ def _samples(
     """Training points (``seed``) and held-out points (``seed + 1``, training pixels removed)."""
     features = fused.isel(time=config.years().index(config.train_year), drop=True)
     features = features.drop_vars("source", errors="ignore")
-    train = features.xf.sample(labels, config.n_train, seed=config.seed, stratify=config.stratify)
-    test = features.xf.sample(labels, config.n_test, seed=config.seed + 1)
-    seen = pd.MultiIndex.from_frame(train[["x", "y"]])
-    test = test[~pd.MultiIndex.from_frame(test[["x", "y"]]).isin(seen)].reset_index(drop=True)
+    train, test = train_test_points(
+        features, labels, config.n_train, config.n_test, seed=config.seed, stratify=config.stratify
+    )
     classes = set(train["label"].unique())
     if classes != {0.0, 1.0}:
         raise EmptySelectionError(
             f"the training sample holds labels {sorted(classes)}; both built-up (1) and not "
             "built-up (0) are needed: enlarge the region or n_train"
         )
-    if len(test) == 0:
-        raise EmptySelectionError("no held-out point is left once the training pixels are removed")
     return train, test
 
 
