@@ -39,6 +39,7 @@ import xfusion.accessor  # noqa: F401  (registers ``.xf``)
 from xfusion.errors import ConfigError, EmptySelectionError, InputError
 from xfusion.grids import geobox_of
 from xfusion.models.segmentation import segmentation_scores
+from xfusion.preprocess.labels import binary_labels
 from xfusion.recipes._base import (
     AreaFields,
     ChunkFields,
@@ -489,22 +490,10 @@ def _stack(layers: dict[str, xr.DataArray], config: Config) -> xr.DataArray:
     return cube
 
 
-def _label_values(block: np.ndarray, water: tuple, land: tuple) -> np.ndarray:
-    out = np.full(block.shape, np.nan, dtype=np.float32)
-    out[np.isin(block, np.asarray(land, dtype=block.dtype))] = 0.0
-    out[np.isin(block, np.asarray(water, dtype=block.dtype))] = 1.0
-    return out
-
-
 def _labels(raw: xr.DataArray, config: Config) -> xr.DataArray:
     """Lazy ``(y, x)`` labels: 1 water, 0 land, NaN no data (every other value)."""
-    labels = xr.apply_ufunc(
-        _label_values,
-        raw.isel(band=0, drop=True),
-        kwargs={"water": config.label_water_values, "land": config.label_land_values},
-        dask="parallelized",
-        output_dtypes=[np.float32],
-    )
+    codes = raw.isel(band=0, drop=True)
+    labels = binary_labels(codes, config.label_water_values, config.label_land_values)
     labels.attrs = {"classes": "1 water, 0 land, NaN no data (ignored)"}
     return labels.rename("labels")
 
