@@ -397,7 +397,7 @@ def run(config: Config) -> RecipeResult:
         baselines=block,
         cog=("water", cubes["water"].sel(band="fusion", drop=True).rename("water")),
         models=models,
-        figures=lambda: _figures(out, cubes, metrics, models),
+        figures=lambda: _figures(out, cubes, {**metrics, **block}, models),
         chunks=config.chunks,
     )
 
@@ -649,7 +649,7 @@ def _metrics(
 
 
 def _figures(out: Path, cubes: dict, metrics: dict, models: dict[str, Any]) -> dict[str, Path]:
-    """PNG panels (inputs, labels, both maps, errors) and the training curves."""
+    """PNG panels (inputs, labels, both maps, the best baseline, errors), training curves."""
     from matplotlib.colors import ListedColormap
 
     from xfusion.viz import plot_loss, rgb_array
@@ -667,6 +667,9 @@ def _figures(out: Path, cubes: dict, metrics: dict, models: dict[str, Any]) -> d
     for name, title in zip(MODELS, ("SAR-only", "SAR + optical"), strict=True):
         iou = metrics[f"{name}_iou"]
         panels.append((f"{title}: IoU {iou:.3f}", cubes["water"].sel(band=name).values, classes))
+    best = metrics["baselines"]["baseline"]
+    iou, best_map = metrics["baselines"]["baseline_iou"], cubes["baseline_water"].sel(band=best)
+    panels.append((f"baseline {best}: IoU {iou:.3f}", best_map.values, classes))
     fusion = cubes["water"].sel(band="fusion").values
     ok = np.isfinite(labels) & np.isfinite(fusion)
     # grey correct, red false water, blue missed water
