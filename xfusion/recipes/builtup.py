@@ -291,22 +291,21 @@ def _open_sources(config: Config, out: Path) -> tuple[dict[str, xr.DataArray], x
     return _open_stac_sources(config, paths), truth
 
 
-def _grid(config: Config, resolution: float) -> Any:
-    """Return the grid of ``bounds`` at ``resolution`` (``None`` without bounds)."""
-    return None if config.bounds is None else config.grid(resolution)
+def _reads(config: Config) -> dict[str, tuple[Any, list[str]]]:
+    """Per source, the grid it is read on (``None`` without bounds: its own) and its bands."""
+    reads = {
+        "s2": (config.s2_resolution, [*config.s2_bands, config.s2_qa]),
+        "viirs": (config.viirs_resolution, [config.viirs_band]),
+        "ghsl": (config.resolution, [config.ghsl_band]),
+    }
+    grid = (lambda r: None) if config.bounds is None else config.grid
+    return {key: (grid(resolution), bands) for key, (resolution, bands) in reads.items()}
 
 
 def _open_stac_sources(config: Config, paths: dict[str, Any]) -> dict[str, xr.DataArray]:
-    open_stac = xf.open_stac
-    s2_assets = [*config.s2_bands, config.s2_qa]
     return {
-        "s2": open_stac(paths["s2"], grid=_grid(config, config.s2_resolution), assets=s2_assets),
-        "viirs": open_stac(
-            paths["viirs"], grid=_grid(config, config.viirs_resolution), assets=[config.viirs_band]
-        ),
-        "ghsl": open_stac(
-            paths["ghsl"], grid=_grid(config, config.resolution), assets=[config.ghsl_band]
-        ),
+        key: xf.open_stac(paths[key], grid=grid, assets=bands)
+        for key, (grid, bands) in _reads(config).items()
     }
 
 
@@ -315,21 +314,16 @@ def _open_ee_sources(config: Config) -> dict[str, xr.DataArray]:
     dates = {"start": f"{min(years)}-01-01", "end": f"{max(years) + 1}-01-01"}
     label_dates = {"start": f"{config.train_year}-01-01", "end": f"{config.train_year + 1}-01-01"}
     cloud = config.s2_max_cloud
-    filters = None if cloud is None else {"CLOUDY_PIXEL_PERCENTAGE": ("lt", cloud)}
-    reads = {
-        "s2": (config.s2_resolution, [*config.s2_bands, config.s2_qa], dates, filters),
-        "viirs": (config.viirs_resolution, [config.viirs_band], dates, None),
-        "ghsl": (config.resolution, [config.ghsl_band], label_dates, None),
-    }
+    filters = {"s2": None if cloud is None else {"CLOUDY_PIXEL_PERCENTAGE": ("lt", cloud)}}
     return {
         key: xf.open_ee(
             getattr(config, f"{key}_collection"),
-            grid=_grid(config, resolution),
+            grid=grid,
             bands=bands,
-            filters=filters,
-            **window,
+            filters=filters.get(key),
+            **(label_dates if key == "ghsl" else dates),
         )
-        for key, (resolution, bands, window, filters) in reads.items()
+        for key, (grid, bands) in _reads(config).items()
     }
 
 
