@@ -28,6 +28,17 @@ def result(tmp_path_factory):
     return cloudmask.run(config)
 
 
+#: A small run (seconds) on the hard synthetic scene.
+SMALL_HARD = {"size": 48, "n_clusters": [3], "kmeans_sample": 2000, "difficulty": "hard"}
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory):
+    """``--set difficulty=hard``: the recipe on the hard scene (shifts, no-data swaths)."""
+    values = {**SMALL_HARD, "out_dir": str(tmp_path_factory.mktemp("hard")), "figures": False}
+    return cloudmask.run(cloudmask.Config.from_dict(values))
+
+
 @pytest.fixture(scope="module")
 def scene():
     return synthetic_scene("cloudmask", seed=0, size=cloudmask.Config().size)
@@ -97,9 +108,20 @@ def test_outputs_reopen(result):
     assert set(result.figures) == {"panels", "forecast_rmse"}
     for path in result.figures.values():
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    kmeans = json.loads((out / "model" / "kmeans.json").read_text())
-    assert np.shape(kmeans["k5"]["cluster_centers"]) == (5, len(BANDS))
-    assert cloudmask.CLOUD in kmeans["k3"]["classes"]
+    # the k-means models are saved like the other models and predict the saved masks again
+    differences = _open(result, "differences")
+    for k in (3, 5):
+        kmeans = load_model(out / "model" / f"kmeans_k{k}")
+        assert kmeans.cluster_centers_.shape == (k, len(BANDS))
+        assert kmeans.bands_ == BANDS and kmeans.class_names_["1"] == "cloud"
+        assert set(kmeans.cluster_info_) == {"brightness", "brightening", "brightness_order"}
+        with raise_if_dask_computes():
+            again = differences.xf.predict(kmeans)
+        np.testing.assert_array_equal(
+            again.isel(band=0).values, _open(result, "cloudmask").sel(band=f"k{k}").values
+        )
+    assert cloudmask.CLOUD in load_model(out / "model" / "kmeans_k3").cluster_classes_
+    assert not (out / "model" / "kmeans.json").exists()
 
 
 def test_saved_forecast_model_predicts_lazily_and_identically(result):
@@ -119,6 +141,63 @@ def test_saved_forecast_model_predicts_lazily_and_identically(result):
     # eager input gives the same forecast as chunked input
     eager = inputs.compute().xf.predict(ridge)
     np.testing.assert_allclose(eager.values, lazy["ridge"].values, rtol=1e-6)
+
+
+def test_baselines_recomputed_from_the_outputs(result, scene):
+    """The mask against Otsu thresholds (IoU), the forecast against persistence (RMSE)."""
+    m = result.metrics
+    block = m["baselines"]
+    assert block["metric"] == "iou"
+    assert set(block["scores"]) == {"otsu_brightness", "otsu_brightening"}
+    truth = _open(result, "truth_cloud").values.astype(bool).ravel()
+    visible = [BANDS.index(b) for b in ("B1", "B2", "B3", "B4")]
+    indices = {
+        "brightness": _open(result, "image").values[visible].mean(axis=0),
+        "brightening": _open(result, "differences").values[visible].mean(axis=0),
+    }
+    for name, index in indices.items():
+        score = block["scores"][f"otsu_{name}"]
+        assert index.min() < score["threshold"] < index.max()
+        ours = (index > score["threshold"]).ravel()
+        assert score["iou"] == pytest.approx(jaccard_score(truth, ours))
+        assert score["accuracy"] == pytest.approx(accuracy_score(truth, ours))
+    # the model's score is the one reported for the main mask, the best baseline the max
+    assert block["model_iou"] == pytest.approx(m["iou"])
+    assert block["baseline_iou"] == max(s["iou"] for s in block["scores"].values())
+    assert m["beats_baseline"] is block["beats_baseline"]
+    assert m["beats_baseline"] == (block["model_iou"] >= block["baseline_iou"] + 0.05)
+    assert m["beats_baseline"]  # k-means on forecast differences beats a brightness threshold
+    # forecast: persistence is the most recent clear lag, on the same held-out clear pixels
+    image = scene["landsat"].sel(time=_target(result), band=BANDS).values
+    lag1 = scene["landsat"].sel(time=np.datetime64(m["lag_times"][0]), band=BANDS).values
+    np.testing.assert_allclose(_open(result, "persistence").values, lag1, atol=1e-4)
+    cloud = scene["truth_cloud"].sel(time=_target(result))
+    clear = (cloud.sel(band="cloud") == 0).values & (cloud.sel(band="shadow") == 0).values
+    where = clear & _open(result, "holdout").values.astype(bool)
+    forecast = block["forecast"]
+    persistence = math.sqrt(np.mean((lag1 - image)[:, where] ** 2))
+    assert forecast["baseline"] == "persistence"
+    assert forecast["baseline_rmse"] == pytest.approx(persistence, rel=1e-4)
+    assert forecast["model_rmse"] == m["rmse_kernel"]  # forecast_model="kernel"
+    verdict = forecast["model_rmse"] <= 0.9 * forecast["baseline_rmse"]
+    assert m["forecast_beats_baseline"] is verdict is True
+    summary = result.summary()
+    assert "model iou 0.8" in summary and "beats it" in summary
+    assert json.loads((result.out_dir / "metrics.json").read_text())["baselines"] == block
+
+
+def test_difficulty_hard_runs_on_the_hard_scene(hard):
+    target = _target(hard)
+    size = SMALL_HARD["size"]
+    hard_scene = synthetic_scene("cloudmask", seed=0, size=size, difficulty="hard")["landsat"]
+    standard = synthetic_scene("cloudmask", seed=0, size=size)["landsat"]
+    image = hard.cubes["image"].values
+    expected = hard_scene.sel(time=target, band=BANDS).values
+    np.testing.assert_allclose(image, expected, atol=1e-4)  # NaN in the same places
+    assert np.isnan(expected).any()  # the hard scene's no-data swaths reach the target
+    assert not np.allclose(image, standard.sel(time=target, band=BANDS).values, equal_nan=True)
+    assert hard.metrics["baselines"]["metric"] == "iou"
+    assert "hard" in (hard.out_dir / "config.toml").read_text()
 
 
 def test_agreement_matches_scikit_learn():
@@ -196,9 +275,9 @@ def test_earth_engine_path_offline(tmp_path):
     assert rioxarray.open_rasterio(tmp_path / "cloudmask.tif").rio.crs.to_epsg() == 32630
 
 
-def test_same_metrics_on_a_process_cluster(result, tmp_path):
+def test_same_metrics_on_a_process_cluster(hard, tmp_path):
     distributed = pytest.importorskip("distributed")
-    config = cloudmask.Config(out_dir=str(tmp_path))
+    config = cloudmask.Config.from_dict({**SMALL_HARD, "out_dir": str(tmp_path), "figures": False})
     with (
         distributed.LocalCluster(
             n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
@@ -206,7 +285,7 @@ def test_same_metrics_on_a_process_cluster(result, tmp_path):
         distributed.Client(cluster),
     ):
         other = cloudmask.run(config)
-    for key, value in result.metrics.items():
+    for key, value in hard.metrics.items():
         if isinstance(value, float):
             assert other.metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
         else:

@@ -3,9 +3,10 @@
 The recipe follows the multitemporal cloud-masking workflow for Landsat 8: an image is stacked
 with its ``max_lags`` most recent earlier clear images (:func:`xfusion.lags`); a linear ridge and
 an RBF kernel ridge model forecast the cloud-free image from its two most recent lags; the
-difference between the image and the forecast is clustered with k-means (3 and 5 clusters,
-ordered by brightness), and the clusters that brighten the scene are labelled cloud. The result
-is compared with the truth (synthetic scenes) and with the product's own QA cloud flags.
+difference between the image and the forecast is clustered with k-means
+(:class:`xfusion.models.kmeans.KMeans`, 3 and 5 clusters, ordered by brightness), and the
+clusters that brighten the scene are labelled cloud. The result is compared with the truth
+(synthetic scenes) and with the product's own QA cloud flags.
 
 The forecasting models are trained on two sets of pixels, weighted as in the workflow:
 
@@ -18,6 +19,13 @@ The loss ``β/n‖PₓW − P_y‖² + (1−β)/m‖EₓW − E_y‖² + λ‖W�
 Nyström kernel ridge) fitted on both sets with those sample weights. Pixels of a random set of
 tiles (``holdout_fraction``) are kept out of training; forecast errors are measured there.
 
+Baselines (``metrics.json`` ``baselines``, ``beats_baseline``): the k-means mask against Otsu
+thresholds (:class:`~xfusion.models.baselines.ThresholdClassifier`) of the image's visible
+brightness and of its brightening over the forecast, by IoU on the same pixels (against the
+truth, or the QA mask without one); the forecast against persistence (the most recent clear
+image) by RMSE on the same held-out clear pixels (``baselines["forecast"]``,
+``forecast_beats_baseline``).
+
 Run it with ``run(Config())`` (offline, on a synthetic scene written as a local STAC catalog) or
 ``xfusion run cloudmask --config cloudmask.toml``.
 """
@@ -26,61 +34,58 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
 import dask
-import dask.array as dsa
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 import xfusion.accessor  # noqa: F401  (registers ``.xf``)
-from xfusion.errors import BandError, ConfigError, InputError
-from xfusion.grids import grid as make_grid
+from xfusion.errors import ConfigError, InputError
+from xfusion.models.baselines import ThresholdClassifier, score_predictions
+from xfusion.models.evaluation import agreement, holdout_tiles
+from xfusion.models.kmeans import KMeans, sample_pixels
 from xfusion.preprocess.lags import cloud_fraction
 from xfusion.recipes._base import (
+    AreaFields,
+    ChunkFields,
+    DateFields,
     RecipeConfig,
     RecipeResult,
+    baseline_block,
+    plain_coords,
     prepare_out_dir,
-    write_cog,
-    write_json,
-    write_outputs,
+    require_bands,
+    write_results,
+    write_synthetic,
 )
 
-__all__ = ["Config", "real_sources", "run"]
+__all__ = ["Config", "agreement", "real_sources", "run"]
 
 log = logging.getLogger(__name__)
 
-_SOURCES = ("synthetic", "stac", "ee")
 _MODELS = ("ridge", "kernel")
 #: Class values of the cloud-mask maps.
 CLEAR, CLOUD, SHADOW = 0, 1, 2
+_CLASS_NAMES = {CLEAR: "clear", CLOUD: "cloud", SHADOW: "shadow"}
 
 
 @dataclasses.dataclass
-class Config(RecipeConfig):
+class Config(ChunkFields, DateFields, AreaFields, RecipeConfig):
     """Configuration of the multitemporal cloud-masking recipe.
 
     The defaults run offline in a few seconds on a 64×64 synthetic Landsat-like series
     (:func:`xfusion.datasets.synthetic_scene` ``("cloudmask")``) written as a local STAC catalog.
-    :func:`real_sources` gives the fields that switch to the workflow's real data.
+    :func:`real_sources` gives the fields that switch to the workflow's real data. The fields
+    every recipe shares (``out_dir``, ``seed``, ``source``, ``resume``, ``difficulty``,
+    ``figures``, ``chunks``, ``persist``, ``bounds``, ``crs``, ``resolution``, ``start``,
+    ``end``) are documented in :mod:`xfusion.recipes._config`; ``seed`` also draws the held-out
+    tiles, the Nyström landmarks and the k-means sample.
 
     Parameters
     ----------
-    out_dir : str
-        Output folder.
-    seed : int
-        Seed of the synthetic scene, the held-out tiles, the Nyström landmarks and k-means.
-    source : {"synthetic", "stac", "ee"}
-        Where the image series comes from.
-    resume : bool
-        Continue the ``outputs.zarr.partial`` of an interrupted run with the same
-        configuration rather than starting over (see :mod:`xfusion.recipes._base`).
-    size : int
-        Side of the synthetic scene in pixels (``source="synthetic"`` only).
-    chunks : int
-        Spatial chunk size (pixels) of the opened cube.
     bands : tuple of str
         Reflectance bands used for forecasting and clustering (Landsat 8 B1…B7).
     qa_band : str
@@ -119,7 +124,8 @@ class Config(RecipeConfig):
     holdout_tile : int
         Side of the held-out tiles in pixels.
     forecast_model : {"kernel", "ridge"}
-        Whose forecast the k-means differences are computed from.
+        Whose forecast the k-means differences are computed from (and compared with
+        persistence).
     n_clusters : tuple of int
         k-means cluster counts; the first gives the main map.
     cloud_threshold : float
@@ -130,9 +136,6 @@ class Config(RecipeConfig):
         Pixels sampled to fit k-means (it is then applied to every pixel).
     kmeans_init : int
         k-means restarts (scikit-learn ``n_init``); the best is kept.
-    persist : bool
-        Keep the target image and its lags in (distributed) memory once chosen, so the sources
-        are read once rather than by every fitting step.
     scale_factor, scale_offset : float
         Applied to the reflectance bands after opening (``value * factor + offset``); 1 and 0
         for top-of-atmosphere reflectance, ``2.75e-5`` and ``-0.2`` for Collection-2 Level-2
@@ -144,19 +147,16 @@ class Config(RecipeConfig):
         search of the ``landsat-c2-l2`` collection; ``source="stac"``).
     stac_assets : tuple of str
         Asset keys read as ``bands`` followed by ``qa_band``, in that order (``source="stac"``).
-    bounds : tuple of float
-        ``(left, bottom, right, top)`` of the region in ``crs`` (real sources).
-    crs : str
-        CRS of the grid (real sources).
-    resolution : float
-        Pixel size in ``crs`` units (real sources).
-    start, end : str
-        Date range of the series (real sources).
     """
 
     out_dir: str = "xfusion-out/cloudmask"
     SOURCE_KEYS: ClassVar = {"stac": ("stac_items",)}
     size: int = 64
+    bounds: tuple[float, ...] = (714720.0, 4363080.0, 735390.0, 4380300.0)
+    crs: str = "EPSG:32630"
+    resolution: float = 30.0
+    start: str = "2015-04-01"
+    end: str = "2015-06-24"
     chunks: int = 32
     bands: tuple[str, ...] = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
     qa_band: str = "QA_PIXEL"
@@ -178,72 +178,39 @@ class Config(RecipeConfig):
     cloud_threshold: float = 0.02
     kmeans_sample: int = 20000
     kmeans_init: int = 4
-    persist: bool = True
     scale_factor: float = 1.0
     scale_offset: float = 0.0
     ee_collection: str = "LANDSAT/LC08/C02/T1_TOA"
     stac_items: str = ""
     stac_assets: tuple[str, ...] = (
-        "coastal",
-        "blue",
-        "green",
-        "red",
-        "nir08",
-        "swir16",
-        "swir22",
-        "qa_pixel",
-    )
-    bounds: tuple[float, ...] = (714720.0, 4363080.0, 735390.0, 4380300.0)
-    crs: str = "EPSG:32630"
-    resolution: float = 30.0
-    start: str = "2015-04-01"
-    end: str = "2015-06-24"
+        "coastal", "blue", "green", "red", "nir08", "swir16", "swir22", "qa_pixel",
+    )  # fmt: skip
 
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Check value ranges; raise :class:`~xfusion.errors.ConfigError` naming the field."""
-        checks = [
-            (self.source in _SOURCES, "source", f"one of {_SOURCES}"),
+    def checks(self) -> list[tuple[bool, str, str]]:
+        """Return the rows of :meth:`validate` for this recipe's own fields."""
+        return [
+            (self.chunks >= 8, "chunks", ">= 8"),
             (self.forecast_model in _MODELS, "forecast_model", f"one of {_MODELS}"),
             (self.max_lags >= 3, "max_lags", ">= 3 (two lags as inputs, one as output)"),
             (0.0 <= self.beta <= 1.0, "beta", "between 0 and 1"),
             (0.0 < self.holdout_fraction < 1.0, "holdout_fraction", "strictly between 0 and 1"),
             (self.holdout_tile >= 1, "holdout_tile", ">= 1"),
-            (self.size >= 16, "size", ">= 16"),
-            (self.chunks >= 8, "chunks", ">= 8"),
-            (
-                len(self.n_clusters) >= 1 and min(self.n_clusters) >= 2,
-                "n_clusters",
-                "one or more cluster counts >= 2",
-            ),
+            (len(self.n_clusters) >= 1 and min(self.n_clusters) >= 2, "n_clusters",
+             "one or more cluster counts >= 2"),
             (0.0 < self.kernel_sampling_factor <= 1.0, "kernel_sampling_factor", "in (0, 1]"),
             (self.kernel_gamma > 0, "kernel_gamma", "> 0"),
-            (self.ridge_alpha >= 0 and self.kernel_alpha >= 0, "ridge_alpha/kernel_alpha", ">= 0"),
+            (self.ridge_alpha >= 0, "ridge_alpha", ">= 0"),
+            (self.kernel_alpha >= 0, "kernel_alpha", ">= 0"),
             (self.dilation_radius >= 0, "dilation_radius", ">= 0"),
-            (
-                self.kmeans_sample >= max(self.n_clusters, default=2),
-                "kmeans_sample",
-                ">= the largest cluster count",
-            ),
+            (self.kmeans_sample >= max(self.n_clusters, default=2), "kmeans_sample",
+             ">= the largest cluster count"),
             (len(self.bands) >= 1, "bands", "at least one band"),
             (self.kmeans_init >= 1, "kmeans_init", ">= 1"),
-            (len(self.bounds) == 4, "bounds", "(left, bottom, right, top)"),
-        ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise ConfigError(
-                    f"config field {name!r} must be {expected}; got "
-                    f"{getattr(self, name.split('/')[0], None)!r}"
-                )
-        if self.source == "stac" and len(self.stac_assets) != len(self.bands) + 1:
-            raise ConfigError(
-                f"stac_assets must name {len(self.bands) + 1} assets (the bands {self.bands} and "
-                f"then {self.qa_band!r}); got {self.stac_assets}"
-            )
-        if self.source == "stac" and not self.stac_items:
-            raise ConfigError("source='stac' needs stac_items (a STAC JSON file or URL)")
+            (self.source != "stac" or bool(self.stac_items), "stac_items",
+             "set for source='stac' (a STAC JSON file or URL)"),
+            (self.source != "stac" or len(self.stac_assets) == len(self.bands) + 1, "stac_assets",
+             f"{len(self.bands) + 1} assets (the bands {self.bands}, then {self.qa_band!r})"),
+        ]  # fmt: skip
 
 
 def real_sources() -> dict[str, dict[str, Any]]:
@@ -286,16 +253,7 @@ def real_sources() -> dict[str, dict[str, Any]]:
         "stac": {
             "source": "stac",
             "stac_items": "landsat-c2-l2-valencia-2015.json",
-            "stac_assets": (
-                "coastal",
-                "blue",
-                "green",
-                "red",
-                "nir08",
-                "swir16",
-                "swir22",
-                "qa_pixel",
-            ),
+            "stac_assets": Config.stac_assets,
             "bands": ("B1", "B2", "B3", "B4", "B5", "B6", "B7"),
             "qa_band": "QA_PIXEL",
             **region,
@@ -313,8 +271,10 @@ def run(config: Config) -> RecipeResult:
 
     Steps: open the series → choose the target image and its clear lags → fit the linear and
     kernel ridge background forecasts (computes) → forecast lazily → cluster the differences
-    with k-means (fit on a sample, applied lazily) → metrics → write ``outputs.zarr``,
-    ``cloudmask.tif`` (the main mask as a COG), PNG figures, ``metrics.json`` and ``model/``.
+    with k-means (fit on a sample, applied lazily) → metrics and baselines → write
+    ``outputs.zarr``, ``cloudmask.tif`` (the main mask as a COG), PNG figures, ``metrics.json``
+    and ``model/`` (``ridge``, ``kernel_ridge``, ``kmeans_k<k>``: load them with
+    :func:`xfusion.models.load_model`).
 
     This function computes: it fits models, evaluates metrics and writes files.
 
@@ -328,7 +288,8 @@ def run(config: Config) -> RecipeResult:
     RecipeResult
         ``metrics`` (forecast RMSE on held-out clear pixels per model; accuracy, IoU and Cohen's
         κ of every mask against the truth and the QA mask; the QA mask's own agreement with the
-        truth), ``cubes`` (image, forecasts, differences, masks) and the written paths.
+        truth; the baselines), ``cubes`` (image, forecasts, persistence, differences, masks)
+        and the written paths.
 
     Examples
     --------
@@ -341,7 +302,6 @@ def run(config: Config) -> RecipeResult:
     """
     if not isinstance(config, Config):
         raise ConfigError(f"run needs a cloudmask Config; got {type(config).__name__}")
-    config.validate()
     out = prepare_out_dir(config.out_dir, config=config)
     cube, truth = _open_source(config, out)
     stack = _prepare(cube, config)
@@ -349,23 +309,38 @@ def run(config: Config) -> RecipeResult:
     models = _fit_forecasts(stack, weights, config)
     forecasts = {name: _forecast(stack, model, config) for name, model in models.items()}
     differences = (stack["image"] - forecasts[config.forecast_model]).rename("differences")
-    clusterings = _fit_clusters(differences, stack["image"], config)
-    masks = _cloud_masks(differences, clusterings, config)
+    kmeans = _fit_clusters(differences, stack["image"], config)
     cubes = {
         "image": stack["image"],
         "forecast_ridge": forecasts["ridge"],
         "forecast_kernel": forecasts["kernel"],
         "differences": differences,
-        "cloudmask": masks,
+        "cloudmask": _cloud_masks(differences, kmeans, config),
         "qa_cloud": stack["qa_cloud"].astype(np.float32),
         "holdout": weights["holdout"].astype(np.float32),
+        "persistence": stack["lags"][1].rename("persistence"),
     }
     if truth is not None:
         cubes.update(_target_truth(truth, stack["time"]))
     (computed,) = dask.compute(cubes)  # xf: computes every output cube once (small target image)
-    cubes = {k: _plain(v) for k, v in computed.items()}
+    cubes = {k: plain_coords(v) for k, v in computed.items()}
     metrics = _metrics(cubes, config, stack, weights)
-    return _write_outputs(out, config, cubes, metrics, models, clusterings)
+    baselines = _baselines(cubes, metrics, config)
+    return write_results(
+        config,
+        out,
+        cubes,
+        metrics,
+        baselines=baselines,
+        cog=("cloudmask", cubes["cloudmask"].sel(band=_main(config), drop=True)),
+        models={
+            "ridge": models["ridge"],
+            "kernel_ridge": models["kernel"],
+            **{f"kmeans_k{k}": model for k, model in kmeans.items()},
+        },
+        figures=lambda: _figures(out, cubes, config, {**metrics, **baselines}),
+        chunks=config.chunks,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,79 +348,61 @@ def run(config: Config) -> RecipeResult:
 # ----------------------------------------------------------------------------------------------
 
 
+def _main(config: Config) -> str:
+    """Band of the main mask (the first cluster count)."""
+    return f"k{config.n_clusters[0]}"
+
+
 def _open_source(config: Config, out: Path) -> tuple[xr.DataArray, dict[str, xr.DataArray] | None]:
     """Open the series as a lazy cube (bands, then the QA band) and the truth where known."""
     import xfusion as xf
 
-    band_names = [*config.bands, config.qa_band]
-    chunks = {"y": config.chunks, "x": config.chunks}
+    names = [*config.bands, config.qa_band]
+    chunks = config.spatial_chunks()
     if config.source == "synthetic":
-        from xfusion.datasets import synthetic_scene, write_stac
-
-        scene = synthetic_scene("cloudmask", seed=config.seed, size=config.size)
-        _check_bands(band_names, [str(b) for b in scene["landsat"].band.values], "synthetic scene")
-        catalog = write_stac({"landsat": scene["landsat"]}, out / "stac", encodings=scene.encodings)
-        cube = xf.open_stac(catalog, assets=band_names, chunks=chunks)
-        truth = {"cloud": scene["truth_cloud"], "background": scene["truth_background"]}
-        return cube, truth
-    gbox = make_grid(config.bounds, config.crs, config.resolution)
+        scene, catalog = write_synthetic("cloudmask", config, out, {"landsat": names})
+        cube = xf.open_stac(catalog / "catalog.json", assets=names, chunks=chunks)
+        return cube, {"cloud": scene["truth_cloud"], "background": scene["truth_background"]}
     if config.source == "stac":
-        cube = xf.open_stac(
-            config.stac_items,
-            grid=gbox,
-            assets=dict(zip(config.stac_assets, band_names, strict=True)),
-            chunks=chunks,
-        )
-        return _select_dates(cube, config), None
+        assets = dict(zip(config.stac_assets, names, strict=True))
+        cube = xf.open_stac(config.stac_items, grid=config.grid(), assets=assets, chunks=chunks)
+        return config.select_dates(cube, also=config.target), None
     cube = xf.open_ee(
         config.ee_collection,
-        grid=gbox,
+        grid=config.grid(),
         start=config.start,
         end=config.end,
-        bands=band_names,
-        chunks={"time": 1, "y": config.chunks, "x": config.chunks},
+        bands=names,
+        chunks={"time": 1, **chunks},
     )
     return cube, None
 
 
-def _select_dates(cube: xr.DataArray, config: Config) -> xr.DataArray:
-    """Images with ``start <= time < end`` (the end date's own images included up to midnight)."""
-    times = cube.time.to_index()
-    keep = (times >= np.datetime64(config.start)) & (times < np.datetime64(config.end))
-    if config.target is not None:
-        keep |= times.normalize() == np.datetime64(config.target)
-    return cube.isel(time=np.flatnonzero(keep))
+def _qa_flags(cube: xr.DataArray, qa_band: str, bits: tuple[int, ...]) -> xr.DataArray:
+    """Lazy boolean: any of ``bits`` set in ``qa_band`` (NaN flags: not set).
 
-
-def _check_bands(wanted: list[str], have: list[str], where: str) -> None:
-    missing = [b for b in wanted if b not in have]
-    if missing:
-        raise BandError(f"band(s) {missing} not in the {where}; bands are {have}")
-
-
-def _qa_flags(qa: xr.DataArray, bits: tuple[int, ...]) -> xr.DataArray:
-    """Lazy boolean: any of ``bits`` set in the (float, NaN = no data) QA band."""
-    bitmask = sum(1 << int(b) for b in bits)
-    return (qa.fillna(0).astype(np.uint32) & bitmask) != 0
+    The bit test is :func:`xfusion.mask_bits`': it masks a band of ones where a flag is set.
+    """
+    qa = cube.sel(band=[qa_band])
+    ones = xr.ones_like(qa).assign_coords(band=["flagged"])
+    kept = xr.concat([ones, qa], dim="band").xf.mask_bits(qa_band, list(bits), missing="keep")
+    return kept.isnull().squeeze("band", drop=True)
 
 
 def _prepare(cube: xr.DataArray, config: Config) -> dict[str, Any]:
     """Scale, choose the target and its lags, and split the stack into named lazy pieces."""
     bands = list(config.bands)
-    _check_bands([*bands, config.qa_band], [str(b) for b in cube.band.values], "opened cube")
+    require_bands(cube, [*bands, config.qa_band], "opened cube")
     refl = cube.sel(band=bands)
     if (config.scale_factor, config.scale_offset) != (1.0, 0.0):
         refl = refl.xf.scale(config.scale_factor, config.scale_offset)
     qa = cube.sel(band=config.qa_band, drop=True)
-    lag_flags = _qa_flags(qa, config.qa_lag_bits).where(qa.notnull())
+    lag_flags = _qa_flags(cube, config.qa_band, config.qa_lag_bits).where(qa.notnull())
     # cube.sel(band=[...]) keeps the per-band coordinates (band_kind, band_scale) that concat
     # needs on both sides.
     qa_with = xr.concat([refl, cube.sel(band=[config.qa_band])], dim="band")
     stacked = qa_with.xf.lags(
-        config.max_lags,
-        cloud_score=lag_flags,
-        max_cloud=config.max_cloud,
-        targets=config.target,
+        config.max_lags, cloud_score=lag_flags, max_cloud=config.max_cloud, targets=config.target
     )
     if config.target is None:
         stacked = _cloudiest(stacked, config)
@@ -453,8 +410,6 @@ def _prepare(cube: xr.DataArray, config: Config) -> dict[str, Any]:
     if config.persist and stacked.chunks is not None:
         # The image and its lags are read by every later step: read the sources once.
         stacked = stacked.persist()
-    image = stacked.sel(band=bands)
-    qa_cloud = _qa_flags(stacked.sel(band=config.qa_band, drop=True), config.qa_cloud_bits)
 
     def lag(k: int) -> xr.DataArray:
         return stacked.sel(band=[f"{b}_lag_{k}" for b in bands]).assign_coords(band=bands)
@@ -462,33 +417,20 @@ def _prepare(cube: xr.DataArray, config: Config) -> dict[str, Any]:
     return {
         "time": stacked.time.values,
         "lag_times": [str(t) for t in next(iter(stacked.attrs["lag_times"].values()))],
-        "image": image.rename("image"),
+        "image": stacked.sel(band=bands).rename("image"),
         "lags": {k: lag(k) for k in range(1, 4)},
-        "qa_cloud": qa_cloud.rename("qa_cloud"),
-        "valid": stacked.notnull().all("band"),
+        "qa_cloud": _qa_flags(stacked, config.qa_band, config.qa_cloud_bits).rename("qa_cloud"),
     }
 
 
 def _cloudiest(stacked: xr.DataArray, config: Config) -> xr.DataArray:
     """Keep the candidate target with the largest QA cloud fraction (one small compute)."""
     qa = stacked.sel(band=config.qa_band, drop=True)
-    flags = _qa_flags(qa, config.qa_cloud_bits).where(qa.notnull())
-    score = cloud_fraction(stacked, flags)
-    (values,) = dask.compute(score.data)  # xf: computes the candidates' QA cloud fractions
+    flags = _qa_flags(stacked, config.qa_band, config.qa_cloud_bits).where(qa.notnull())
+    (values,) = dask.compute(
+        cloud_fraction(stacked, flags).data
+    )  # xf: computes the candidates' QA cloud fractions
     return stacked.isel(time=[int(np.nanargmax(values))])
-
-
-def _holdout_tiles(template: xr.DataArray, config: Config) -> xr.DataArray:
-    """Boolean ``(y, x)``: pixels of randomly drawn held-out tiles (numpy; small)."""
-    ny, nx = template.sizes["y"], template.sizes["x"]
-    t = config.holdout_tile
-    ty, tx = math.ceil(ny / t), math.ceil(nx / t)
-    rng = np.random.default_rng(config.seed)
-    n_out = max(1, round(config.holdout_fraction * ty * tx))
-    tiles = np.zeros(ty * tx, bool)
-    tiles[rng.permutation(ty * tx)[:n_out]] = True
-    mask = np.repeat(np.repeat(tiles.reshape(ty, tx), t, axis=0), t, axis=1)[:ny, :nx]
-    return xr.DataArray(mask, dims=("y", "x"), coords={"y": template.y, "x": template.x})
 
 
 def _training_weights(stack: dict[str, Any], config: Config) -> dict[str, Any]:
@@ -496,15 +438,14 @@ def _training_weights(stack: dict[str, Any], config: Config) -> dict[str, Any]:
 
     Computes the two pixel counts ``n`` and ``m`` (one small compute).
     """
-    lags = stack["lags"]
-    holdout = _holdout_tiles(stack["image"], config)
-    if stack["image"].chunks is not None:
-        holdout = holdout.chunk(dict(zip(("y", "x"), stack["image"].chunks[1:], strict=True)))
-    lag_ok = lags[1].notnull().all("band") & lags[2].notnull().all("band")
-    lag_ok = lag_ok & lags[3].notnull().all("band") & ~holdout
+    lags, image = stack["lags"], stack["image"]
+    holdout = holdout_tiles(image, config.holdout_tile, config.holdout_fraction, seed=config.seed)
+    if image.chunks is not None:
+        holdout = holdout.chunk(dict(zip(("y", "x"), image.chunks[1:], strict=True)))
+    recent = lags[1].notnull().all("band") & lags[2].notnull().all("band")
+    lag_ok = recent & lags[3].notnull().all("band") & ~holdout
     grown = stack["qa_cloud"].xf.dilate(config.dilation_radius)
-    image_ok = lags[1].notnull().all("band") & lags[2].notnull().all("band")
-    image_ok = image_ok & stack["image"].notnull().all("band") & ~grown & ~holdout
+    image_ok = recent & image.notnull().all("band") & ~grown & ~holdout
     n, m = dask.compute(lag_ok.sum().data, image_ok.sum().data)  # xf: computes the set sizes
     n, m = int(n), int(m)
     if n == 0 or m == 0:
@@ -521,32 +462,23 @@ def _training_weights(stack: dict[str, Any], config: Config) -> dict[str, Any]:
 def _features(first: xr.DataArray, second: xr.DataArray, bands: list[str]) -> xr.DataArray:
     """Stack forecast inputs: the more recent image, then the one before, as named bands."""
     names = [f"{b}_lag_1" for b in bands] + [f"{b}_lag_2" for b in bands]
-    return xr.concat([first, second], dim="band").assign_coords(band=names)
+    return plain_coords(xr.concat([first, second], dim="band").assign_coords(band=names))
 
 
 def _fit_forecasts(stack: dict[str, Any], weights: dict[str, Any], config: Config) -> dict:
     """Fit the linear and kernel ridge forecasts on both weighted sets (computes)."""
     from xfusion.models import KernelRidge, Ridge
 
-    bands = list(config.bands)
-    lags, image = stack["lags"], stack["image"]
+    bands, lags = list(config.bands), stack["lags"]
+    sets = xr.DataArray(["lag_set", "image_set"], dims="set", name="set")
+    both = {"coords": "minimal", "compat": "override", "join": "override"}
     X = xr.concat(
-        [_features(lags[2], lags[3], bands), _features(lags[1], lags[2], bands)],
-        dim=xr.DataArray(["lag_set", "image_set"], dims="set", name="set"),
-        coords="minimal",
-        compat="override",
-        join="override",
+        [_features(lags[2], lags[3], bands), _features(lags[1], lags[2], bands)], sets, **both
     )
-    y = xr.concat([lags[1], image], dim=X.set, coords="minimal", compat="override", join="override")
-    w = xr.concat(
-        [weights["lag"], weights["image"]],
-        dim=X.set,
-        coords="minimal",
-        compat="override",
-        join="override",
-    )
+    y = xr.concat([lags[1], stack["image"]], dim=X.set, **both)
+    w = xr.concat([weights["lag"], weights["image"]], dim=X.set, **both)
     X = X.where(w.notnull())  # held-out / cloudy rows never become Nyström landmarks
-    X, y, w = (_strip(a) for a in (X, y, w))
+    X, y, w = (plain_coords(a) for a in (X, y, w))
     log.info(
         "fitting ridge and kernel ridge forecasts on %d + %d pixels", weights["n"], weights["m"]
     )
@@ -561,19 +493,10 @@ def _fit_forecasts(stack: dict[str, Any], weights: dict[str, Any], config: Confi
     return {"ridge": ridge, "kernel": kernel}
 
 
-def _strip(da: xr.DataArray) -> xr.DataArray:
-    """Drop scalar and lag-time coordinates that would not align between the two sets."""
-    keep = {"band", "y", "x", "set", "spatial_ref"}
-    return da.drop_vars([c for c in da.coords if c not in keep])
-
-
 def _forecast(stack: dict[str, Any], model: Any, config: Config) -> xr.DataArray:
     """Forecast the cloud-free image lazily from its two most recent lags."""
     lags = stack["lags"]
-    X = _strip(_features(lags[1], lags[2], list(config.bands)))
-    out = X.xf.predict(model)
-    out = out.assign_coords(time=stack["time"]) if "time" not in out.coords else out
-    return out.rename("forecast")
+    return _features(lags[1], lags[2], list(config.bands)).xf.predict(model).rename("forecast")
 
 
 def _visible(bands: list[str]) -> list[int]:
@@ -582,67 +505,40 @@ def _visible(bands: list[str]) -> list[int]:
 
 
 def _fit_clusters(differences: xr.DataArray, image: xr.DataArray, config: Config) -> dict:
-    """Fit k-means for every cluster count on a pixel sample (computes the sample)."""
-    from sklearn.cluster import KMeans
+    """k-means per cluster count on a pixel sample, clusters labelled by brightening (computes).
 
+    Clusters are ordered by the brightness of their pixels in the image (darkest first); a
+    cluster whose centre brightens the visible bands by more than ``cloud_threshold`` is cloud,
+    one that darkens them by more is shadow.
+    """
     bands = list(config.bands)
-    ny, nx = differences.sizes["y"], differences.sizes["x"]
-    rng = np.random.default_rng(config.seed)
-    take = np.sort(rng.choice(ny * nx, size=min(ny * nx, config.kmeans_sample), replace=False))
-    iy, ix = np.unravel_index(take, (ny, nx))
-    both = xr.concat([differences, image], dim="band").transpose("y", "x", "band").data
-    picked = both.vindex[iy, ix] if isinstance(both, dsa.Array) else both[iy, ix]
-    (sample,) = dask.compute(picked)  # xf: computes the k-means pixel sample
-    sample = np.asarray(sample, dtype=np.float64)
-    sample = sample[np.isfinite(sample).all(axis=1)]
-    diff, radiance = sample[:, : len(bands)], sample[:, len(bands) :]
+    named = image.assign_coords(band=[f"{b}_image" for b in bands])
+    both = xr.concat([differences, named], dim="band", coords="minimal", compat="override")
+    sample = sample_pixels(both, config.kmeans_sample, seed=config.seed)
+    diff, radiance = sample[bands], sample[[f"{b}_image" for b in bands]].to_numpy()
     visible = _visible(bands)
     result = {}
     for k in config.n_clusters:
-        if diff.shape[0] < k:
-            raise InputError(f"only {diff.shape[0]} valid pixels to fit k-means with {k} clusters")
-        km = KMeans(n_clusters=k, random_state=config.seed, n_init=config.kmeans_init).fit(diff)
-        # Order clusters by the brightness of their pixels in the image (darkest first).
+        km = KMeans(k, n_init=config.kmeans_init, random_state=config.seed).fit(diff)
         brightness = np.array(
             [radiance[km.labels_ == c][:, visible].mean() for c in range(k)], dtype=np.float64
         )
-        order = np.argsort(brightness, kind="stable")
         change = km.cluster_centers_[:, visible].mean(axis=1)
         classes = np.full(k, CLEAR, dtype=np.float32)
         classes[change > config.cloud_threshold] = CLOUD
         classes[change < -config.cloud_threshold] = SHADOW
-        result[k] = {
-            "kmeans": km,
-            "order": order,
-            "brightness": brightness,
-            "brightening": change,
-            "classes": classes,
-        }
+        order = np.argsort(brightness, kind="stable")
+        info = {"brightness": brightness, "brightening": change, "brightness_order": order}
+        result[k] = km.label_clusters(classes, names=_CLASS_NAMES, info=info)
     return result
 
 
-def _lookup(block: np.ndarray, table: np.ndarray) -> np.ndarray:
-    out = np.full(block.shape, np.nan, dtype=np.float32)
-    ok = np.isfinite(block)
-    out[ok] = table[block[ok].astype(np.int64)]
-    return out
-
-
-def _cloud_masks(differences: xr.DataArray, clusterings: dict, config: Config) -> xr.DataArray:
+def _cloud_masks(differences: xr.DataArray, kmeans: dict, config: Config) -> xr.DataArray:
     """Lazy masks ``(band, y, x)`` (band ``k3``, ``k5``…): 0 clear, 1 cloud, 2 shadow, NaN."""
-    maps = []
-    for k, fit in clusterings.items():
-        # k-means was fitted on unnamed rows of these bands, in this order: name them
-        bands = [str(b) for b in differences.band.values]
-        labels = differences.xf.predict(fit["kmeans"], bands=bands).isel(band=0, drop=True)
-        mask = xr.apply_ufunc(
-            _lookup,
-            labels,
-            kwargs={"table": fit["classes"]},
-            dask="parallelized",
-            output_dtypes=[np.float32],
-        )
-        maps.append(mask.expand_dims(band=[f"k{k}"]))
+    maps = [
+        model.predict(differences).isel(band=0, drop=True).expand_dims(band=[f"k{k}"])
+        for k, model in kmeans.items()
+    ]
     out = xr.concat(maps, dim="band")
     out.attrs = {"classes": "0 clear, 1 cloud, 2 shadow", "forecast_model": config.forecast_model}
     return out.rename("cloudmask")
@@ -657,52 +553,9 @@ def _target_truth(truth: dict[str, xr.DataArray], time: Any) -> dict[str, xr.Dat
     }
 
 
-def _plain(da: xr.DataArray) -> xr.DataArray:
-    """Keep only grid and band coordinates of an output cube (Zarr- and COG-friendly)."""
-    keep = {"band", "y", "x", "spatial_ref"}
-    da = da.drop_vars([c for c in da.coords if c not in keep])
-    if da.dtype == bool:
-        da = da.astype(np.float32)
-    return da
-
-
 # ----------------------------------------------------------------------------------------------
-# metrics
+# metrics and baselines
 # ----------------------------------------------------------------------------------------------
-
-
-def agreement(mask: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Accuracy, intersection over union and Cohen's κ of two boolean masks.
-
-    Parameters
-    ----------
-    mask, reference : array of bool
-        The masks (same shape); only their common pixels are compared.
-
-    Returns
-    -------
-    dict
-        ``accuracy``, ``iou`` (of the ``True`` class; 1 when both are empty) and ``kappa``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> a = np.array([True, True, False, False]); b = np.array([True, False, False, False])
-    >>> {k: round(v, 3) for k, v in agreement(a, b).items()}
-    {'accuracy': 0.75, 'iou': 0.5, 'kappa': 0.5}
-    """
-    a = np.asarray(mask, dtype=bool).ravel()
-    b = np.asarray(reference, dtype=bool).ravel()
-    n = a.size
-    if n == 0:
-        raise InputError("agreement needs at least one pixel")
-    tp = float(np.sum(a & b))
-    tn = float(np.sum(~a & ~b))
-    union = float(np.sum(a | b))
-    po = (tp + tn) / n
-    pe = (a.mean() * b.mean()) + ((1 - a.mean()) * (1 - b.mean()))
-    kappa = 1.0 if pe == 1 else (po - pe) / (1 - pe)
-    return {"accuracy": po, "iou": tp / union if union else 1.0, "kappa": float(kappa)}
 
 
 def _time_text(value: Any) -> str:
@@ -717,97 +570,100 @@ def _rmse(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
     return float(np.sqrt(np.mean(diff**2))) if diff.size else float("nan")
 
 
-def _metrics(cubes: dict, config: Config, stack: dict, weights: dict) -> dict[str, Any]:
+def _pixels(cubes: dict) -> dict[str, np.ndarray]:
+    """Masks of the scored pixels: ``valid``, ``clear`` and held-out clear ``eval`` (numpy)."""
     image = cubes["image"].values  # xf: computes nothing (already computed)
-    masks = cubes["cloudmask"]
-    valid = np.isfinite(image).all(axis=0) & np.isfinite(masks.values).all(axis=0)
-    holdout = cubes["holdout"].values.astype(bool)
+    valid = np.isfinite(image).all(axis=0) & np.isfinite(cubes["cloudmask"].values).all(axis=0)
+    if "truth_cloud" in cubes:
+        clear = (cubes["truth_cloud"].values == 0) & (cubes["truth_shadow"].values == 0)
+        reference = cubes["truth_cloud"].values.astype(bool)
+    else:
+        reference = cubes["qa_cloud"].values.astype(bool)
+        clear = ~reference
+    held = cubes["holdout"].values.astype(bool)
+    return {"valid": valid, "clear": clear, "eval": valid & held & clear, "reference": reference}
+
+
+def _metrics(cubes: dict, config: Config, stack: dict, weights: dict) -> dict[str, Any]:
+    px = _pixels(cubes)
+    valid, clear, image = px["valid"], px["clear"], cubes["image"].values
     qa_cloud = cubes["qa_cloud"].values.astype(bool)
     has_truth = "truth_cloud" in cubes
-    if has_truth:
-        clear = (cubes["truth_cloud"].values == 0) & (cubes["truth_shadow"].values == 0)
-    else:
-        clear = ~qa_cloud
-    eval_px = valid & holdout & clear
     metrics: dict[str, Any] = {
         "target_time": _time_text(stack["time"]),
         "lag_times": stack["lag_times"],
         "n_lag_set": weights["n"],
         "n_image_set": weights["m"],
-        "n_heldout_clear": int(eval_px.sum()),
+        "n_heldout_clear": int(px["eval"].sum()),
         "clear_reference": "truth" if has_truth else "qa",
     }
     for name in _MODELS:
         forecast = cubes[f"forecast_{name}"].values
-        metrics[f"rmse_{name}"] = _rmse(forecast, image, eval_px)
+        metrics[f"rmse_{name}"] = _rmse(forecast, image, px["eval"])
         if has_truth:
-            under = valid & ~clear
-            metrics[f"background_rmse_{name}"] = _rmse(
-                forecast, cubes["truth_background"].values, under
-            )
-    main = f"k{config.n_clusters[0]}"
+            background = cubes["truth_background"].values
+            metrics[f"background_rmse_{name}"] = _rmse(forecast, background, valid & ~clear)
+    masks, main = cubes["cloudmask"], _main(config)
     for band in masks.band.values:
         ours = masks.sel(band=band).values == CLOUD
         for key, value in agreement(ours[valid], qa_cloud[valid]).items():
             metrics[f"{band}_{key}_vs_qa"] = value
         if has_truth:
-            truth = cubes["truth_cloud"].values.astype(bool)
-            for key, value in agreement(ours[valid], truth[valid]).items():
+            for key, value in agreement(ours[valid], px["reference"][valid]).items():
                 metrics[f"{band}_{key}"] = value
                 if band == main:
                     metrics[key] = value
     if has_truth:
-        truth = cubes["truth_cloud"].values.astype(bool)
-        for key, value in agreement(qa_cloud[valid], truth[valid]).items():
+        for key, value in agreement(qa_cloud[valid], px["reference"][valid]).items():
             metrics[f"qa_{key}"] = value
     metrics["cloud_fraction"] = float(np.mean(masks.sel(band=main).values[valid] == CLOUD))
     metrics["qa_cloud_fraction"] = float(np.mean(qa_cloud[valid]))
     return metrics
 
 
-# ----------------------------------------------------------------------------------------------
-# outputs
-# ----------------------------------------------------------------------------------------------
+def _visible_mean(cube: xr.DataArray, bands: list[str]) -> np.ndarray:
+    return cube.values[_visible(bands)].mean(axis=0)
 
 
-def _write_outputs(
-    out: Path,
-    config: Config,
-    cubes: dict[str, xr.DataArray],
-    metrics: dict[str, Any],
-    models: dict[str, Any],
-    clusterings: dict,
-) -> RecipeResult:
-    files: dict[str, Path] = {}
-    files["zarr"] = write_outputs(cubes, out, config, chunks=config.chunks)
-    main = cubes["cloudmask"].sel(band=f"k{config.n_clusters[0]}", drop=True)
-    files["cog"] = write_cog(main.rename("cloudmask"), out / "cloudmask.tif")
-    model_dir = out / "model"
-    model_dir.mkdir(exist_ok=True)
-    files["model_ridge"] = models["ridge"].save(model_dir / "ridge", fmt="msgpack")
-    files["model_kernel"] = models["kernel"].save(model_dir / "kernel_ridge", fmt="msgpack")
-    files["model_kmeans"] = write_json(_kmeans_json(clusterings), model_dir / "kmeans.json")
-    files["config"] = config.to_toml(out / "config.toml")
-    figures = _figures(out, cubes, config, metrics)
-    files["metrics"] = write_json(metrics, out / "metrics.json")
-    return RecipeResult(
-        recipe="cloudmask", metrics=metrics, cubes=cubes, figures=figures, out_dir=out, files=files
-    )
+def _baselines(cubes: dict, metrics: dict, config: Config) -> dict[str, Any]:
+    """Score the mask against Otsu thresholds (IoU), the forecast against persistence (RMSE).
 
-
-def _kmeans_json(clusterings: dict) -> dict[str, Any]:
-    """k-means centres, brightness order and class of every cluster (JSON, no pickle)."""
-    return {
-        f"k{k}": {
-            "cluster_centers": fit["kmeans"].cluster_centers_.tolist(),
-            "brightness_order": fit["order"].tolist(),
-            "brightness": fit["brightness"].tolist(),
-            "brightening": fit["brightening"].tolist(),
-            "classes": fit["classes"].astype(int).tolist(),
-            "class_names": {str(CLEAR): "clear", str(CLOUD): "cloud", str(SHADOW): "shadow"},
+    The thresholds are fitted (unsupervised: Otsu, cloud above) and scored on the pixels the
+    mask is scored on, against the same reference (truth, else the QA mask); persistence is
+    scored on the same held-out clear pixels as the forecasts.
+    """
+    px, bands = _pixels(cubes), list(config.bands)
+    valid, reference = px["valid"], px["reference"][px["valid"]]
+    indices = pd.DataFrame(
+        {
+            "brightness": _visible_mean(cubes["image"], bands)[valid],
+            "brightening": _visible_mean(cubes["differences"], bands)[valid],
         }
-        for k, fit in clusterings.items()
-    }
+    )
+    scores = {}
+    for name in indices.columns:
+        otsu = ThresholdClassifier(name, above=True).fit(indices)
+        scores[f"otsu_{name}"] = {
+            **score_predictions(otsu.predict(indices), reference, task="segmentation"),
+            "threshold": otsu.threshold_,
+        }
+    ours = cubes["cloudmask"].sel(band=_main(config)).values[valid] == CLOUD
+    model = score_predictions(ours, reference, task="segmentation")
+    block = baseline_block(model, scores, metric="iou")
+    persistence = {"rmse": _rmse(cubes["persistence"].values, cubes["image"].values, px["eval"])}
+    forecast = baseline_block(
+        {"rmse": metrics[f"rmse_{config.forecast_model}"]},
+        {"persistence": persistence},
+        metric="rmse",
+    )
+    block["baselines"]["forecast"] = forecast["baselines"]
+    block["forecast_beats_baseline"] = forecast["beats_baseline"]
+    return block
+
+
+# ----------------------------------------------------------------------------------------------
+# figures
+# ----------------------------------------------------------------------------------------------
 
 
 def _rgb(cube: xr.DataArray, bands: list[str], limits: tuple[float, float]) -> np.ndarray:
@@ -820,41 +676,27 @@ def _rgb(cube: xr.DataArray, bands: list[str], limits: tuple[float, float]) -> n
 
 
 def _figures(out: Path, cubes: dict, config: Config, metrics: dict) -> dict[str, Path]:
-    """PNG panels: image, forecast, difference, QA mask, our mask (and truth)."""
+    """PNG panels: image, forecast, difference, QA mask, our mask (and truth); forecast RMSE."""
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
 
-    bands = list(config.bands)
-    image = cubes["image"]
+    bands, model = list(config.bands), config.forecast_model
     # stretch on the cloud-free forecast, so the ground stays visible beside the bright clouds
-    forecast = cubes[f"forecast_{config.forecast_model}"].values
+    forecast = cubes[f"forecast_{model}"].values
     values = forecast[np.isfinite(forecast)]
     limits = tuple(np.percentile(values, [2, 98])) if values.size else (0.0, 1.0)
-    palette = ListedColormap(["#1b1b1b", "#f2f2f2", "#3b6fd1"])
-    main = f"k{config.n_clusters[0]}"
+    classes = {"cmap": ListedColormap(["#1b1b1b", "#f2f2f2", "#3b6fd1"]), "vmin": 0, "vmax": 2}
+    main = _main(config)
     panels: list[tuple[str, Any, dict]] = [
-        ("image", _rgb(image, bands, limits), {}),
-        (
-            f"{config.forecast_model} forecast",
-            _rgb(cubes[f"forecast_{config.forecast_model}"], bands, limits),
-            {},
-        ),
-        (
-            "image − forecast (visible mean)",
-            cubes["differences"].values[_visible(bands)].mean(axis=0),
-            {"cmap": "RdBu_r", "vmin": -0.2, "vmax": 0.2},
-        ),
-        ("QA cloud mask", cubes["qa_cloud"].values, {"cmap": palette, "vmin": 0, "vmax": 2}),
-        (
-            f"k-means mask ({main})",
-            cubes["cloudmask"].sel(band=main).values,
-            {"cmap": palette, "vmin": 0, "vmax": 2},
-        ),
-    ]
+        ("image", _rgb(cubes["image"], bands, limits), {}),
+        (f"{model} forecast", _rgb(cubes[f"forecast_{model}"], bands, limits), {}),
+        ("image − forecast (visible mean)", _visible_mean(cubes["differences"], bands),
+         {"cmap": "RdBu_r", "vmin": -0.2, "vmax": 0.2}),
+        ("QA cloud mask", cubes["qa_cloud"].values, classes),
+        (f"k-means mask ({main})", cubes["cloudmask"].sel(band=main).values, classes),
+    ]  # fmt: skip
     if "truth_cloud" in cubes:
-        panels.append(
-            ("truth cloud", cubes["truth_cloud"].values, {"cmap": palette, "vmin": 0, "vmax": 2})
-        )
+        panels.append(("truth cloud", cubes["truth_cloud"].values, classes))
     fig = Figure(figsize=(3.2 * len(panels), 3.6), dpi=90, layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, data, kwargs) in zip(axes, panels, strict=True):
@@ -872,8 +714,9 @@ def _figures(out: Path, cubes: dict, config: Config, metrics: dict) -> dict[str,
 
     fig = Figure(figsize=(4.5, 3.2), dpi=90, layout="constrained")
     ax = fig.subplots()
-    names = list(_MODELS)
-    ax.bar(names, [metrics[f"rmse_{n}"] for n in names], color=["#888888", "#d95f02"])
+    rmse = {"persistence": metrics["baselines"]["forecast"]["baseline_rmse"]}
+    rmse.update({name: metrics[f"rmse_{name}"] for name in _MODELS})
+    ax.bar(list(rmse), list(rmse.values()), color=["#bbbbbb", "#888888", "#d95f02"])
     ax.set_ylabel("RMSE on held-out clear pixels")
     ax.set_title("background forecast error")
     paths["forecast_rmse"] = out / "forecast_rmse.png"
