@@ -23,7 +23,7 @@ from xfusion._files import writable_dir
 from xfusion.bands import band_kinds
 from xfusion.errors import InputError
 from xfusion.grids import geobox_of
-from xfusion.preprocess._validate import check_unique_bands, check_unique_times
+from xfusion.validate import check_unique_bands, check_unique_times
 
 __all__ = ["write_stac"]
 

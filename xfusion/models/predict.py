@@ -34,7 +34,7 @@ import xarray as xr
 from xfusion._kernels import threadpool as _threadpool
 from xfusion.errors import BandError, InputError, ModelError, XFusionWarning
 from xfusion.models.compilation_cache import enable_compilation_cache
-from xfusion.preprocess._validate import check_unique_bands
+from xfusion.validate import check_unique_bands
 
 __all__ = [
     "check_band_names",

@@ -20,7 +20,7 @@ from dask.utils import parse_bytes
 
 from xfusion.bands import band_kinds
 from xfusion.errors import BandError, EmptySelectionError, InputError
-from xfusion.preprocess._validate import check_float_nodata
+from xfusion.validate import check_float_nodata
 
 __all__ = ["COMPOSITE_METHODS", "composite"]
 

@@ -14,7 +14,7 @@ import xarray as xr
 
 from xfusion.bands import band_kinds, band_scaling
 from xfusion.errors import BandError, InputError
-from xfusion.preprocess._validate import check_float_nodata, check_unique_bands
+from xfusion.validate import check_float_nodata, check_unique_bands
 
 __all__ = ["BAND_ALIASES", "INDICES", "index", "standardize"]
 

@@ -20,8 +20,8 @@ from xfusion._graph import broadcast_leading, concatenate, data_blocks, rechunk
 from xfusion.bands import KIND_COORD, band_kinds, band_scaling, set_band_kinds, set_band_scaling
 from xfusion.errors import BandError, EmptySelectionError, InputError
 from xfusion.grids import as_geobox, geobox_of
-from xfusion.preprocess._validate import check_unique_bands, check_unique_times
 from xfusion.preprocess.resample import RESAMPLING, band_methods, is_coarser, resample
+from xfusion.validate import check_unique_bands, check_unique_times
 
 __all__ = ["MOSAIC", "choose_resampling", "fuse", "mosaic_cubes"]
 

@@ -11,7 +11,7 @@ import pandas as pd
 import xarray as xr
 
 from xfusion.errors import BandError, EmptySelectionError, InputError
-from xfusion.preprocess._validate import check_unique_bands, check_unique_times
+from xfusion.validate import check_unique_bands, check_unique_times
 
 __all__ = ["cloud_fraction", "lags"]
 

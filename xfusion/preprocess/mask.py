@@ -26,7 +26,7 @@ from xfusion.bands import (
     set_band_scaling,
 )
 from xfusion.errors import BandError, InputError, ScaleError, XFusionWarning
-from xfusion.preprocess._validate import check_unique_bands
+from xfusion.validate import check_unique_bands
 
 __all__ = [
     "CLASS_PRESETS",

@@ -51,7 +51,7 @@ from xfusion._kernels.aggregate import aggregate_blocks, aggregate_pieces
 from xfusion.bands import KIND_COORD, band_kinds, set_band_kinds
 from xfusion.errors import BandError, GridError, InputError
 from xfusion.grids import GRID_TOLERANCE, as_geobox, geobox_of, same_grid
-from xfusion.preprocess._validate import check_float_nodata, declared_nodata
+from xfusion.validate import check_float_nodata, declared_nodata
 
 __all__ = ["KIND_METHODS", "RESAMPLING", "band_methods", "is_aligned", "is_coarser", "resample"]
 

@@ -26,7 +26,7 @@ from shapely.geometry.base import BaseGeometry
 from xfusion._kernels.augment import dihedral
 from xfusion.errors import BandError, EmptySelectionError, GridError, InputError
 from xfusion.grids import grid_mismatch
-from xfusion.preprocess._validate import check_float_nodata, check_unique_bands
+from xfusion.validate import check_float_nodata, check_unique_bands
 
 __all__ = ["MAX_STRATA", "class_balance", "dihedral", "patches", "sample"]
 

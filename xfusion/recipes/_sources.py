@@ -2,9 +2,9 @@
 
 Every recipe reads its offline default the same way as real STAC data: the synthetic scene is
 written as COGs and a STAC catalog in ``out_dir/stac`` (:func:`write_synthetic`) and opened
-back with :func:`xfusion.open_stac`. :func:`require_bands` checks, before any work, that a cube
-holds the bands a recipe needs, and :func:`coarsening_factor` that a coarse source's grid
-coarsens a fine one's by an integer factor.
+back with :func:`xfusion.open_stac`. :func:`require_bands` (from :mod:`xfusion.validate`) checks,
+before any work, that a cube holds the bands a recipe needs, and :func:`coarsening_factor`
+that a coarse source's grid coarsens a fine one's by an integer factor.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 
 import xarray as xr
 
-from xfusion.errors import BandError, GridError
+from xfusion.errors import GridError
 from xfusion.grids import geobox_of
+from xfusion.validate import require_bands  # re-exported: the recipes import it from here
 
 __all__ = ["band_names", "coarsening_factor", "require_bands", "write_synthetic"]
 
@@ -24,25 +25,6 @@ __all__ = ["band_names", "coarsening_factor", "require_bands", "write_synthetic"
 def band_names(cube: xr.DataArray) -> list[str]:
     """Return the band names of ``cube`` as strings."""
     return [str(b) for b in cube.band.values]
-
-
-def require_bands(cube: xr.DataArray, wanted: Iterable[str], where: str) -> None:
-    """Raise :class:`~xfusion.errors.BandError` unless ``cube`` has every band of ``wanted``.
-
-    Examples
-    --------
-    >>> import numpy as np, xarray as xr
-    >>> cube = xr.DataArray(np.zeros((2, 1, 1)), dims=("band", "y", "x"),
-    ...                     coords={"band": ["a", "b"]})
-    >>> require_bands(cube, ["a", "c"], "test cube")
-    Traceback (most recent call last):
-    ...
-    xfusion.errors.BandError: band(s) ['c'] not in the test cube; bands are ['a', 'b']
-    """
-    have = band_names(cube)
-    missing = [b for b in wanted if b not in have]
-    if missing:
-        raise BandError(f"band(s) {missing} not in the {where}; bands are {have}")
 
 
 def write_synthetic(
