@@ -180,7 +180,9 @@ def test_python_dash_m_runs_the_scene_command(tmp_path):
 #: Small settings per recipe (--set), so that the five demos take seconds each.
 TINY = {
     "builtup": ["size=100", "n_estimators=10", "n_train=50", "n_test=500", "figures=false"],
-    "nightlights": ["size=96", "patch_size=32", "n_patches=8", "n_val_patches=2", "epochs=2"],
+    "nightlights": [
+        "size=96", "patch_size=32", "n_patches=8", "n_validation_patches=2", "epochs=2",
+    ],
     "cloudmask": ["n_clusters=[3]", "kmeans_sample=2000"],
     "water": ["size=64", "chunks=32", "n_chips=8", "epochs=2"],
     "downscale": [
@@ -321,7 +323,7 @@ def test_type_errors_say_the_type_in_words(tmp_path, capsys, setting, message):
         ("water", "stac", ["sar_source", "optical_source", "optical_source_bands",
                            "terrain_source", "terrain_source_bands", "label_source",
                            "label_source_band"]),
-        ("nightlights", "ee", ["landsat_collection", "viirs_collection", "region", "crs"]),
+        ("nightlights", "ee", ["landsat_collection", "viirs_collection", "bounds", "crs"]),
         ("nightlights", "stac", ["landsat_collection", "viirs_collection"]),
         ("builtup", "stac", ["s2_collection", "viirs_collection", "ghsl_collection"]),
         ("cloudmask", "stac", ["stac_items"]),

@@ -54,16 +54,18 @@ def _assert_same_metrics(got, expected, rel=1e-6, abs=0.0):
     assert sorted(got) == sorted(expected)
     for key, value in expected.items():
         numeric = isinstance(value, int | float) and not isinstance(value, bool)
-        if numeric or (isinstance(value, list) and all(isinstance(v, float) for v in value)):
+        if isinstance(value, dict):  # the baselines block and its scores
+            _assert_same_metrics(got[key], value, rel=rel, abs=abs)
+        elif numeric or (isinstance(value, list) and all(isinstance(v, float) for v in value)):
             assert got[key] == pytest.approx(value, rel=rel, abs=abs), key
         else:
             assert got[key] == value, key
 
 
 def _eval_columns(result):
-    """Columns of the evaluation region: east of the default split on a VIIRS pixel edge."""
+    """Columns of the evaluation region: the east third, split on a VIIRS pixel edge."""
     cells = SIZE // FACTOR
-    split = round(2 / 3 * cells) * FACTOR
+    split = (cells - round(cells / 3)) * FACTOR
     return slice(split, None)
 
 
@@ -115,6 +117,30 @@ def test_scores_against_scene_truth(result, scene):
         assert result.metrics[f"{prefix}r2"] == pytest.approx(r2, rel=1e-5, abs=1e-6)
 
 
+def test_baselines_block_compares_ridge_and_gradient_boosting_on_the_same_pixels(result, scene):
+    m, block = result.metrics, result.metrics["baselines"]
+    truth = scene["truth_radiance"].isel(band=0).values / 60.0
+    cols = _eval_columns(result)
+    assert block["metric"] == "rmse" and sorted(block["scores"]) == ["hgb", "ridge"]
+    for name, key in (("ridge", "baseline"), ("hgb", "baseline_hgb")):
+        pred = _open(result, key).isel(band=0).values[:, cols].astype(np.float64)
+        err = pred - truth[:, cols]
+        assert np.isfinite(err).all(), name
+        assert block["scores"][name]["rmse"] == pytest.approx(np.sqrt(np.mean(err**2)), rel=1e-5)
+    assert block["scores"]["ridge"]["rmse"] == m["baseline_rmse"]
+    # gradient boosting is a different model from the ridge, not a copy of its map
+    assert not np.allclose(_open(result, "baseline_hgb").values, _open(result, "baseline").values)
+    best = min(block["scores"], key=lambda name: block["scores"][name]["rmse"])
+    assert (block["baseline"], block["baseline_rmse"]) == (best, block["scores"][best]["rmse"])
+    assert block["model_rmse"] == m["rmse"]
+    # the margin rule: the U-Net beats the best baseline when its RMSE is at least 10 % lower
+    beats = m["rmse"] <= 0.9 * block["baseline_rmse"]
+    assert m["beats_baseline"] is block["beats_baseline"] is beats
+    summary = result.summary()
+    assert f"best baseline {best!r}" in summary
+    assert ("does NOT beat it" in summary) is not beats
+
+
 def test_coarse_scores_against_viirs(result, scene):
     viirs = np.median(scene["viirs"].isel(band=0).values, axis=0) / 60.0
     cells = _eval_columns(result).start // FACTOR
@@ -152,7 +178,7 @@ def test_features_and_target_against_numpy(result, scene):
 
 
 def test_baseline_map_is_the_saved_ridge(result):
-    ridge = xf.load_model(result.files["baseline_model"])
+    ridge = xf.load_model(result.files["model_ridge"])
     features = _open(result, "features").values
     rows = features.reshape(features.shape[0], -1).T.astype(np.float64)
     expected = (rows @ np.ravel(ridge.coef_) + ridge.intercept_).reshape(features.shape[1:])
@@ -167,7 +193,8 @@ def test_baseline_map_is_the_saved_ridge(result):
 
 def test_outputs_reopen(result):
     out = result.out_dir
-    for name in ("features", "viirs", "target", "prediction", "baseline", "difference", "truth"):
+    names = ("features", "viirs", "target", "prediction", "baseline", "baseline_hgb")
+    for name in (*names, "difference", "truth"):
         reopened = _open(result, name)
         assert reopened.dtype == np.float32
         np.testing.assert_array_equal(reopened.values, result.cubes[name].values)
@@ -183,10 +210,11 @@ def test_outputs_reopen(result):
 
 
 def test_saved_unet_reloads_and_predicts_the_same(result):
-    model = xf.load_model(result.files["model"])
+    model = xf.load_model(result.files["model_unet"])
     assert model.bands_ == tuple(_open(result, "features").band.values)
     assert len(model.history_["loss"]) == SMALL["epochs"]
-    again = nightlights._predict(result_config(result), _open(result, "features"), model)
+    # eager features in (the lazy path is test_preprocess_and_predict_are_lazy's)
+    again = nightlights._predict(result_config(result), _open(result, "features").load(), model)
     np.testing.assert_allclose(
         again.values, _open(result, "prediction").values, rtol=1e-5, atol=1e-6
     )
@@ -200,18 +228,26 @@ def result_config(result):
 
 
 def test_preprocess_and_predict_are_lazy(result, tmp_path):
-    config = dataclasses.replace(result_config(result), out_dir=str(tmp_path))
-    sources, _ = nightlights._open_sources(config, tmp_path)
-    model = xf.load_model(result.files["model"])
+    # the run's synthetic catalog, read back as a STAC source (source="stac")
+    catalog = result.out_dir / "stac"
+    config = dataclasses.replace(
+        result_config(result),
+        out_dir=str(tmp_path),
+        source="stac",
+        landsat_collection=str(catalog / "landsat" / "collection.json"),
+        viirs_collection=str(catalog / "viirs" / "collection.json"),
+    )
+    sources, truth = nightlights._open_sources(config, tmp_path)
+    assert truth is None
+    model = xf.load_model(result.files["model_unet"])
     with raise_if_dask_computes():
         features, _, _ = nightlights._preprocess(config, sources)
         prediction = nightlights._predict(config, features, model)
     assert prediction.chunks is not None
+    # the same as the saved map, which the eager path reproduces too (test_saved_unet_...)
     np.testing.assert_allclose(
         prediction.values, _open(result, "prediction").values, rtol=1e-5, atol=1e-6
     )
-    eager = nightlights._predict(config, _open(result, "features").load(), model)
-    np.testing.assert_allclose(eager.values, prediction.values, rtol=1e-5, atol=1e-6)
 
 
 # --- config ------------------------------------------------------------------------------------
@@ -236,7 +272,7 @@ def test_config_toml_round_trip(tmp_path):
         ({"size": 200}, "multiple of 16"),
         ({"optimizer": "rmsprop"}, "optimizer"),
         ({"viirs_resolution": 500.0}, "whole multiple"),
-        ({"source": "ee"}, r"source='ee' needs \[.*'region', 'crs'\] set"),
+        ({"source": "ee"}, r"source='ee' needs \[.*'bounds', 'crs'\] set"),
         ({"train_region": (0, 0, 1, 1)}, "both train_region"),
     ],
 )
@@ -245,12 +281,43 @@ def test_bad_config_raises_config_error(values, match):
         nightlights.Config.from_dict(values)
 
 
-def test_overlapping_regions_are_rejected(tmp_path):
-    config = nightlights.Config(
-        out_dir=str(tmp_path), train_region=(0, 0, 10, 10), eval_region=(5, 0, 20, 10)
+def test_overlapping_regions_are_rejected_when_the_config_is_built(tmp_path):
+    with pytest.raises(ConfigError, match="'eval_region' must be a box that does not overlap"):
+        nightlights.Config(
+            out_dir=str(tmp_path), train_region=(0, 0, 10, 10), eval_region=(5, 0, 20, 10)
+        )
+
+
+def test_old_key_names_still_load_with_a_warning():
+    with pytest.warns(DeprecationWarning) as caught:
+        config = nightlights.Config.from_dict(
+            {"n_val_patches": 3, "chunk": 64, "train_fraction": 0.75, "region": (0, 0, 1, 1)}
+        )
+    said = {str(w.message).split(" (")[0].split(";")[0] for w in caught}
+    assert said == {
+        "config key 'n_val_patches' is now 'n_validation_patches'",
+        "config key 'chunk' is now 'chunks'",
+        "config key 'train_fraction' is now 'holdout_fraction'",
+        "config key 'region' is now 'bounds'",
+    }
+    assert (config.n_validation_patches, config.chunks, config.bounds) == (3, 64, (0, 0, 1, 1))
+    assert config.holdout_fraction == pytest.approx(0.25)
+
+
+def test_difficulty_hard_runs_on_the_hard_scene(tmp_path):
+    config = nightlights.Config.from_dict(
+        {"out_dir": str(tmp_path), "size": 96, "difficulty": "hard"}
     )
-    with pytest.raises(ConfigError, match="overlap"):
-        nightlights._regions(config, None, None)
+    sources, truth = nightlights._open_sources(config, tmp_path)
+    hard = synthetic_scene("nightlights", seed=0, size=96, difficulty="hard")
+    standard = synthetic_scene("nightlights", seed=0, size=96)
+    radiance = truth.isel(band=0).values
+    np.testing.assert_allclose(radiance, hard["truth_radiance"].isel(band=0).values / 60.0)
+    assert not np.allclose(radiance, standard["truth_radiance"].isel(band=0).values / 60.0)
+    qa = sources["landsat"].sel(band="QA_PIXEL").values
+    np.testing.assert_array_equal(qa, hard["landsat"].sel(band="QA_PIXEL").values)
+    with pytest.raises(ConfigError, match="'size' must be a multiple of 32"):
+        nightlights.Config(size=112, difficulty="hard")
 
 
 # --- other sources and schedulers --------------------------------------------------------------
@@ -278,7 +345,7 @@ def test_earth_engine_path_offline(result, scene):
     }
     bounds = tuple(geobox_of(scene["landsat"]).boundingbox)
     config = nightlights.Config.real_sources(
-        out_dir="unused", region=bounds, region_crs="EPSG:32737", target_resampling="bilinear"
+        out_dir="unused", bounds=bounds, bounds_crs="EPSG:32737", target_resampling="bilinear"
     )
     with fake_earth_engine(collections) as fake:
         with raise_if_dask_computes():
@@ -301,7 +368,8 @@ def test_earth_engine_path_offline(result, scene):
 
 def test_distributed_run_gives_the_same_metrics(result, tmp_path):
     distributed = pytest.importorskip("distributed")
-    config = dataclasses.replace(result_config(result), out_dir=str(tmp_path))
+    # the metrics need no figures
+    config = dataclasses.replace(result_config(result), out_dir=str(tmp_path), figures=False)
     with (
         distributed.LocalCluster(
             n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
