@@ -36,6 +36,7 @@ from xfusion.errors import (
 )
 from xfusion.grids import as_geobox, assign_grid, to_xee
 from xfusion.io._retry import Backoff, call_with_retry, redact, sanitized
+from xfusion.validate import normalize_chunks
 
 __all__ = ["MAX_GRID_SIDE", "REQUEST_BYTE_LIMIT", "Backoff", "open_ee"]
 
@@ -68,7 +69,7 @@ def open_ee(
     end: Any = None,
     bands: str | Sequence[str] | None = None,
     filters: Mapping[str, tuple[str, Any]] | None = None,
-    chunks: Mapping[str, int] | None = None,
+    chunks: int | tuple[int, ...] | Mapping[str, int] | str | None = None,
     request_byte_limit: int = REQUEST_BYTE_LIMIT,
     retry: Backoff | None = None,
 ) -> xr.DataArray:
@@ -96,9 +97,12 @@ def open_ee(
     filters : mapping, optional
         Image property filters, ``{"CLOUDY_PIXEL_PERCENTAGE": ("lt", 20)}``; operators are
         ``lt``, ``lte``, ``gt``, ``gte``, ``eq``, ``neq`` and ``in`` (value a list).
-    chunks : mapping, optional
-        Dask chunks by dim name (``time``, ``band``, ``y``, ``x``; -1 for the whole dim).
-        By default 512×512 pixels and as many images as fit Dask's ``array.chunk-size``.
+    chunks : int, tuple, mapping or "auto", optional
+        Dask chunks, in the grammar of :func:`xfusion.validate.normalize_chunks`: an int or
+        ``(y, x)`` for the spatial chunk, a 4-tuple for ``(time, band, y, x)``, or a mapping by
+        dim name (``time``, ``band``, ``y``, ``x``); -1 or None for the whole dim. By default
+        (``"auto"`` or a dim left out) 512×512 pixels and as many images as fit Dask's
+        ``array.chunk-size``.
         Requests are split further, inside each task, to respect ``request_byte_limit``.
     request_byte_limit : int
         Bytes per ``computePixels`` request, one mask byte per pixel included.
@@ -159,7 +163,7 @@ def open_ee(
             f"request_byte_limit must be a positive integer; got {request_byte_limit!r}"
         )
     band_list = _check_bands(bands)
-    user_chunks = _check_chunks(chunks)
+    user_chunks = normalize_chunks(chunks, ("time", "band", "y", "x"), "open_ee chunks")
     if not ee.data.is_initialized():
         raise SourceError(
             "Earth Engine is not initialised; run ee.Authenticate() once and "
@@ -231,25 +235,6 @@ def _check_bands(bands: Any) -> list[str] | None:
     if duplicates:
         raise BandError(f"bands must be unique; {duplicates} repeated in {band_list}")
     return band_list
-
-
-def _check_chunks(chunks: Any) -> dict[str, int]:
-    if chunks is None:
-        return {}
-    if not isinstance(chunks, Mapping):
-        raise InputError(f"chunks must be a mapping like {{'y': 512, 'x': 512}}; got {chunks!r}")
-    unknown = sorted(set(chunks) - {"time", "band", "y", "x"})
-    if unknown:
-        raise InputError(f"chunks has unknown dims {unknown}; expected some of time, band, y, x")
-    out = {}
-    for dim, size in chunks.items():
-        if size is None or size == -1:
-            out[dim] = -1
-        elif isinstance(size, int | np.integer) and size > 0:
-            out[dim] = int(size)
-        else:
-            raise InputError(f"chunk size for {dim!r} must be a positive int or -1; got {size!r}")
-    return out
 
 
 def _describe(collection: Any) -> str:

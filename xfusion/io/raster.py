@@ -45,11 +45,13 @@ from xfusion.grids import as_geobox, assign_grid, grid_mismatch, same_grid
 from xfusion.io._hrefs import check_local_exists, local_path
 from xfusion.io._retry import redact, sanitized
 from xfusion.preprocess.resample import _warp_dask
+from xfusion.validate import normalize_chunks
 
 __all__ = ["open_raster"]
 
 _NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
 _DEFAULT_CHUNKS = {"time": 1, "band": 1, "y": 1024, "x": 1024}
+_CHUNK_DIMS = ("time", "band", "y", "x")
 _RESAMPLINGS = ("nearest", "bilinear", "cubic", "average", "mode", "min", "max", "med", "sum")
 # the warps that keep class labels and bit flags intact (odc-geo has no bitwise OR)
 _VALUE_KEEPING = ("nearest", "mode")
@@ -95,9 +97,11 @@ def open_raster(
         NetCDF variable name); failing that, by its file's stem for single-band files and
         ``"<stem>_<n>"`` (1-based) for multi-band ones. With ``dim="time"`` the first file's names
         are used.
-    chunks : int, (y, x) or mapping, optional
-        Dask chunks; a mapping may name ``time``, ``band``, ``y`` and ``x``. Default 1024 × 1024
-        pixels, one band and one file per chunk.
+    chunks : int, tuple, mapping or "auto", optional
+        Dask chunks, in the grammar of :func:`xfusion.validate.normalize_chunks`: an int or
+        ``(y, x)`` for the spatial chunk, a 4-tuple for ``(time, band, y, x)``, or a mapping that
+        may name ``time``, ``band``, ``y`` and ``x``; ``-1`` or None for a whole dim. Default
+        (``"auto"`` or a dim left out) 1024 × 1024 pixels, one band and one file per chunk.
     dim : {"band", "time"}, optional
         How several files stack: ``"band"`` concatenates their bands, ``"time"`` makes each file
         a time step (all files then need the same bands). Default: ``"time"`` when ``times`` is
@@ -161,6 +165,7 @@ def open_raster(
     >>> cube.isel(band=0, y=0).values
     array([nan,  1.,  2.,  3.], dtype=float32)
     """
+    sizes = _chunk_sizes(chunks)
     files = _as_paths(paths)
     if dim is None:
         dim = "time" if times is not None else "band"
@@ -168,7 +173,6 @@ def open_raster(
         raise InputError(f"dim must be 'band' or 'time'; got {dim!r}")
     if resampling not in _RESAMPLINGS:
         raise InputError(f"unknown resampling {resampling!r}; expected one of {list(_RESAMPLINGS)}")
-    sizes = _chunk_sizes(chunks)
 
     opened = [
         _open_one(f, sizes, nodata=nodata, scale_offset=scale_offset, variables=variables)
@@ -228,23 +232,7 @@ def _as_paths(paths: Any) -> list[str]:
 
 
 def _chunk_sizes(chunks: Any) -> dict[str, int]:
-    sizes = dict(_DEFAULT_CHUNKS)
-    if chunks is None:
-        return sizes
-    if isinstance(chunks, int):
-        sizes.update(y=chunks, x=chunks)
-    elif isinstance(chunks, Mapping):
-        unknown = set(chunks) - set(sizes)
-        if unknown:
-            raise InputError(
-                f"chunks names unknown dimensions {sorted(unknown)}; dims are {list(sizes)}"
-            )
-        sizes.update({k: int(v) for k, v in chunks.items()})
-    elif isinstance(chunks, tuple | list) and len(chunks) == 2:
-        sizes.update(y=int(chunks[0]), x=int(chunks[1]))
-    else:
-        raise InputError(f"chunks must be an int, (y, x) or a dict by dim; got {chunks!r}")
-    return sizes
+    return {**_DEFAULT_CHUNKS, **normalize_chunks(chunks, _CHUNK_DIMS, "open_raster chunks")}
 
 
 def _stem(path: str) -> str:

@@ -50,6 +50,7 @@ from xfusion.grids import as_geobox, assign_grid, to_stackstac
 from xfusion.grids import grid as make_grid
 from xfusion.io._hrefs import check_local_exists, local_href, local_path
 from xfusion.io._retry import redact, sanitized
+from xfusion.validate import normalize_chunks
 
 __all__ = ["open_stac"]
 
@@ -163,11 +164,12 @@ def open_stac(
     assets : sequence of str or mapping of str to str, optional
         Asset keys to read as bands, in this order; a mapping ``{asset_key: band_name}`` also
         renames them. By default every GeoTIFF/JPEG2000 asset.
-    chunks : int, tuple or mapping, optional
-        Dask chunks: an int or ``(y, x)`` for the spatial chunk, a 4-tuple for
-        ``(time, band, y, x)``, or a mapping by dimension name. Default
-        ``{"time": -1, "band": 1, "y": 512, "x": 512}`` (the whole time series of a tile in one
-        chunk, as compositing wants).
+    chunks : int, tuple, mapping or "auto", optional
+        Dask chunks, in the grammar of :func:`xfusion.validate.normalize_chunks`: an int or
+        ``(y, x)`` for the spatial chunk, a 4-tuple for ``(time, band, y, x)``, or a mapping by
+        dimension name; ``-1`` or None for a whole dim, ``"auto"`` (or a dim left out) for the
+        default ``{"time": -1, "band": 1, "y": 512, "x": 512}`` (the whole time series of a
+        tile in one chunk, as compositing wants).
     scale_offset : bool, default True
         Apply each asset's ``raster:bands`` ``scale``/``offset`` (or the older ``eo:bands``
         fields) where the items declare them; the ``band_scale``/``band_offset`` coordinates
@@ -259,6 +261,7 @@ def open_stac(
     """
     if on_error not in _ON_ERROR:
         raise InputError(f"on_error must be one of {list(_ON_ERROR)}; got {on_error!r}")
+    chunksize = _stackstac_chunks(chunks)
     stac_items = _collect_items(items)
     if not stac_items:
         raise EmptySelectionError(f"no STAC items to open in {_describe(items)}")
@@ -286,7 +289,7 @@ def open_stac(
             [_stackstac_dict(item, position) for position, item in enumerate(stac_items)],
             assets=list(asset_keys),
             **to_stackstac(gbox),
-            chunksize=_stackstac_chunks(chunks),
+            chunksize=chunksize,
             dtype=np.dtype("float32"),
             fill_value=np.float32(np.nan),
             rescale=False,
@@ -617,22 +620,7 @@ def _check_overlap(footprints: list[_Footprint], gbox: GeoBox) -> None:
 
 
 def _stackstac_chunks(chunks: Any) -> tuple[int, int, int, int]:
-    sizes = dict(_DEFAULT_CHUNKS)
-    if chunks is None:
-        pass
-    elif isinstance(chunks, int):
-        sizes.update(y=chunks, x=chunks)
-    elif isinstance(chunks, Mapping):
-        unknown = set(chunks) - set(_DIMS)
-        if unknown:
-            raise InputError(f"chunks names unknown dimensions {sorted(unknown)}; dims are {_DIMS}")
-        sizes.update({k: int(v) for k, v in chunks.items()})
-    elif isinstance(chunks, tuple | list) and len(chunks) in (2, 4):
-        sizes.update(zip(_DIMS[-len(chunks) :], (int(c) for c in chunks), strict=True))
-    else:
-        raise InputError(
-            f"chunks must be an int, (y, x), (time, band, y, x) or a dict by dim; got {chunks!r}"
-        )
+    sizes = {**_DEFAULT_CHUNKS, **normalize_chunks(chunks, _DIMS, "open_stac chunks")}
     return tuple(sizes[d] for d in _DIMS)
 
 

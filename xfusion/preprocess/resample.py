@@ -51,7 +51,7 @@ from xfusion._kernels.aggregate import aggregate_blocks, aggregate_pieces
 from xfusion.bands import KIND_COORD, band_kinds, set_band_kinds
 from xfusion.errors import BandError, GridError, InputError
 from xfusion.grids import GRID_TOLERANCE, as_geobox, geobox_of, same_grid
-from xfusion.validate import check_float_nodata, declared_nodata
+from xfusion.validate import check_float_nodata, declared_nodata, normalize_chunks
 
 __all__ = ["KIND_METHODS", "RESAMPLING", "band_methods", "is_aligned", "is_coarser", "resample"]
 
@@ -83,6 +83,9 @@ _DEFAULT_METHODS = {"categorical": ("mode", "nearest"), "flags": ("bitwise_or", 
 _KERNEL_METHODS = ("average", "sum", "mode", "min", "max", "bitwise_or")
 # methods that pick one of the input values (a declared integer fill value becomes NaN first)
 _VALUE_KEEPING = ("nearest", "mode")
+# output chunks along (y, x) as the user set them: None where chosen automatically
+_OutputChunks = tuple[int | None, int | None] | None
+
 # source pixels read beyond a chunk's footprint: the reach of each method's kernel
 _PADDING = {
     "nearest": 1,
@@ -111,7 +114,7 @@ def resample(
     resampling: str | Mapping[Hashable, str] | None = None,
     *,
     kinds: Mapping[Hashable, str] | str | None = None,
-    chunks: int | tuple[int, int] | None = None,
+    chunks: int | tuple[int, int] | Mapping[str, int] | str | None = None,
 ) -> T_Xarray:
     """Resample a cube onto another grid (lazy on chunked input), each band as its kind needs.
 
@@ -161,11 +164,13 @@ def resample(
         ``{"label": "categorical"}``; for a Dataset, a variable without ``band`` is named by
         the variable name (in ``resampling`` too). The result carries the ``band_kind``
         coordinate whenever the input has one or ``kinds`` is given.
-    chunks : int or (int, int), optional
-        Output chunk size along ``(y, x)``. By default the input chunk size scaled to the target
-        resolution, raised to at least 256 pixels (as a whole multiple where the scaled size is
-        an integer), capped at 2048 pixels and so that one task reads at most about Dask's
-        ``array.chunk-size`` of input.
+    chunks : int, (int, int), mapping or "auto", optional
+        Output chunk size along ``(y, x)``, in the grammar of
+        :func:`xfusion.validate.normalize_chunks` (an int for both sides, ``(y, x)``, a mapping
+        ``{"y": ..., "x": ...}``; -1 or None for a whole side). By default (``"auto"`` or a side
+        left out) the input chunk size scaled to the target resolution, raised to at least 256
+        pixels (as a whole multiple where the scaled size is an integer), capped at 2048 pixels
+        and so that one task reads at most about Dask's ``array.chunk-size`` of input.
 
     Returns
     -------
@@ -248,10 +253,10 @@ def resample(
     xfusion.errors.BandError: resampling 'average' is not allowed for band 'QA_PIXEL' of kind...
     """
     _check_method_arg(resampling)
-    if chunks is not None:
-        chunks = _normalise_chunks(chunks)
+    sizes = normalize_chunks(chunks, ("y", "x"), "resample chunks")
     if isinstance(da, xr.Dataset):
         dst = as_geobox(grid_or_like)
+        chunks = _output_chunks(sizes, dst)
         _check_names_in_dataset(da, resampling, kinds)
         out_vars = {}
         for name, var in da.data_vars.items():
@@ -268,7 +273,8 @@ def resample(
         return xr.Dataset(out_vars, attrs=da.attrs)
     if not isinstance(da, xr.DataArray):
         raise InputError(f"expected an xarray DataArray or Dataset; got {type(da).__name__}")
-    return _resample_da(da, as_geobox(grid_or_like), resampling, kinds, chunks)
+    dst = as_geobox(grid_or_like)
+    return _resample_da(da, dst, resampling, kinds, _output_chunks(sizes, dst))
 
 
 def band_methods(
@@ -431,15 +437,21 @@ def _methods(
     return out
 
 
-def _normalise_chunks(chunks: Any) -> tuple[int, int]:
-    try:
-        cy, cx = (chunks, chunks) if np.isscalar(chunks) else tuple(chunks)
-        cy, cx = int(cy), int(cx)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"chunks must be an int or (ny, nx); got {chunks!r}") from err
-    if cy < 1 or cx < 1:
-        raise InputError(f"chunks must be positive; got {chunks!r}")
-    return cy, cx
+def _output_chunks(sizes: dict[str, int], dst: GeoBox) -> _OutputChunks:
+    """Return the ``(y, x)`` output chunks set (-1: the whole side), None where automatic."""
+    if not sizes:
+        return None
+    return tuple(
+        None if dim not in sizes else (side if sizes[dim] == -1 else sizes[dim])
+        for dim, side in zip(("y", "x"), dst.shape, strict=True)
+    )
+
+
+def _with_auto(chunks: _OutputChunks, auto: tuple[int, int]) -> tuple[int, int]:
+    """Return the ``(y, x)`` output chunks, the automatic size along a side left unset."""
+    if chunks is None:
+        return auto
+    return tuple(a if c is None else c for c, a in zip(chunks, auto, strict=True))
 
 
 def _spatial_last(da: xr.DataArray) -> xr.DataArray:
@@ -557,7 +569,7 @@ def _resample_da(
     dst: GeoBox,
     resampling: Any,
     kinds: Any,
-    chunks: tuple[int, int] | None,
+    chunks: _OutputChunks,
 ) -> xr.DataArray:
     da = _spatial_last(da)
     if kinds is not None:
@@ -614,7 +626,11 @@ def _mask_class_nodata(da: xr.DataArray, methods: Mapping[Hashable, str]) -> xr.
 
 
 def _resample_one(
-    da: xr.DataArray, src: GeoBox, dst: GeoBox, method: str, chunks: tuple[int, int] | None
+    da: xr.DataArray,
+    src: GeoBox,
+    dst: GeoBox,
+    method: str,
+    chunks: _OutputChunks,
 ) -> xr.DataArray:
     data = da.data
     lazy = isinstance(data, dask.array.Array)
@@ -636,12 +652,15 @@ def _resample_one(
     if aligned is not None:
         (ky, kx), offset = aligned
         if lazy:
-            if chunks is None:
+            if chunks is None or None in chunks:
                 # bound the *input* read by one task
                 side = math.sqrt(_chunk_limit_elems() / itemsize / lead_elems)
-                chunks = (
-                    _auto_chunk(max(data.chunks[-2]) / ky, dst.shape[0], int(side // ky)),
-                    _auto_chunk(max(data.chunks[-1]) / kx, dst.shape[1], int(side // kx)),
+                chunks = _with_auto(
+                    chunks,
+                    (
+                        _auto_chunk(max(data.chunks[-2]) / ky, dst.shape[0], int(side // ky)),
+                        _auto_chunk(max(data.chunks[-1]) / kx, dst.shape[1], int(side // kx)),
+                    ),
                 )
             out = _aggregate_dask(data, (ky, kx), offset, tuple(dst.shape), method, chunks)
         else:
@@ -671,22 +690,25 @@ def _warp(
     src: GeoBox,
     dst: GeoBox,
     method: str,
-    chunks: tuple[int, int] | None,
+    chunks: _OutputChunks,
     itemsize: int,
     lead_elems: int,
 ) -> Any:
     data = da.data
     if not isinstance(data, dask.array.Array):
         return _warp_block(data, src, dst, method)
-    if chunks is None:
+    if chunks is None or None in chunks:
         # input chunk size expressed in output pixels, via the mean pixel area in the target CRS
         # (units differ between CRSs, e.g. metres and degrees)
         src_px = src.extent.to_crs(dst.crs).area / (src.shape[0] * src.shape[1])
         scale = math.sqrt(src_px / abs(dst.affine.a * dst.affine.e))
         cap = int(math.sqrt(_chunk_limit_elems() / itemsize / lead_elems))
-        chunks = (
-            _auto_chunk(max(data.chunks[-2]) * scale, dst.shape[0], cap),
-            _auto_chunk(max(data.chunks[-1]) * scale, dst.shape[1], cap),
+        chunks = _with_auto(
+            chunks,
+            (
+                _auto_chunk(max(data.chunks[-2]) * scale, dst.shape[0], cap),
+                _auto_chunk(max(data.chunks[-1]) * scale, dst.shape[1], cap),
+            ),
         )
     return _warp_dask(data, src, dst, method, chunks)
 
