@@ -427,9 +427,8 @@ def _cloudiest(stacked: xr.DataArray, config: Config) -> xr.DataArray:
     """Keep the candidate target with the largest QA cloud fraction (one small compute)."""
     qa = stacked.sel(band=config.qa_band, drop=True)
     flags = _qa_flags(stacked, config.qa_band, config.qa_cloud_bits).where(qa.notnull())
-    (values,) = dask.compute(
-        cloud_fraction(stacked, flags).data
-    )  # xf: computes the candidates' QA cloud fractions
+    score = cloud_fraction(stacked, flags)
+    (values,) = dask.compute(score.data)  # xf: computes the candidates' QA cloud fractions
     return stacked.isel(time=[int(np.nanargmax(values))])
 
 
