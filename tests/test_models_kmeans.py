@@ -34,6 +34,7 @@ def test_fit_predict_save_load_round_trip(cube, tmp_path):
     table = sample_pixels(cube, 300, seed=1)
     assert list(table.columns) == BANDS and len(table) <= 300
     assert np.isfinite(table.to_numpy()).all()
+    pd.testing.assert_frame_equal(sample_pixels(cube.compute(), 300, seed=1), table)
     model = KMeans(3, n_init=2, random_state=0).fit(table)
     reference = SKKMeans(3, n_init=2, random_state=0).fit(table.to_numpy())
     np.testing.assert_allclose(model.cluster_centers_, reference.cluster_centers_)
@@ -44,7 +45,8 @@ def test_fit_predict_save_load_round_trip(cube, tmp_path):
         lazy = cube.xf.predict(model)
     assert lazy.band.values.tolist() == ["class"]
     values = lazy.values[0]
-    assert np.isnan(values[0, 0])  # a NaN band: no class
+    assert lazy.chunks is not None and np.isnan(values[0, 0])  # a NaN band: no class
+    np.testing.assert_array_equal(cube.compute().xf.predict(model).values[0], values)
     rows = cube.values.reshape(3, -1).T
     ok = np.isfinite(rows).all(axis=1)
     expected = classes[reference.predict(rows[ok].astype(np.float64))]
