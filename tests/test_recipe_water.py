@@ -255,7 +255,7 @@ def test_old_key_names_load_with_a_warning():
 
 
 #: A tiny run (the same network and chips as the Earth Engine test: compiled once).
-TINY = ["size=64", "chunks=32", "n_chips=8", "epochs=1", "figures=false"]
+TINY = ["size=64", "chunks=64", "n_chips=8", "epochs=1", "figures=false"]
 
 
 def test_difficulty_hard_runs_on_the_hard_scene(tmp_path):
