@@ -174,8 +174,9 @@ def require_bands(
     Raises
     ------
     BandError
-        A band is missing (the message names the missing bands and the cube's bands), or the
-        cube has no ``band`` coordinate.
+        A band is missing (the message names the missing bands, as ``band 'x'`` for a band given
+        as a str and ``bands [...]`` for a list, and the cube's bands), or the cube has no
+        ``band`` coordinate.
 
     Examples
     --------
@@ -202,8 +203,8 @@ def require_bands(
         )
     have = [str(b) for b in cube["band"].values]
     missing = [b for b in wanted if str(b) not in have]
-    if len(missing) == 1:
-        raise BandError(f"{prefix}band {missing[0]!r} not in {what}; bands are {have}")
+    if missing and isinstance(bands, str):
+        raise BandError(f"{prefix}band {bands!r} not in {what}; bands are {have}")
     if missing:
         raise BandError(f"{prefix}bands {missing} not in {what}; bands are {have}")
     return have

@@ -39,6 +39,7 @@ from xfusion.models.unet import (
     member_params,
     unet_params,
 )
+from xfusion.validate import check_halo
 
 __all__ = ["UNetRegressor", "UNetSegmenter"]
 
@@ -434,6 +435,10 @@ class _UNetEstimator(BaseEstimator):
         training patches when ``recalibrate_bn``), ``best_epoch_``; without validation, of
         the lowest training loss.
         """
+        # the architecture and the halo are checked first: a bad halo must not cost a training run
+        widths, center = self._architecture_widths()
+        mult = 2 ** len(widths)
+        halo = default_halo(len(widths)) if self.halo is None else check_halo(self.halo, mult)
         if footprint is None and isinstance(X, xr.Dataset):
             footprint = _pick(X, _FOOTPRINT_NAMES, "footprint")
         source = X
@@ -452,8 +457,6 @@ class _UNetEstimator(BaseEstimator):
                 f"{len(x_bands)} band names {list(x_bands)} for X of shape {xa.shape}, which has "
                 f"{xa.shape[1]} bands; expected X as (sample, band, y, x){hint}"
             )
-        widths, center = self._architecture_widths()
-        mult = 2 ** len(widths)
         self._check_spatial(xa.shape, mult, "training")
         if x_bands is not None:
             x_bands = tuple(check_band_names(x_bands, None, "input band names"))
@@ -616,9 +619,7 @@ class _UNetEstimator(BaseEstimator):
         self.bands_ = x_bands
         self.n_features_in_ = int(xa.shape[1])
         self.tile_multiple_ = mult
-        self.default_halo_ = int(self.halo) if self.halo is not None else default_halo(len(widths))
-        if self.default_halo_ % mult:
-            raise InputError(f"halo must be a multiple of {mult} (2**depth); got {self.halo}")
+        self.default_halo_ = halo
         self.training_ = {
             "n_samples": len(xa),
             "patch_shape": list(xa.shape[2:]),
@@ -1006,7 +1007,9 @@ class UNetRegressor(_UNetEstimator):
         prediction then computes the cube's band means and standard deviations first (one
         pass), see :meth:`for_region`; predict one region or scene per call.
     halo : int, optional
-        Halo for blockwise prediction (``default_halo_``); default from the depth.
+        Halo for blockwise prediction (``default_halo_``); default from the depth. A multiple
+        of ``2**depth`` (:func:`xfusion.validate.check_halo`), checked when ``fit`` starts,
+        before any training step.
     seed : int
         Seeds the initialisation, shuffling and augmentation: equal seeds give identical weights.
     progress : bool
@@ -1338,7 +1341,9 @@ class UNetSegmenter(_UNetEstimator):
         prediction then computes the cube's band means and standard deviations first (one
         pass), see :meth:`for_region`; predict one region or scene per call.
     halo : int, optional
-        Halo for blockwise prediction (``default_halo_``); default from the depth.
+        Halo for blockwise prediction (``default_halo_``); default from the depth. A multiple
+        of ``2**depth`` (:func:`xfusion.validate.check_halo`), checked when ``fit`` starts,
+        before any training step.
     seed : int
         Seeds the initialisation, shuffling and augmentation: equal seeds give identical weights.
     progress : bool

@@ -34,7 +34,7 @@ import xarray as xr
 from xfusion._kernels import threadpool as _threadpool
 from xfusion.errors import BandError, InputError, ModelError, XFusionWarning
 from xfusion.models.compilation_cache import enable_compilation_cache
-from xfusion.validate import check_unique_bands
+from xfusion.validate import check_halo, check_unique_bands
 
 __all__ = [
     "check_band_names",
@@ -654,16 +654,12 @@ def _spatial_plan(
     """Check the arguments of a spatial prediction and size its blocks and tiles."""
     ny, nx = cube.sizes["y"], cube.sizes["x"]
     multiple = int(getattr(model, "tile_multiple_", 1) or 1)
+    # the one halo rule (xfusion.validate.check_halo); a halo given here is rounded up to the
+    # model's tile multiple, the model's own default_halo_ is one already
     if halo is None:
-        halo = int(getattr(model, "default_halo_", 0) or 0)
-    elif halo > min(ny, nx):
-        raise InputError(
-            f"halo={halo} px is larger than the cube ({ny}×{nx} px); "
-            f"expected at most {min(ny, nx)} px of context around a block"
-        )
-    if halo < 0:
-        raise InputError(f"halo must be >= 0 pixels; got {halo}")
-    halo = _round_up(halo, multiple) if halo else 0
+        halo = check_halo(int(getattr(model, "default_halo_", 0) or 0), multiple, round_up=True)
+    else:
+        halo = check_halo(halo, multiple, shape=(ny, nx), round_up=True)
     if blend not in _BLENDS:
         raise InputError(f"blend must be one of {_BLENDS}; got {blend!r}")
     if boundary not in _BOUNDARIES:
@@ -930,9 +926,10 @@ def predict(
         ``(config, params)`` and an ``apply_tiles(config, params, tiles)`` function, attributes
         ``bands_``, ``output_bands_``, ``tile_multiple_``, ``default_halo_``).
     halo : int, optional
-        Spatial models: context read around every block (px), rounded up to ``tile_multiple_``;
-        default the model's ``default_halo_``. Blockwise equals whole-array prediction where the
-        model's receptive field fits inside the halo.
+        Spatial models: context read around every block (px), rounded up to ``tile_multiple_``
+        (the rule of :func:`xfusion.validate.check_halo`, which a U-Net's ``fit`` applies to its
+        own ``halo`` before training); default the model's ``default_halo_``. Blockwise equals
+        whole-array prediction where the model's receptive field fits inside the halo.
     tile : int, optional
         Spatial models: side of the square tiles given to the model (a multiple of
         ``tile_multiple_``); default one tile per block.
