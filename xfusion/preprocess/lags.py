@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from xfusion.errors import BandError, EmptySelectionError, InputError
-from xfusion.validate import check_unique_bands, check_unique_times
+from xfusion.errors import EmptySelectionError, InputError
+from xfusion.validate import check_unique_bands, check_unique_times, require_bands
 
 __all__ = ["cloud_fraction", "lags"]
 
@@ -49,9 +49,7 @@ def cloud_fraction(da: xr.DataArray, cloud_score: Any = None) -> xr.DataArray:
     if cloud_score is None:
         score = da.isnull().any("band").mean(("y", "x"))
     elif isinstance(cloud_score, str):
-        bands = [str(b) for b in da.band.values]
-        if cloud_score not in bands:
-            raise BandError(f"cloud_score band {cloud_score!r} not in cube; bands are {bands}")
+        require_bands(da, cloud_score, role="cloud_score")
         score = da.sel(band=cloud_score).mean(("y", "x"), skipna=True)
     elif isinstance(cloud_score, xr.DataArray):
         if set(cloud_score.dims) not in ({"time"}, {"time", "y", "x"}):

@@ -26,7 +26,7 @@ from xfusion.bands import (
     set_band_scaling,
 )
 from xfusion.errors import BandError, InputError, ScaleError, XFusionWarning
-from xfusion.validate import check_unique_bands
+from xfusion.validate import check_unique_bands, require_bands
 
 __all__ = [
     "CLASS_PRESETS",
@@ -622,12 +622,9 @@ def mask_range(
         lo_v, hi_v = _raw_limits(data, lo_v, hi_v)
     ok = (data >= lo_v) & (data <= hi_v) if inclusive else (data > lo_v) & (data < hi_v)
     if bands is not None:
-        names = _band_names(data, "mask_range")
-        wanted = [bands] if isinstance(bands, str) else list(bands)
-        missing = [b for b in wanted if b not in names]
-        if missing:
-            raise BandError(f"bands {missing} not in cube; bands are {names}")
-        ok = ok.sel(band=wanted).all("band")
+        _band_names(data, "mask_range")
+        require_bands(data, bands)
+        ok = ok.sel(band=[bands] if isinstance(bands, str) else list(bands)).all("band")
     out = data.where(ok)
     out.attrs = da.attrs
     return out

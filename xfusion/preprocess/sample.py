@@ -24,9 +24,9 @@ from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from xfusion._kernels.augment import dihedral
-from xfusion.errors import BandError, EmptySelectionError, GridError, InputError
+from xfusion.errors import EmptySelectionError, GridError, InputError
 from xfusion.grids import grid_mismatch
-from xfusion.validate import check_float_nodata, check_unique_bands
+from xfusion.validate import check_float_nodata, check_unique_bands, require_bands
 
 __all__ = ["MAX_STRATA", "class_balance", "dihedral", "patches", "sample"]
 
@@ -531,9 +531,7 @@ def _offset_in_pixels(a: np.ndarray, b: np.ndarray) -> float:
 
 def _split_labels(da: xr.DataArray, labels: Any, what: str) -> tuple[xr.DataArray, xr.DataArray]:
     if isinstance(labels, str):
-        bands = _bands(da)
-        if labels not in bands:
-            raise BandError(f"label band {labels!r} not in cube; bands are {bands}")
+        bands = require_bands(da, labels, role="label")
         keep = [i for i, b in enumerate(bands) if b != labels]
         if not keep:
             raise InputError(f"cube has no bands besides the label band {labels!r}")
@@ -559,10 +557,7 @@ def _split_target(da: xr.DataArray, target: Any) -> tuple[xr.DataArray, xr.DataA
         isinstance(target, Sequence) and all(isinstance(t, str) for t in target)
     ):
         names = [target] if isinstance(target, str) else list(target)
-        bands = _bands(da)
-        missing = [t for t in names if t not in bands]
-        if missing:
-            raise BandError(f"target band {missing[0]!r} not in cube; bands are {bands}")
+        bands = require_bands(da, target, role="target")
         keep = [b for b in bands if b not in names]
         if not keep:
             raise InputError(f"no input bands left once the target bands {names} are taken out")
