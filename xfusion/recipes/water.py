@@ -51,7 +51,6 @@ from xfusion.recipes._base import (
     baseline_block,
     plain_coords,
     prepare_out_dir,
-    show_progress,
     write_results,
     write_synthetic,
 )
@@ -546,15 +545,11 @@ def _fit(chips: xr.Dataset, bands: list[str], config: Config) -> Any:
     log.info("water: training a U-Net on %s", bands)
     model = UNetSegmenter(
         widths=config.widths,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
         optimizer=config.optimizer,
-        learning_rate=config.learning_rate,
         dice_weight=config.dice_weight,
         augment=config.augment,
         halo=config.halo,
-        seed=config.seed,
-        progress=show_progress(),
+        **config.training_options(),
     )
     return model.fit(chips["inputs"].sel(band=bands), chips["target"])
 
