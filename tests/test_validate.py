@@ -309,3 +309,21 @@ def test_predict_rounds_a_halo_up_by_the_same_rule():
             blend="trim",
             boundary="reflect",
         )
+
+
+def test_validate_sits_at_the_package_base():
+    import ast
+    import inspect
+    import sys
+
+    import xfusion.validate
+
+    tree = ast.parse(inspect.getsource(xfusion.validate))
+    imported = {
+        alias.name if isinstance(node, ast.Import) else node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    third_party = {m for m in imported if m.split(".")[0] not in sys.stdlib_module_names}
+    assert third_party == {"numpy", "xarray", "xfusion.errors"}
