@@ -290,3 +290,21 @@ def test_same_metrics_on_a_process_cluster(hard, tmp_path):
             assert other.metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
         else:
             assert other.metrics[key] == value, key
+
+
+def test_a_cloud_free_target_runs_to_the_end_without_a_baseline_verdict(tmp_path):
+    # before: with max_lags=4 the target image is cloud-free, the IoU of the mask against
+    # the truth is undefined, and the run failed at the very end ("the model's iou is nan")
+    config = cloudmask.Config(
+        out_dir=str(tmp_path / "cm"), n_clusters=[3], kmeans_sample=2000, max_lags=4
+    )
+    result = cloudmask.run(config)
+    written = json.loads((tmp_path / "cm" / "metrics.json").read_text())
+    assert written["beats_baseline"] is None
+    block = written["baselines"]
+    assert block["comparable"] is False and block["model_iou"] is None
+    assert "the model's iou is undefined" in block["reason"]
+    assert result.metrics["cloud_fraction"] == 0.0  # nothing to find: the verdict is moot
+    assert "no verdict: the model's iou is undefined" in result.summary()
+    assert written["forecast_beats_baseline"] in (True, False)  # the forecast still compares
+    assert (tmp_path / "cm" / "forecast_rmse.png").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -22,6 +23,7 @@ from xfusion.recipes._base import (
     ChunkFields,
     DateFields,
     RecipeConfig,
+    RecipeResult,
     TrainingFields,
     baseline_block,
     config_keys,
@@ -197,3 +199,20 @@ def test_difficulty_picks_the_hard_synthetic_scene(tmp_path):
     assert not np.array_equal(scene["modis"].values, standard["modis"].values)
     with pytest.raises(ConfigError, match=r"'difficulty' must be one of \('standard', 'hard'\)"):
         Config(difficulty="harder")
+
+
+@pytest.mark.parametrize(
+    ("model", "baselines", "who"),
+    [
+        ({"iou": float("nan")}, {"otsu": {"iou": 0.4}}, "the model's"),
+        ({}, {"otsu": {"iou": 0.4}}, "the model's"),
+        ({"iou": 0.5}, {"otsu": {"iou": float("nan")}}, "every baseline's"),
+    ],
+)
+def test_an_undefined_score_gives_no_verdict_instead_of_failing(model, baselines, who):
+    block = baseline_block(model, baselines, metric="iou")
+    assert block["beats_baseline"] is None
+    assert block["baselines"]["comparable"] is False
+    assert block["baselines"]["reason"].startswith(f"{who} iou is undefined")
+    result = RecipeResult("demo", {"iou": 0.5, **block}, {}, {}, Path("out"))
+    assert result.summary().splitlines()[-1].startswith("  baselines       no verdict: ")

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from xfusion._files import claim_output_dir
@@ -81,7 +82,9 @@ class RecipeResult:
             text = f"{value:.4g}" if isinstance(value, float) else str(value)
             lines.append(f"  {key:<{width}}  {text}")
         block = self.metrics.get("baselines")
-        if isinstance(block, Mapping) and "metric" in block:
+        if isinstance(block, Mapping) and block.get("comparable") is False:
+            lines.append(f"  {'baselines':<{width}}  no verdict: {block['reason']}")
+        elif isinstance(block, Mapping) and "metric" in block:
             metric = block["metric"]
             verdict = "beats it" if block["beats_baseline"] else "does NOT beat it"
             lines.append(
@@ -123,7 +126,10 @@ def baseline_block(
     dict
         ``{"baselines": {"metric", "scores", "baseline", "baseline_<metric>",
         "model_<metric>", "beats_baseline", "margin", ...}, "beats_baseline": bool}``: the
-        ``baselines`` argument of :func:`write_results`, which adds it to the metrics.
+        ``baselines`` argument of :func:`write_results`, which adds it to the metrics. Where
+        the model's score, or every baseline's, is undefined (NaN or missing: an IoU on a scene
+        without the class), there is no verdict: ``beats_baseline`` is ``None`` and the block
+        says ``"comparable": False`` and why, instead of failing the run.
 
     Examples
     --------
@@ -131,9 +137,29 @@ def baseline_block(
     ...                        metric="rmse")
     >>> block["beats_baseline"], block["baselines"]["baseline"]
     (True, 'b')
+    >>> none = baseline_block({"iou": float("nan")}, {"otsu": {"iou": 0.0}}, metric="iou")
+    >>> none["beats_baseline"], none["baselines"]["comparable"]
+    (None, False)
     """
     from xfusion.models.baselines import compare
 
+    scores = {name: dict(values) for name, values in baseline_scores.items()}
+    value = model_scores.get(metric)
+    finite = [n for n, v in scores.items() if _finite(v.get(metric))]
+    if not _finite(value) or not finite:
+        # e.g. an IoU on a scene without a cloud in the map or the reference: the score is
+        # undefined, so there is no verdict; the run still writes its outputs and says so
+        who = "the model's" if not _finite(value) else "every baseline's"
+        block = {
+            "metric": metric,
+            "scores": scores,
+            f"model_{metric}": value if _finite(value) else None,
+            "beats_baseline": None,
+            "comparable": False,
+            "reason": f"{who} {metric} is undefined on these data (no pixel of the class in "
+            "the map or in the reference, or no scored pixel), so there is no verdict",
+        }
+        return {"baselines": block, "beats_baseline": None}
     verdict = compare(
         dict(model_scores),
         {name: dict(scores) for name, scores in baseline_scores.items()},
@@ -143,10 +169,14 @@ def baseline_block(
     )
     block = {
         "metric": metric,
-        "scores": {name: dict(scores) for name, scores in baseline_scores.items()},
+        "scores": scores,
         **{key: value for key, value in verdict.items() if key != "baselines"},
     }
     return {"baselines": block, "beats_baseline": bool(verdict["beats_baseline"])}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float | np.floating | np.integer) and bool(np.isfinite(value))
 
 
 def write_results(

@@ -713,8 +713,8 @@ def _figures(out: Path, cubes: dict, config: Config, metrics: dict) -> dict[str,
 
     fig = Figure(figsize=(4.5, 3.2), dpi=90, layout="constrained")
     ax = fig.subplots()
-    rmse = {"persistence": metrics["baselines"]["forecast"]["baseline_rmse"]}
-    rmse.update({name: metrics[f"rmse_{name}"] for name in _MODELS})
+    persistence = metrics["baselines"]["forecast"]["scores"]["persistence"]["rmse"]
+    rmse = {"persistence": persistence, **{name: metrics[f"rmse_{name}"] for name in _MODELS}}
     ax.bar(list(rmse), list(rmse.values()), color=["#bbbbbb", "#888888", "#d95f02"])
     ax.set_ylabel("RMSE on held-out clear pixels")
     ax.set_title("background forecast error")

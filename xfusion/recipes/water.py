@@ -662,9 +662,10 @@ def _figures(out: Path, cubes: dict, metrics: dict, models: dict[str, Any]) -> d
     for name, title in zip(MODELS, ("SAR-only", "SAR + optical"), strict=True):
         iou = metrics[f"{name}_iou"]
         panels.append((f"{title}: IoU {iou:.3f}", cubes["water"].sel(band=name).values, classes))
-    best = metrics["baselines"]["baseline"]
-    iou, best_map = metrics["baselines"]["baseline_iou"], cubes["baseline_water"].sel(band=best)
-    panels.append((f"baseline {best}: IoU {iou:.3f}", best_map.values, classes))
+    best = metrics["baselines"].get("baseline")  # none where the IoUs are undefined
+    if best is not None:
+        iou, best_map = metrics["baselines"]["baseline_iou"], cubes["baseline_water"].sel(band=best)
+        panels.append((f"baseline {best}: IoU {iou:.3f}", best_map.values, classes))
     fusion = cubes["water"].sel(band="fusion").values
     ok = np.isfinite(labels) & np.isfinite(fusion)
     # grey correct, red false water, blue missed water
