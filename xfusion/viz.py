@@ -15,7 +15,13 @@ import numpy as np
 import xarray as xr
 
 from xfusion._viz_maps import explore, make_offline, save_html, split_map
-from xfusion._viz_panels import plot_bands, plot_classes, plot_loss, plot_panels
+from xfusion._viz_panels import (
+    plot_bands,
+    plot_classes,
+    plot_loss,
+    plot_map_row,
+    plot_panels,
+)
 from xfusion.errors import BandError, InputError, SourceError
 
 __all__ = [
@@ -24,6 +30,7 @@ __all__ = [
     "plot_bands",
     "plot_classes",
     "plot_loss",
+    "plot_map_row",
     "plot_panels",
     "plot_rgb",
     "quicklook",

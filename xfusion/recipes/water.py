@@ -647,8 +647,7 @@ def _figures(out: Path, cubes: dict, metrics: dict, models: dict[str, Any]) -> d
     """PNG panels (inputs, labels, both maps, the best baseline, errors), training curves."""
     from matplotlib.colors import ListedColormap
 
-    from xfusion.viz import plot_loss, rgb_array
-    from xfusion.viz_row import plot_map_row
+    from xfusion.viz import plot_loss, plot_map_row, rgb_array
 
     inputs, labels = cubes["inputs"], cubes["labels"].values
     bands = band_names(inputs)
