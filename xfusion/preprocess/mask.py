@@ -34,6 +34,7 @@ __all__ = [
     "SCALE_PRESETS",
     "QAPreset",
     "dilate",
+    "flags_set",
     "mask_bits",
     "mask_classes",
     "mask_range",
@@ -299,6 +300,28 @@ def _check_qa_kind(da: xr.DataArray, name: Hashable, func: str, wanted: tuple[st
     )
 
 
+def _bitmask(da: xr.DataArray, qa: Any, bits: Any, func: str) -> tuple[Hashable, int]:
+    """Resolve and check the quality band and bit positions; return the band and its bitmask."""
+    qa_name = _resolve_qa(da, qa, QA_PRESETS, func)
+    bit_list = _resolve_values(bits, QA_PRESETS, "bits")
+    qa_dtype = da.dtype
+    _check_qa_dtype(da, qa_name)
+    _check_qa_kind(da, qa_name, func, ("flags",))
+    max_bit = qa_dtype.itemsize * 8 - 1 if qa_dtype.kind in "iu" else 62
+    if qa_dtype.kind == "i":
+        max_bit -= 1  # the sign bit is not a flag
+    bad = [b for b in bit_list if not 0 <= b <= max_bit]
+    if bad:
+        raise InputError(
+            f"bits {bad} out of range for quality band {qa_name!r} of dtype {qa_dtype}; "
+            f"expected bits between 0 and {max_bit}"
+        )
+    bitmask = 0
+    for b in bit_list:
+        bitmask |= 1 << b
+    return qa_name, bitmask
+
+
 def _apply_validity(
     da: xr.DataArray,
     qa_name: Hashable,
@@ -394,25 +417,39 @@ def mask_bits(
     array([[[0.1, 0.2, 0.3]]], dtype=float32)
     """
     da = _require_dataarray(da, "mask_bits")
-    qa_name = _resolve_qa(da, qa, QA_PRESETS, "mask_bits")
-    bit_list = _resolve_values(bits, QA_PRESETS, "bits")
+    qa_name, bitmask = _bitmask(da, qa, bits, "mask_bits")
     _check_missing(missing, "mask_bits")
-    qa_dtype = da.dtype
-    _check_qa_dtype(da, qa_name)
-    _check_qa_kind(da, qa_name, "mask_bits", ("flags",))
-    max_bit = qa_dtype.itemsize * 8 - 1 if qa_dtype.kind in "iu" else 62
-    if qa_dtype.kind == "i":
-        max_bit -= 1  # the sign bit is not a flag
-    bad = [b for b in bit_list if not 0 <= b <= max_bit]
-    if bad:
-        raise InputError(
-            f"bits {bad} out of range for quality band {qa_name!r} of dtype {qa_dtype}; "
-            f"expected bits between 0 and {max_bit}"
-        )
-    bitmask = 0
-    for b in bit_list:
-        bitmask |= 1 << b
     return _apply_validity(da, qa_name, drop, missing, "mask_bits", ok=_bits_ok, bitmask=bitmask)
+
+
+def flags_set(da: xr.DataArray, qa: Any, bits: Any) -> xr.DataArray:
+    """Return where any of ``bits`` is set in the quality band ``qa``: a lazy boolean (y, x) map.
+
+    The bit test of :func:`mask_bits`, with its checks (quality band name or preset, bit
+    positions, integer flags, a band recorded as flags), as a map instead of a mask: e.g. the
+    cloud score of each date. Where the quality band is NaN its flags are unknown and read as
+    not set; combine with ``da.sel(band=qa).notnull()`` to tell those pixels apart.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> cube = xr.DataArray(
+    ...     np.array([[[0.1, 0.2, 0.3]], [[0, 1024, np.nan]]], dtype="float32"),
+    ...     dims=("band", "y", "x"), coords={"band": ["B04", "QA60"]})
+    >>> flags_set(cube, "QA60", "QA60").values
+    array([[False,  True, False]])
+    """
+    da = _require_dataarray(da, "flags_set")
+    qa_name, bitmask = _bitmask(da, qa, bits, "flags_set")
+    known_ok = xr.apply_ufunc(
+        _valid_block,
+        da.sel(band=qa_name, drop=True),
+        kwargs={"name": str(qa_name), "func": "flags_set", "missing": "keep", "ok": _bits_ok,
+                "bitmask": bitmask},
+        dask="parallelized",
+        output_dtypes=[bool],
+    )  # fmt: skip
+    return ~known_ok
 
 
 def mask_classes(

@@ -48,6 +48,7 @@ from xfusion.models.baselines import ThresholdClassifier, score_predictions
 from xfusion.models.evaluation import agreement, holdout_tiles
 from xfusion.models.kmeans import KMeans, sample_pixels
 from xfusion.preprocess.lags import cloud_fraction
+from xfusion.preprocess.mask import flags_set
 from xfusion.recipes._base import (
     AreaFields,
     ChunkFields,
@@ -378,17 +379,6 @@ def _open_source(config: Config, out: Path) -> tuple[xr.DataArray, dict[str, xr.
     return cube, None
 
 
-def _qa_flags(cube: xr.DataArray, qa_band: str, bits: tuple[int, ...]) -> xr.DataArray:
-    """Lazy boolean: any of ``bits`` set in ``qa_band`` (NaN flags: not set).
-
-    The bit test is :func:`xfusion.mask_bits`': it masks a band of ones where a flag is set.
-    """
-    qa = cube.sel(band=[qa_band])
-    ones = xr.ones_like(qa).assign_coords(band=["flagged"])
-    kept = xr.concat([ones, qa], dim="band").xf.mask_bits(qa_band, list(bits), missing="keep")
-    return kept.isnull().squeeze("band", drop=True)
-
-
 def _prepare(cube: xr.DataArray, config: Config) -> dict[str, Any]:
     """Scale, choose the target and its lags, and split the stack into named lazy pieces."""
     bands = list(config.bands)
@@ -397,7 +387,7 @@ def _prepare(cube: xr.DataArray, config: Config) -> dict[str, Any]:
     if (config.scale_factor, config.scale_offset) != (1.0, 0.0):
         refl = refl.xf.scale(config.scale_factor, config.scale_offset)
     qa = cube.sel(band=config.qa_band, drop=True)
-    lag_flags = _qa_flags(cube, config.qa_band, config.qa_lag_bits).where(qa.notnull())
+    lag_flags = flags_set(cube, config.qa_band, list(config.qa_lag_bits)).where(qa.notnull())
     # cube.sel(band=[...]) keeps the per-band coordinates (band_kind, band_scale) that concat
     # needs on both sides.
     qa_with = xr.concat([refl, cube.sel(band=[config.qa_band])], dim="band")
@@ -414,19 +404,20 @@ def _prepare(cube: xr.DataArray, config: Config) -> dict[str, Any]:
     def lag(k: int) -> xr.DataArray:
         return stacked.sel(band=[f"{b}_lag_{k}" for b in bands]).assign_coords(band=bands)
 
+    qa_cloud = flags_set(stacked, config.qa_band, list(config.qa_cloud_bits))
     return {
         "time": stacked.time.values,
         "lag_times": [str(t) for t in next(iter(stacked.attrs["lag_times"].values()))],
         "image": stacked.sel(band=bands).rename("image"),
         "lags": {k: lag(k) for k in range(1, 4)},
-        "qa_cloud": _qa_flags(stacked, config.qa_band, config.qa_cloud_bits).rename("qa_cloud"),
+        "qa_cloud": qa_cloud.rename("qa_cloud"),
     }
 
 
 def _cloudiest(stacked: xr.DataArray, config: Config) -> xr.DataArray:
     """Keep the candidate target with the largest QA cloud fraction (one small compute)."""
     qa = stacked.sel(band=config.qa_band, drop=True)
-    flags = _qa_flags(stacked, config.qa_band, config.qa_cloud_bits).where(qa.notnull())
+    flags = flags_set(stacked, config.qa_band, list(config.qa_cloud_bits)).where(qa.notnull())
     score = cloud_fraction(stacked, flags)
     (values,) = dask.compute(score.data)  # xf: computes the candidates' QA cloud fractions
     return stacked.isel(time=[int(np.nanargmax(values))])
