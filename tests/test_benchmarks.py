@@ -45,3 +45,28 @@ def test_gpu_mode_refuses_a_cpu_jax(capsys, tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())  # nothing timed, nothing written
     with pytest.raises(DeviceError, match="fell back to the CPU"):
         run_gpu(smoke=True, repeats=1)
+
+
+def test_seed_sweep_reports_model_baseline_and_spread_from_each_run(tmp_path, capsys):
+    import json
+
+    from benchmarks import seed_sweep
+
+    assert seed_sweep.parse_seeds("0-2,5") == [0, 1, 2, 5]
+    out = tmp_path / "sweep.json"
+    assert seed_sweep.main(["cloudmask", "--seeds", "0", "--difficulty", "hard",
+                            "--set", "size=100", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    (run,) = result["runs"]
+    assert run["seed"] == 0 and set(run["comparisons"]) == {"main", "forecast"}
+    main_ = run["comparisons"]["main"]
+    assert main_["metric"] == "iou" and 0 <= main_["model"] <= 1
+    # the best baseline is the best of the scores the run wrote, and the verdict its margin's
+    best = max(v for v in main_["baselines"].values() if v is not None)
+    assert main_["best_baseline"] == best
+    assert main_["beats_baseline"] == (main_["model"] >= best + main_["margin"])
+    summary = result["summary"]["main"]
+    assert summary["model"]["mean"] == main_["model"] and summary["model"]["spread"] == 0
+    assert summary["beats"] == int(main_["beats_baseline"] is True) and summary["seeds"] == 1
+    row = capsys.readouterr().out
+    assert f"{main_['model']:.3f} ± 0.000" in row and "| cloudmask | hard | iou |" in row
