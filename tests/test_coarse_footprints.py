@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import xarray as xr
 
 from xfusion.errors import InputError
 from xfusion.models import UNetRegressor, UNetSegmenter
@@ -193,3 +194,154 @@ def test_irregular_observations_one_patch_per_footprint_mask():
     rmse = float(np.sqrt(np.mean((agg - values[:, :, 0, 0]) ** 2)))
     assert values.std() > 0.3
     assert rmse < values.std() / 4, (rmse, values.std())
+
+
+# ---- irregular observations from polygons or masks: xfusion.preprocess.footprints -------------
+
+
+def _grid_cube(n=48, bands=2, seed=0, chunks=None):
+    """A (band, y, x) cube on a 30 m UTM grid (with ``spatial_ref``) and its affine."""
+    import odc.geo.xr  # noqa: F401
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+    from odc.geo.xr import xr_zeros
+
+    box = GeoBox((n, n), Affine(30.0, 0.0, 300000.0, 0.0, -30.0, 4400000.0), "EPSG:32616")
+    rng = np.random.default_rng(seed)
+    base = xr_zeros(box, dtype="float32")
+    data = rng.normal(size=(bands, n, n)).astype(np.float32)
+    cube = xr.DataArray(
+        data,
+        dims=("band", "y", "x"),
+        coords={"band": [f"b{i}" for i in range(bands)], "y": base.y, "x": base.x,
+                "spatial_ref": base.spatial_ref},
+    )  # fmt: skip
+    return (cube.chunk({"y": chunks, "x": chunks}) if chunks else cube), box.affine
+
+
+def _pixel_polygon(affine, r0, c0, r1, c1):
+    """A rectangle from fractional pixel positions (row, col) to CRS coordinates."""
+    import shapely
+
+    (x0, y0), (x1, y1) = affine * (c0, r0), affine * (c1, r1)
+    return shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def test_rasterize_footprints_weights_are_area_fractions_and_centres():
+    import shapely
+
+    from xfusion.preprocess.footprints import rasterize_footprints
+
+    cube, affine = _grid_cube(n=16)
+    # a rectangle from (row 2.5, col 3.25) to (row 6.5, col 9.75): every pixel's covered fraction
+    # is the product of its row and column overlaps
+    rect = _pixel_polygon(affine, 2.5, 3.25, 6.5, 9.75)
+    w = rasterize_footprints([rect], cube).values[0]
+    rows = np.clip(np.minimum(np.arange(16) + 1, 6.5) - np.maximum(np.arange(16), 2.5), 0, 1)
+    cols = np.clip(np.minimum(np.arange(16) + 1, 9.75) - np.maximum(np.arange(16), 3.25), 0, 1)
+    np.testing.assert_allclose(w, np.outer(rows, cols), atol=1 / 64 + 1e-6)
+    assert w.sum() == pytest.approx(4.0 * 6.5, abs=0.05)
+    # "center": 1 where the pixel centre lies inside (shapely's own test), for a disc
+    disc = shapely.Point(*(affine * (8.3, 7.1))).buffer(30 * 4.2)
+    centre = rasterize_footprints([disc, rect], cube, weights="center").values
+    xs, ys = np.meshgrid(cube.x.values, cube.y.values)
+    np.testing.assert_array_equal(centre[0] > 0, shapely.contains_xy(disc, xs, ys))
+    touched = rasterize_footprints([disc], cube, weights="touched").values[0]
+    assert (touched >= centre[0]).all() and touched.sum() > centre[0].sum()
+    # a GeoJSON mapping is accepted as a geometry
+    geojson = rasterize_footprints([rect.__geo_interface__], cube).values[0]
+    np.testing.assert_array_equal(geojson, w)
+
+
+def test_footprint_patches_carry_each_footprint_across_chunks_and_overlaps():
+    from xfusion.preprocess.footprints import footprint_patches, rasterize_footprints
+
+    eager, affine = _grid_cube(n=48)
+    chunked, _ = _grid_cube(n=48, chunks=16)
+    # three overlapping footprints that cross the 16 px chunk boundaries, one partly outside
+    polys = [
+        _pixel_polygon(affine, 10.5, 12.2, 22.0, 19.8),
+        _pixel_polygon(affine, 14.0, 15.0, 20.5, 30.5),
+        _pixel_polygon(affine, 40.0, 44.0, 52.0, 50.0),  # half outside the 48 px cube
+    ]
+    full = rasterize_footprints(polys, eager).values
+    band0 = eager.values[0]
+    values = (full * band0).sum(axis=(1, 2)) / full.sum(axis=(1, 2))
+    ds = footprint_patches(chunked, polys, values, margin=3)
+    assert ds.attrs["n_dropped"] == 1  # the third lies partly outside (min_coverage=1)
+    assert ds["observation"].values.tolist() == [0, 1]
+    size = ds.sizes["y"]
+    assert size == 16 + 2 * 3  # the widest footprint spans 16 px (cols 15..31), plus margins
+    for s, obs in enumerate(ds["observation"].values):
+        r, c = int(ds["row"][s]), int(ds["col"][s])
+        fp = ds["footprint"].values[s]
+        # the patch's footprint is the full-grid weight map's window, all of it
+        np.testing.assert_allclose(fp, full[obs, r : r + size, c : c + size], atol=1e-6)
+        assert fp.sum() == pytest.approx(full[obs].sum(), rel=1e-6)
+        np.testing.assert_array_equal(
+            ds["inputs"].values[s], eager.values[:, r : r + size, c : c + size]
+        )
+        # the target is the value on the footprint, NaN elsewhere
+        target = ds["target"].values[s, 0]
+        np.testing.assert_array_equal(np.isfinite(target), fp > 0)
+        assert np.nanmax(np.abs(target - values[obs])) < 1e-6
+    assert (ds["x0"].values == affine.c + 30 * ds["col"].values).all()
+    same = footprint_patches(eager, polys, values, margin=3)
+    xr.testing.assert_identical(same, ds)
+    # masks on the grid give the same patches as the polygons' weight maps (a mask cannot know
+    # what lies outside the grid, so the third is left out here)
+    from_masks = footprint_patches(chunked, full[:2], values[:2], margin=3)
+    np.testing.assert_allclose(from_masks["footprint"].values, ds["footprint"].values)
+    half = footprint_patches(eager, polys, values, margin=3, min_coverage=0.25)
+    assert half.attrs["n_dropped"] == 0 and half.sizes["sample"] == 3
+
+
+def test_irregular_polygons_train_a_unet_that_aggregates_back_to_them():
+    """Polygons of many shapes and sizes, overlapping, anywhere: the fit reproduces them."""
+    import shapely
+
+    from xfusion.preprocess.footprints import footprint_patches, rasterize_footprints
+
+    cube, affine = _grid_cube(n=64, seed=4)
+    fine = 2 * cube.values[0] - cube.values[1]
+    rng = np.random.default_rng(6)
+    polys = []
+    for _ in range(48):
+        cx, cy = rng.uniform(6, 58, 2)
+        if rng.random() < 0.5:  # a disc
+            polys.append(shapely.Point(*(affine * (cx, cy))).buffer(30 * rng.uniform(1.5, 4)))
+        else:  # a rotated strip (a flight track segment)
+            strip = _pixel_polygon(affine, cy - 1, cx - 5, cy + 1, cx + 5)
+            polys.append(shapely.affinity.rotate(strip, rng.uniform(0, 180)))
+    weights = rasterize_footprints(polys, cube).values
+    values = (weights * fine).sum(axis=(1, 2)) / weights.sum(axis=(1, 2))
+    ds = footprint_patches(cube, polys, values, margin=2, multiple=2)
+    size = ds.sizes["y"]
+    assert ds.sizes["sample"] == 48 and values.std() > 0.3
+    model = UNetRegressor(**{**FIT, "coarse_factor": size}).fit(ds)
+    pred = model.predict(ds["inputs"].values)[:, 0]
+    fp = ds["footprint"].values
+    agg = (pred * fp).sum(axis=(1, 2)) / fp.sum(axis=(1, 2))
+    rmse = float(np.sqrt(np.mean((agg - values) ** 2)))
+    assert rmse < values.std() / 4, (rmse, values.std())
+
+
+def test_footprint_patches_refuse_bad_input():
+    from xfusion.preprocess.footprints import footprint_patches, rasterize_footprints
+
+    cube, affine = _grid_cube(n=24)
+    poly = _pixel_polygon(affine, 2, 2, 12, 6)
+    with pytest.raises(InputError, match="2 values for 1 footprints"):
+        footprint_patches(cube, [poly], [1.0, 2.0])
+    with pytest.raises(InputError, match=r"expected \(band, y, x\)"):
+        footprint_patches(cube.expand_dims(time=[0]), [poly], [1.0])
+    with pytest.raises(InputError, match="the largest footprint spans 10 px"):
+        footprint_patches(cube, [poly], [1.0], size=8)
+    with pytest.raises(InputError, match=r"on the cube's grid, \(n, 24, 24\)"):
+        footprint_patches(cube, np.ones((1, 12, 12), bool), [1.0])
+    with pytest.raises(InputError, match="no observation left of 1"):
+        footprint_patches(cube, [poly], [np.nan])
+    with pytest.raises(InputError, match="weights must be one of"):
+        rasterize_footprints([poly], cube, weights="exact")
+    with pytest.raises(InputError, match="footprint 0 is str"):
+        rasterize_footprints(["POLYGON"], cube)
