@@ -132,7 +132,9 @@ def test_fit_baselines_bad_input_is_named():
     X, y = _bimodal()
     with pytest.raises(InputError, match="task must be one of"):
         fit_baselines("clustering", X, y)
-    with pytest.raises(BandError, match="index_band 'ndwi' is not a column"):
+    with pytest.raises(
+        BandError, match=r"^index_band names band 'ndwi' not in X \(its columns\); bands are \["
+    ):
         fit_baselines("segmentation", X, y, index_band="ndwi")
     with pytest.raises(InputError, match="DataFrame"):
         fit_baselines("regression", X.to_numpy(), y)

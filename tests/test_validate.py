@@ -218,11 +218,127 @@ def test_require_bands_names_the_missing_bands_and_the_cube_bands():
         with pytest.raises(BandError, match=r"^bands \['B08', 'B11'\] not in Landsat cube; "):
             require_bands(cube, ["B02", "B08", "B11"], "Landsat cube")
         with pytest.raises(
-            BandError, match=r"^quality band 'QA60' not in cube; bands are \['B02', 'B03', 'QA'\]$"
+            BandError,
+            match=r"^quality band 'QA60' not in cube; bands are \['B02', 'B03', 'QA'\]; "
+            r"did you mean 'QA'\?$",
         ):
             require_bands(cube, "QA60", role="quality")
     with pytest.raises(BandError, match=r"without a band coordinate; its dims are \['y', 'x'\]"):
         require_bands(cube.isel(band=0, drop=True), ["B02"])
+
+
+def test_require_bands_hints_the_band_meant_and_takes_plain_names():
+    cube = xr.DataArray(
+        np.zeros((3, 1, 1)), dims=("band", "y", "x"), coords={"band": ["B02", "B08", "smod"]}
+    )
+    with pytest.raises(
+        BandError, match=r"^band 'B8' not in cube; bands are \[.*\]; did you mean 'B08'\?$"
+    ):
+        require_bands(cube, ["B02", "B8"])
+    with pytest.raises(BandError, match=r"; did you mean 'smod' for 'SMOD', 'B02' for 'b02'\?$"):
+        require_bands(cube, ["SMOD", "b02"])
+    with pytest.raises(BandError, match=r"^band 'cloud' not in cube; bands are \[.*\]$"):
+        require_bands(cube, "cloud")  # nothing close: no hint
+    # the names themselves (a pixel table's columns) instead of a cube; a mapping by its keys
+    assert require_bands(["a", "b"], {"b": 1}) == ["a", "b"]
+    with pytest.raises(
+        BandError, match=r"^kinds names band 'c' not in table; bands are \['a', 'b'\]$"
+    ):
+        require_bands(("a", "b"), {"c": "flags"}, "table", by="kinds")
+
+
+def _band_cube():
+    """A 2-band (a, b) float cube on a UTM grid, and a Ridge model fitted on its two bands."""
+    from xfusion.models import Ridge
+
+    cube = xr.DataArray(
+        np.random.default_rng(0).uniform(0, 1, (2, 8, 8)).astype("float32"),
+        dims=("band", "y", "x"),
+        coords={
+            "band": ["a", "b"],
+            "y": 4000320 - 10 * np.arange(8.0),
+            "x": 500000 + 10 * np.arange(8.0),
+        },
+    ).rio.write_crs(EPSG)
+    rng = np.random.default_rng(1)
+    model = Ridge().fit(rng.normal(size=(20, 2)), rng.normal(size=20))
+    return cube, model
+
+
+def _missing_band_calls():
+    import pandas as pd
+
+    from xfusion.bands import set_band_kinds, set_band_scaling
+    from xfusion.models.baselines import fit_baselines
+    from xfusion.models.predict import predict
+
+    cube, model = _band_cube()
+    table = pd.DataFrame({"a": [0.0, 1.0, 0.2, 0.9], "b": [1.0, 0.0, 0.8, 0.1]})
+    coarse = xf.grids.geobox_of(cube).zoom_out(2)
+    return {
+        "rgb_array": (lambda: xf.viz.rgb_array(cube.isel(band=[0, 1, 1]), ["a", "nope", "b"]), ""),
+        "plot_bands": (lambda: xf.viz.plot_bands(cube, ["nope"]), ""),
+        "predict": (lambda: predict(cube, model, bands=["a", "nope"]), "bands names "),
+        "resample": (lambda: xf.resample(cube, coarse, {"nope": "mode"}), "resampling names "),
+        "mask_range": (lambda: xf.mask_range(cube, {"nope": 1.0}, None), "lo names "),
+        "mask_bits": (lambda: xf.mask_bits(cube, "nope", [0]), "quality "),
+        "set_band_kinds": (lambda: set_band_kinds(cube, {"nope": "flags"}), "band kinds names "),
+        "set_band_scaling": (lambda: set_band_scaling(cube, {"nope": None}), "band scaling names "),
+        "fit_baselines": (
+            lambda: fit_baselines("segmentation", table, [0, 1, 0, 1], index_band="nope"),
+            "index_band names ",
+        ),
+    }
+
+
+@pytest.mark.parametrize("caller", list(_missing_band_calls()))
+def test_every_layer_says_band_not_in_cube_the_same_way(caller):
+    call, prefix = _missing_band_calls()[caller]
+    with pytest.raises(
+        BandError, match=rf"^{prefix}band 'nope' not in [\w ()]+; bands are \['a', 'b'"
+    ):
+        call()
+
+
+# --- write_zarr / open_zarr chunks -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        (None, ((2,), (6,), (4,))),
+        (3, ((2,), (3, 3), (3, 1))),
+        ((4, 2), ((2,), (4, 2), (2, 2))),
+        ({"band": 1, "x": -1}, ((1, 1), (6,), (4,))),
+        ({"y": None, "x": "auto"}, ((2,), (6,), (4,))),
+        ({"y": 5.0}, ((2,), (5, 1), (4,))),
+    ],
+)
+def test_write_zarr_chunk_forms(tmp_path, chunks, expected):
+    cube = xr.DataArray(np.arange(48.0).reshape(2, 6, 4), dims=("band", "y", "x"))
+    table = xr.DataArray(np.arange(5.0), dims="sample")  # has none of the dims: left as it is
+    store = xf.write_zarr({"c": cube, "t": table}, tmp_path / "o.zarr", chunks=chunks)
+    back = xf.open_zarr(store)
+    assert back["c"].chunks == expected and back["t"].chunks == ((5,),)
+    np.testing.assert_array_equal(back["c"].values, cube.values)
+    assert xf.open_zarr(store, "c", chunks=(3, -1)).chunks == (expected[0], (3, 3), (4,))
+
+
+@pytest.mark.parametrize(
+    ("chunks", "message"),
+    [
+        ({"y": 0}, r"the chunk size for 'y' must be a positive int"),
+        ({"time": 2}, r"names unknown dims \['time'\]; dims are \['band', 'sample', 'y', 'x'\]"),
+        ((1, 2, 3), r"must be an int \(the y and x chunk\), \(y, x\)"),
+        ("big", r"must be an int"),
+    ],
+)
+def test_write_zarr_refuses_a_bad_chunks_form_before_writing(tmp_path, chunks, message):
+    cube = xr.DataArray(np.zeros((2, 6, 4)), dims=("band", "y", "x"))
+    table = xr.DataArray(np.arange(5.0), dims="sample")
+    with pytest.raises(InputError, match=rf"^write_zarr chunks.*{message}"):
+        xf.write_zarr({"c": cube, "t": table}, tmp_path / "o.zarr", chunks=chunks)
+    assert not list(tmp_path.iterdir())  # nothing written, not even a partial store
 
 
 def test_recipes_import_the_same_require_bands():

@@ -28,6 +28,7 @@ import xarray as xr
 from xfusion._viz_panels import class_table, select_time
 from xfusion.errors import BandError, InputError, SourceError
 from xfusion.grids import geobox_of
+from xfusion.validate import require_bands
 
 __all__ = ["explore", "make_offline", "save_html", "split_map"]
 
@@ -213,9 +214,7 @@ def _select(da: xr.DataArray, bands: Any, time: Any) -> tuple[xr.DataArray, list
     bands = list(bands)
     if len(bands) not in (1, 3):
         raise InputError(f"bands must name one band (colour map) or three (RGB); got {bands}")
-    missing = [b for b in bands if b not in names]
-    if missing:
-        raise BandError(f"band {missing[0]!r} not in cube; bands are {names}")
+    require_bands(names, bands)
 
     # Positions, not labels: band labels may be numbers while ``bands`` holds their names.
     return da.transpose("band", "y", "x"), [names.index(b) for b in bands]

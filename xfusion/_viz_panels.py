@@ -17,7 +17,8 @@ import dask
 import numpy as np
 import xarray as xr
 
-from xfusion.errors import BandError, InputError, SourceError
+from xfusion.errors import InputError, SourceError
+from xfusion.validate import require_bands
 
 __all__ = ["plot_bands", "plot_classes", "plot_loss", "plot_panels"]
 
@@ -510,9 +511,7 @@ def plot_bands(
     bands = names if bands is None else [bands] if isinstance(bands, str) else list(bands)
     if not bands:
         raise InputError("bands must name at least one band")
-    missing = [b for b in bands if b not in names]
-    if missing:
-        raise BandError(f"band {missing[0]!r} not in cube; bands are {names}")
+    require_bands(names, bands)
     if int(ncols) < 1:
         raise InputError(f"ncols must be at least 1; got {ncols}")
     images = [

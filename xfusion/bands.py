@@ -38,7 +38,8 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-from xfusion.errors import BandError, InputError
+from xfusion.errors import InputError
+from xfusion.validate import require_bands
 
 __all__ = [
     "BAND_KINDS",
@@ -167,11 +168,7 @@ def set_band_kinds(da: xr.DataArray, kinds: Mapping[Hashable, str] | str) -> xr.
         (kind,) = kinds.values()
         return da.assign_coords({KIND_COORD: kind})
     current = band_kinds(da)
-    unknown = [n for n in kinds if n not in current]
-    if unknown:
-        raise BandError(
-            f"band kinds given for {unknown}, not in the cube; bands are {list(current)}"
-        )
+    require_bands(list(current), kinds, by="band kinds")
     current.update(kinds)
     return da.assign_coords({KIND_COORD: ("band", np.array(list(current.values()), dtype=object))})
 
@@ -202,9 +199,7 @@ def set_band_scaling(
 ) -> xr.DataArray:
     """Return ``da`` with ``band_scale``/``band_offset`` set for the named bands (NaN: unknown)."""
     current = band_scaling(da)
-    unknown = [n for n in scaling if n not in current]
-    if unknown:
-        raise BandError(f"scaling given for {unknown}, not in the cube; bands are {list(current)}")
+    require_bands(list(current), scaling, by="band scaling")
     current.update(scaling)
     scale = np.array([math.nan if v is None else v[0] for v in current.values()], "float64")
     offset = np.array([math.nan if v is None else v[1] for v in current.values()], "float64")

@@ -22,6 +22,7 @@ module sits at the base of the package: it imports only numpy, xarray and :mod:`
 
 from __future__ import annotations
 
+import difflib
 import numbers
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
@@ -151,20 +152,35 @@ def _size(size: Any, dim: Hashable, what: str) -> int:
 
 
 def require_bands(
-    cube: xr.DataArray, bands: str | Iterable[str], what: str = "cube", *, role: str = ""
+    cube: xr.DataArray | Iterable[Any],
+    bands: Any,
+    what: str = "cube",
+    *,
+    role: str = "",
+    by: str = "",
 ) -> list[str]:
     """Raise :class:`~xfusion.errors.BandError` unless ``cube`` has every band of ``bands``.
 
+    The one "band not in cube" check of xfusion: every layer that looks a band up by name
+    (openers, preprocessing, models, plots, recipes) calls it, so the error reads the same
+    everywhere: ``[<by> names ][<role> ]band 'x' not in <what>; bands are [...]`` for one
+    missing band, ``bands [...]`` for several, followed by ``; did you mean 'X'?`` when a
+    band of the cube is a close match (a typo or another case).
+
     Parameters
     ----------
-    cube : xarray.DataArray
-        A cube with a ``band`` coordinate.
+    cube : xarray.DataArray or iterable of str
+        A cube with a ``band`` coordinate, or the band names themselves (the columns of a
+        pixel table, the bands of a metadata listing).
     bands : str or iterable of str
-        The band names needed.
+        The band names needed (a mapping: its keys).
     what : str, default "cube"
         How the cube is named in the message, e.g. ``"Landsat cube"``.
     role : str, optional
         What the bands are for, put before "band" in the message, e.g. ``"quality"``.
+    by : str, optional
+        The argument that names the bands, e.g. ``"kinds"`` (``kinds names band 'x' not in
+        cube``).
 
     Returns
     -------
@@ -174,9 +190,8 @@ def require_bands(
     Raises
     ------
     BandError
-        A band is missing (the message names the missing bands, as ``band 'x'`` for a band given
-        as a str and ``bands [...]`` for a list, and the cube's bands), or the cube has no
-        ``band`` coordinate.
+        A band is missing (the message names the missing bands, the cube's bands and, where
+        one is close, the band probably meant), or the cube has no ``band`` coordinate.
 
     Examples
     --------
@@ -193,21 +208,44 @@ def require_bands(
     Traceback (most recent call last):
     ...
     xfusion.errors.BandError: quality band 'QA60' not in cube; bands are ['a', 'b']
+    >>> require_bands(["B02", "B08", "QA60"], {"B8": "flags"}, by="kinds")
+    Traceback (most recent call last):
+    ...
+    xfusion.errors.BandError: kinds names band 'B8' not in cube; ...; did you mean 'B08'?
     """
     wanted = [bands] if isinstance(bands, str) else list(bands)
-    prefix = f"{role} " if role else ""
-    if "band" not in cube.coords or cube["band"].ndim != 1:
-        raise BandError(
-            f"{prefix}band(s) {wanted} asked of a {what} without a band coordinate; "
-            f"its dims are {list(cube.dims)}"
-        )
-    have = [str(b) for b in cube["band"].values]
+    prefix = (f"{by} names " if by else "") + (f"{role} " if role else "")
+    if isinstance(cube, xr.DataArray):
+        if "band" not in cube.coords or cube["band"].ndim != 1:
+            raise BandError(
+                f"{prefix}band(s) {wanted} asked of a {what} without a band coordinate; "
+                f"its dims are {list(cube.dims)}"
+            )
+        names = cube["band"].values.tolist()  # a coordinate: metadata, not pixel values
+    else:
+        names = list(cube)
+    have = [str(b) for b in names]
     missing = [b for b in wanted if str(b) not in have]
-    if missing and isinstance(bands, str):
-        raise BandError(f"{prefix}band {bands!r} not in {what}; bands are {have}")
-    if missing:
-        raise BandError(f"{prefix}bands {missing} not in {what}; bands are {have}")
-    return have
+    if not missing:
+        return have
+    named = f"band {missing[0]!r}" if len(missing) == 1 else f"bands {missing}"
+    hint = _did_you_mean(missing, have)
+    raise BandError(f"{prefix}{named} not in {what}; bands are {have}{hint}")
+
+
+def _did_you_mean(missing: list[Any], have: list[str]) -> str:
+    """``"; did you mean 'B08'?"``: the cube's bands closest to the missing names, if any."""
+    lowered = {b.lower(): b for b in reversed(have)}
+    hints = []
+    for name in missing:
+        close = difflib.get_close_matches(str(name).lower(), list(lowered), n=1, cutoff=0.6)
+        if close:
+            hints.append((name, lowered[close[0]]))
+    if not hints:
+        return ""
+    if len(missing) == 1:
+        return f"; did you mean {hints[0][1]!r}?"
+    return "; did you mean " + ", ".join(f"{b!r} for {m!r}" for m, b in hints) + "?"
 
 
 def _repeated(values: Any) -> list[Hashable]:

@@ -23,6 +23,7 @@ from xfusion._viz_panels import (
     plot_panels,
 )
 from xfusion.errors import BandError, InputError, SourceError
+from xfusion.validate import require_bands
 
 __all__ = [
     "explore",
@@ -100,9 +101,7 @@ def rgb_array(
     bands = list(bands) if bands is not None else _default_rgb(names)
     if len(bands) != 3:
         raise InputError(f"an RGB image needs exactly three bands; got {bands}")
-    missing = [b for b in bands if b not in names]
-    if missing:
-        raise BandError(f"band {missing[0]!r} not in cube; bands are {names}")
+    require_bands(names, bands)
     lo, hi = stretch
     if not 0 <= lo < hi <= 100:
         raise InputError(f"stretch must be percentiles 0 <= low < high <= 100; got {stretch}")

@@ -50,7 +50,7 @@ from xfusion.grids import as_geobox, assign_grid, to_stackstac
 from xfusion.grids import grid as make_grid
 from xfusion.io._hrefs import check_local_exists, local_href, local_path
 from xfusion.io._retry import redact, sanitized
-from xfusion.validate import normalize_chunks
+from xfusion.validate import normalize_chunks, require_bands
 
 __all__ = ["open_stac"]
 
@@ -697,9 +697,7 @@ def _check_kinds(kinds: Any, band_names: list[str]) -> None:
         raise InputError(
             f"kinds must be a mapping of band name to kind ({list(BAND_KINDS)}); got {kinds!r}"
         )
-    unknown = [k for k in kinds if k not in band_names]
-    if unknown:
-        raise BandError(f"kinds names bands {unknown} not in the cube; bands are {band_names}")
+    require_bands(band_names, kinds, by="kinds")
     for name, kind in kinds.items():
         if kind not in BAND_KINDS:
             raise InputError(

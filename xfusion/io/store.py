@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover - older dask: every region is computed o
 
 from xfusion._json import jsonable
 from xfusion.errors import ConfigError, InputError, MissingFileError, SourceError
+from xfusion.validate import normalize_chunks
 
 __all__ = [
     "COMPLETE_ATTR",
@@ -89,7 +90,7 @@ def write_zarr(
     *,
     resume: bool = False,
     fingerprint: Mapping[str, Any] | None = None,
-    chunks: Mapping[str, int] | None = None,
+    chunks: Any = None,
     region_chunks: Mapping[str, int] | None = None,
     cache_mb: float = 512,
 ) -> Path:
@@ -129,10 +130,12 @@ def write_zarr(
     fingerprint : mapping, optional
         JSON-able values identifying what produced the cubes (a recipe passes
         :meth:`RecipeConfig.fingerprint`).
-    chunks : mapping of str to int, optional
-        Chunk sizes of the store along the named dimensions, for cubes held in memory; cubes
-        backed by Dask keep their chunks unless given here. Default: in-memory cubes are one
-        chunk.
+    chunks : int, tuple or mapping of str to int, optional
+        Chunk sizes of the store, in the grammar of :func:`xfusion.validate.normalize_chunks`
+        (an int for ``y`` and ``x``, ``(y, x)``, a mapping by dimension name; ``-1`` or None
+        for a whole dimension), for cubes held in memory; cubes backed by Dask keep their
+        chunks unless given here. A dimension applies to the cubes that have it; one that no
+        cube has is refused. Default: in-memory cubes are one chunk.
     region_chunks : mapping of str to int, optional
         How many chunks a region spans along each named dimension, e.g. ``{"y": 4, "x": 4}``
         (dimensions not named are written whole). Peak memory follows the region, not the
@@ -160,8 +163,8 @@ def write_zarr(
     ------
     InputError
         ``cubes`` is empty or not a mapping, a value is not a DataArray, a group name breaks
-        the rules above, or ``region_chunks`` or ``cache_mb`` is not a positive number; raised
-        before anything is written.
+        the rules above, ``chunks`` breaks the grammar of ``chunks=``, or ``region_chunks`` or
+        ``cache_mb`` is not a positive number; raised before anything is written.
     ConfigError
         ``path`` holds something other than an xfusion store, or ``resume`` meets a partial
         store of another origin.
@@ -185,6 +188,10 @@ def write_zarr(
     """
     _check_cubes(cubes)
     _cache_budget(cache_mb)
+    every_dim = [str(d) for cube in cubes.values() for d in cube.dims]
+    dims = [d for d in dict.fromkeys(every_dim) if d not in ("y", "x")]
+    dims += [d for d in ("y", "x") if d in every_dim]  # so (y, x) reads as it does elsewhere
+    sizes = normalize_chunks(chunks, dims, "write_zarr chunks")
     final = Path(path)
     partial = _partial_path(final)
     if (final.exists() or final.is_symlink()) and _completed_digest(final) is None:
@@ -192,7 +199,7 @@ def write_zarr(
             f"{str(final)!r} exists and is not a Zarr store written by xfusion.write_zarr; "
             "expected a new path or an earlier xfusion output (remove it or choose another path)"
         )
-    datasets = {name: _zarr_dataset(name, cube, chunks) for name, cube in cubes.items()}
+    datasets = {name: _zarr_dataset(name, cube, sizes) for name, cube in cubes.items()}
     identity = {
         "format": _STORE_FORMAT,
         "fingerprint": jsonable(dict(fingerprint or {})),
@@ -497,7 +504,7 @@ def open_zarr(
     path: str | os.PathLike[str],
     name: str | None = None,
     *,
-    chunks: Mapping[str, int] | None = None,
+    chunks: Any = None,
 ) -> dict[str, xr.DataArray] | xr.DataArray:
     """Open a store written by :func:`write_zarr`: its cubes, lazily, as they were written.
 
@@ -519,9 +526,11 @@ def open_zarr(
         The store (a folder ending in ``.zarr``).
     name : str, optional
         The cube to open. Default: all of them.
-    chunks : mapping of str to int, optional
-        Chunk sizes to open with, along the named dimensions (default: the store's chunks;
-        dimensions a cube lacks are ignored).
+    chunks : int, tuple or mapping of str to int, optional
+        Chunk sizes to open with, in the grammar of :func:`xfusion.validate.normalize_chunks`
+        (an int for ``y`` and ``x``, ``(y, x)``, or a mapping by dimension name; ``-1`` or
+        None for a whole dimension). Default: the store's chunks; dimensions a cube lacks are
+        ignored.
 
     Returns
     -------
@@ -536,8 +545,8 @@ def open_zarr(
     SourceError
         ``path`` is not a complete store written by :func:`write_zarr`.
     InputError
-        ``name`` is not a cube of the store (the message lists the cubes), or a chunk size is
-        not a positive integer.
+        ``name`` is not a cube of the store (the message lists the cubes), or ``chunks``
+        breaks the grammar of ``chunks=`` (checked before the store is read).
 
     Examples
     --------
@@ -551,16 +560,15 @@ def open_zarr(
     >>> open_zarr(store, "b").values.tolist()
     [[0.0, 2.0, 4.0], [6.0, 8.0, 10.0]]
     """
-    for dim, size in (chunks or {}).items():
-        if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
-            raise InputError(f"chunks[{dim!r}] must be a positive number of pixels; got {size!r}")
+    dims = list(map(str, chunks)) if isinstance(chunks, Mapping) else ["y", "x"]
+    sizes = normalize_chunks(chunks, dims, "open_zarr chunks")
     store = Path(path)
     names = _complete_store_cubes(store)
     if name is not None:
         if not isinstance(name, str) or name not in names:
             raise InputError(f"no cube {name!r} in {str(store)!r}; its cubes are {names}")
-        return _open_cube(store, name, chunks)
-    return {n: _open_cube(store, n, chunks) for n in names}
+        return _open_cube(store, name, sizes)
+    return {n: _open_cube(store, n, sizes) for n in names}
 
 
 def _complete_store_cubes(store: Path) -> list[str]:
@@ -596,7 +604,8 @@ def _complete_store_cubes(store: Path) -> list[str]:
     return written + [g for g in groups if g not in written]
 
 
-def _open_cube(store: Path, name: str, chunks: Mapping[str, int] | None) -> xr.DataArray:
+def _open_cube(store: Path, name: str, sizes: Mapping[str, int]) -> xr.DataArray:
+    """One cube of a complete store; ``sizes``: checked chunks by dim (dims it lacks ignored)."""
     # opened without Dask first, so the small coordinates below are read, not computed
     # per-group metadata: a few small local files (older xarray misreads consolidated groups)
     cube = xr.open_zarr(store, group=name, chunks=None, consolidated=False)[name]
@@ -610,7 +619,7 @@ def _open_cube(store: Path, name: str, chunks: Mapping[str, int] | None) -> xr.D
             coord = coord.copy(data=strings.reshape(coord.shape))
         restored[key] = coord
     stored = dict(cube.encoding.get("preferred_chunks") or {})
-    wanted = {d: c for d, c in (chunks or {}).items() if d in cube.dims}
+    wanted = {d: c for d, c in sizes.items() if d in cube.dims}
     return cube.chunk({**stored, **wanted}).assign_coords(restored)
 
 
@@ -628,8 +637,12 @@ def check_resumable(path: str | os.PathLike[str], fingerprint: Mapping[str, Any]
             raise ConfigError(_cannot_resume(partial, reason))
 
 
-def _zarr_dataset(name: str, cube: xr.DataArray, chunks: Mapping[str, int] | None) -> xr.Dataset:
-    """One cube as a Dataset ready for Zarr: lazy data in regular chunks, coordinates loaded."""
+def _zarr_dataset(name: str, cube: xr.DataArray, sizes: Mapping[str, int]) -> xr.Dataset:
+    """One cube as a Dataset ready for Zarr: lazy data in regular chunks, coordinates loaded.
+
+    ``sizes``: the checked ``chunks`` of :func:`write_zarr` by dim (-1: whole); dims it lacks
+    are left out.
+    """
     ds = cube.rename(name).to_dataset()
     for var in ds.variables.values():
         var.encoding.clear()
@@ -637,7 +650,7 @@ def _zarr_dataset(name: str, cube: xr.DataArray, chunks: Mapping[str, int] | Non
     if lazy:
         ds = ds.assign_coords({k: ds[k].compute() for k in lazy})  # xf: computes coordinates
     data = ds[name]
-    wanted = {d: int(s) for d, s in (chunks or {}).items() if d in data.dims}
+    wanted = {d: s for d, s in sizes.items() if d in data.dims}
     if data.chunks is None or wanted:
         data = data.chunk(wanted)
     irregular = {

@@ -43,6 +43,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from xfusion.errors import BandError, InputError, ModelError
+from xfusion.validate import require_bands
 
 __all__ = [
     "CoarseValue",
@@ -94,8 +95,8 @@ def _target(y: Any, n: int, what: str = "y") -> np.ndarray:
 
 
 def _check_band(X: pd.DataFrame, band: str | None, what: str) -> None:
-    if band is not None and band not in X.columns:
-        raise BandError(f"{what} {band!r} is not a column of X; columns are {list(X.columns)}")
+    if band is not None:
+        require_bands(X.columns, band, "X (its columns)", by=what)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import xarray as xr
 from xfusion._kernels import threadpool as _threadpool
 from xfusion.errors import BandError, InputError, ModelError, XFusionWarning
 from xfusion.models.compilation_cache import enable_compilation_cache
-from xfusion.validate import check_halo, check_unique_bands
+from xfusion.validate import check_halo, check_unique_bands, require_bands
 
 __all__ = [
     "check_band_names",
@@ -214,9 +214,7 @@ def _feed_bands(cube_bands: list[str], model: Any, bands: Any) -> list[str]:
                     f"records its own); map them by name with bands={{model band: cube band}}, "
                     f"or rename the model's inputs with set_bands"
                 )
-        missing = [b for b in feed if b not in cube_bands]
-        if missing:
-            raise BandError(f"bands {missing} are not in the cube; cube bands are {cube_bands}")
+        require_bands(cube_bands, feed, by="bands")
         return feed
     if expected is None:
         count = f"{n} inputs" if n is not None else "its inputs"

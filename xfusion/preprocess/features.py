@@ -14,7 +14,7 @@ import xarray as xr
 
 from xfusion.bands import band_kinds, band_scaling
 from xfusion.errors import BandError, InputError
-from xfusion.validate import check_float_nodata, check_unique_bands
+from xfusion.validate import check_float_nodata, check_unique_bands, require_bands
 
 __all__ = ["BAND_ALIASES", "INDICES", "index", "standardize"]
 
@@ -104,9 +104,7 @@ def _check_reference(da: xr.DataArray, ref: xr.DataArray, which: str) -> xr.Data
         )
     if "band" in da.dims:
         bands, ref_bands = _band_list(da), _band_list(ref)
-        missing = [b for b in bands if b not in ref_bands]
-        if missing:
-            raise BandError(f"the cube for {which} lacks bands {missing}; it has bands {ref_bands}")
+        require_bands(ref_bands, bands, f"the cube for {which}")
         return ref.sel(band=bands)
     return ref
 

@@ -167,7 +167,8 @@ def _resolve_qa(da: xr.DataArray, qa: Any, presets: Mapping[str, QAPreset], func
             raise BandError(
                 f"preset {qa!r} matches several bands {matches}; name the quality band itself"
             )
-    raise BandError(f"quality band {qa!r} not in cube; bands are {bands}")
+    have = require_bands(bands, [qa], role="quality")  # raises unless qa names a band as a str
+    return bands[have.index(str(qa))]
 
 
 def _plain_name(band: Hashable) -> str:
@@ -526,9 +527,7 @@ def _by_band(obj: xr.DataArray, value: Any, default: float, what: str) -> Any:
     if "band" in obj.dims:
         check_unique_bands(obj, what)
         bands = obj["band"].values.tolist()
-        unknown = [k for k in value if k not in bands]
-        if unknown:
-            raise BandError(f"{what} names bands {unknown} not in cube; bands are {bands}")
+        require_bands(obj, value, by=what)
         values = [value.get(b, default) for b in bands]
         if any(v is None for v in values):
             values = [np.nan if v is None else v for v in values]

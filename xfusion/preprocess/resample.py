@@ -51,7 +51,12 @@ from xfusion._kernels.aggregate import aggregate_blocks, aggregate_pieces
 from xfusion.bands import KIND_COORD, band_kinds, set_band_kinds
 from xfusion.errors import BandError, GridError, InputError
 from xfusion.grids import GRID_TOLERANCE, as_geobox, geobox_of, same_grid
-from xfusion.validate import check_float_nodata, declared_nodata, normalize_chunks
+from xfusion.validate import (
+    check_float_nodata,
+    declared_nodata,
+    normalize_chunks,
+    require_bands,
+)
 
 __all__ = ["KIND_METHODS", "RESAMPLING", "band_methods", "is_aligned", "is_coarser", "resample"]
 
@@ -377,12 +382,7 @@ def _check_names_in_dataset(ds: xr.Dataset, resampling: Any, kinds: Any) -> None
         known.update(_band_names(var) if "band" in var.dims else [name])
     for what, given in (("resampling", resampling), ("kinds", kinds)):
         if isinstance(given, Mapping):
-            unknown = [b for b in given if b not in known]
-            if unknown:
-                raise BandError(
-                    f"{what} names bands {unknown} that no variable has; bands are "
-                    f"{sorted(map(str, known))}"
-                )
+            require_bands(sorted(map(str, known)), given, "any variable", by=what)
 
 
 def _only_bands(given: Any, var: xr.DataArray) -> Any:
@@ -399,12 +399,7 @@ def _methods(
 ) -> dict[Hashable, str]:
     kinds = band_kinds(da)
     if isinstance(resampling, Mapping):
-        unknown = [b for b in resampling if b not in kinds]
-        if unknown:
-            raise BandError(
-                f"resampling names bands {unknown} that are not in the cube; bands are "
-                f"{list(kinds)}"
-            )
+        require_bands(list(kinds), resampling, by="resampling")
         asked: dict[Hashable, str | None] = {b: resampling.get(b) for b in kinds}
     else:
         asked = dict.fromkeys(kinds, resampling)
