@@ -284,7 +284,7 @@ def test_preprocessing_and_prediction_are_lazy(result):
     paths = {k: result.out_dir / "stac" / k / "collection.json" for k in ("s2", "viirs", "ghsl")}
     model = builtup.load_classifier(result.files["model_forest"])
     with raise_if_dask_computes():
-        sources = builtup._open_stac_sources(config, paths)
+        sources = builtup._read_sources(config, paths)
         grid = builtup._target_grid(config, sources["ghsl"])
         fused = builtup._fused_cube(config, sources, grid)
         labels = builtup._labels(config, sources["ghsl"], grid)
@@ -354,7 +354,7 @@ def test_earth_engine_path_offline(result, scene):
     expected = xr.open_zarr(result.files["zarr"], group="fused")["fused"]
     with fake_earth_engine(collections) as fake:
         with raise_if_dask_computes():
-            sources = builtup._open_ee_sources(config)
+            sources = builtup._read_sources(config)
             grid = builtup._target_grid(config, sources["ghsl"])
             fused = builtup._fused_cube(config, sources, grid)
             labels = builtup._labels(config, sources["ghsl"], grid)
@@ -365,6 +365,6 @@ def test_earth_engine_path_offline(result, scene):
         assert fake.pixel_requests
         assert "CLOUDY_PIXEL_PERCENTAGE" in json.dumps(fake.value_requests, default=str)
         filtered = dataclasses.replace(config, s2_collection="COPERNICUS/S2_CLOUDY_FIRST")
-        s2 = builtup._open_ee_sources(filtered)["s2"]
+        s2 = builtup._read_sources(filtered)["s2"]
         np.testing.assert_array_equal(s2.time.values, scene["s2"].time.values[1:])
         assert list(s2.band.values) == ["B2", "B3", "B4", "B8", "B11", "B12", "QA60"]

@@ -4,8 +4,9 @@ A recipe is a module of ``xfusion/recipes/`` (found there by :mod:`xfusion.recip
 ``Config`` dataclass composed of field groups on top of :class:`RecipeConfig`
 (:mod:`xfusion.recipes._config`) and a ``run(config) -> RecipeResult`` function that ends with
 :func:`write_results` (:mod:`xfusion.recipes._outputs`), its sources opened with the helpers of
-:mod:`xfusion.recipes._sources`. A recipe imports all of these from this module. Outputs go
-to ``config.out_dir``:
+:mod:`xfusion.recipes._sources`. A recipe imports all of these as one namespace,
+``from xfusion.recipes import _base as recipe`` (``recipe.AreaFields``, ``recipe.write_results``
+…), so its import lines are the same two whatever it uses. Outputs go to ``config.out_dir``:
 
 - ``outputs.zarr``: every output cube in one Zarr store (see :func:`write_zarr`);
 - ``<main>.tif``: the main map as a Cloud-Optimised GeoTIFF with its CRS;
@@ -49,14 +50,14 @@ from __future__ import annotations
 
 from xfusion.io.store import COMPLETE_ATTR, PROGRESS_FILE, store_is_complete, write_zarr
 from xfusion.recipes._config import (
-    RENAMED_KEYS,
-    SOURCES,
     AreaFields,
     ChunkFields,
     DateFields,
     RecipeConfig,
     TrainingFields,
+    at_least,
     config_keys,
+    one_of,
     plain_json,
     read_toml,
     toml_value,
@@ -64,6 +65,7 @@ from xfusion.recipes._config import (
 from xfusion.recipes._metrics import aggregation_rmse
 from xfusion.recipes._outputs import (
     RecipeResult,
+    bands_by_year,
     baseline_block,
     plain_coords,
     prepare_out_dir,
@@ -77,11 +79,10 @@ from xfusion.recipes._outputs import (
 )
 from xfusion.recipes._sources import band_names, coarsening_factor, require_bands, write_synthetic
 
+#: Everything a recipe uses, in one namespace: ``from xfusion.recipes import _base as recipe``.
 __all__ = [
     "COMPLETE_ATTR",
     "PROGRESS_FILE",
-    "RENAMED_KEYS",
-    "SOURCES",
     "AreaFields",
     "ChunkFields",
     "DateFields",
@@ -89,10 +90,13 @@ __all__ = [
     "RecipeResult",
     "TrainingFields",
     "aggregation_rmse",
+    "at_least",
     "band_names",
+    "bands_by_year",
     "baseline_block",
     "coarsening_factor",
     "config_keys",
+    "one_of",
     "plain_coords",
     "plain_json",
     "prepare_out_dir",

@@ -70,7 +70,9 @@ __all__ = [
     "DateFields",
     "RecipeConfig",
     "TrainingFields",
+    "at_least",
     "config_keys",
+    "one_of",
     "read_toml",
 ]
 
@@ -145,6 +147,22 @@ class RecipeConfig:
             (self.size >= self.MIN_SIZE, "size", f">= {self.MIN_SIZE}"),
             (self.difficulty in DIFFICULTIES, "difficulty", f"one of {DIFFICULTIES}"),
         ]
+
+    def pick(self, *names: str) -> dict[str, Any]:
+        """Return ``{name: value}`` of the fields ``names``: keywords for a library call.
+
+        Library functions name their parameters like the config fields they take, so a recipe
+        passes them on by name: ``mt.training_weights(stack, **config.pick("beta", "seed"))``.
+
+        Examples
+        --------
+        >>> RecipeConfig(seed=3).pick("seed", "size")
+        {'seed': 3, 'size': 256}
+        """
+        unknown = [name for name in names if name not in {f.name for f in dataclasses.fields(self)}]
+        if unknown:
+            raise ConfigError(f"{type(self).__name__} has no field(s) {unknown}")
+        return {name: getattr(self, name) for name in names}
 
     def validate(self) -> None:
         """Check every field once: the rows of each field group, then the recipe's own.
@@ -412,6 +430,22 @@ class TrainingFields:
             "seed": getattr(self, "seed", 0),
             "progress": show_progress(),
         }
+
+
+def at_least(config: Any, low: float, *names: str) -> list[Check]:
+    """Rows of :meth:`RecipeConfig.validate`: each field of ``names`` is ``>= low``.
+
+    Examples
+    --------
+    >>> at_least(RecipeConfig(seed=3), 0, "seed", "size")
+    [(True, 'seed', '>= 0'), (True, 'size', '>= 0')]
+    """
+    return [(getattr(config, name) >= low, name, f">= {low}") for name in names]
+
+
+def one_of(config: Any, name: str, options: tuple[Any, ...]) -> list[Check]:
+    """Return the row of :meth:`RecipeConfig.validate`: field ``name`` is one of ``options``."""
+    return [(getattr(config, name) in options, name, f"one of {options}")]
 
 
 def _is_date(value: str | None) -> bool:

@@ -38,6 +38,7 @@ from xfusion.recipes._config import RecipeConfig
 
 __all__ = [
     "RecipeResult",
+    "bands_by_year",
     "baseline_block",
     "plain_coords",
     "prepare_out_dir",
@@ -229,6 +230,29 @@ def write_results(
     drawn = dict(figures()) if figures is not None and config.figures else {}
     files["metrics"] = write_json(metrics, out / "metrics.json")
     return RecipeResult(config.recipe_name(), metrics, dict(cubes), drawn, out, files)
+
+
+def bands_by_year(maps: xr.DataArray) -> xr.DataArray:
+    """Return ``(time, 1, y, x)`` maps as ``(band, y, x)``: a band per time step, named by its year.
+
+    The shape of a multi-year map written as one COG (``cog=("name", bands_by_year(maps))``),
+    with NaN as its nodata. Lazy.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, xarray as xr
+    >>> maps = xr.DataArray(np.zeros((2, 1, 3, 4)), dims=("time", "band", "y", "x"),
+    ...                     coords={"time": pd.to_datetime(["2015-07-01", "2019-07-01"])})
+    >>> cube = bands_by_year(maps)
+    >>> cube.dims, cube.band.values.tolist()
+    (('band', 'y', 'x'), ['2015', '2019'])
+    """
+    import pandas as pd
+
+    years = [str(pd.Timestamp(t).year) for t in maps.time.values]
+    per_year = maps.isel(band=0, drop=True).drop_vars("source", errors="ignore")
+    per_year = per_year.rename(time="band").assign_coords(band=years).transpose("band", "y", "x")
+    return per_year.rio.write_nodata(np.nan, encoded=False)
 
 
 def plain_coords(cube: xr.DataArray) -> xr.DataArray:

@@ -8,49 +8,33 @@ the standard deviation of another) are fused on one 1 km grid; the GHSL settleme
 on points sampled with a seed and applied lazily to the fused cube of every year; a change map
 compares the last year with the training year.
 
-:func:`run`: open the sources (the synthetic scene written as a local STAC catalog, STAC
-catalogs, or Earth Engine) → mask, composite, resample and stack them lazily → sample training
-points and separate held-out points → fit the forest and its baselines (computes) → predict a
-map per year lazily → score the held-out points (and the maps against a synthetic truth) →
-write everything with :func:`~xfusion.recipes._base.write_results`. The forest is saved without
-pickle as its training table and a JSON sidecar (:mod:`xfusion.models.forest`).
+Metrics: accuracy, F1, precision and recall on held-out points (and of the maps against the
+truth on synthetic scenes), the built-up share per year; baselines on the same points, by F1:
+the night-light threshold with the best training F1, Otsu's threshold and gradient boosting
+(:mod:`xfusion.models.classification`). The forest is saved without pickle as its training
+table and a JSON sidecar (:mod:`xfusion.models.forest`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import dask
-import numpy as np
 import pandas as pd
 import xarray as xr
 
 import xfusion as xf
 from xfusion.errors import ConfigError, EmptySelectionError
-from xfusion.grids import geobox_of
-from xfusion.grids import grid as make_grid
-from xfusion.models.binary import best_f1_threshold, binary_scores
+from xfusion.models import classification
+from xfusion.models.binary import best_f1_threshold
 from xfusion.models.forest import RefittableForest, load_classifier, save_classifier
-from xfusion.preprocess.fuse import fuse
 from xfusion.preprocess.mask import CLASS_PRESETS, QA_PRESETS
 from xfusion.preprocess.points import train_test_points
-from xfusion.recipes._base import (
-    AreaFields,
-    RecipeConfig,
-    RecipeResult,
-    baseline_block,
-    prepare_out_dir,
-    write_results,
-    write_synthetic,
-)
+from xfusion.recipes import _base as recipe
 
 __all__ = ["Config", "load_classifier", "run", "save_classifier"]
-
-log = logging.getLogger(__name__)
 
 #: The real datasets of the published workflow (Earth Engine ids, bands, dates, region).
 REAL_SOURCES: dict[str, Any] = {
@@ -65,18 +49,16 @@ REAL_SOURCES: dict[str, Any] = {
     "n_train": 6000,
     "n_test": 3000,
 }
+_SOURCES = ("s2", "viirs", "ghsl")
 
 
 @dataclasses.dataclass
-class Config(AreaFields, RecipeConfig):
+class Config(recipe.AreaFields, recipe.RecipeConfig):
     """Configuration of the built-up recipe; the defaults run offline on a synthetic scene.
 
-    :meth:`real_sources` gives the published Earth Engine workflow (Sentinel-2
-    ``COPERNICUS/S2``, VIIRS ``NOAA/VIIRS/DNB/MONTHLY_V1/VCMSLCFG``, GHSL
-    ``JRC/GHSL/P2016/SMOD_POP_GLOBE_V1`` over Bagmati, Nepal). The shared fields (``out_dir``,
-    ``seed``, ``source``, ``difficulty``, ``bounds``, ``crs`` ...) are documented in
-    :mod:`xfusion.recipes._config`; ``seed`` also seeds the training sample (held-out points:
-    ``seed + 1``) and the forest.
+    :meth:`real_sources` gives the published Earth Engine workflow. The shared fields are
+    documented in :mod:`xfusion.recipes._config`; ``seed`` also seeds the training sample
+    (held-out points: ``seed + 1``) and the forest.
 
     Parameters
     ----------
@@ -105,10 +87,8 @@ class Config(AreaFields, RecipeConfig):
         Factor turning Sentinel-2 values into reflectance (1e-4; 1.0 where STAC scales).
     s2_max_cloud : float, optional
         Earth Engine only: keep images with ``CLOUDY_PIXEL_PERCENTAGE`` below this.
-    viirs_band : str
-        Night-light radiance band (``"avg_rad"``).
-    ghsl_band : str
-        Settlement-model band (``"smod_code"``).
+    viirs_band, ghsl_band : str
+        Night-light radiance band (``"avg_rad"``) and settlement-model band (``"smod_code"``).
     builtup_min_class : int
         Settlement classes at or above this are built-up (2: low- and high-density clusters).
     season : (int, int)
@@ -120,10 +100,9 @@ class Config(AreaFields, RecipeConfig):
     viirs_mean_year, viirs_std_year : int
         Night lights are standardised with the mean of one year's composite and the standard
         deviation of another's, so all years share one scale.
-    n_train : int
-        Training points drawn (``seed``) from the valid labelled pixels.
-    n_test : int
-        Held-out points drawn with ``seed + 1``; training pixels are removed from them.
+    n_train, n_test : int
+        Training points (``seed``) and held-out points (``seed + 1``, training pixels removed)
+        drawn from the valid labelled pixels.
     stratify : bool
         Draw ``n_train`` points per class instead of uniformly.
     n_estimators : int
@@ -177,12 +156,11 @@ class Config(AreaFields, RecipeConfig):
         """Return the rows of :meth:`validate` for this recipe's own fields."""
         positive = ("s2_resolution", "viirs_resolution", "s2_scale")
         presets = (*QA_PRESETS, *CLASS_PRESETS)
-        ee = self.source == "ee"
-        season = self.season
+        ee, season = self.source == "ee", self.season
         return [
             *((math.isfinite(getattr(self, k)) and getattr(self, k) > 0, k, "> 0")
               for k in positive),
-            *((getattr(self, k) >= 1, k, ">= 1") for k in ("n_train", "n_test", "n_estimators")),
+            *recipe.at_least(self, 1, "n_train", "n_test", "n_estimators"),
             (self.max_depth is None or self.max_depth >= 1, "max_depth", ">= 1 or None"),
             (len(season) == 2 and 1 <= season[0] <= season[-1] <= 12, "season",
              "(first_month, last_month) with 1 <= first <= last <= 12"),
@@ -214,53 +192,72 @@ class Config(AreaFields, RecipeConfig):
         return f"{year}-{first:02d}-01", end.strftime("%Y-%m-%d")
 
 
-def run(config: Config) -> RecipeResult:
+def run(config: Config) -> recipe.RecipeResult:
     """Run the built-up recipe and write its outputs to ``config.out_dir``.
 
-    This function computes: it samples the fused cube, fits the forest and its baselines,
-    scores them and writes every output. The 1 km cubes are persisted once (in memory, or on the
-    workers of a ``distributed`` client), so the sources are read once.
+    Open the sources (the synthetic scene as a local STAC catalog, STAC catalogs or Earth
+    Engine) → mask, composite, resample and stack them lazily on the 1 km grid (persisted
+    once, so the sources are read once) → draw training and held-out points → fit the forest
+    and its baselines → predict a map per year lazily → score → write everything with
+    :func:`~xfusion.recipes._base.write_results`. This function computes.
 
     Returns
     -------
     RecipeResult
-        ``metrics``: held-out ``accuracy``, ``f1``, ``precision``, ``recall``, the same for the
-        night-light threshold (``baseline_*``), ``class_balance_*``, ``builtup_fraction_<year>``,
-        ``truth_f1_<year>``/``truth_accuracy_<year>`` (synthetic scenes), and ``baselines``/
-        ``beats_baseline``: the forest against the night-light thresholds (best F1, Otsu) and
-        gradient boosting on the same held-out points by F1. ``cubes``: ``fused``, ``labels``,
-        ``builtup`` ``(time, band, y, x)`` and ``change`` (1 gained, −1 lost). ``files``: the
-        Zarr store, ``builtup.tif`` (a band per year), ``model_forest``, ``config``,
-        ``metrics`` and ``split_map``.
+        ``metrics`` (:func:`xfusion.models.classification.heldout_scores`, ``truth_f1_<year>``/
+        ``truth_accuracy_<year>`` on synthetic scenes, ``builtup_fraction_<year>``, the
+        baselines); ``cubes``: ``fused``, ``labels``, ``builtup`` ``(time, band, y, x)`` and
+        ``change`` (1 gained, −1 lost); ``files``: the Zarr store, ``builtup.tif`` (a band per
+        year), ``model_forest``, ``config``, ``metrics`` and ``split_map``.
     """
     if not isinstance(config, Config):
         raise ConfigError(f"run needs a builtup Config; got {type(config).__name__}")
-    out = prepare_out_dir(config.out_dir, config=config)
+    out = recipe.prepare_out_dir(config.out_dir, config=config)
     sources, truth = _open_sources(config, out)
     grid = _target_grid(config, sources["ghsl"])
     fused, labels = dask.persist(
         _fused_cube(config, sources, grid), _labels(config, sources["ghsl"], grid)
     )
-    train, test = _samples(config, fused, labels)
-    bands = [str(b) for b in fused.band.values]
-    forest = _fit_forest(config, train, bands)
-    threshold = best_f1_threshold(train[f"viirs:{config.viirs_band}"], train["label"])
+    years, index_band = config.years(), f"viirs:{config.viirs_band}"
+    features = fused.isel(time=years.index(config.train_year), drop=True)
+    train, test = train_test_points(
+        features.drop_vars("source", errors="ignore"),
+        labels,
+        **config.pick("n_train", "n_test", "seed", "stratify"),
+    )
+    classification.check_two_classes(train)
+    bands = recipe.band_names(fused)
+    forest = classification.fit_forest(
+        train, bands, **config.pick("n_estimators", "max_depth", "seed")
+    )
+    threshold = best_f1_threshold(train[index_band], train["label"])
     builtup = _predict_maps(fused, forest)
-    first = builtup.isel(time=config.years().index(config.train_year), drop=True)
+    first = builtup.isel(time=years.index(config.train_year), drop=True)
     change = (builtup.isel(time=-1, drop=True) - first).assign_coords(band=["change"])
-    change = change.rename("change")
-    metrics = _metrics(config, forest, threshold, train, test, builtup, truth)
-    cubes = {"fused": fused, "labels": labels, "builtup": builtup, "change": change}
+    scored = {"index_band": index_band, "threshold": threshold}
+    metrics = classification.heldout_scores(forest, train, test, **scored)
+    maps = classification.map_scores(builtup.isel(band=0), _truth_maps(truth, years))
+    for i, year in enumerate(years if truth is not None else []):
+        metrics[f"truth_accuracy_{year}"] = maps["accuracy"][i]
+        metrics[f"truth_f1_{year}"] = maps["f1"][i]
+    metrics |= {f"builtup_fraction_{y}": s for y, s in zip(years, maps["share"], strict=True)}
+    cubes = {
+        "fused": fused,
+        "labels": labels,
+        "builtup": builtup,
+        "change": change.rename("change"),
+    }
     cubes = {k: v.drop_vars("source", errors="ignore") for k, v in cubes.items()}
     saved = train[["x", "y", *bands, "label"]]
     extra = {"metrics": {k: v for k, v in metrics.items() if isinstance(v, float)}}
-    result = write_results(
+    compared = classification.baseline_scores(forest, train, test, **scored, seed=config.seed)
+    result = recipe.write_results(
         config,
         out,
         cubes,
         metrics,
-        baselines=_baselines(config, forest, threshold, train, test),
-        cog=("builtup", _cog_bands(builtup)),
+        baselines=recipe.baseline_block(*compared, metric="f1"),
+        cog=("builtup", recipe.bands_by_year(builtup)),
         models={"forest": RefittableForest(forest, saved, extra)},
         figures=lambda: _figures(config, out, cubes),
     )
@@ -269,47 +266,37 @@ def run(config: Config) -> RecipeResult:
     return result
 
 
-# --- sources ----------------------------------------------------------------------------------
-
-
-def _open_sources(config: Config, out: Path) -> tuple[dict[str, xr.DataArray], xr.DataArray | None]:
+def _open_sources(config: Config, out: Any) -> tuple[dict[str, xr.DataArray], Any]:
     """Open ``s2``, ``viirs`` and ``ghsl`` lazily; the truth too for synthetic scenes."""
-    if config.source == "ee":
-        return _open_ee_sources(config), None
-    if config.source == "stac":
-        paths = {k: getattr(config, f"{k}_collection") for k in ("s2", "viirs", "ghsl")}
-        return _open_stac_sources(config, paths), None
+    if config.source != "synthetic":
+        return _read_sources(config), None
     wanted = {
         "s2": [*config.s2_bands, config.s2_qa],
         "viirs": [config.viirs_band],
         "ghsl": [config.ghsl_band],
         "truth_builtup": ["builtup"],
     }
-    _, catalog = write_synthetic("builtup", config, out, wanted)
+    _, catalog = recipe.write_synthetic("builtup", config, out, wanted)
     paths = {k: catalog / k / "collection.json" for k in wanted}
     truth = xf.open_stac(paths.pop("truth_builtup"))
-    return _open_stac_sources(config, paths), truth
+    return _read_sources(config, paths), truth
 
 
-def _reads(config: Config) -> dict[str, tuple[Any, list[str]]]:
-    """Per source, the grid it is read on (``None`` without bounds: its own) and its bands."""
+def _read_sources(config: Config, paths: dict[str, Any] | None = None) -> dict[str, xr.DataArray]:
+    """Open the three sources from ``paths`` (STAC), else the config's STAC or EE collections.
+
+    Each is read on the grid of ``bounds`` at its own resolution, or without ``bounds`` on its
+    own grid; Earth Engine reads every year the recipe uses (labels: the training year only).
+    """
     reads = {
         "s2": (config.s2_resolution, [*config.s2_bands, config.s2_qa]),
         "viirs": (config.viirs_resolution, [config.viirs_band]),
         "ghsl": (config.resolution, [config.ghsl_band]),
     }
     grid = (lambda r: None) if config.bounds is None else config.grid
-    return {key: (grid(resolution), bands) for key, (resolution, bands) in reads.items()}
-
-
-def _open_stac_sources(config: Config, paths: dict[str, Any]) -> dict[str, xr.DataArray]:
-    return {
-        key: xf.open_stac(paths[key], grid=grid, assets=bands)
-        for key, (grid, bands) in _reads(config).items()
-    }
-
-
-def _open_ee_sources(config: Config) -> dict[str, xr.DataArray]:
+    if paths is not None or config.source == "stac":
+        paths = paths or {k: getattr(config, f"{k}_collection") for k in _SOURCES}
+        return {k: xf.open_stac(paths[k], grid=grid(r), assets=b) for k, (r, b) in reads.items()}
     years = [*config.years(), config.viirs_mean_year, config.viirs_std_year]
     dates = {"start": f"{min(years)}-01-01", "end": f"{max(years) + 1}-01-01"}
     label_dates = {"start": f"{config.train_year}-01-01", "end": f"{config.train_year + 1}-01-01"}
@@ -318,12 +305,12 @@ def _open_ee_sources(config: Config) -> dict[str, xr.DataArray]:
     return {
         key: xf.open_ee(
             getattr(config, f"{key}_collection"),
-            grid=grid,
+            grid=grid(resolution),
             bands=bands,
             filters=filters.get(key),
             **(label_dates if key == "ghsl" else dates),
         )
-        for key, (grid, bands) in _reads(config).items()
+        for key, (resolution, bands) in reads.items()
     }
 
 
@@ -331,13 +318,10 @@ def _target_grid(config: Config, ghsl: xr.DataArray) -> Any:
     """Return the fused grid: the bounds', or the label source's extent at ``resolution``."""
     if config.bounds is not None:
         return config.grid()
-    gbox = geobox_of(ghsl)
+    gbox = xf.grids.geobox_of(ghsl)
     crs = config.crs or gbox.crs
     bbox = gbox.boundingbox.to_crs(crs) if config.crs else gbox.boundingbox
-    return make_grid(tuple(bbox), crs, config.resolution)
-
-
-# --- preprocessing ------------------------------------------------------------------------------
+    return xf.grid(tuple(bbox), crs, config.resolution)
 
 
 def _composite(cube: xr.DataArray, window: tuple[str, str], what: str) -> xr.DataArray:
@@ -363,7 +347,9 @@ def _fused_cube(config: Config, sources: dict[str, xr.DataArray], grid: Any) -> 
     for year in config.years():
         s2_year = _composite(reflectance, config.window(year), f"Sentinel-2 ({year})")
         viirs_year = lights(year).xf.standardize(mean=mean_ref, std=std_ref)
-        layers.append(fuse({"s2": s2_year, "viirs": viirs_year}, grid=grid, resampling="average"))
+        layers.append(
+            xf.fuse({"s2": s2_year, "viirs": viirs_year}, grid=grid, resampling="average")
+        )
     times = pd.DatetimeIndex([pd.Timestamp(y, config.season[0], 1) for y in config.years()])
     fused = xr.concat(layers, dim=pd.Index(times.as_unit("ns"), name="time"))
     return fused.transpose("time", "band", "y", "x").rename("fused")
@@ -379,130 +365,27 @@ def _labels(config: Config, ghsl: xr.DataArray, grid: Any) -> xr.DataArray:
     return labels.isel(band=0, drop=True).rename("builtup_label")
 
 
-# --- training and scores ------------------------------------------------------------------------
-
-
-def _samples(
-    config: Config, fused: xr.DataArray, labels: xr.DataArray
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Training points (``seed``) and held-out points (``seed + 1``, training pixels removed)."""
-    features = fused.isel(time=config.years().index(config.train_year), drop=True)
-    features = features.drop_vars("source", errors="ignore")
-    train, test = train_test_points(
-        features, labels, config.n_train, config.n_test, seed=config.seed, stratify=config.stratify
-    )
-    classes = set(train["label"].unique())
-    if classes != {0.0, 1.0}:
-        raise EmptySelectionError(
-            f"the training sample holds labels {sorted(classes)}; both built-up (1) and not "
-            "built-up (0) are needed: enlarge the region or n_train"
-        )
-    return train, test
-
-
-def _fit_forest(config: Config, train: pd.DataFrame, bands: list[str]) -> Any:
-    """Fit the random forest on the training table (features named like the cube's bands)."""
-    from sklearn.ensemble import RandomForestClassifier
-
-    forest = RandomForestClassifier(
-        n_estimators=config.n_estimators,
-        max_depth=config.max_depth,
-        random_state=config.seed,
-        n_jobs=1,
-    )
-    return forest.fit(train[bands], train["label"].astype(int))
-
-
 def _predict_maps(fused: xr.DataArray, model: Any) -> xr.DataArray:
     """Lazy built-up map of every year: (time, band=["builtup"], y, x), 1 built-up, 0 not."""
     maps = fused.drop_vars("source", errors="ignore").xf.predict(model)
     return maps.assign_coords(band=["builtup"]).rename("builtup")
 
 
-def _metrics(
-    config: Config,
-    forest: Any,
-    threshold: float,
-    train: pd.DataFrame,
-    test: pd.DataFrame,
-    builtup: xr.DataArray,
-    truth: xr.DataArray | None,
-) -> dict[str, Any]:
-    """Held-out scores, class balances, built-up share per year and (with a truth) map scores."""
-    from xfusion.preprocess.sample import class_balance
-
-    labels, bands = test["label"].to_numpy(), list(forest.feature_names_in_)
-    lights = test[f"viirs:{config.viirs_band}"] >= threshold
-    metrics: dict[str, Any] = {
-        **binary_scores(labels, forest.predict(test[bands])),
-        **binary_scores(labels, lights, "baseline_"),
-        "baseline_threshold": threshold,
-        "n_train": len(train),
-        "n_test": len(test),
-        "class_balance_train": class_balance(train),
-        "class_balance_test": class_balance(test),
-    }
-    years = config.years()
-    fractions = builtup.isel(band=0).mean(("y", "x"))
-    if truth is not None:
-        truth_years = list(pd.DatetimeIndex(truth.time.values).year)
-        truth = truth.isel(band=0, drop=True).isel(time=[truth_years.index(y) for y in years])
-        maps, truth_np, shares = dask.compute(  # xf: computes the maps to score them
-            builtup.isel(band=0).data, truth.data, fractions.data
-        )
-        for i, year in enumerate(years):
-            valid = np.isfinite(maps[i]) & np.isfinite(truth_np[i])
-            scores = binary_scores(truth_np[i][valid], maps[i][valid])
-            metrics[f"truth_accuracy_{year}"] = scores["accuracy"]
-            metrics[f"truth_f1_{year}"] = scores["f1"]
-    else:
-        (shares,) = dask.compute(fractions.data)  # xf: computes the built-up share per year
-    for year, share in zip(years, shares, strict=True):
-        metrics[f"builtup_fraction_{year}"] = float(share)
-    return metrics
+def _truth_maps(truth: xr.DataArray | None, years: list[int]) -> xr.DataArray | None:
+    """Return the synthetic truth's maps of ``years``, ``(time, y, x)``."""
+    if truth is None:
+        return None
+    truth_years = list(pd.DatetimeIndex(truth.time.values).year)
+    return truth.isel(band=0, drop=True).isel(time=[truth_years.index(y) for y in years])
 
 
-def _baselines(
-    config: Config,
-    forest: Any,
-    threshold: float,
-    train: pd.DataFrame,
-    test: pd.DataFrame,
-) -> dict[str, Any]:
-    """Compare the forest with cheap baselines on the same held-out points and features, by F1.
-
-    ``night_lights``: the night-light threshold with the best training F1 (``baseline_*``);
-    ``otsu``: Otsu's threshold on the night lights; ``hgb``: gradient boosting on every band.
-    """
-    from xfusion.models.baselines import fit_baselines
-
-    band, bands = f"viirs:{config.viirs_band}", list(forest.feature_names_in_)
-    fitted = fit_baselines(
-        "classification", train[bands], train["label"], seed=config.seed, index_band=band
-    )
-    labels = test["label"].to_numpy()
-    scores = {"night_lights": binary_scores(labels, test[band] >= threshold)}
-    scores |= {name: binary_scores(labels, m.predict(test[bands])) for name, m in fitted.items()}
-    model = binary_scores(labels, forest.predict(test[bands]))
-    return baseline_block(model, scores, metric="f1")
+_BUILTUP = {0: ("not built-up", "#d9d9d9"), 1: ("built-up", "#d7301f")}
+_CHANGE = {-1: ("lost", "#2166ac"), 0: ("unchanged", "#f0f0f0"), 1: ("gained", "#b2182b")}
 
 
-# --- outputs ------------------------------------------------------------------------------------
-
-
-def _cog_bands(builtup: xr.DataArray) -> xr.DataArray:
-    """``(time, 1, y, x)`` → ``(band, y, x)``: one COG band per year, named by the year."""
-    years = [str(pd.Timestamp(t).year) for t in builtup.time.values]
-    per_year = builtup.isel(band=0, drop=True).drop_vars("source", errors="ignore")
-    per_year = per_year.rename(time="band").assign_coords(band=years).transpose("band", "y", "x")
-    return per_year.rio.write_nodata(np.nan, encoded=False)
-
-
-def _figures(config: Config, out: Path, cubes: dict[str, xr.DataArray]) -> dict[str, Path]:
+def _figures(config: Config, out: Any, cubes: dict[str, xr.DataArray]) -> dict[str, Any]:
     """PNG figures: the training year's inputs, one built-up map per year and the change map."""
     import matplotlib.pyplot as plt
-
-    from xfusion.viz import plot_classes, quicklook
 
     years, train_year = config.years(), config.train_year
     features = cubes["fused"].isel(time=years.index(train_year), drop=True)
@@ -514,26 +397,20 @@ def _figures(config: Config, out: Path, cubes: dict[str, xr.DataArray]) -> dict[
     panels[f"VIIRS {train_year} (standardised)"] = lights
     label = cubes["labels"].expand_dims(band=["label"])
     panels[f"labels: SMOD >= {config.builtup_min_class}"] = label
-    figures = {"inputs": quicklook(panels, out / "inputs.png")}
+    figures = {"inputs": xf.viz.quicklook(panels, out / "inputs.png")}
     maps = [(f"builtup_{y}", cubes["builtup"].isel(time=i), f"built-up {y}", _BUILTUP)
             for i, y in enumerate(years)]  # fmt: skip
     maps.append(("change", cubes["change"], f"change {train_year}–{years[-1]}", _CHANGE))
     for name, cube, title, classes in maps:
         figures[name] = out / f"{name}.png"
-        plt.close(plot_classes(cube, classes, title=title, path=figures[name]))
+        plt.close(xf.viz.plot_classes(cube, classes, title=title, path=figures[name]))
     return figures
 
 
-_BUILTUP = {0: ("not built-up", "#d9d9d9"), 1: ("built-up", "#d7301f")}
-_CHANGE = {-1: ("lost", "#2166ac"), 0: ("unchanged", "#f0f0f0"), 1: ("gained", "#b2182b")}
-
-
-def _split_map(config: Config, out: Path, builtup: xr.DataArray) -> Path:
+def _split_map(config: Config, out: Any, builtup: xr.DataArray) -> Any:
     """Write an offline HTML map comparing the training year's map with the last year's."""
-    from xfusion.viz import save_html, split_map
-
     years = config.years()
     first = builtup.isel(time=years.index(config.train_year))
-    m = split_map(first, builtup.isel(time=-1), left_name=str(config.train_year),
-                  right_name=str(years[-1]), vmin=0, vmax=1, cmap="Reds")  # fmt: skip
-    return save_html(m, out / "split_map.html")
+    m = xf.viz.split_map(first, builtup.isel(time=-1), left_name=str(config.train_year),
+                         right_name=str(years[-1]), vmin=0, vmax=1, cmap="Reds")  # fmt: skip
+    return xf.viz.save_html(m, out / "split_map.html")
