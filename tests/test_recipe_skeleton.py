@@ -17,6 +17,7 @@ from odc.geo.geom import BoundingBox
 
 import xfusion as xf
 from xfusion.errors import ConfigError
+from xfusion.recipes import _base as recipe
 from xfusion.recipes import downscale
 from xfusion.recipes._base import (
     AreaFields,
@@ -30,6 +31,7 @@ from xfusion.recipes._base import (
     prepare_out_dir,
     write_results,
 )
+from xfusion.testing import raise_if_dask_computes
 
 
 @dataclasses.dataclass
@@ -216,3 +218,60 @@ def test_an_undefined_score_gives_no_verdict_instead_of_failing(model, baselines
     assert block["baselines"]["reason"].startswith(f"{who} iou is undefined")
     result = RecipeResult("demo", {"iou": 0.5, **block}, {}, {}, Path("out"))
     assert result.summary().splitlines()[-1].startswith("  baselines       no verdict: ")
+
+
+def test_pick_and_the_table_helpers_of_checks():
+    config = Config(seed=4, alpha=2.5)
+    assert config.pick("alpha", "seed", "chunks") == {"alpha": 2.5, "seed": 4, "chunks": 32}
+    with pytest.raises(ConfigError, match=r"Config has no field\(s\) \['alhpa'\]"):
+        config.pick("alhpa")
+    assert recipe.at_least(config, 3, "alpha", "seed") == [
+        (False, "alpha", ">= 3"),
+        (True, "seed", ">= 3"),
+    ]
+    assert recipe.one_of(config, "source", ("stac", "ee")) == [
+        (False, "source", "one of ('stac', 'ee')")
+    ]
+
+    @dataclasses.dataclass
+    class Tabled(RecipeConfig):
+        kind: str = "a"
+        count: int = 1
+
+        def checks(self):
+            return [*recipe.at_least(self, 1, "count"), *recipe.one_of(self, "kind", ("a", "b"))]
+
+    with pytest.raises(ConfigError, match=r"config field 'count' must be >= 1; got 0"):
+        Tabled(count=0)
+    with pytest.raises(ConfigError, match=r"config field 'kind' must be one of \('a', 'b'\)"):
+        Tabled(kind="c")
+
+
+def test_bands_by_year_gives_a_band_per_year_with_the_values_and_nan_nodata():
+    years = pd.to_datetime(["2015-07-01", "2016-07-01", "2019-07-01"])
+    data = np.arange(3 * 2 * 3, dtype="float32").reshape(3, 1, 2, 3)
+    data[1, 0, 0, 0] = np.nan
+    coords = {"time": years, "band": ["builtup"], "source": "fused"}
+    maps = xr.DataArray(data, dims=("time", "band", "y", "x"), coords=coords).chunk(1)
+    with raise_if_dask_computes():
+        cube = recipe.bands_by_year(maps)
+    assert cube.dims == ("band", "y", "x") and cube.band.values.tolist() == ["2015", "2016", "2019"]
+    assert "source" not in cube.coords and np.isnan(cube.rio.nodata)
+    np.testing.assert_array_equal(cube.values, data[:, 0])
+
+
+def test_every_skeleton_name_a_recipe_uses_is_in_the_namespace():
+    """``recipe.X`` in a recipe module resolves in ``xfusion.recipes._base`` and its __all__."""
+    import ast
+
+    assert all(hasattr(recipe, name) for name in recipe.__all__)
+    for name in xf.recipes.RECIPES:
+        tree = ast.parse(Path(xf.recipes.get(name).__file__).read_text(encoding="utf-8"))
+        used = {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "recipe"
+        }
+        assert used <= set(recipe.__all__), (name, used - set(recipe.__all__))
