@@ -21,9 +21,12 @@ def test_binary_scores_are_scikit_learns():
         "m_precision": precision_score(truth, pred),
         "m_recall": recall_score(truth, pred),
     }
-    assert binary_scores([0, 0], [0, 0]) == {
-        "accuracy": 1.0, "f1": 0.0, "precision": 0.0, "recall": 0.0
-    }  # fmt: skip
+    # nothing to count is undefined (NaN), not 0 and not 1: the one convention of every score
+    empty = binary_scores([0, 0], [0, 0])
+    assert empty["accuracy"] == 1.0
+    assert all(np.isnan(empty[k]) for k in ("f1", "precision", "recall"))
+    missed = binary_scores([1, 0], [0, 0])  # no predicted 1: precision undefined, the rest not
+    assert np.isnan(missed["precision"]) and missed["recall"] == 0.0 and missed["f1"] == 0.0
     with pytest.raises(InputError, match="3 predictions for 2 labels"):
         binary_scores([0, 1], [0, 1, 1])
 
@@ -38,3 +41,31 @@ def test_best_f1_threshold_by_hand():
     assert best_f1_threshold([1.0, 2.0], [1, 1]) == 1.0
     with pytest.raises(InputError, match="0 values for 0 labels"):
         best_f1_threshold([], [])
+
+
+def test_every_score_of_an_empty_class_is_nan_and_gives_no_verdict():
+    from xfusion.models.baselines import score_predictions
+    from xfusion.models.evaluation import agreement
+    from xfusion.models.segmentation import segmentation_scores
+
+    none = np.zeros(6)  # neither the map nor the reference has the class
+    seg = segmentation_scores(none, none)
+    assert seg["accuracy"] == 1.0 and seg["n"] == 6
+    assert all(np.isnan(seg[k]) for k in ("iou", "f1", "precision", "recall"))
+    agree = agreement(none.astype(bool), none.astype(bool))
+    assert agree["accuracy"] == 1.0 and np.isnan(agree["iou"]) and np.isnan(agree["kappa"])
+    scored = score_predictions(none, none, task="segmentation")
+    assert scored["accuracy"] == 1.0 and np.isnan(scored["iou"])
+    assert np.isnan(binary_scores(none, none)["f1"])
+    # where the class is present the scores are the usual ones, equal across the functions
+    pred, ref = np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1])
+    iou = 2 / 4
+    assert segmentation_scores(pred, ref)["iou"] == iou
+    assert agreement(pred.astype(bool), ref.astype(bool))["iou"] == iou
+    assert score_predictions(pred, ref, task="segmentation")["iou"] == iou
+    assert segmentation_scores(pred, ref)["f1"] == binary_scores(ref, pred)["f1"] == 2 / 3
+    # an undefined score gets no verdict against the baselines instead of a pass or a fail
+    from xfusion.recipes._base import baseline_block
+
+    block = baseline_block({"iou": seg["iou"]}, {"otsu": {"iou": 0.4}}, metric="iou")
+    assert block["beats_baseline"] is None and block["baselines"]["comparable"] is False

@@ -60,7 +60,10 @@ def agreement(mask: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     Returns
     -------
     dict
-        ``accuracy``, ``iou`` (of the ``True`` class; 1 when both are empty) and ``kappa``.
+        ``accuracy``, ``iou`` (of the ``True`` class) and ``kappa``. A score with nothing to
+        count is NaN (undefined), as in :func:`xfusion.models.binary.binary_scores`: the IoU
+        when neither mask has a ``True`` pixel, κ when both masks are one and the same
+        constant (chance agreement 1).
 
     Examples
     --------
@@ -81,5 +84,5 @@ def agreement(mask: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     union = float(np.sum(a | b))
     po = (tp + tn) / n
     pe = (a.mean() * b.mean()) + ((1 - a.mean()) * (1 - b.mean()))
-    kappa = 1.0 if pe == 1 else (po - pe) / (1 - pe)
-    return {"accuracy": po, "iou": tp / union if union else 1.0, "kappa": float(kappa)}
+    kappa = math.nan if pe == 1 else (po - pe) / (1 - pe)
+    return {"accuracy": po, "iou": tp / union if union else math.nan, "kappa": float(kappa)}

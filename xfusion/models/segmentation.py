@@ -5,10 +5,15 @@ of the same values, leaving out every pixel where either is NaN (clouds over the
 water, the map's own no data), and returns the scores a segmentation is judged by: the IoU and
 F1 of the class, precision, recall and accuracy. It is eager: it takes arrays in memory (the
 held-out region of a computed map).
+
+A score with nothing to count is NaN (undefined), as in :func:`xfusion.models.binary.binary_scores`:
+IoU and F1 when neither map has the class, precision without a predicted pixel of it, recall
+without a true one.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -32,9 +37,9 @@ def segmentation_scores(prediction: Any, reference: Any) -> dict[str, float]:
     Returns
     -------
     dict
-        ``iou`` and ``f1`` of the class (1 when neither map has it), ``precision``, ``recall``
-        (1 without a predicted or a true pixel of the class), ``accuracy`` and ``n`` (the pixels
-        compared).
+        ``iou`` and ``f1`` of the class (NaN when neither map has it), ``precision`` and
+        ``recall`` (NaN without a predicted, resp. a true pixel of the class), ``accuracy`` and
+        ``n`` (the pixels compared).
 
     Raises
     ------
@@ -61,10 +66,10 @@ def segmentation_scores(prediction: Any, reference: Any) -> dict[str, float]:
     tp, fp, fn = float(np.sum(p & r)), float(np.sum(p & ~r)), float(np.sum(~p & r))
     union = tp + fp + fn
     return {
-        "iou": tp / union if union else 1.0,
-        "f1": 2 * tp / (2 * tp + fp + fn) if union else 1.0,
-        "precision": tp / (tp + fp) if tp + fp else 1.0,
-        "recall": tp / (tp + fn) if tp + fn else 1.0,
+        "iou": tp / union if union else math.nan,
+        "f1": 2 * tp / (2 * tp + fp + fn) if union else math.nan,
+        "precision": tp / (tp + fp) if tp + fp else math.nan,
+        "recall": tp / (tp + fn) if tp + fn else math.nan,
         "accuracy": float(np.mean(p == r)),
         "n": int(ok.sum()),
     }
