@@ -26,7 +26,7 @@ __all__ = ["baseline_scores", "check_two_classes", "fit_forest", "heldout_scores
 
 def check_two_classes(train: pd.DataFrame, what: str = "built-up") -> None:
     """Raise :class:`~xfusion.errors.EmptySelectionError` unless ``train`` holds labels 0 and 1."""
-    classes = set(train["label"].unique())
+    classes = {float(c) for c in train["label"].unique()}
     if classes != {0.0, 1.0}:
         raise EmptySelectionError(
             f"the training sample holds labels {sorted(classes)}; both {what} (1) and not "
