@@ -10,6 +10,7 @@ import pandas as pd
 import xarray as xr
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion import accessor
 
 
@@ -19,15 +20,13 @@ def _cube(seed: int = 0) -> xr.DataArray:
     data = rng.uniform(0, 1, size=(6, 3, 32, 32)).astype("float32")
     data[:, :, 3:6, 3:6] = np.nan
     qa = rng.choice([0, 1 << 10, 1 << 11, 0], size=(6, 1, 32, 32)).astype("float32")
-    da = xr.DataArray(
+    return synthetic_cube(
         np.concatenate([data, qa], axis=1),
-        dims=("time", "band", "y", "x"),
-        coords={
-            "time": pd.date_range("2020-01-01", periods=6, freq="MS"),
-            "band": ["B04", "B08", "B11", "QA60"],
-        },
+        ["B04", "B08", "B11", "QA60"],
+        times=pd.date_range("2020-01-01", periods=6, freq="MS"),
+        grid=gbox,
+        chunks={"x": 16, "y": 16},
     )
-    return xf.grids.assign_grid(da, gbox).chunk({"x": 16, "y": 16})
 
 
 def test_every_accessor_method_is_a_single_return_statement():

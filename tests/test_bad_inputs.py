@@ -21,6 +21,7 @@ import xarray as xr
 from affine import Affine
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion.cli import main
 from xfusion.datasets import write_stac
 from xfusion.errors import (
@@ -33,7 +34,6 @@ from xfusion.errors import (
     ModelError,
     SourceError,
 )
-from xfusion.grids import assign_grid
 from xfusion.models import KernelRidge, Ridge, UNetRegressor, UNetSegmenter
 from xfusion.models.predict import predict
 from xfusion.recipes import builtup, cloudmask
@@ -56,12 +56,9 @@ def make_cube(bands=("B02", "B03"), *, times=None, dtype="float32", seed=0, chun
         data = rng.random(shape).astype(dtype)
     else:
         data = rng.integers(0, 100, shape).astype(dtype)
-    dims = ("band", "y", "x") if times is None else ("time", "band", "y", "x")
-    coords = {"band": list(bands)}
-    if times is not None:
-        coords["time"] = pd.to_datetime(times)
-    cube = assign_grid(xr.DataArray(data, dims=dims, coords=coords), GRID)
-    return cube.chunk({"y": 8, "x": 8}) if chunk else cube
+    return synthetic_cube(
+        data, bands, times=times, grid=GRID, chunks={"y": 8, "x": 8} if chunk else None
+    )
 
 
 def no_crs(cube):

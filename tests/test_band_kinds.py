@@ -12,6 +12,7 @@ import pytest
 import xarray as xr
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion.bands import KIND_COORD, band_kinds
 from xfusion.errors import BandError, InputError
 from xfusion.grids import assign_grid, geobox_of
@@ -26,8 +27,7 @@ CLOUD_BITS = (1, 2, 3, 4)
 
 
 def cube_of(data, bands, gbox=FINE, dtype="float32"):
-    da = xr.DataArray(np.asarray(data, dtype), dims=("band", "y", "x"), coords={"band": bands})
-    return assign_grid(da, gbox)
+    return synthetic_cube(np.asarray(data, dtype), bands, grid=gbox)
 
 
 def qa_block_cube():
@@ -312,7 +312,6 @@ def test_dataset_variables_by_kind():
 
 def test_fuse_carries_the_recorded_scaling_so_scale_still_refuses_twice():
     from xfusion.errors import ScaleError
-    from xfusion.grids import assign_grid
 
     g = xf.grid((500000, 4000000, 500040, 4000040), "EPSG:32633", 10)
     rng = np.random.default_rng(0)

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion.errors import EmptySelectionError, InputError
 from xfusion.preprocess.composite import composite
 from xfusion.testing import raise_if_dask_computes
@@ -25,18 +26,11 @@ def _cube(seed=0, n=24, freq="8D", start="2015-05-03", shape=(7, 6), nan_fractio
     data = rng.random((n, 2, *shape)).astype("float32")
     data[rng.random(data.shape) < nan_fraction] = np.nan
     data[:, :, 0, 0] = np.nan  # a pixel never observed
-    times = pd.date_range(start, periods=n, freq=freq)
-    return xr.DataArray(
+    return synthetic_cube(
         data,
-        dims=("time", "band", "y", "x"),
-        coords={
-            "time": times,
-            "band": ["B04", "B08"],
-            "y": np.arange(shape[0]) * -10.0,
-            "x": np.arange(shape[1]) * 10.0,
-            "cloud_cover": ("time", rng.random(n)),
-            "common_name": ("band", ["red", "nir"]),
-        },
+        ["B04", "B08"],
+        times=pd.date_range(start, periods=n, freq=freq),
+        coords={"cloud_cover": ("time", rng.random(n)), "common_name": ("band", ["red", "nir"])},
     )
 
 

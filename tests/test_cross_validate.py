@@ -5,24 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import xarray as xr
 from sklearn.linear_model import LinearRegression
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion.errors import InputError
 from xfusion.models import Ridge, UNetRegressor, cross_validate, spatial_folds
 
 
 def _cube(ny=12, nx=10, seed=0, chunks=None):
     rng = np.random.default_rng(seed)
-    cube = xr.DataArray(
-        rng.normal(size=(3, ny, nx)).astype(np.float32),
-        dims=("band", "y", "x"),
-        coords={
-            "band": ["B02", "B03", "B04"],
-            "y": np.arange(ny) * -30.0,
-            "x": np.arange(nx) * 30.0,
-        },
+    cube = synthetic_cube(
+        rng.normal(size=(3, ny, nx)).astype(np.float32), ["B02", "B03", "B04"], res=30.0
     )
     noise = rng.normal(scale=0.3, size=(ny, nx))
     # the relation drifts across the scene, so folds differ and the scores are not trivial

@@ -9,6 +9,7 @@ import xarray as xr
 from sklearn.preprocessing import StandardScaler
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion.errors import BandError, InputError
 from xfusion.preprocess.features import index, standardize
 from xfusion.testing import raise_if_dask_computes
@@ -20,16 +21,8 @@ def _cube(seed=0, bands=("B02", "B03", "B04", "B08", "B11"), shape=(3, 7, 6), na
     rng = np.random.default_rng(seed)
     data = (rng.random((shape[0], len(bands), *shape[1:])) * 0.5 + 0.01).astype("float32")
     data[rng.random(data.shape) < nan_fraction] = np.nan
-    return xr.DataArray(
-        data,
-        dims=("time", "band", "y", "x"),
-        coords={
-            "band": list(bands),
-            "y": np.arange(shape[1]) * -10.0,
-            "x": np.arange(shape[2]) * 10.0,
-            "common_name": ("band", [f"name{i}" for i in range(len(bands))]),
-        },
-    )
+    names = [f"name{i}" for i in range(len(bands))]
+    return synthetic_cube(data, bands, coords={"common_name": ("band", names)})
 
 
 def _maybe_chunk(da, chunks):

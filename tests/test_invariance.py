@@ -16,6 +16,7 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion.grids import assign_grid
 from xfusion.models import KernelRidge, Ridge, UNetRegressor, UNetSegmenter
 from xfusion.models.predict import predict
@@ -104,10 +105,9 @@ def _pixel_cube(seed=0) -> xr.DataArray:
     rng = np.random.default_rng(seed)
     data = rng.random(PIX_SHAPE, dtype=np.float32)
     data[rng.random(PIX_SHAPE) < 0.05] = np.nan
-    cube = xr.DataArray(
-        data, dims=("time", "band", "y", "x"), coords={"band": ["B02", "B03", "B04"]}
+    return synthetic_cube(
+        data, ["B02", "B03", "B04"], grid=xf.grid((0, 0, 230, 190), "EPSG:32633", 10)
     )
-    return assign_grid(cube, xf.grid((0, 0, 230, 190), "EPSG:32633", 10))
 
 
 @pytest.fixture(scope="module")

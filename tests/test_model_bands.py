@@ -21,6 +21,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LinearRegression
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion.bands import set_band_kinds
 from xfusion.errors import BandError, InputError, ModelError, XFusionWarning
 from xfusion.models import KernelRidge, Ridge, UNetRegressor, UNetSegmenter, load_model
@@ -42,12 +43,8 @@ def rows():
 def red_nir_cube(chunked: bool = True) -> xr.DataArray:
     """A cube ordered (red, nir): the opposite of the training columns."""
     rng = np.random.default_rng(1)
-    cube = xr.DataArray(
-        rng.random((2, 12, 10)).astype("float32"),
-        dims=("band", "y", "x"),
-        coords={"band": ["red", "nir"]},
-    )
-    return cube.chunk({"y": 6}) if chunked else cube
+    values = rng.random((2, 12, 10)).astype("float32")
+    return synthetic_cube(values, ["red", "nir"], chunks={"y": 6} if chunked else None)
 
 
 def truth(cube: xr.DataArray) -> np.ndarray:

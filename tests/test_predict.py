@@ -19,6 +19,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LinearRegression
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion.errors import BandError, InputError, ModelError
 from xfusion.models.predict import predict
 from xfusion.models.ridge import Ridge
@@ -31,10 +32,8 @@ def make_cube(shape=(2, 3, 18, 22), seed=0, nan_frac=0.05) -> xr.DataArray:
     rng = np.random.default_rng(seed)
     data = rng.random(shape, dtype=np.float32)
     data[rng.random(shape) < nan_frac] = np.nan
-    dims = ("time", "band", "y", "x")[-len(shape) :]
     gbox = xf.grid((0, 0, shape[-1] * 10, shape[-2] * 10), "EPSG:32633", 10)
-    cube = xr.DataArray(data, dims=dims, coords={"band": BANDS[: shape[-3]]})
-    return xf.grids.assign_grid(cube, gbox)
+    return synthetic_cube(data, BANDS[: shape[-3]], grid=gbox)
 
 
 def rows_of(cube: xr.DataArray) -> np.ndarray:

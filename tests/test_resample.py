@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from rasterio.enums import Resampling
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion._kernels.aggregate import aggregate_blocks
 from xfusion.errors import GridError, InputError
 from xfusion.grids import assign_grid, geobox_of
@@ -47,16 +48,8 @@ def make_cube(seed: int = 0, smooth: bool = False) -> xr.DataArray:
         data[:, 0] = rng.random((2, ny, nx)) * 100
     data[:, 1] = rng.integers(0, 4, (2, ny, nx))
     data[rng.random(data.shape) < 0.15] = np.nan
-    cube = xr.DataArray(
-        data,
-        dims=("time", "band", "y", "x"),
-        coords={
-            "time": np.array(["2020-01-01", "2020-02-01"], "M8[ns]"),
-            "band": ["value", "class"],
-        },
-        attrs={"units": "dn"},
-    )
-    return assign_grid(cube, SRC)
+    times = ["2020-01-01", "2020-02-01"]
+    return synthetic_cube(data, ["value", "class"], times=times, grid=SRC).assign_attrs(units="dn")
 
 
 def gdal(data: np.ndarray, src, dst, method: str) -> np.ndarray:

@@ -18,6 +18,7 @@ from sklearn.linear_model import Ridge as SkRidge
 from sklearn.pipeline import make_pipeline
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion.errors import BandError, GridError, InputError, ModelError
 from xfusion.models.ridge import KernelRidge, Ridge
 from xfusion.testing import raise_if_dask_computes
@@ -44,8 +45,7 @@ def make_cube(seed=0, shape=(2, 4, 15, 19)):
     data = (rng.random(shape) + np.arange(shape[1])[:, None, None]).astype(np.float32)
     data[rng.random(shape) < 0.03] = np.nan
     gbox = xf.grid((0, 0, shape[-1] * 30, shape[-2] * 30), "EPSG:32631", 30)
-    cube = xr.DataArray(data, dims=("time", "band", "y", "x"), coords={"band": BANDS})
-    cube = xf.grids.assign_grid(cube, gbox)
+    cube = synthetic_cube(data, BANDS, grid=gbox)
     coef = np.array([1.5, -2.0, 0.5, 3.0], np.float32)
     target = (cube * xr.DataArray(coef, dims="band")).sum("band", skipna=False) + 0.7
     target = target + rng.normal(scale=0.1, size=target.shape).astype(np.float32)

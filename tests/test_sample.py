@@ -10,6 +10,7 @@ from pyproj import Transformer
 from shapely.geometry import Polygon, mapping
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion.errors import BandError, EmptySelectionError, GridError, InputError
 from xfusion.preprocess.sample import class_balance, dihedral
 from xfusion.testing import raise_if_dask_computes
@@ -21,15 +22,14 @@ def _cube(nan_fraction=0.05, seed=0) -> xr.DataArray:
     rng = np.random.default_rng(seed)
     data = rng.normal(size=(3, 24, 20)).astype(np.float32)
     data[0][rng.random((24, 20)) < nan_fraction] = np.nan
-    da = xr.DataArray(data, dims=("band", "y", "x"), coords={"band": ["B02", "B03", "avg_rad"]})
-    return xf.grids.assign_grid(da, GRID)
+    return synthetic_cube(data, ["B02", "B03", "avg_rad"], grid=GRID)
 
 
 def _labels(seed=1) -> xr.DataArray:
     rng = np.random.default_rng(seed)
     lab = (rng.random((24, 20)) < 0.2).astype(np.float32)  # imbalanced, like built-up vs not
     lab[:2, :3] = np.nan
-    return xf.grids.assign_grid(xr.DataArray(lab, dims=("y", "x"), name="smod"), GRID)
+    return synthetic_cube(lab, grid=GRID, name="smod")
 
 
 # ------------------------------------------------------------------------------------ sample

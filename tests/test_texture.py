@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from skimage.feature import local_binary_pattern
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion.errors import InputError
 from xfusion.testing import raise_if_dask_computes
 
@@ -30,12 +31,9 @@ def _cube(shape=(2, 3, 21, 17), seed=0, integer=True) -> xr.DataArray:
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 6, shape) if integer else rng.normal(size=shape)
     gbox = xf.grid((0, 0, 10 * shape[-1], 10 * shape[-2]), "EPSG:32633", 10)
-    da = xr.DataArray(
-        data.astype(np.float32),
-        dims=("time", "band", "y", "x"),
-        coords={"time": np.arange(shape[0]), "band": [f"B{i}" for i in range(shape[1])]},
-    )
-    return xf.grids.assign_grid(da, gbox)
+    bands = [f"B{i}" for i in range(shape[1])]
+    time = {"time": np.arange(shape[0])}  # plain numbers, not dates
+    return synthetic_cube(data.astype(np.float32), bands, grid=gbox, coords=time)
 
 
 @pytest.mark.parametrize(("points", "radius"), [(8, 1), (16, 2), (8, 1.5), (12, 2.3), (4, 3)])

@@ -22,6 +22,7 @@ from rasterio.transform import from_bounds
 from rasterio.warp import Resampling, reproject
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion._viz_maps import explore, make_offline, save_html, split_map
 from xfusion.errors import BandError, GridError, InputError
 from xfusion.grids import assign_grid
@@ -36,10 +37,7 @@ REMOTE = r'<(script|link)[^>]*(src|href)="https?://'
 
 
 def _cube(values, gbox, bands):
-    values = np.asarray(values, dtype=np.float32)
-    return assign_grid(
-        xr.DataArray(values, dims=("band", "y", "x"), coords={"band": list(bands)}), gbox
-    )
+    return synthetic_cube(np.asarray(values, dtype=np.float32), bands, grid=gbox)
 
 
 def _ramp(gbox=UTM, nan_box=True):

@@ -14,6 +14,7 @@ import pytest
 import xarray as xr
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion.errors import InputError, MissingFileError, SourceError
 from xfusion.grids import geobox_of
 from xfusion.io.store import PROGRESS_FILE, open_zarr, store_is_complete, write_zarr
@@ -235,11 +236,8 @@ def test_exported_at_top_level():
 
 
 def _small_cube() -> xr.DataArray:
-    return xr.DataArray(
-        da.zeros((2, 4, 4), chunks=2),
-        dims=("band", "y", "x"),
-        coords={"band": ["B04", "QA60"], "y": np.arange(4.0), "x": np.arange(4.0)},
-    )
+    ascending = {"y": np.arange(4.0), "x": np.arange(4.0)}
+    return synthetic_cube(da.zeros((2, 4, 4), chunks=2), ["B04", "QA60"], coords=ascending)
 
 
 @pytest.mark.parametrize(
