@@ -275,3 +275,23 @@ def test_every_skeleton_name_a_recipe_uses_is_in_the_namespace():
             and node.value.id == "recipe"
         }
         assert used <= set(recipe.__all__), (name, used - set(recipe.__all__))
+
+
+def test_model_recipe_config_is_every_group_in_the_same_order():
+    @dataclasses.dataclass
+    class Listed(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
+        chunks: int = 16
+        alpha: float = 1.0
+
+    @dataclasses.dataclass
+    class Composed(recipe.ModelRecipeConfig):
+        chunks: int = 16
+        alpha: float = 1.0
+
+    assert [f.name for f in dataclasses.fields(Composed)] == [
+        f.name for f in dataclasses.fields(Listed)
+    ]
+    assert config_keys(Composed) == config_keys(Listed)
+    assert Composed().to_dict() == Listed().to_dict()
+    with pytest.raises(ConfigError, match="'holdout_fraction' must be strictly between 0 and 1"):
+        Composed(holdout_fraction=0.0)

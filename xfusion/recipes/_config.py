@@ -68,6 +68,7 @@ __all__ = [
     "AreaFields",
     "ChunkFields",
     "DateFields",
+    "ModelRecipeConfig",
     "RecipeConfig",
     "TrainingFields",
     "at_least",
@@ -430,6 +431,16 @@ class TrainingFields:
             "seed": getattr(self, "seed", 0),
             "progress": show_progress(),
         }
+
+
+@dataclasses.dataclass
+class ModelRecipeConfig(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
+    """Every field group at once: a recipe that trains a model on a region's series.
+
+    ``class Config(ModelRecipeConfig)`` has the fields (in the same order), the checks and the
+    helpers of ``class Config(TrainingFields, ChunkFields, DateFields, AreaFields,
+    RecipeConfig)``; it only saves listing the groups.
+    """
 
 
 def at_least(config: Any, low: float, *names: str) -> list[Check]:

@@ -100,13 +100,14 @@ class Config(recipe.ChunkFields, recipe.DateFields, recipe.AreaFields, recipe.Re
 
     out_dir: str = "xfusion-out/cloudmask"
     SOURCE_KEYS: ClassVar = {"stac": ("stac_items",)}
-    size: int = 64
+    # the workflow's region and series (the group fields keep their place in the field order)
     bounds: tuple[float, ...] = (714720.0, 4363080.0, 735390.0, 4380300.0)
     crs: str = "EPSG:32630"
     resolution: float = 30.0
+    chunks: int = 32
     start: str = "2015-04-01"
     end: str = "2015-06-24"
-    chunks: int = 32
+    size: int = 64
     bands: tuple[str, ...] = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
     qa_band: str = "QA_PIXEL"
     qa_cloud_bits: tuple[int, ...] = (2, 3)
@@ -256,21 +257,15 @@ def run(config: Config) -> recipe.RecipeResult:
     forecast = recipe.baseline_block(*scored["forecast"], metric="rmse")
     block["baselines"]["forecast"] = forecast["baselines"]
     block["forecast_beats_baseline"] = forecast["beats_baseline"]
-    return recipe.write_results(
-        config,
-        out,
-        cubes,
-        metrics,
-        baselines=block,
-        cog=("cloudmask", cubes["cloudmask"].sel(band=config.main(), drop=True)),
-        models={
-            "ridge": models["ridge"],
-            "kernel_ridge": models["kernel"],
-            **{f"kmeans_k{k}": model for k, model in kmeans.items()},
-        },
-        figures=lambda: _figures(out, cubes, config, {**metrics, **block}),
-        chunks=config.chunks,
-    )
+    models = {"ridge": models["ridge"], "kernel_ridge": models["kernel"]}
+    models |= {f"kmeans_k{k}": model for k, model in kmeans.items()}
+    outputs = {
+        "cog": ("cloudmask", cubes["cloudmask"].sel(band=config.main(), drop=True)),
+        "models": models,
+        "figures": lambda: _figures(out, cubes, config, {**metrics, **block}),
+        "chunks": config.chunks,
+    }
+    return recipe.write_results(config, out, cubes, metrics, baselines=block, **outputs)
 
 
 def _open_source(config: Config, out: Any) -> tuple[Any, dict[str, Any] | None]:
