@@ -45,6 +45,7 @@ import numpy as np
 
 from xfusion._json import jsonable
 from xfusion.errors import InputError, ModelError
+from xfusion.models.base import SaveableModel
 
 __all__ = [
     "FORMAT_VERSION",
@@ -266,7 +267,7 @@ def _decode(data: bytes, fmt: str) -> dict[str, Any]:
 
 def write_model(
     path: str | os.PathLike,
-    model: Any,
+    model: SaveableModel,
     *,
     state: Mapping[str, Any],
     fmt: str = "msgpack",
@@ -278,9 +279,10 @@ def write_model(
     ----------
     path : path-like
         Target directory. It must not exist, or hold a saved model (which is replaced).
-    model : estimator
-        Its class must be in :data:`MODEL_CLASSES`; its ``get_params()`` (scikit-learn style)
-        are stored, and its ``bands_`` / ``output_bands_`` when present.
+    model : SaveableModel
+        A :class:`~xfusion.models.base.SaveableModel` whose class is in :data:`MODEL_CLASSES`;
+        its ``get_params()`` (scikit-learn style) are stored, and its ``bands_`` /
+        ``output_bands_`` when present.
     state : dict
         Nested dict (string keys without ``/``) of numpy arrays: the weights.
     fmt : {"msgpack", "netcdf"}
@@ -500,7 +502,7 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]
     return meta, state
 
 
-def load_model(path: str | os.PathLike) -> Any:
+def load_model(path: str | os.PathLike) -> SaveableModel:
     """Load a model saved with ``model.save(path)``.
 
     The class is looked up in the allow-list :data:`MODEL_CLASSES` and rebuilt with its

@@ -33,6 +33,7 @@ import xarray as xr
 
 from xfusion._kernels import threadpool as _threadpool
 from xfusion.errors import BandError, InputError, ModelError, XFusionWarning
+from xfusion.models.base import PixelModel, SpatialModel
 from xfusion.models.compilation_cache import enable_compilation_cache
 from xfusion.validate import check_halo, check_unique_bands, require_bands
 
@@ -889,7 +890,7 @@ def _normalise(stacked: np.ndarray, n_out: int) -> np.ndarray:
 
 def predict(
     da: xr.DataArray,
-    model: Any,
+    model: PixelModel | SpatialModel,
     *,
     halo: int | None = None,
     tile: int | None = None,
@@ -918,9 +919,10 @@ def predict(
     ----------
     da : xarray.DataArray
         Cube ``(band, y, x)`` or ``(time, band, y, x)`` holding the model's input bands.
-    model
-        A **pixel model** (has ``predict``: xfusion ``Ridge``/``KernelRidge`` or any fitted
-        scikit-learn estimator) or a **spatial model** (has ``inference_state()`` returning
+    model : PixelModel or SpatialModel
+        A **pixel model** (:class:`~xfusion.models.base.PixelModel`: has ``predict``; xfusion
+        ``Ridge``/``KernelRidge`` or any fitted scikit-learn estimator) or a **spatial model**
+        (:class:`~xfusion.models.base.SpatialModel`: has ``inference_state()`` returning
         ``(config, params)`` and an ``apply_tiles(config, params, tiles)`` function, attributes
         ``bands_``, ``output_bands_``, ``tile_multiple_``, ``default_halo_``).
     halo : int, optional
@@ -1020,8 +1022,8 @@ def predict(
     cube_bands = _check_cube(da)
     if precision not in _PRECISIONS:
         raise InputError(f"precision must be one of {list(_PRECISIONS)}; got {precision!r}")
-    spatial = hasattr(model, "inference_state")
-    if not spatial and not hasattr(model, "predict"):
+    spatial = isinstance(model, SpatialModel)
+    if not spatial and not isinstance(model, PixelModel):
         raise ModelError(
             f"{type(model).__name__} has neither predict (pixel model) nor inference_state "
             "(spatial model)"

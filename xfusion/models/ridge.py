@@ -27,6 +27,7 @@ from threadpoolctl import threadpool_limits
 from xfusion._kernels import ridge as _rk
 from xfusion.errors import BandError, GridError, InputError, ModelError
 from xfusion.grids import snap_to_grid
+from xfusion.models.base import Estimator
 from xfusion.models.predict import predict as _predict_cube
 
 __all__ = ["KernelRidge", "Ridge"]
@@ -238,26 +239,12 @@ def _table_for_predict(model, X) -> np.ndarray:
     return X
 
 
-class _Estimator:
-    """Parameters, ``repr`` and the ``predict`` dispatch shared by the ridge models."""
+class _Estimator(Estimator):
+    """The ``predict`` dispatch, band naming and persistence shared by the ridge models.
 
-    _param_names: tuple[str, ...] = ()
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Return the constructor parameters (scikit-learn convention)."""
-        return {name: getattr(self, name) for name in self._param_names}
-
-    def set_params(self, **params: Any):
-        """Set constructor parameters; returns ``self``."""
-        for name, value in params.items():
-            if name not in self._param_names:
-                raise InputError(f"unknown parameter {name!r}; parameters are {self._param_names}")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
+    Parameters, ``repr`` and cloning follow scikit-learn's conventions through
+    :class:`xfusion.models.base.Estimator`.
+    """
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_features_in_"):
@@ -431,8 +418,6 @@ class Ridge(_Estimator):
     (2,)
     """
 
-    _param_names = ("alpha", "fit_intercept")
-
     def __init__(self, alpha: float = 1.0, *, fit_intercept: bool = True) -> None:
         self.alpha = alpha
         self.fit_intercept = fit_intercept
@@ -532,8 +517,6 @@ class KernelRidge(_Estimator):
     >>> bool(np.abs(model.predict(X) - y).max() < 0.05)
     True
     """
-
-    _param_names = ("alpha", "gamma", "n_components", "method", "random_state", "sampling_factor")
 
     def __init__(
         self,
