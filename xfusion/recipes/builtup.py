@@ -193,22 +193,16 @@ class Config(recipe.AreaFields, recipe.RecipeConfig):
 
 
 def run(config: Config) -> recipe.RecipeResult:
-    """Run the built-up recipe and write its outputs to ``config.out_dir``.
+    """Run the built-up recipe and write its outputs to ``config.out_dir`` (computes).
 
-    Open the sources (the synthetic scene as a local STAC catalog, STAC catalogs or Earth
-    Engine) → mask, composite, resample and stack them lazily on the 1 km grid (persisted
-    once, so the sources are read once) → draw training and held-out points → fit the forest
-    and its baselines → predict a map per year lazily → score → write everything with
-    :func:`~xfusion.recipes._base.write_results`. This function computes.
-
-    Returns
-    -------
-    RecipeResult
-        ``metrics`` (:func:`xfusion.models.classification.heldout_scores`, ``truth_f1_<year>``/
-        ``truth_accuracy_<year>`` on synthetic scenes, ``builtup_fraction_<year>``, the
-        baselines); ``cubes``: ``fused``, ``labels``, ``builtup`` ``(time, band, y, x)`` and
-        ``change`` (1 gained, −1 lost); ``files``: the Zarr store, ``builtup.tif`` (a band per
-        year), ``model_forest``, ``config``, ``metrics`` and ``split_map``.
+    Open the sources → mask, composite, resample and stack them lazily on the 1 km grid
+    (persisted once: the sources are read once) → draw training and held-out points → fit the
+    forest and its baselines → predict a map per year lazily → score → write everything with
+    :func:`~xfusion.recipes._base.write_results`: ``outputs.zarr`` (``fused``, ``labels``,
+    ``builtup`` ``(time, band, y, x)``, ``change``: 1 gained, −1 lost), ``builtup.tif`` (a band
+    per year), ``model/forest``, ``config.toml``, ``metrics.json``, figures and ``split_map``.
+    Metrics: :func:`xfusion.models.classification.heldout_scores`, ``truth_f1_<year>`` and
+    ``truth_accuracy_<year>`` (synthetic scenes), ``builtup_fraction_<year>``, the baselines.
     """
     if not isinstance(config, Config):
         raise ConfigError(f"run needs a builtup Config; got {type(config).__name__}")
@@ -241,26 +235,18 @@ def run(config: Config) -> recipe.RecipeResult:
         metrics[f"truth_accuracy_{year}"] = maps["accuracy"][i]
         metrics[f"truth_f1_{year}"] = maps["f1"][i]
     metrics |= {f"builtup_fraction_{y}": s for y, s in zip(years, maps["share"], strict=True)}
-    cubes = {
-        "fused": fused,
-        "labels": labels,
-        "builtup": builtup,
-        "change": change.rename("change"),
-    }
+    cubes = dict(fused=fused, labels=labels, builtup=builtup, change=change.rename("change"))
     cubes = {k: v.drop_vars("source", errors="ignore") for k, v in cubes.items()}
     saved = train[["x", "y", *bands, "label"]]
     extra = {"metrics": {k: v for k, v in metrics.items() if isinstance(v, float)}}
     compared = classification.baseline_scores(forest, train, test, **scored, seed=config.seed)
-    result = recipe.write_results(
-        config,
-        out,
-        cubes,
-        metrics,
-        baselines=recipe.baseline_block(*compared, metric="f1"),
-        cog=("builtup", recipe.bands_by_year(builtup)),
-        models={"forest": RefittableForest(forest, saved, extra)},
-        figures=lambda: _figures(config, out, cubes),
-    )
+    block = recipe.baseline_block(*compared, metric="f1")
+    outputs = {
+        "cog": ("builtup", recipe.bands_by_year(builtup)),
+        "models": {"forest": RefittableForest(forest, saved, extra)},
+        "figures": lambda: _figures(config, out, cubes),
+    }
+    result = recipe.write_results(config, out, cubes, metrics, baselines=block, **outputs)
     if config.figures:
         result.files["split_map"] = _split_map(config, out, builtup)
     return result
