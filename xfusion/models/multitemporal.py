@@ -185,7 +185,16 @@ def _plain(cube: xr.DataArray) -> xr.DataArray:
 
 
 def lag_features(first: xr.DataArray, second: xr.DataArray, bands: list[str]) -> xr.DataArray:
-    """Stack forecast inputs: the more recent image, then the one before, as named bands."""
+    """Stack forecast inputs: the more recent image, then the one before, as named bands.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> lag = xr.DataArray(np.zeros((2, 3, 3)), dims=("band", "y", "x"),
+    ...                    coords={"band": ["B1", "B2"]})
+    >>> lag_features(lag, lag + 1, ["B1", "B2"]).band.values.tolist()
+    ['B1_lag_1', 'B2_lag_1', 'B1_lag_2', 'B2_lag_2']
+    """
     names = [f"{b}_lag_1" for b in bands] + [f"{b}_lag_2" for b in bands]
     return _plain(xr.concat([first, second], dim="band").assign_coords(band=names))
 
@@ -241,7 +250,13 @@ def forecast(stack: dict[str, Any], model: Any, bands: list[str]) -> xr.DataArra
 
 
 def visible_bands(bands: list[str]) -> list[int]:
-    """Positions of the visible bands B1…B4 in ``bands`` (every band when none is there)."""
+    """Positions of the visible bands B1…B4 in ``bands`` (every band when none is there).
+
+    Examples
+    --------
+    >>> visible_bands(["B5", "B2", "B7", "B4"]), visible_bands(["red", "nir"])
+    ([1, 3], [0, 1])
+    """
     idx = [i for i, b in enumerate(bands) if b in ("B1", "B2", "B3", "B4")]
     return idx or list(range(len(bands)))
 
