@@ -6,7 +6,12 @@ A recipe is a module of ``xfusion/recipes/`` (found there by :mod:`xfusion.recip
 :func:`write_results` (:mod:`xfusion.recipes._outputs`), its sources opened with the helpers of
 :mod:`xfusion.recipes._sources`. A recipe imports all of these as one namespace,
 ``from xfusion.recipes import _base as recipe`` (``recipe.AreaFields``, ``recipe.write_results``
-…), so its import lines are the same two whatever it uses. Outputs go to ``config.out_dir``:
+…), so its import lines are the same two whatever it uses. ``run`` reads like the workflow: each
+step is a call into a small library module that can be read and tested alone
+(:mod:`xfusion.models.multitemporal`, :mod:`xfusion.models.classification`), the way
+stackstac's ``prepare`` → ``to_dask`` → ``stack`` reads; the config's fields are checked once,
+when it is built, and passed on by name (:meth:`RecipeConfig.pick`), the way xarray normalises
+its arguments once at the top. Outputs go to ``config.out_dir``:
 
 - ``outputs.zarr``: every output cube in one Zarr store (see :func:`write_zarr`);
 - ``<main>.tif``: the main map as a Cloud-Optimised GeoTIFF with its CRS;
