@@ -16,6 +16,13 @@ proportional to the chunks with data:
   :func:`odc.geo.overlap.compute_reproject_roi` gives for each of them, with the same
   floating-point operations (one vectorised PROJ call instead of one per chunk), so the warp of
   every chunk with data reads exactly the window it read before.
+
+The graphs are written in Dask's task spec, imported here for every module of xfusion from
+Dask's public modules: ``dask.task_spec`` (``Alias`` is public there since dask 2025.5) and
+``dask.core.convert_legacy_graph``. On an older Dask (2024.12 to 2025.4) the same classes come
+from ``dask._task_spec``, where they were defined first; :data:`PUBLIC_TASK_SPEC` says which
+was taken, and ``tests/test_dask_api.py`` fails if a current Dask no longer offers the
+public names.
 """
 
 from __future__ import annotations
@@ -31,19 +38,37 @@ import dask.array
 import numpy as np
 import shapely
 from affine import Affine
-from dask._task_spec import Alias, GraphNode, Task, TaskRef, convert_legacy_graph
 from dask.base import tokenize
+from dask.core import convert_legacy_graph
 from dask.highlevelgraph import HighLevelGraph, Layer, MaterializedLayer
 from odc.geo import CRS
 from odc.geo.geobox import GeoBox
 from odc.geo.roi import roi_boundary
 
+try:  # Dask's public task-spec module (Alias is public there since dask 2025.5)
+    from dask.task_spec import Alias, DataNode, GraphNode, Task, TaskRef
+
+    #: Whether the task-spec classes come from ``dask.task_spec`` (True) or, on a Dask older
+    #: than 2025.5, from the private ``dask._task_spec`` that defines them (False).
+    PUBLIC_TASK_SPEC = True
+except ImportError:  # pragma: no cover - dask 2024.12 to 2025.4
+    from dask._task_spec import Alias, DataNode, GraphNode, Task, TaskRef
+
+    PUBLIC_TASK_SPEC = False
+
 __all__ = [
+    "PUBLIC_TASK_SPEC",
+    "Alias",
+    "DataNode",
+    "GraphNode",
     "SparseChunkLayer",
+    "Task",
+    "TaskRef",
     "broadcast_leading",
     "candidate_chunks",
     "chunk_starts",
     "concatenate",
+    "convert_legacy_graph",
     "data_blocks",
     "keep_blocks",
     "no_gc",

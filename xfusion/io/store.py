@@ -29,11 +29,7 @@ import xarray as xr
 from dask.array.core import concatenate3
 from dask.sizeof import sizeof
 
-try:  # task specs: dask >= 2024.12
-    from dask._task_spec import DataNode, convert_legacy_graph
-except ImportError:  # pragma: no cover - older dask: every region is computed on its own
-    DataNode = convert_legacy_graph = None
-
+from xfusion._graph import DataNode, convert_legacy_graph
 from xfusion._json import jsonable
 from xfusion.errors import ConfigError, InputError, MissingFileError, SourceError
 from xfusion.validate import normalize_chunks
@@ -279,10 +275,10 @@ def _region_values(
 ) -> Iterator[Any]:
     """Yield the values of ``data`` over each region in turn, as numpy arrays.
 
-    With a ``budget`` of bytes and a Dask version with task specs, the regions share one task
-    graph (:class:`_SharedTasks`); otherwise each region is computed on its own.
+    With a ``budget`` of bytes the regions share one task graph (:class:`_SharedTasks`);
+    otherwise each region is computed on its own.
     """
-    if budget > 0 and DataNode is not None:
+    if budget > 0:
         shared = _SharedTasks(data.data, [_block_ranges(data, w) for w in wheres], budget)
         if shared.closed:
             yield from shared

@@ -31,7 +31,6 @@ import dask.array
 import numpy as np
 import rasterio.warp
 import xarray as xr
-from dask._task_spec import DataNode, Task, TaskRef
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from odc.geo.geobox import GeoBox
@@ -40,7 +39,10 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 
 from xfusion._graph import (
+    DataNode,
     SparseChunkLayer,
+    Task,
+    TaskRef,
     candidate_chunks,
     chunk_starts,
     no_gc,
