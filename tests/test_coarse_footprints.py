@@ -345,3 +345,25 @@ def test_footprint_patches_refuse_bad_input():
         rasterize_footprints([poly], cube, weights="exact")
     with pytest.raises(InputError, match="footprint 0 is str"):
         rasterize_footprints(["POLYGON"], cube)
+
+
+def test_varying_bands_leaves_out_bands_constant_inside_cells():
+    from xfusion.preprocess.footprints import varying_bands
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(10, 4, 16, 16))
+    cells = rng.normal(size=(10, 1, 2, 2))
+    X[:, 1] = np.kron(cells[:, 0], np.ones((8, 8)))  # constant inside every 8×8 cell
+    X[:, 2] = 5 * np.kron(cells[:, 0], np.ones((8, 8))) + 0.1 * rng.normal(size=(10, 16, 16))
+    X[:, 3, :3, :3] = np.nan  # NaN pixels are ignored
+    names = ["red", "weather", "almost", "nir"]
+    assert varying_bands(X, 8, bands=names) == ["red", "nir"]
+    # with one cell per 16 px patch the 8 px cells vary inside it
+    assert varying_bands(X, bands=names) == names
+    da = xr.DataArray(X, dims=("sample", "band", "y", "x"), coords={"band": names})
+    assert varying_bands(da, 8) == ["red", "nir"]
+    assert varying_bands(da, 8, min_ratio=0.01) == ["red", "almost", "nir"]
+    with pytest.raises(InputError, match="no band varies"):
+        varying_bands(X[:, 1:2], 8)
+    with pytest.raises(InputError, match="does not divide"):
+        varying_bands(X, 5)

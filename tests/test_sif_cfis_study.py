@@ -51,3 +51,13 @@ def test_coarse_trained_ridge_on_fold_0(tiles):
     assert got["n"] == flat["n"] == int(fp[te].sum())
     assert got["r2"] == pytest.approx(0.4245, abs=2e-3)
     assert flat["r2"] == pytest.approx(0.3900, abs=2e-3)
+
+
+def test_the_unet_sees_the_bands_that_vary_inside_tiles(tiles):
+    """The NLDAS weather is constant inside a tile: the U-Net's inputs leave it out."""
+    fold = tiles["fold"]
+    for k in (0, 1, 2):
+        keep = study.unet_bands(tiles["X"][fold != k], tiles["bands"])
+        dropped = {b for i, b in enumerate(tiles["bands"]) if i not in keep}
+        assert dropped == {"Rainf_f_tavg", "SWdown_f_tavg", "Tair_f_tavg"}, (k, dropped)
+    assert study.unet_bands(tiles["X"], tiles["bands"], "all") == list(range(24))
