@@ -18,7 +18,7 @@ from sklearn.metrics import mean_squared_error, r2_score
 
 import xfusion as xf
 from xfusion.datasets import synthetic_scene
-from xfusion.errors import ConfigError, GridError
+from xfusion.errors import ConfigError, GridError, InputError
 from xfusion.recipes import downscale
 from xfusion.recipes._base import coarsening_factor
 from xfusion.testing import raise_if_dask_computes
@@ -300,3 +300,99 @@ def test_earth_engine_path_offline(tiny, tmp_path):
     assert res.metrics["baselines"]["model_aggregation_rmse"] == res.metrics["aggregation_rmse"]
     assert res.metrics["aggregation_rmse"] == pytest.approx(tiny.metrics["aggregation_rmse"], 0.1)
     assert rioxarray.open_rasterio(tmp_path / "downscaled.tif").rio.crs.to_epsg() == 32615
+
+
+# ---- coarse values over partial footprints: the hard scene ------------------------------------
+
+HARD_TINY = dict(
+    difficulty="hard",
+    size=300,  # 3 x 3 tiles of 100 px: 4 training, 2 validation and 3 held-out tiles per date
+    widths=(8,),
+    epochs=2,
+    figures=False,
+    constrain="shift",
+)
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory):
+    out = tmp_path_factory.mktemp("downscale-hard")
+    return downscale.run(downscale.Config(out_dir=str(out), **HARD_TINY))
+
+
+def _weighted_cells(field, weights, f=100):
+    *lead, h, w = field.shape
+    shape = (*lead, h // f, f, w // f, f)
+    wts = weights.reshape(shape)
+    return (wts * field.reshape(shape)).sum(axis=(-3, -1)) / wts.sum(axis=(-3, -1))
+
+
+def test_hard_scene_trains_on_footprints_and_keeps_the_constraint(hard):
+    scene = synthetic_scene("downscale", seed=0, size=300, difficulty="hard")
+    config = downscale.Config(**HARD_TINY)
+    assert config.patch_size == 100 and config.start == "2016-06-15"  # the hard defaults
+    weights = scene["footprint"].values[:, 0]
+    np.testing.assert_array_equal(hard.cubes["footprint"].values[:, 0], weights)
+    m = hard.metrics
+    assert m["footprints"] is True and m["constrain"] == "shift" and m["factor"] == 100
+    assert m["n_train_samples"] == 4 * 4 and m["n_validation_samples"] == 2 * 4
+    labels = scene["tropomi"].values[:, 0]
+    held = np.zeros((3, 3), bool)
+    held[:, 2] = True  # the eastern column of tiles
+    # every output, shifted per tile, averages back exactly to the footprint-weighted labels
+    for key, name in (("", "downscaled"), ("bilinear_", "bilinear"), ("ridge_", "ridge")):
+        field = hard.cubes[name].values[:, 0]
+        cells = _weighted_cells(field.astype(np.float64), weights)
+        np.testing.assert_allclose(cells, labels, rtol=1e-4, atol=1e-5)
+        assert m[f"{key}aggregation_max_error_fraction"] < 1e-4
+        assert m[f"{key}aggregation_rmse"] < 1e-4
+    # the truth metrics are the held-out strip's, against the full fine truth
+    truth = scene["truth_sif"].values[:, 0][:, :, 200:]
+    pred = hard.cubes["downscaled"].values[:, 0][:, :, 200:]
+    assert m["rmse"] == pytest.approx(math.sqrt(mean_squared_error(truth.ravel(), pred.ravel())),
+                                      rel=1e-5)  # fmt: skip
+    # the ridge is fitted on footprint-weighted means of the indices over the training tiles
+    modis = scene["modis"].values
+    vi = _weighted_cells(modis, np.broadcast_to(weights[:, None], modis.shape))  # (t, b, 3, 3)
+    X = np.moveaxis(vi, 1, -1)[:, ~held].reshape(-1, 2)
+    reference = SkRidge(alpha=config.ridge_alpha).fit(X, labels[:, ~held].ravel())
+    np.testing.assert_allclose(m["ridge_coef"], reference.coef_, rtol=1e-3)
+
+
+def test_match_coarse_shift_and_scale_eager_and_chunked():
+    from xfusion.preprocess.footprints import match_coarse
+
+    rng = np.random.default_rng(2)
+    fine = xr.DataArray(rng.gamma(2.0, size=(2, 1, 10, 15)), dims=("time", "band", "y", "x"))
+    coarse = xr.DataArray(rng.gamma(2.0, size=(2, 1, 2, 3)), dims=("time", "band", "y", "x"))
+    coarse[0, 0, 1, 2] = np.nan  # no observation: the cell is left as it is
+    weights = xr.DataArray(rng.random((2, 1, 10, 15)) * (rng.random((2, 1, 10, 15)) > 0.5),
+                           dims=("time", "band", "y", "x"))  # fmt: skip
+    weights[1, 0, :5, :5] = 0.0  # no weight: left as it is
+    w = weights.values
+    for method in ("shift", "scale"):
+        eager = match_coarse(fine, coarse, footprint=weights, method=method)
+        with raise_if_dask_computes():
+            lazy = match_coarse(fine.chunk({"y": 5, "x": 5}), coarse, footprint=weights.chunk(5),
+                                method=method)  # fmt: skip
+        assert lazy.chunks is not None
+        np.testing.assert_allclose(lazy.values, eager.values, rtol=1e-12)
+        out = eager.values
+        cells = (out * w).reshape(2, 1, 2, 5, 3, 5).sum(axis=(3, 5)) / w.reshape(
+            2, 1, 2, 5, 3, 5
+        ).sum(axis=(3, 5))
+        observed = np.isfinite(coarse.values)
+        observed[1, 0, 0, 0] = False
+        np.testing.assert_allclose(cells[observed], coarse.values[observed], rtol=1e-10)
+        np.testing.assert_array_equal(out[0, 0, 5:, 10:], fine.values[0, 0, 5:, 10:])
+        np.testing.assert_array_equal(out[1, 0, :5, :5], fine.values[1, 0, :5, :5])
+        block = out[0, 0, :5, :5]
+        orig = fine.values[0, 0, :5, :5]
+        if method == "shift":  # the pattern inside the cell is kept
+            np.testing.assert_allclose(block - block[0, 0], orig - orig[0, 0], atol=1e-12)
+        else:
+            np.testing.assert_allclose(block / block[0, 0], orig / orig[0, 0], rtol=1e-12)
+    with pytest.raises(InputError, match="integer factor"):
+        match_coarse(fine.isel(x=slice(1, None)), coarse)
+    with pytest.raises(InputError, match="method must be one of"):
+        match_coarse(fine, coarse, method="ratio")

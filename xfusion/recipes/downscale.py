@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 _REDUCTIONS = ("median", "mean", "min", "max")
 _SCHEDULES = ("cosine", "constant", "exponential")
+_CONSTRAINTS = ("none", "shift", "scale")
 #: Values of the ``regions`` output map.
 TRAIN, VALIDATION, HELDOUT = 0, 1, 2
 
@@ -147,7 +148,35 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
         Pixel sizes of the fine and coarse grids in ``crs`` units (real sources); their ratio
         is the resolution factor and must be an integer.
     start, end : str
-        Date range of the series; ``start`` also anchors the aggregation periods.
+        Date range of the series; ``start`` also anchors the aggregation periods (on a
+        synthetic scene, its first date does).
+    footprint_collection : str
+        Optional (``source="stac"``): a STAC file of per-date weights on the fine grid of the
+        coarse observations' **footprints** (1 where a coarse value was observed, 0 elsewhere;
+        asset ``footprint_asset``), for coarse values that cover only part of their cell (a
+        flight track, a sounding). The U-Net then averages its prediction with those weights
+        before comparing it with the observation, the ridge baseline is fitted on
+        footprint-weighted means of the indices, and the aggregation metrics weight the same
+        way. The synthetic ``difficulty="hard"`` scene carries its own footprints.
+    footprint_asset : str
+        STAC asset key of the footprint weights.
+    constrain : {"none", "shift", "scale"}
+        Enforce the physical constraint after prediction
+        (:func:`xfusion.preprocess.footprints.match_coarse`): every coarse cell of the U-Net's
+        prediction, and of both baselines (the same information, so the comparison stays
+        fair), is shifted (or scaled, for positive fields) so its footprint-weighted mean
+        equals the observation. The pattern inside a cell is the model's. ``"none"`` (the
+        default) reports the raw prediction; ``aggregation_rmse`` tells how close it comes.
+    unet_inputs : {"all", "varying"}
+        The features the U-Net sees: all, or only those that vary inside the coarse cells
+        (:func:`xfusion.preprocess.footprints.varying_bands` on the training patches; the
+        Local Binary Patterns of the coarse field, constant inside a cell, are then left
+        out), so that the network cannot fit the coarse values through cell-constant inputs
+        and has to learn the pattern inside the cells. The baselines are unchanged.
+
+    With ``difficulty="hard"`` (synthetic), the fields left at their defaults take
+    :attr:`HARD_DEFAULTS`: the hard scene is 30 m pixels in 3 km tiles of 100 px (a 4×4-tile
+    400 px scene, one tile per patch, dates from 2016-06-15).
     """
 
     out_dir: str = "xfusion-out/downscale"
@@ -190,6 +219,28 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
     fine_assets: tuple[str, ...] = ("NDVI", "EVI")
     coarse_asset: str = "SIF743"
     coarse_resolution: float = 5000.0
+    footprint_collection: str = ""
+    footprint_asset: str = "weight"
+    constrain: str = "none"
+    unet_inputs: str = "all"
+    #: Defaults of the fields left unchanged with ``difficulty="hard"`` on a synthetic scene.
+    HARD_DEFAULTS: ClassVar = {
+        "size": 400,
+        "chunks": 100,
+        "patch_size": 100,
+        "n_patches": 9,
+        "n_validation_patches": 3,
+        "start": "2016-06-15",
+        "end": "2016-08-15",
+    }
+
+    def __post_init__(self) -> None:
+        if self.difficulty == "hard" and self.source == "synthetic":
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for key, value in self.HARD_DEFAULTS.items():
+                if getattr(self, key) == defaults[key]:
+                    setattr(self, key, value)
+        super().__post_init__()
 
     def checks(self) -> list[tuple[bool, str, str]]:
         """Return the rows of :meth:`validate` for this recipe's own fields."""
@@ -222,6 +273,10 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
              f"set for source={self.source!r} (the gridded coarse field)"),
             (self.source != "stac" or len(self.fine_assets) == len(self.vi_bands), "fine_assets",
              f"one asset per band of vi_bands {self.vi_bands}"),
+            (self.constrain in _CONSTRAINTS, "constrain", f"one of {_CONSTRAINTS}"),
+            (self.unet_inputs in ("all", "varying"), "unet_inputs", "'all' or 'varying'"),
+            (not self.footprint_collection or self.source == "stac", "footprint_collection",
+             "set only with source='stac'"),
         ]  # fmt: skip
 
 
@@ -330,8 +385,8 @@ def run(config: Config) -> RecipeResult:
     if not isinstance(config, Config):
         raise ConfigError(f"run needs a downscale Config; got {type(config).__name__}")
     out = prepare_out_dir(config.out_dir, config=config)
-    fine, coarse, truth = _open_sources(config, out)
-    fine, coarse = _aggregate(fine, coarse, config)
+    fine, coarse, footprint, truth = _open_sources(config, out)
+    fine, coarse, footprint = _aggregate(fine, coarse, footprint, config)
     factor = coarsening_factor(fine, coarse)
     features, target = _features(fine, coarse, config)
     if config.persist and features.chunks is not None:
@@ -339,19 +394,38 @@ def run(config: Config) -> RecipeResult:
         features, target = dask.persist(features, target)
     regions = _regions(features, factor, config)
     log.info("downscale: drawing patches (factor %d)", factor)
-    train, validation = _patches(features, target, regions, factor, config)
+    train, validation = _patches(features, target, footprint, regions, factor, config)
     log.info("downscale: training the U-Net on %d samples", len(train.sample))
+    unet_bands = band_names(features)
+    if config.unet_inputs == "varying":
+        from xfusion.preprocess.footprints import varying_bands
+
+        unet_bands = varying_bands(train["inputs"], factor)
+        train, validation = train.sel(band=unet_bands), validation.sel(band=unet_bands)
     unet = _fit_unet(train, validation, factor, config)
-    ridge = _fit_ridge(fine, coarse, regions, config)
+    ridge = _fit_ridge(fine, coarse, footprint, regions, config)
     band = config.coarse_band
     cubes = {
-        "downscaled": _renamed(features.xf.predict(unet), band, "downscaled"),
+        "downscaled": _renamed(features.sel(band=unet_bands).xf.predict(unet), band, "downscaled"),
         "bilinear": _renamed(features.sel(band=[f"{band}_bilinear"]), band, "bilinear"),
         "ridge": _renamed(fine.sel(band=list(config.vi_bands)).xf.predict(ridge), band, "ridge"),
-        "features": features.rename("features"),
-        "coarse": coarse.rename("coarse"),
-        "regions": regions.astype(np.float32).rename("regions"),
     }
+    if config.constrain != "none":
+        from xfusion.preprocess.footprints import match_coarse
+
+        for name in ("downscaled", "bilinear", "ridge"):
+            cubes[name] = match_coarse(
+                cubes[name], coarse, footprint=footprint, method=config.constrain
+            )
+    cubes.update(
+        {
+            "features": features.rename("features"),
+            "coarse": coarse.rename("coarse"),
+            "regions": regions.astype(np.float32).rename("regions"),
+        }
+    )
+    if footprint is not None:
+        cubes["footprint"] = footprint.rename("footprint")
     if truth is not None:
         cubes["truth"] = _match_truth(truth, cubes["downscaled"])
     (computed,) = dask.compute(cubes)  # xf: computes every output cube once (small scene)
@@ -377,21 +451,29 @@ def run(config: Config) -> RecipeResult:
 
 def _open_sources(
     config: Config, out: Path
-) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray | None]:
-    """Open the fine and coarse series lazily (and the truth of a synthetic scene)."""
+) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray | None, xr.DataArray | None]:
+    """Open the fine and coarse series lazily, the footprints if any, the synthetic truth."""
     import xfusion as xf
 
     bands = list(config.vi_bands)
     chunks = config.spatial_chunks()
     if config.source == "synthetic":
         wanted = {"modis": bands, "tropomi": [config.coarse_band]}
+        if config.difficulty == "hard":  # coarse values over partial footprints
+            wanted["footprint"] = ["weight"]
         scene, catalog = write_synthetic("downscale", config, out, wanted)
         fine = xf.open_stac(catalog / "modis" / "collection.json", assets=bands, chunks=chunks)
         coarse = xf.open_stac(
             catalog / "tropomi" / "collection.json", assets=[config.coarse_band], chunks=chunks
         )
-        return fine, coarse, scene["truth_sif"]
+        footprint = None
+        if "footprint" in wanted:
+            footprint = xf.open_stac(
+                catalog / "footprint" / "collection.json", assets=["weight"], chunks=chunks
+            )
+        return fine, coarse, footprint, scene["truth_sif"]
     fine_grid, coarse_grid = config.grid(), config.grid(config.coarse_resolution)
+    footprint = None
     if config.source == "stac":
         fine = xf.open_stac(
             config.fine_collection,
@@ -406,6 +488,14 @@ def _open_sources(
             chunks=chunks,
         )
         fine, coarse = config.select_dates(fine), config.select_dates(coarse)
+        if config.footprint_collection:
+            footprint = xf.open_stac(
+                config.footprint_collection,
+                grid=fine_grid,
+                assets={config.footprint_asset: "weight"},
+                chunks=chunks,
+            )
+            footprint = config.select_dates(footprint)
     else:
         dates = {"start": config.start, "end": config.end, "chunks": {"time": 1, **chunks}}
         fine = xf.open_ee(config.fine_collection, grid=fine_grid, bands=bands, **dates)
@@ -414,19 +504,26 @@ def _open_sources(
         )
     if config.vi_scale != 1.0:
         fine = fine.xf.scale(config.vi_scale)
-    return fine, coarse, None
+    return fine, coarse, footprint, None
 
 
 def _aggregate(
-    fine: xr.DataArray, coarse: xr.DataArray, config: Config
-) -> tuple[xr.DataArray, xr.DataArray]:
-    """Composites of both series over the same periods (those where both have images)."""
+    fine: xr.DataArray, coarse: xr.DataArray, footprint: xr.DataArray | None, config: Config
+) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray | None]:
+    """Composites of both series over the same periods (those where both have images).
+
+    Footprint weights are averaged over each period (one observation per period: its own).
+    """
     require_bands(fine, config.vi_bands, "fine cube")
     require_bands(coarse, [config.coarse_band], "coarse cube")
     fine = fine.sel(band=list(config.vi_bands))
     coarse = coarse.sel(band=[config.coarse_band])
-    fine = fine.xf.composite(config.vi_composite, freq=config.period, start=config.start)
-    coarse = coarse.xf.composite(config.coarse_composite, freq=config.period, start=config.start)
+    # a synthetic scene's periods start at its first date (the standard scene's is ``start``)
+    start = str(fine.time.values.min())[:10] if config.source == "synthetic" else config.start
+    fine = fine.xf.composite(config.vi_composite, freq=config.period, start=start)
+    coarse = coarse.xf.composite(config.coarse_composite, freq=config.period, start=start)
+    if footprint is not None:
+        footprint = footprint.xf.composite("mean", freq=config.period, start=start)
     common = np.intersect1d(fine.time.values, coarse.time.values)
     if common.size == 0:
         raise InputError(
@@ -434,7 +531,16 @@ def _aggregate(
             f"{[str(t)[:10] for t in fine.time.values]}, coarse periods "
             f"{[str(t)[:10] for t in coarse.time.values]}"
         )
-    return fine.sel(time=common), coarse.sel(time=common)
+    if footprint is not None:
+        missing = np.setdiff1d(common, footprint.time.values)
+        if missing.size:
+            raise InputError(
+                f"the footprints have no {config.period} period "
+                f"{[str(t)[:10] for t in missing]} of the coarse series; expected one footprint "
+                "per coarse observation"
+            )
+        footprint = footprint.sel(time=common)
+    return fine.sel(time=common), coarse.sel(time=common), footprint
 
 
 def _features(
@@ -498,12 +604,22 @@ def _stack_time(da: xr.DataArray) -> xr.DataArray:
 def _patches(
     features: xr.DataArray,
     target: xr.DataArray,
+    footprint: xr.DataArray | None,
     regions: xr.DataArray,
     factor: int,
     config: Config,
 ) -> tuple[xr.Dataset, xr.Dataset]:
-    """Training and validation patches, one sample per location and period (computes)."""
+    """Training and validation patches, one sample per location and period (computes).
+
+    With footprints, each sample also carries its ``footprint`` weights (fine grid), which
+    :meth:`~xfusion.models.UNetRegressor.fit` averages the prediction with.
+    """
     inputs, goal = _stack_time(features), _stack_time(target)
+    n_goal = 1
+    if footprint is not None:  # cut with the target: the same windows
+        weights = _stack_time(footprint.assign_coords(band=["footprint"]))
+        goal = xr.concat([goal, weights], dim="band", coords="minimal", compat="override")
+        n_goal = 2
     n_time, bands = features.sizes["time"], band_names(features)
     out = []
     for kind, n, seed in (
@@ -525,16 +641,19 @@ def _patches(
             )
         size = config.patch_size
         x = ds["inputs"].values.reshape(-1, n_time, len(bands), size, size)
-        y = ds["target"].values.reshape(-1, n_time, 1, size, size)
-        out.append(
-            xr.Dataset(
-                {
-                    "inputs": (("sample", "band", "y", "x"), x.reshape(-1, len(bands), size, size)),
-                    "target": (("sample", "target_band", "y", "x"), y.reshape(-1, 1, size, size)),
-                },
-                coords={"band": bands, "target_band": [config.coarse_band]},
-            )
-        )
+        cut = ds["target"].values
+        if n_goal == 2:  # bands are (period 0 target, period 1 target, ..., weights ...)
+            y = cut[:, :n_time].reshape(-1, n_time, 1, size, size)
+            w = cut[:, n_time:].reshape(-1, size, size)
+        else:
+            y = cut.reshape(-1, n_time, 1, size, size)
+        data = {
+            "inputs": (("sample", "band", "y", "x"), x.reshape(-1, len(bands), size, size)),
+            "target": (("sample", "target_band", "y", "x"), y.reshape(-1, 1, size, size)),
+        }
+        if n_goal == 2:
+            data["footprint"] = (("sample", "y", "x"), w)
+        out.append(xr.Dataset(data, coords={"band": bands, "target_band": [config.coarse_band]}))
     return out[0], out[1]
 
 
@@ -559,12 +678,27 @@ def _fit_unet(train: xr.Dataset, validation: xr.Dataset, factor: int, config: Co
 
 
 def _fit_ridge(
-    fine: xr.DataArray, coarse: xr.DataArray, regions: xr.DataArray, config: Config
+    fine: xr.DataArray,
+    coarse: xr.DataArray,
+    footprint: xr.DataArray | None,
+    regions: xr.DataArray,
+    config: Config,
 ) -> Any:
-    """Pixel ridge: vegetation indices averaged to the coarse grid → coarse field (computes)."""
+    """Pixel ridge: vegetation indices averaged to the coarse grid → coarse field (computes).
+
+    With footprints the indices are averaged with each observation's weights, as the coarse
+    value averages the fine field; the ridge is linear, so its fine prediction then averages
+    back (with the same weights) to its coarse one.
+    """
     from xfusion.models import Ridge
 
-    averaged = fine.sel(band=list(config.vi_bands)).xf.resample(coarse, "average")
+    vi = fine.sel(band=list(config.vi_bands))
+    if footprint is None:
+        averaged = vi.xf.resample(coarse, "average")
+    else:
+        w = footprint.isel(band=0, drop=True).fillna(0.0)
+        total = footprint.fillna(0.0).xf.resample(coarse, "average").isel(band=0, drop=True)
+        averaged = (vi * w).xf.resample(coarse, "average") / total.where(total > 0)
     factor = regions.sizes["x"] // coarse.sizes["x"]
     known = regions.values[::factor, ::factor] != HELDOUT  # xf: computes nothing (numpy map)
     mask = xr.DataArray(known, dims=("y", "x"), coords={"y": coarse.y, "x": coarse.x})
@@ -617,6 +751,9 @@ def _metrics(
     held_coarse = held[::factor, ::factor]
     coarse = cubes["coarse"].isel(band=0).values
     heldout_coarse = np.where(held_coarse, coarse, np.nan)
+    weights = cubes["footprint"].isel(band=0).values if "footprint" in cubes else None
+    finite = heldout_coarse[np.isfinite(heldout_coarse)]
+    spread = float(finite.max() - finite.min()) if finite.size else np.nan
     metrics: dict[str, Any] = {
         "factor": factor,
         "periods": [str(t)[:10] for t in cubes["downscaled"].time.values],
@@ -626,9 +763,18 @@ def _metrics(
         "epochs_run": len(unet.history_["loss"]),
         "best_val_loss": float(np.min(unet.history_["val_loss"])),
     }
+    metrics["constrain"] = config.constrain
+    metrics["footprints"] = weights is not None
     for key, name in (("", "downscaled"), ("bilinear_", "bilinear"), ("ridge_", "ridge")):
         field = cubes[name].isel(band=0).values
-        metrics[f"{key}aggregation_rmse"] = aggregation_rmse(field, heldout_coarse, factor)
+        if weights is None:
+            metrics[f"{key}aggregation_rmse"] = aggregation_rmse(field, heldout_coarse, factor)
+            errors = _aggregate_errors(field, np.ones_like(field), heldout_coarse, factor)
+        else:
+            errors = _aggregate_errors(field, weights, heldout_coarse, factor)
+            metrics[f"{key}aggregation_rmse"] = float(np.sqrt(np.mean(errors**2)))
+        # the aggregation error relative to the range of the held-out observations
+        metrics[f"{key}aggregation_max_error_fraction"] = float(np.max(np.abs(errors)) / spread)
         if "truth" in cubes:
             truth = cubes["truth"].isel(band=0).values
             scores = regression_scores(field[:, held], truth[:, held])
@@ -640,6 +786,21 @@ def _metrics(
         metrics["ridge_rmse_ratio"] = metrics["ridge_rmse"] / metrics["bilinear_rmse"]
     metrics["ridge_coef"] = [float(c) for c in np.ravel(ridge.coef_)]
     return metrics
+
+
+def _aggregate_errors(
+    field: np.ndarray, weights: np.ndarray, coarse: np.ndarray, factor: int
+) -> np.ndarray:
+    """Weighted block means of ``field`` minus the coarse observations, where both exist."""
+    *lead, h, w = field.shape
+    shape = (*lead, h // factor, factor, w // factor, factor)
+    ok = np.isfinite(field)
+    wts = np.where(ok, weights, 0.0).reshape(shape)
+    total = wts.sum(axis=(-3, -1))
+    num = (wts * np.where(ok, field, 0.0).reshape(shape)).sum(axis=(-3, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = np.where(total > 0, num / np.where(total > 0, total, 1.0), np.nan) - coarse
+    return diff[np.isfinite(diff)]
 
 
 def _baselines(metrics: dict[str, Any]) -> dict[str, Any]:
