@@ -41,7 +41,7 @@ from xfusion.models.unet import (
 )
 from xfusion.validate import check_halo
 
-__all__ = ["UNetRegressor", "UNetSegmenter"]
+__all__ = ["UNetRegressor", "UNetSegmenter", "target_region_statistics"]
 
 _INPUT_NAMES = ("inputs", "features", "X", "x")
 _TARGET_NAMES = ("target", "targets", "labels", "label", "y")
@@ -52,6 +52,10 @@ _REGION_NAMES = ("region", "scene")
 #: learned in ``fit`` (``"global"``), or the statistics of each region / scene
 #: (``"per_region"``).
 STANDARDIZE = ("global", "per_region")
+
+#: Target standardisation of :class:`UNetRegressor`: one offset and scale per target band
+#: (``"global"``), or those of each region (``"per_region"``), see its docstring.
+TARGET_STANDARDIZE = ("global", "per_region")
 
 #: Fewest samples for an automatic validation split (fewer train on everything).
 _MIN_SPLIT_SAMPLES = 4
@@ -167,6 +171,14 @@ def _footprint_array(footprint: Any, xa: np.ndarray, ya: np.ndarray) -> np.ndarr
     return fp
 
 
+def _is_missing(label: Any) -> bool:
+    """Return whether ``label`` is NaN (no region, never predicted)."""
+    try:
+        return bool(np.isnan(label))
+    except TypeError:
+        return False
+
+
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InputError(f"{name} must be a positive int; got {value!r}")
@@ -195,6 +207,183 @@ def _sample_labels(obj: Any, given: Any, n: int, what: str, names: Sequence[str]
     if labels.shape != (n,):
         raise InputError(f"{what} must hold one label per sample ({n}); got shape {labels.shape}")
     return labels
+
+
+def _pixel_labels(obj: Any, given: Any, shape: tuple[int, ...], what: str) -> np.ndarray | None:
+    """Region labels ``(sample, y, x)`` from ``given`` (per sample or per pixel) or ``obj``.
+
+    ``given`` (or, when None, a per-sample ``region``/``scene`` coordinate, else a ``region``
+    data variable ``(sample, [1,] y, x)`` of a patches Dataset) as one label per pixel; None
+    when there are no labels at all.
+    """
+    n, h, w = shape
+    labels = given
+    if labels is None:
+        labels = _sample_coord(obj, _REGION_NAMES)
+    if labels is None and isinstance(obj, xr.Dataset):
+        var = _pick(obj, _REGION_NAMES, "region")
+        if var is not None:
+            labels = np.asarray(var.data)  # xf: computes the region labels of the patches
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.ndim == 4 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.shape == (n,):
+        return np.broadcast_to(labels[:, None, None], (n, h, w))
+    if labels.shape != (n, h, w):
+        raise InputError(
+            f"{what} must hold one label per sample ({n},) or per pixel ({n}, {h}, {w}); got "
+            f"shape {labels.shape}"
+        )
+    return labels
+
+
+def _centre_labels(pixels: np.ndarray) -> np.ndarray:
+    """One label per sample: that of its centre pixel."""
+    return pixels[:, pixels.shape[1] // 2, pixels.shape[2] // 2]
+
+
+def _label_key(label: Any) -> str:
+    """Return the JSON key a region label is stored under (``1``, ``1.0``, ``"1"`` agree)."""
+    if isinstance(label, (bool, np.bool_)):
+        return str(label)
+    try:
+        f = float(label)
+    except (TypeError, ValueError):
+        return str(label)
+    return str(int(f)) if f.is_integer() else repr(f)
+
+
+def _target_region_table(
+    ya: np.ndarray, labels: np.ndarray, *, log: bool
+) -> dict[str, dict[str, list[float]]]:
+    """Per region label: the (``log1p``-transformed) target's mean and std per band."""
+    with np.errstate(invalid="ignore"):
+        values = np.log1p(ya) if log else ya
+    table = {}
+    for label in np.unique(labels):
+        inside = labels == label
+        offset, scale = _reference_statistics(values.transpose(1, 0, 2, 3)[:, inside])
+        key = _label_key(label)
+        if not np.all(np.isfinite(offset)):
+            raise InputError(
+                f"target_standardize='per_region': region {key!r} has no finite target pixel in "
+                "the training patches; every region label needs at least one"
+            )
+        table[key] = {"offset": offset.tolist(), "scale": scale.tolist()}
+    return table
+
+
+def target_region_statistics(
+    target: Any, regions: Any, *, transform: str = "none"
+) -> dict[str, dict[str, list[float]]]:
+    """Mean and standard deviation of ``target`` over the pixels of each region label; computes.
+
+    The statistics that ``UNetRegressor(target_standardize="per_region")`` standardises a
+    region's target with: give them to ``fit(..., target_statistics=)`` so training uses the
+    statistics of whole regions (not only of the pixels the patches happen to cover), the
+    same ones :meth:`UNetRegressor.predict` computes from ``target_reference`` for the region
+    it predicts.
+
+    Parameters
+    ----------
+    target : array-like or xarray.DataArray
+        ``(band, y, x)`` (or ``(y, x)`` for one band) target values, NaN for nodata.
+    regions : array-like or xarray.DataArray
+        ``(y, x)`` labels on the same grid (NaN: no region).
+    transform : {"none", "log1p"}
+        The model's ``target_transform``: the statistics are those of ``log1p(target)``.
+
+    Returns
+    -------
+    dict
+        ``{label: {"offset": [mean per band], "scale": [std per band]}}`` (std 0 → 1),
+        labels as strings (``1.0`` → ``"1"``); labels without a finite target are left out.
+
+    Examples
+    --------
+    >>> target_region_statistics(np.array([[1.0, 3.0], [10.0, 30.0]]), np.array([[0, 0], [1, 1]]))
+    {'0': {'offset': [2.0], 'scale': [1.0]}, '1': {'offset': [20.0], 'scale': [10.0]}}
+    """
+    t = np.asarray(getattr(target, "data", target), np.float64)  # xf: computes the statistics
+    labels = np.asarray(getattr(regions, "data", regions))  # xf: computes the region labels
+    if t.ndim == labels.ndim:
+        t = t[None]
+    if t.shape[1:] != labels.shape:
+        raise InputError(
+            f"target is {t.shape[1:]} px per band and regions {labels.shape}; expected the "
+            "same grid"
+        )
+    if transform not in TARGET_TRANSFORMS:
+        raise InputError(f"transform must be one of {list(TARGET_TRANSFORMS)}; got {transform!r}")
+    if transform == "log1p":
+        with np.errstate(invalid="ignore"):
+            t = np.log1p(t)
+    table = {}
+    for label in np.unique(labels):
+        if _is_missing(label):
+            continue
+        values = t[:, labels == label]
+        if np.isfinite(values).any():
+            offset, scale = _reference_statistics(values)
+            table[_label_key(label)] = {"offset": offset.tolist(), "scale": scale.tolist()}
+    return table
+
+
+def _checked_statistics(
+    given: Mapping[Any, Any], labels: Sequence[str], n_out: int
+) -> dict[str, dict[str, list[float]]]:
+    """``target_statistics`` of ``fit``, keyed like the labels and checked."""
+    if not isinstance(given, Mapping):
+        raise InputError(f"target_statistics must be a dict by region label; got {type(given)}")
+    table = {}
+    for label, stats in given.items():
+        try:
+            offset = np.asarray(stats["offset"], np.float64).reshape(-1)
+            scale = np.asarray(stats["scale"], np.float64).reshape(-1)
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(
+                f"target_statistics[{label!r}] must be {{'offset': [...], 'scale': [...]}}; got "
+                f"{stats!r}"
+            ) from err
+        if offset.shape != (n_out,) or scale.shape != (n_out,):
+            raise InputError(
+                f"target_statistics[{label!r}] holds {offset.size} offsets and {scale.size} "
+                f"scales; expected {n_out} (one per target band)"
+            )
+        if not (np.isfinite(offset).all() and np.isfinite(scale).all() and (scale > 0).all()):
+            raise InputError(
+                f"target_statistics[{label!r}] must be finite with scales > 0; got {stats!r}"
+            )
+        table[_label_key(label)] = {"offset": offset.tolist(), "scale": scale.tolist()}
+    missing = [k for k in labels if k not in table]
+    if missing:
+        raise InputError(
+            f"target_statistics lacks the regions {missing} of the training patches; it has "
+            f"{sorted(table)}"
+        )
+    return table
+
+
+def _reference_statistics(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """nan-aware mean and std per band of ``(band, pixels...)`` values (std 0 → 1)."""
+    flat = values.reshape(values.shape[0], -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        m = np.nanmean(flat, axis=1).astype(np.float64)
+        s = np.nanstd(flat, axis=1).astype(np.float64)
+    return m, np.where(s > 0, s, 1.0)
+
+
+def _lookup(labels: np.ndarray, keys: Sequence[str], values: np.ndarray) -> np.ndarray:
+    """``values[k]`` for every label whose key is ``keys[k]`` (NaN where none is)."""
+    index = {k: i for i, k in enumerate(keys)}
+    uniq, inverse = np.unique(labels, return_inverse=True)
+    pos = np.array([index.get(_label_key(u), -1) for u in uniq], dtype=np.int64)[inverse]
+    pos = pos.reshape(labels.shape)
+    table = np.concatenate([values, np.full((1, *values.shape[1:]), np.nan)])
+    return table[pos]
 
 
 def _sample_positions(obj: Any) -> np.ndarray | None:
@@ -366,6 +555,7 @@ class _UNetEstimator(BaseEstimator):
         bands=None,
         footprint=None,
         regions=None,
+        target_statistics=None,
     ):
         """Train on patches; computes (the patches are loaded into memory).
 
@@ -395,6 +585,14 @@ class _UNetEstimator(BaseEstimator):
             region's inputs standardised by its own band statistics) and to keep validation
             blocks inside one region. Taken from a per-sample ``region`` (or ``scene``)
             coordinate of ``X`` when not given; without either, all samples are one region.
+            ``target_standardize="per_region"`` also takes one label per pixel
+            ``(sample, y, x)`` (here or as a ``region`` variable of a patches Dataset).
+        target_statistics : dict, optional
+            ``target_standardize="per_region"`` only: ``{label: {"offset": [...], "scale":
+            [...]}}``, each region's target mean and standard deviation per band (of
+            ``log1p(target)`` with that transform), e.g. from
+            :func:`target_region_statistics` over whole regions; every label of the patches
+            must be there. Default: the statistics of the training patches' target pixels.
 
         Returns
         -------
@@ -477,8 +675,19 @@ class _UNetEstimator(BaseEstimator):
             )
         std = np.where(std > 0, std, 1.0)
         per_region = self._standardize() == "per_region"
-        groups = _sample_labels(source, regions, len(xa), "regions", _REGION_NAMES)
+        pixels = _pixel_labels(source, regions, (len(xa), *xa.shape[2:]), "regions")
+        per_sample = None if regions is None or np.ndim(regions) == 1 else _centre_labels(pixels)
+        if per_sample is None and regions is None and pixels is not None:
+            if _sample_coord(source, _REGION_NAMES) is None:  # a per-pixel region variable
+                per_sample = _centre_labels(pixels)
+        groups = _sample_labels(
+            source, regions if per_sample is None else per_sample, len(xa), "regions",
+            _REGION_NAMES,
+        )  # fmt: skip
+        self._labels = pixels
+        self._given_statistics = target_statistics
         self._set_target(ya, target_names, xa.shape)
+        del self._given_statistics
         spec = self._loss_spec()
         n_members = _positive_int(self.n_members, "n_members")
         norm = self.norm if self.norm in NORMS else _bad_norm(self.norm)
@@ -507,6 +716,7 @@ class _UNetEstimator(BaseEstimator):
         x_all = _standardise(xa, x_mean, x_std)
         y_all = self._prepare_y(ya, xa.shape, "training", self._fit_footprint)
         del self._fit_footprint
+        self._labels = None
         val = None
         if validation_data is not None:
             how = "given"
@@ -537,10 +747,14 @@ class _UNetEstimator(BaseEstimator):
                 v_mean, v_std = _region_statistics(vx, v_groups)
             else:
                 v_mean, v_std = mean, std
+            self._labels = _pixel_labels(
+                v_source, None, (len(vx), *vx.shape[2:]), "validation regions"
+            )
             val = (
                 _standardise(vx, v_mean, v_std),
                 self._prepare_y(vy, vx.shape, "validation", v_fp),
             )
+            self._labels = None
             train = (x_all, y_all)
             train_index = np.arange(len(xa))
         else:
@@ -671,9 +885,18 @@ class _UNetEstimator(BaseEstimator):
         ModelError
             The model standardises per region (``standardize="per_region"``): its input
             statistics are those of the cube it predicts, so it has no fixed state; use
-            ``model.predict(cube)`` or ``model.for_region(cube)``.
+            ``model.predict(cube)`` or ``model.for_region(cube)``. Likewise for
+            ``target_standardize="per_region"``, whose target scale comes from the region
+            predicted: ``model.for_region(cube, target=...)``.
         """
         self._check_fitted()
+        if self.config_.get("target_standardize") == "per_region":
+            raise ModelError(
+                f"this {type(self).__name__} standardises its target per region "
+                "(target_standardize='per_region'): the target scale of the region it predicts "
+                "must be given; use model.predict(X, target_reference=...) or "
+                "model.for_region(X, target=...) (or region=<a label seen in fit>)"
+            )
         if self.config_.get("standardize") == "per_region":
             raise ModelError(
                 f"this {type(self).__name__} standardises its inputs per region "
@@ -683,16 +906,106 @@ class _UNetEstimator(BaseEstimator):
             )
         return self.config_, self.params_
 
-    def for_region(self, X: Any, *, bands=None):
-        """Return a copy standardising inputs with the band statistics of ``X``; computes.
+    def for_region(self, X: Any, *, bands=None, target=None, region=None):
+        """Return a copy with the statistics of one region fixed; computes.
 
         For ``standardize="per_region"`` models: the copy's input mean and standard deviation
         are those of ``X`` (a cube ``(band, y, x)`` or more leading dims, with the model's
         bands, or a numpy ``(sample, band, y, x)`` array), over all its finite pixels; it
         predicts any cube or array with them, e.g. tiles of one scene, and works with
         ``xf.predict``. ``bands`` maps the model's bands to the cube's as in ``predict``.
+
+        For ``target_standardize="per_region"`` regressors, the region's target offset and
+        scale: the mean and standard deviation (of ``log1p`` with that transform) of
+        ``target``, the target as observed over this region (a cube or array, e.g. the coarse
+        product resampled to the grid, the kind of target the model was trained on), or the
+        training statistics of ``region``, a label seen in ``fit``. One of them is required.
+
         A model with global standardisation is returned unchanged.
+
+        Raises
+        ------
+        ModelError
+            A per-region target without ``target`` or a known ``region``.
+        InputError
+            ``target``/``region`` given to a model that does not standardise its target per
+            region, or a ``target`` without any finite value.
         """
+        self._check_fitted()
+        out = self._for_target(target, region)
+        if out.config_.get("standardize") != "per_region":
+            return out
+        return out._for_inputs(X, bands)
+
+    def _for_target(self, target: Any, region: Any):
+        """Return a copy with the target scale fixed (``self`` without a per-region target)."""
+        if self.config_.get("target_standardize") != "per_region":
+            if target is not None or region is not None:
+                raise InputError(
+                    "target= and region= apply to models fitted with "
+                    "target_standardize='per_region'; this one standardises its target globally"
+                )
+            return self
+        table = self.config_["target_regions"]
+        if target is not None:
+            t = target.data if isinstance(target, xr.DataArray) else target
+            t = np.asarray(t, np.float64)  # xf: computes the region's target statistics
+            n_out = len(self.config_["target_offset"])
+            if isinstance(target, xr.DataArray) and "band" in target.dims:
+                t = np.moveaxis(t, target.dims.index("band"), 0)
+            elif t.ndim == 4:  # (sample, band, y, x)
+                t = np.moveaxis(t, 1, 0)
+            else:
+                t = t.reshape(1, -1) if n_out == 1 else t
+            if t.shape[0] != n_out:
+                raise InputError(
+                    f"target holds {t.shape[0]} bands; the model predicts {n_out} "
+                    f"({list(self.output_bands_)})"
+                )
+            if self.config_.get("region_target_transform") == "log1p":
+                with np.errstate(invalid="ignore"):
+                    t = np.log1p(t)
+            offset, scale = _reference_statistics(t)
+            if not np.all(np.isfinite(offset)):
+                raise InputError("target has no finite value over the region; expected some")
+        elif region is not None and _label_key(region) in table:
+            offset = np.asarray(table[_label_key(region)]["offset"])
+            scale = np.asarray(table[_label_key(region)]["scale"])
+        else:
+            seen = sorted(table)
+            what = "no region" if region is None else f"region {_label_key(region)!r}"
+            raise ModelError(
+                f"this {type(self).__name__} standardises its target per region and was given "
+                f"{what} seen in fit (seen: {seen}) and no target=: the target scale of a "
+                "region cannot be known from the inputs. Pass target= (the target as observed "
+                "over the region, e.g. the coarse product resampled to the grid) or region=<a "
+                "label seen in fit>"
+            )
+        out = copy.copy(self)
+        config = {
+            k: v
+            for k, v in self.config_.items()
+            if k not in ("target_standardize", "target_regions", "region_target_transform")
+        }
+        config.update(target_offset=offset.tolist(), target_scale=scale.tolist())
+        if self.config_.get("region_target_transform"):
+            config["target_transform"] = self.config_["region_target_transform"]
+        out.config_ = config
+        return out
+
+    def _standardised(self):
+        """Return a copy predicting the region-standardised target (offset 0, scale 1)."""
+        out = copy.copy(self)
+        config = {
+            k: v
+            for k, v in self.config_.items()
+            if k not in ("target_standardize", "target_regions", "region_target_transform")
+        }
+        out.config_ = config
+        return out
+
+    def _for_inputs(self, X: Any, bands=None):
+        """Return a copy standardising inputs with the band statistics of ``X`` (computes)."""
         self._check_fitted()
         if self.config_.get("standardize") != "per_region":
             return self
@@ -787,7 +1100,7 @@ class _UNetEstimator(BaseEstimator):
                 f"{names}; got shape {x.shape}"
             )
         size = int(batch_size or self.batch_size)
-        config, params = self.for_region(x).inference_state()
+        config, params = self._for_inputs(x).inference_state()
         size = min(size, len(x))
         # every batch padded to `size` samples: one compiled program per tile shape; any height
         # and width (the network reflect-pads to multiples of 2**depth, as in training)
@@ -802,7 +1115,15 @@ class _UNetEstimator(BaseEstimator):
     def _nodata(self, X: np.ndarray) -> np.ndarray:
         return np.isnan(np.asarray(X, dtype=np.float32)).any(axis=1, keepdims=True)
 
-    def predict(self, X: Any, *, return_std: bool = False, **kwargs: Any):
+    def predict(
+        self,
+        X: Any,
+        *,
+        return_std: bool = False,
+        regions: Any = None,
+        target_reference: Any = None,
+        **kwargs: Any,
+    ):
         """Predict on patches (eager) or on a cube (lazy).
 
         Parameters
@@ -817,14 +1138,39 @@ class _UNetEstimator(BaseEstimator):
             outputs (in target units; of the probabilities for a segmenter; zeros for
             ``n_members=1``). For a cube, the prediction is the member mean; the spread is
             ``xr.concat([m.predict(cube) for m in model.members()], "member").std("member")``.
+        regions : array-like or xarray.DataArray, optional
+            ``target_standardize="per_region"`` regressors only: the region label of every
+            sample ``(sample,)`` or pixel ``(sample, y, x)`` (numpy), or a ``(y, x)`` label
+            cube on the grid of ``X``. Each region's target offset and scale come from
+            ``target_reference`` over that region's pixels, or, without it, from ``fit`` (labels
+            seen there only).
+        target_reference : array-like or xarray.DataArray, optional
+            ``target_standardize="per_region"`` only: the target as observed where ``X`` is
+            predicted (e.g. the coarse product resampled to the grid, as the training target
+            was made), the same shape as the prediction. Without ``regions``, all of ``X`` is
+            one region.
 
         Returns
         -------
         numpy.ndarray or xarray.DataArray, or a pair of numpy arrays with ``return_std``
             See the class docstring for the bands. NaN where any input band is NaN (numpy).
             With ``standardize="per_region"`` the inputs are standardised with the band
-            statistics of ``X`` (the cube's are computed first).
+            statistics of ``X`` (the cube's are computed first); with
+            ``target_standardize="per_region"`` the region statistics are computed first too.
+
+        Raises
+        ------
+        ModelError
+            ``target_standardize="per_region"`` and a region with neither a
+            ``target_reference`` nor training statistics (a label not seen in ``fit``).
         """
+        if getattr(self, "config_", {}).get("target_standardize") == "per_region":
+            return self._predict_regions(X, return_std, regions, target_reference, kwargs)
+        if regions is not None or target_reference is not None:
+            raise InputError(
+                "regions= and target_reference= apply to models fitted with "
+                "target_standardize='per_region'"
+            )
         if isinstance(X, xr.DataArray):
             if return_std:
                 raise InputError(
@@ -833,7 +1179,7 @@ class _UNetEstimator(BaseEstimator):
                 )
             from xfusion.models.predict import predict as _predict_cube
 
-            model = self.for_region(X, bands=kwargs.get("bands"))
+            model = self._for_inputs(X, bands=kwargs.get("bands"))
             return _predict_cube(X, model, **kwargs)
         if kwargs:
             raise InputError(f"keyword arguments {sorted(kwargs)} apply to cubes only")
@@ -843,6 +1189,119 @@ class _UNetEstimator(BaseEstimator):
         if not return_std:
             return out
         return out, np.where(nodata, np.float32(np.nan), std)
+
+    def _predict_regions(
+        self, X: Any, return_std: bool, regions: Any, reference: Any, kwargs: dict
+    ) -> Any:
+        """Prediction of a ``target_standardize="per_region"`` model (see :meth:`predict`)."""
+        if return_std:
+            raise InputError(
+                "return_std is not available with target_standardize='per_region'; take the "
+                "spread of model.members() predictions"
+            )
+        cube = isinstance(X, xr.DataArray)
+        if regions is None:
+            if cube:
+                model = self.for_region(X, bands=kwargs.get("bands"), target=reference)
+                return model.predict(X, **kwargs)
+            if kwargs:
+                raise InputError(f"keyword arguments {sorted(kwargs)} apply to cubes only")
+            return self.for_region(X, target=reference).predict(X)
+        table = self.config_["target_regions"]
+        keys = list(table)
+        offsets = np.array([table[k]["offset"] for k in keys], np.float64)
+        scales = np.array([table[k]["scale"] for k in keys], np.float64)
+        log = self.config_.get("region_target_transform") == "log1p"
+        n_out = offsets.shape[1]
+        if cube:
+            if not isinstance(regions, xr.DataArray):
+                raise InputError("regions must be a (y, x) label cube to predict a cube")
+            labels_da = regions.squeeze(drop=True) if regions.ndim > 2 else regions
+            labels = np.asarray(labels_da.data)  # xf: computes the region labels
+            ref = None
+            if reference is not None:
+                ref = (
+                    reference.transpose(..., "y", "x")
+                    if isinstance(reference, xr.DataArray)
+                    else reference
+                )
+                ref = np.asarray(getattr(ref, "data", ref), np.float64)  # xf: computes stats
+                ref = ref.reshape(-1, *labels.shape)
+        else:
+            x = np.asarray(X, np.float32)
+            labels = np.asarray(regions)
+            if labels.ndim == 4 and labels.shape[1] == 1:
+                labels = labels[:, 0]
+            if labels.shape == (len(x),):
+                labels = np.broadcast_to(labels[:, None, None], (len(x), *x.shape[2:]))
+            if labels.shape != (len(x), *x.shape[2:]):
+                raise InputError(
+                    f"regions must hold one label per sample ({len(x)},) or per pixel "
+                    f"{(len(x), *x.shape[2:])}; got shape {labels.shape}"
+                )
+            ref = None
+            if reference is not None:
+                ref = np.moveaxis(np.asarray(reference, np.float64), 1, 0)  # (band, n, y, x)
+        wanted = [u for u in np.unique(labels) if not _is_missing(u)]
+        found_keys, found_off, found_scale, unknown = [], [], [], []
+        for u in wanted:
+            key = _label_key(u)
+            values = None
+            if ref is not None:
+                inside = labels == u
+                values = ref[:, inside]
+                if log:
+                    with np.errstate(invalid="ignore"):
+                        values = np.log1p(values)
+                if not np.isfinite(values).any():
+                    values = None
+            if values is not None:
+                m, sd = _reference_statistics(values)
+            elif key in table:
+                m, sd = offsets[keys.index(key)], scales[keys.index(key)]
+            else:
+                unknown.append(key)
+                continue
+            found_keys.append(key)
+            found_off.append(m)
+            found_scale.append(sd)
+        if unknown:
+            raise ModelError(
+                f"regions {unknown} were not seen in fit and have no finite target_reference "
+                "pixel: their target scale cannot be known from the inputs; pass "
+                "target_reference= (the target as observed there, e.g. the coarse product "
+                f"resampled to the grid). Regions seen in fit: {keys}"
+            )
+        off_t = np.array(found_off, np.float64).reshape(-1, n_out)
+        sc_t = np.array(found_scale, np.float64).reshape(-1, n_out)
+        zmodel = self._standardised()
+
+        def finish(z: Any, lab: Any) -> Any:
+            off = np.moveaxis(_lookup(lab, found_keys, off_t), -1, -3)
+            sc = np.moveaxis(_lookup(lab, found_keys, sc_t), -1, -3)
+            out = z * sc + off
+            return (np.expm1(out) if log else out).astype(np.float32)
+
+        if not cube:
+            return finish(zmodel.predict(X), labels)
+        z = zmodel.predict(X, **kwargs)
+        lab = labels_da.transpose("y", "x")
+        lab = lab.chunk({d: z.chunksizes[d] for d in ("y", "x")}) if z.chunks else lab
+
+        def block(zz: np.ndarray, ll: np.ndarray) -> np.ndarray:  # (..., y, x, band), (y, x)
+            out = zz * _lookup(ll, found_keys, sc_t) + _lookup(ll, found_keys, off_t)
+            return (np.expm1(out) if log else out).astype(np.float32)
+
+        out = xr.apply_ufunc(
+            block,
+            z,
+            lab,
+            input_core_dims=[["band"], []],
+            output_core_dims=[["band"]],
+            dask="parallelized",
+            output_dtypes=[np.float32],
+        )
+        return out.transpose(*z.dims).rename(z.name)
 
     # -- persistence --------------------------------------------------------------------------
 
@@ -1067,6 +1526,7 @@ class UNetRegressor(_UNetEstimator):
         coarse_factor: int | None = None,
         huber_delta: float = 1.0,
         target_transform: str = "none",
+        target_standardize: str = "global",
         smoothness: float = 0.0,
         preset: str = "small",
         widths: Sequence[int] | None = None,
@@ -1095,6 +1555,7 @@ class UNetRegressor(_UNetEstimator):
         self.coarse_factor = coarse_factor
         self.huber_delta = huber_delta
         self.target_transform = target_transform
+        self.target_standardize = target_standardize
         self.smoothness = smoothness
         self.preset = preset
         self.widths = widths
@@ -1198,6 +1659,42 @@ class UNetRegressor(_UNetEstimator):
             )
         self._target_offset = offset.astype(np.float64)
         self._target_scale = np.where(scale > 0, scale, 1.0).astype(np.float64)
+        self._target_regions = None
+        if self._target_standardize() == "per_region":
+            labels = getattr(self, "_labels", None)
+            if labels is None:
+                raise InputError(
+                    "target_standardize='per_region' needs region labels: fit(..., regions=) "
+                    "with one label per sample or per pixel, a per-sample 'region' coordinate "
+                    "or a 'region' variable (sample, y, x) of the patches Dataset"
+                )
+            if self.activation != "linear" or f > 1 or self._weighted:
+                raise InputError(
+                    "target_standardize='per_region' works with activation='linear' on fine "
+                    f"targets; got activation={self.activation!r}, coarse_factor="
+                    f"{self.coarse_factor!r}" + (" and a footprint" if self._weighted else "")
+                )
+            # ``ya`` is already log1p-transformed here when the model transforms its target
+            table = _target_region_table(ya, labels, log=False)
+            given = getattr(self, "_given_statistics", None)
+            if given is not None:
+                table = _checked_statistics(given, sorted(table), ya.shape[1])
+            self._target_regions = table
+            self._target_offset = np.zeros_like(self._target_offset)
+            self._target_scale = np.ones_like(self._target_scale)
+        elif getattr(self, "_given_statistics", None) is not None:
+            raise InputError(
+                "target_statistics applies to target_standardize='per_region'; this model "
+                "standardises its target globally"
+            )
+
+    def _target_standardize(self) -> str:
+        value = getattr(self, "target_standardize", "global")
+        if value not in TARGET_STANDARDIZE:
+            raise InputError(
+                f"target_standardize must be one of {list(TARGET_STANDARDIZE)}; got {value!r}"
+            )
+        return value
 
     def _output_config(self) -> dict[str, Any]:
         out = {
@@ -1205,7 +1702,12 @@ class UNetRegressor(_UNetEstimator):
             "target_offset": self._target_offset.tolist(),
             "target_scale": self._target_scale.tolist(),
         }
-        if self._transform() != "none":
+        if self._target_regions is not None:
+            out["target_standardize"] = "per_region"
+            out["target_regions"] = self._target_regions
+            if self._transform() != "none":
+                out["region_target_transform"] = self._transform()
+        elif self._transform() != "none":
             out["target_transform"] = self._transform()
         return out
 
@@ -1232,6 +1734,24 @@ class UNetRegressor(_UNetEstimator):
             )
         offset = np.asarray(self._target_offset, np.float32)[None, :, None, None]
         scale = np.asarray(self._target_scale, np.float32)[None, :, None, None]
+        table = getattr(self, "_target_regions", None)
+        if table is not None:  # per-region offset and scale, pixel by pixel
+            labels = getattr(self, "_labels", None)
+            if labels is None:
+                raise InputError(
+                    f"{what} targets need region labels with target_standardize='per_region' "
+                    "(a per-sample 'region' coordinate or a 'region' variable of the patches)"
+                )
+            keys = list(table)
+            unseen = sorted({_label_key(u) for u in np.unique(labels)} - set(keys))
+            if unseen:
+                raise InputError(
+                    f"{what} regions {unseen} are not among the training regions {keys}"
+                )
+            offs = np.array([table[k]["offset"] for k in keys], np.float32)
+            scs = np.array([table[k]["scale"] for k in keys], np.float32)
+            offset = np.moveaxis(_lookup(labels, keys, offs), -1, 1).astype(np.float32)
+            scale = np.moveaxis(_lookup(labels, keys, scs), -1, 1).astype(np.float32)
 
         def normalise(a: np.ndarray) -> np.ndarray:
             with np.errstate(invalid="ignore"):
@@ -1284,6 +1804,7 @@ class UNetRegressor(_UNetEstimator):
     def _restore_extra(self, meta: Mapping[str, Any]) -> None:
         self._target_offset = np.asarray(self.config_["target_offset"], np.float64)
         self._target_scale = np.asarray(self.config_["target_scale"], np.float64)
+        self._target_regions = self.config_.get("target_regions")
 
 
 class UNetSegmenter(_UNetEstimator):
