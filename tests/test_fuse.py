@@ -14,8 +14,9 @@ from odc.geo.xr import xr_coords
 from rasterio.enums import Resampling
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion.errors import BandError, EmptySelectionError, GridError, InputError
-from xfusion.grids import assign_grid, geobox_of
+from xfusion.grids import geobox_of
 from xfusion.preprocess.fuse import choose_resampling, fuse, mosaic_cubes
 from xfusion.preprocess.resample import resample
 from xfusion.testing import raise_if_dask_computes
@@ -31,10 +32,7 @@ def s2(times=TIMES) -> xr.DataArray:
     g = xf.grid((500000, 4000000, 500800, 4000600), 32633, 10)
     data = rng.random((len(times), 2, *g.shape), dtype=np.float32)
     data[rng.random(data.shape) < 0.1] = np.nan
-    cube = xr.DataArray(
-        data, dims=("time", "band", "y", "x"), coords={"time": times, "band": ["B04", "B08"]}
-    )
-    return assign_grid(cube, g)
+    return synthetic_cube(data, ["B04", "B08"], times=times, grid=g)
 
 
 def viirs(times=TIMES) -> xr.DataArray:
@@ -52,8 +50,7 @@ def ghsl() -> xr.DataArray:
     """Integer settlement classes at 5 m without time or band dims."""
     rng = np.random.default_rng(1)
     g = xf.grid((500000, 4000000, 500800, 4000600), 32633, 5)
-    cube = xr.DataArray(rng.integers(0, 4, g.shape).astype("uint8"), dims=("y", "x"), name="smod")
-    return assign_grid(cube, g)
+    return synthetic_cube(rng.integers(0, 4, g.shape).astype("uint8"), grid=g, name="smod")
 
 
 def sources(chunked: bool = False) -> dict[str, xr.DataArray]:

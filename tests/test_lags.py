@@ -6,6 +6,7 @@ import pytest
 import xarray as xr
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion.errors import BandError, EmptySelectionError, InputError
 from xfusion.preprocess.lags import cloud_fraction
 from xfusion.testing import raise_if_dask_computes
@@ -22,12 +23,8 @@ def _series(shuffle=False) -> xr.DataArray:
         cloudy = rng.permutation(ny * nx)[: round(frac * ny * nx)]
         data[t, :, cloudy // nx, cloudy % nx] = np.nan
     times = pd.date_range("2021-03-01", periods=nt, freq="16D")
-    da = xr.DataArray(
-        data,
-        dims=("time", "band", "y", "x"),
-        coords={"time": times, "band": ["B2", "B3", "QA"]},
-    )
-    da = xf.grids.assign_grid(da, xf.grid((0, 0, 50, 40), "EPSG:32633", 10))
+    grid = xf.grid((0, 0, 50, 40), "EPSG:32633", 10)
+    da = synthetic_cube(data, ["B2", "B3", "QA"], times=times, grid=grid)
     if shuffle:
         da = da.isel(time=[3, 0, 7, 5, 1, 2, 6, 4])
     return da

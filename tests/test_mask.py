@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from skimage.morphology import disk as sk_disk
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion._kernels.morphology import binary_dilate_disk, disk
 from xfusion.errors import BandError, InputError
 from xfusion.preprocess.mask import (
@@ -34,9 +35,7 @@ def _cube(rng, qa_values, *, time=True, qa_name="QA60", dtype="float32"):
     shape = qa_values.shape
     refl = rng.random((2, *shape)).astype(dtype) * 1000
     data = np.concatenate([refl, qa_values[None].astype(dtype)], axis=0)
-    dims = ("band", "time", "y", "x") if time else ("band", "y", "x")
-    da = xr.DataArray(data, dims=dims, coords={"band": ["B04", "B08", qa_name]})
-    return da.transpose("time", "band", "y", "x") if time else da
+    return synthetic_cube(np.moveaxis(data, 0, 1) if time else data, ["B04", "B08", qa_name])
 
 
 def _maybe_chunk(da, chunks):

@@ -9,6 +9,7 @@ import xarray as xr
 from sklearn.cluster import KMeans as SKKMeans
 from sklearn.metrics import accuracy_score, cohen_kappa_score, jaccard_score
 
+from tests.conftest import synthetic_cube
 from xfusion.errors import InputError, ModelError
 from xfusion.models import load_model
 from xfusion.models.evaluation import agreement, holdout_tiles
@@ -25,9 +26,7 @@ def cube():
     which = rng.integers(0, 3, size=(24, 20))
     data = centres[which].transpose(2, 0, 1) + rng.normal(0, 0.05, (3, 24, 20))
     data[:, 0, 0] = np.nan
-    return xr.DataArray(
-        data.astype(np.float32), dims=("band", "y", "x"), coords={"band": BANDS}
-    ).chunk({"y": 8, "x": 10})
+    return synthetic_cube(data.astype(np.float32), BANDS, chunks={"y": 8, "x": 10})
 
 
 def test_fit_predict_save_load_round_trip(cube, tmp_path):

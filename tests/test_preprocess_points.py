@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from tests.conftest import synthetic_cube
 from xfusion.errors import EmptySelectionError
 from xfusion.preprocess.points import train_test_points
 from xfusion.preprocess.sample import sample
@@ -14,8 +15,8 @@ from xfusion.preprocess.sample import sample
 @pytest.fixture
 def cube():
     rng = np.random.default_rng(1)
-    coords = {"band": ["a", "b"], "y": np.arange(12.0), "x": np.arange(12.0)}
-    return xr.DataArray(rng.normal(size=(2, 12, 12)), dims=("band", "y", "x"), coords=coords)
+    ascending = {"y": np.arange(12.0), "x": np.arange(12.0)}
+    return synthetic_cube(rng.normal(size=(2, 12, 12)), ["a", "b"], coords=ascending)
 
 
 @pytest.mark.parametrize("chunked", [False, True])

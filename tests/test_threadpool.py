@@ -6,10 +6,10 @@ import threading
 
 import dask.array as dsa
 import numpy as np
-import xarray as xr
 from dask.callbacks import Callback
 from threadpoolctl import threadpool_info
 
+from tests.conftest import synthetic_cube
 from xfusion._kernels import threadpool
 from xfusion.models.predict import predict
 from xfusion.models.ridge import Ridge
@@ -36,11 +36,8 @@ class RecordingModel:
 
 
 def cube():
-    return xr.DataArray(
-        np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8),
-        dims=("band", "y", "x"),
-        coords={"band": ["a", "b"]},
-    ).chunk({"y": 2})
+    values = np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8)
+    return synthetic_cube(values, ["a", "b"], chunks={"y": 2})
 
 
 def test_pixel_blocks_run_single_threaded_blas_and_restore():
