@@ -16,13 +16,12 @@ import pytest
 import rasterio
 import xarray as xr
 from affine import Affine
-from dask._task_spec import Alias
 from dask.local import get_sync
 from odc.geo.overlap import compute_reproject_roi
 
 import xfusion as xf
 from benchmarks._previous_graph import aggregate_dask_dense, warp_dask_dense
-from xfusion._graph import SparseChunkLayer, chunk_starts, reproject_rois
+from xfusion._graph import Alias, SparseChunkLayer, chunk_starts, reproject_rois
 from xfusion.grids import assign_grid
 from xfusion.io import raster as raster_module
 from xfusion.io import stac as stac_module
