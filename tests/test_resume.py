@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from tests.conftest import synthetic_cube
 from xfusion._files import OUTPUT_MARKER, inside_dir
 from xfusion.cli import main
 from xfusion.errors import ConfigError
@@ -156,12 +157,8 @@ def _cube(fail_from: int | None = None, offset: float = 0.0) -> xr.DataArray:
         return x + np.float32(offset)
 
     data = da.from_array(base, chunks=(2, 2, 6)).map_blocks(block, dtype=np.float32)
-    return xr.DataArray(
-        data,
-        dims=("band", "y", "x"),
-        coords={"band": ["B1", "B2"], "y": np.arange(8.0), "x": np.arange(6.0) * 30},
-        attrs={"units": "1"},
-    )
+    coords = {"y": np.arange(8.0), "x": np.arange(6.0) * 30}
+    return synthetic_cube(data, ["B1", "B2"], coords=coords).assign_attrs(units="1")
 
 
 def test_failing_task_leaves_no_final_store_and_resume_skips_finished_regions(tmp_path):

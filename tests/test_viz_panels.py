@@ -13,6 +13,7 @@ from PIL import Image
 from sklearn.metrics import mean_squared_error, r2_score
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion._viz_panels import plot_bands, plot_classes, plot_loss, plot_panels
 from xfusion.errors import BandError, InputError, SourceError
 from xfusion.grids import assign_grid
@@ -24,9 +25,8 @@ GRID = xf.grid((500000, 4000000, 500600, 4000400), "EPSG:32633", 20)  # 30 x 20 
 
 
 def _image(values, name="v", units="nW/cm²/sr"):
-    da = xr.DataArray(np.asarray(values, dtype=np.float32), dims=("y", "x"), name=name)
-    da.attrs["units"] = units
-    return assign_grid(da, GRID)
+    da = synthetic_cube(np.asarray(values, dtype=np.float32), grid=GRID, name=name)
+    return da.assign_attrs(units=units)
 
 
 def _maybe_chunk(da, chunked):

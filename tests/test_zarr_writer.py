@@ -298,18 +298,14 @@ def _rich_cube() -> xr.DataArray:
     rng = np.random.default_rng(0)
     values = rng.random((2, 3, 3, 5)).astype(np.float32)
     values[0, 1, 0, 0] = np.nan
-    cube = xr.DataArray(
+    cube = synthetic_cube(
         da.from_array(values, chunks=(1, 3, 2, 2)),
-        dims=("time", "band", "y", "x"),
-        coords={
-            "time": np.array(["2020-01-01", "2020-02-01"], dtype="datetime64[ns]"),
-            "band": ["B04", "QA60", "label"],
-            "y": g.coords["y"].values,
-            "x": g.coords["x"].values,
-        },
-        attrs={"units": "1", "long_name": "test cube"},
+        ["B04", "QA60", "label"],
+        times=["2020-01-01", "2020-02-01"],
+        coords={"y": g.coords["y"].values, "x": g.coords["x"].values},
+        crs="EPSG:32645",
         name="whatever",
-    ).rio.write_crs("EPSG:32645")
+    ).assign_attrs(units="1", long_name="test cube")
     cube = xf.bands.set_band_kinds(cube, {"label": "categorical"})
     return xf.bands.set_band_scaling(cube, {"B04": (1e-4, 0.0), "label": (1.0, 0.0)})
 
