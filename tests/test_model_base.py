@@ -113,3 +113,13 @@ def test_estimator_refuses_a_constructor_without_named_parameters():
 
     with pytest.raises(TypeError, match=r"takes \*args"):
         Loose(1).get_params()
+
+
+@pytest.mark.parametrize("name", list(PIXEL))
+def test_xfusion_pixel_models_derive_from_the_estimator_base(name):
+    model = PIXEL[name]()
+    assert isinstance(model, Estimator)
+    key = next(iter(model.get_params()))
+    assert model.set_params(**{key: model.get_params()[key]}) is model
+    with pytest.raises(InputError, match="unknown parameter 'nope'"):
+        model.set_params(nope=1)

@@ -31,6 +31,7 @@ import pandas as pd
 import xarray as xr
 
 from xfusion.errors import InputError, ModelError
+from xfusion.models.base import Estimator
 
 __all__ = ["KMeans", "sample_pixels"]
 
@@ -68,7 +69,7 @@ def sample_pixels(cube: xr.DataArray, n: int, *, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows[np.isfinite(rows).all(axis=1)], columns=names)
 
 
-class KMeans:
+class KMeans(Estimator):
     """k-means clusters of pixels (scikit-learn's fit), predicting a cluster or class per pixel.
 
     Parameters
@@ -102,14 +103,6 @@ class KMeans:
         self.n_clusters = n_clusters
         self.n_init = n_init
         self.random_state = random_state
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Return the constructor parameters (scikit-learn convention)."""
-        return {k: getattr(self, k) for k in ("n_clusters", "n_init", "random_state")}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"KMeans({args})"
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "cluster_centers_"):
