@@ -176,7 +176,8 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
 
     With ``difficulty="hard"`` (synthetic), the fields left at their defaults take
     :attr:`HARD_DEFAULTS`: the hard scene is 30 m pixels in 3 km tiles of 100 px (a 4×4-tile
-    400 px scene, one tile per patch, dates from 2016-06-15).
+    400 px scene, one tile per patch, dates from 2016-06-15), and the U-Net sees only the
+    features that vary inside a tile (``unet_inputs="varying"``).
     """
 
     out_dir: str = "xfusion-out/downscale"
@@ -232,6 +233,9 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
         "n_validation_patches": 3,
         "start": "2016-06-15",
         "end": "2016-08-15",
+        # measured on the hard scene, seed 0: held-out RMSE 0.810 without the cell-constant LBP
+        # features against 0.849 with all (bilinear 0.827, ridge 0.748)
+        "unet_inputs": "varying",
     }
 
     def __post_init__(self) -> None:
