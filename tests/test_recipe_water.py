@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -194,9 +195,14 @@ def test_outputs_reopen(result):
 
 
 def test_saved_models_predict_lazily_seamlessly_and_identically(result):
-    inputs = _open(result, "inputs").chunk({"y": 64, "x": 64})
+    inputs = _open(result, "unet_inputs").chunk({"y": 64, "x": 64})
+    assert inputs.band.values.tolist() == [*BANDS, "sar_valid", "optical_valid"]
+    raw = _open(result, "inputs")
+    np.testing.assert_array_equal(inputs.sel(band=BANDS).values, raw.values)  # no NaN to fill
+    np.testing.assert_array_equal(inputs.sel(band=["sar_valid", "optical_valid"]).values, 1.0)
     saved = _open(result, "probability")
-    for name, bands in (("sar_only", ["HH", "HV", "DEM", "HAND"]), ("fusion", BANDS)):
+    for name, bands in (("sar_only", ["HH", "HV", "DEM", "HAND", "sar_valid"]),
+                        ("fusion", [*BANDS, "sar_valid", "optical_valid"])):  # fmt: skip
         model = xf.load_model(result.out_dir / "model" / name)
         assert list(model.bands_) == bands
         assert model.classes_ == (0.0, 1.0)  # no data never became a class
@@ -256,6 +262,41 @@ def test_old_key_names_load_with_a_warning():
 
 #: A tiny run (the same network and chips as the Earth Engine test: compiled once).
 TINY = ["size=64", "chunks=64", "n_chips=8", "epochs=1", "figures=false"]
+
+
+def test_hard_scene_fusion_predicts_under_clouds_from_copies_without_each_sensor(tmp_path):
+    """The optical's NaN cloud cores: filled, flagged by optical_valid, and still mapped."""
+    config = water.Config(out_dir=str(tmp_path / "w"), size=64, chunks=64, n_chips=8, epochs=1,
+                          figures=False, difficulty="hard")  # fmt: skip
+    result = water.run(config)
+    raw = _open(result, "inputs").values
+    unet = _open(result, "unet_inputs")
+    cloud = np.isnan(raw[2:6]).all(axis=0)
+    assert 0.01 < cloud.mean() < 0.9  # thick cloud cores in the optical
+    optical_valid = unet.sel(band="optical_valid").values
+    np.testing.assert_array_equal(optical_valid, (~np.isnan(raw[2:6]).any(axis=0)) * 1.0)
+    np.testing.assert_array_equal(unet.sel(band="sar_valid").values, 1.0)  # SAR has no gaps
+    filled = unet.sel(band=BANDS).values
+    assert np.isfinite(filled).all()
+    np.testing.assert_array_equal(filled[~np.isnan(raw)], raw[~np.isnan(raw)])
+    fusion = xf.load_model(result.out_dir / "model" / "fusion")
+    means = np.asarray(fusion.config_["input_mean"])
+    # a cloud core's optical is filled with the band's mean over the chips, which the U-Net
+    # standardises to 0; the chip means differ from the model's (copies without the optical)
+    chips_mean = filled[2:6][:, cloud][:, 0]
+    assert np.all(np.abs(chips_mean - means[2:6]) < 0.2)
+    # old behaviour: NaN wherever any band is NaN; now a map under every cloud core
+    water_map = _open(result, "water")
+    assert np.isfinite(water_map.sel(band="fusion").values[cloud]).all()
+    assert np.isfinite(water_map.sel(band="sar_only").values).all()
+    # the SAR + optical model trains on every chip, and on it without SAR and without optical
+    assert fusion.training_["n_samples"] == 3 * result.metrics["n_chips"]
+    sar_only = xf.load_model(result.out_dir / "model" / "sar_only")
+    assert sar_only.training_["n_samples"] == result.metrics["n_chips"]
+    off = water.run(dataclasses.replace(config, out_dir=str(tmp_path / "off"),
+                                        modality_dropout=False))  # fmt: skip
+    model = xf.load_model(off.out_dir / "model" / "fusion")
+    assert model.training_["n_samples"] == off.metrics["n_chips"]
 
 
 def test_difficulty_hard_runs_on_the_hard_scene(tmp_path):

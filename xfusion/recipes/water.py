@@ -7,7 +7,12 @@ in the workflow) mark water, land, and *no data* — clouds, cloud shadows and p
 water — which the loss ignores, so no-data pixels never become "land". Training chips are cut from
 the western part of the scene (:func:`xfusion.patches`, chips with too much no data discarded),
 two segmentation U-Nets are trained — a **SAR-only** model (SAR and terrain) and a **SAR +
-optical** model (all eight bands) — and both are applied to the whole scene. The workflow cuts a
+optical** model (all eight bands) — and both are applied to the whole scene. Missing input
+pixels (cloud cores of the optical, SAR gaps) are filled with the chips' band means and flagged
+by a ``sar_valid`` / ``optical_valid`` band (:mod:`xfusion.models.modality`), so the U-Nets map
+water everywhere; the SAR + optical model also trains on every chip once without SAR and once
+without the optical (modality dropout), so it learns to read water from each sensor and does not
+follow the SAR where it is dark over land (wet soil, radar shadow). The workflow cuts a
 scene into 512×512 chips, predicts each and stitches the chips back together;
 :func:`xfusion.predict` is the seamless version of that chip-and-stitch step: every block is read
 with a halo of context, predicted, and the halo trimmed, so chip borders leave no seams. IoU, F1,
@@ -38,6 +43,7 @@ import xarray as xr
 import xfusion.accessor  # noqa: F401  (registers ``.xf``)
 from xfusion.errors import ConfigError, EmptySelectionError, InputError
 from xfusion.grids import geobox_of
+from xfusion.models.modality import band_means
 from xfusion.models.segmentation import segmentation_scores
 from xfusion.preprocess.labels import binary_labels
 from xfusion.recipes._base import (
@@ -128,6 +134,11 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
         Random flips and quarter turns of the training chips.
     threshold : float
         Water where the predicted water probability exceeds this.
+    modality_dropout : bool
+        Train the SAR + optical U-Net also on copies of every chip with the SAR, and with the
+        optical, missing (:func:`xfusion.models.modality.modality_dropout`), so it learns each
+        sensor's view of water and does not follow one where it misleads (SAR-dark wet soil and
+        radar shadow; cloud shadow and cloud cores in the optical). Default on.
     halo : int, optional
         Context (pixels) read around every block when predicting; default the model's.
     sar_source, optical_source, terrain_source, label_source : str
@@ -180,6 +191,7 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
     dice_weight: float = 0.0
     augment: bool = True
     threshold: float = 0.5
+    modality_dropout: bool = True
     halo: int | None = None
     sar_source: str = "JAXA/ALOS/PALSAR/YEARLY/SAR"
     sar_source_bands: tuple[str, ...] = ("HH", "HV")
@@ -322,8 +334,9 @@ def run(config: Config) -> RecipeResult:
 
     Steps: open the SAR, optical, terrain and label layers on one grid → stack the eight bands
     and turn the labels into water / land / no data → cut training chips west of the held-out
-    strip (computes) → train the SAR-only and the SAR + optical U-Nets and the baselines on the
-    chips (computes) → predict every map lazily over the whole scene (chip-and-stitch with a
+    strip (computes) → train the SAR-only and the SAR + optical U-Nets (inputs filled, validity
+    bands, the SAR + optical one with modality dropout) and the baselines on the chips
+    (computes) → predict every map lazily over the whole scene (chip-and-stitch with a
     halo) → IoU, F1, precision and recall on the held-out strip → write ``outputs.zarr``,
     ``water.tif`` (the SAR + optical water map as a COG), PNG figures, ``metrics.json`` and
     ``model/``.
@@ -343,9 +356,11 @@ def run(config: Config) -> RecipeResult:
         ``baseline_iou``/``baseline_f1`` of the SAR-only one; on synthetic scenes also
         ``<model>_iou_all``, every held-out pixel against the cover truth; ``baselines`` and
         ``beats_baseline``: the SAR + optical model against Otsu thresholds and gradient
-        boosting by IoU), ``cubes`` (``inputs``, ``labels``, ``probability`` and ``water`` with
-        one band per model, ``baseline_water`` with one band per baseline, ``holdout``, and
-        ``truth_water`` on synthetic scenes) and the written paths.
+        boosting by IoU), ``cubes`` (``inputs``, ``unet_inputs`` (the U-Nets' inputs:
+        ``inputs`` with NaN filled and the ``sar_valid`` and ``optical_valid`` bands),
+        ``labels``, ``probability`` and ``water`` with one band per model, ``baseline_water``
+        with one band per baseline, ``holdout``, and ``truth_water`` on synthetic scenes) and
+        the written paths.
 
     Examples
     --------
@@ -367,15 +382,21 @@ def run(config: Config) -> RecipeResult:
         cube, labels = dask.persist(cube, labels)
     holdout = _holdout_mask(cube, config)
     chips = _chips(cube, labels, holdout, config)
-    models = {name: _fit(chips, bands, config) for name, bands in _model_bands(config).items()}
+    fill = band_means(chips["inputs"])
+    models = {
+        name: _fit(chips, bands, fill, config, dropout=name == "fusion")
+        for name, bands in _model_bands(config).items()
+    }
     baselines = _fit_baselines(chips, config)
-    probability = _predict(cube, models, config.halo).rename("probability")
+    unet_inputs = _unet_inputs(cube, fill, config).rename("unet_inputs")
+    probability = _predict(unet_inputs, models, config.halo).rename("probability")
     probability.attrs = {"units": "probability of water"}
     water = xr.where(probability.notnull(), probability > config.threshold, np.nan)
     water = water.astype(np.float32).rename("water")
     water.attrs = {"classes": "1 water, 0 land, NaN no data", "threshold": config.threshold}
     cubes = {
         "inputs": cube.rename("inputs"),
+        "unet_inputs": unet_inputs,
         "labels": labels.rename("labels"),
         "probability": probability,
         "water": water,
@@ -538,11 +559,46 @@ def _model_bands(config: Config) -> dict[str, list[str]]:
     return {"sar_only": list(config.sar_only_bands), "fusion": list(config.bands)}
 
 
-def _fit(chips: xr.Dataset, bands: list[str], config: Config) -> Any:
-    """Train one segmentation U-Net on the chips' ``bands`` (computes)."""
-    from xfusion.models import UNetSegmenter
+def _groups(config: Config, bands: list[str] | None = None) -> dict[str, list[str]]:
+    """Return the sensor groups (SAR, optical) among ``bands`` (default: every band)."""
+    bands = list(config.bands) if bands is None else bands
+    groups = {"sar": [b for b in config.sar_bands if b in bands],
+              "optical": [b for b in config.optical_bands if b in bands]}  # fmt: skip
+    return {name: members for name, members in groups.items() if members}
 
-    log.info("water: training a U-Net on %s", bands)
+
+def _unet_inputs(cube: xr.DataArray, fill: dict[str, float], config: Config) -> xr.DataArray:
+    """Lazy U-Net inputs: NaN filled with the chips' band means, ``sar_valid``, ``optical_valid``.
+
+    The U-Nets predict everywhere: under the optical's cloud cores the SAR + optical model sees
+    ``optical_valid`` 0 and classifies from SAR and terrain, as it learnt on the chips' copies
+    without the optical.
+    """
+    from xfusion.models.modality import fill_with_validity
+
+    return fill_with_validity(cube, _groups(config), fill)
+
+
+def _fit(
+    chips: xr.Dataset, bands: list[str], fill: dict[str, float], config: Config, dropout: bool
+) -> Any:
+    """Train one segmentation U-Net on the chips' ``bands`` and validity bands (computes).
+
+    With ``dropout`` (the SAR + optical model, ``config.modality_dropout``) also on the chips'
+    copies without each sensor group.
+    """
+    from xfusion.models import UNetSegmenter
+    from xfusion.models.modality import fill_with_validity, modality_dropout, validity_band
+
+    groups = _groups(config, bands)
+    bands = bands + [validity_band(g) for g in groups]
+    if dropout and config.modality_dropout and len(groups) > 1:
+        chips = modality_dropout(chips, groups, fill)
+    else:
+        chips = chips.drop_vars(["inputs", "band"]).assign(
+            inputs=fill_with_validity(chips["inputs"], groups, fill)
+        )
+    log.info("water: training a U-Net on %s (%d chips)", bands, chips.sizes["sample"])
     model = UNetSegmenter(
         widths=config.widths,
         optimizer=config.optimizer,
