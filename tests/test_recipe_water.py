@@ -227,6 +227,8 @@ def test_config_toml_round_trip_and_errors(tmp_path):
         water.Config.from_dict({"chip": 512})
     with pytest.raises(ConfigError, match="chip_size"):
         water.Config.from_dict({"chip_size": 30})  # not a multiple of 2 ** depth
+    with pytest.raises(ConfigError, match="n_members' must be >= 1; got 0"):
+        water.Config(n_members=0)
     with pytest.raises(ConfigError, match="sar_only_bands"):
         water.Config(sar_only_bands=("HH", "VV"))
     with pytest.raises(ConfigError, match="optical_source_bands"):
@@ -294,9 +296,11 @@ def test_hard_scene_fusion_predicts_under_clouds_from_copies_without_each_sensor
     sar_only = xf.load_model(result.out_dir / "model" / "sar_only")
     assert sar_only.training_["n_samples"] == result.metrics["n_chips"]
     off = water.run(dataclasses.replace(config, out_dir=str(tmp_path / "off"),
-                                        modality_dropout=False))  # fmt: skip
+                                        modality_dropout=False, n_members=2))  # fmt: skip
     model = xf.load_model(off.out_dir / "model" / "fusion")
     assert model.training_["n_samples"] == off.metrics["n_chips"]
+    assert len(model.members()) == 2  # n_members reaches both U-Nets
+    assert len(xf.load_model(off.out_dir / "model" / "sar_only").members()) == 2
 
 
 def test_difficulty_hard_runs_on_the_hard_scene(tmp_path):

@@ -139,6 +139,9 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
         optical, missing (:func:`xfusion.models.modality.modality_dropout`), so it learns each
         sensor's view of water and does not follow one where it misleads (SAR-dark wet soil and
         radar shadow; cloud shadow and cloud cores in the optical). Default on.
+    n_members : int
+        Ensemble size of each U-Net (members seeded ``seed``, ``seed + 1``, …; their mean
+        probability is mapped). Training time grows in proportion.
     halo : int, optional
         Context (pixels) read around every block when predicting; default the model's.
     sar_source, optical_source, terrain_source, label_source : str
@@ -192,6 +195,7 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
     augment: bool = True
     threshold: float = 0.5
     modality_dropout: bool = True
+    n_members: int = 1
     halo: int | None = None
     sar_source: str = "JAXA/ALOS/PALSAR/YEARLY/SAR"
     sar_source_bands: tuple[str, ...] = ("HH", "HV")
@@ -225,6 +229,7 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
             (self.chip_stride is None or self.chip_stride >= 1, "chip_stride", ">= 1 or unset"),
             (0.0 <= self.max_nodata < 1.0, "max_nodata", "in [0, 1)"),
             (self.dice_weight >= 0, "dice_weight", ">= 0"),
+            (self.n_members >= 1, "n_members", ">= 1"),
             (0.0 < self.threshold < 1.0, "threshold", "strictly between 0 and 1"),
             (self.halo is None or self.halo >= 0, "halo", ">= 0 or unset"),
             (len(self.sar_bands) >= 1, "sar_bands", "at least one band"),
@@ -604,6 +609,7 @@ def _fit(
         optimizer=config.optimizer,
         dice_weight=config.dice_weight,
         augment=config.augment,
+        n_members=config.n_members,
         halo=config.halo,
         **config.training_options(),
     )
