@@ -26,7 +26,8 @@ from xfusion.recipes import nightlights
 from xfusion.testing import raise_if_dask_computes
 
 SIZE = 384
-SMALL = {"size": SIZE, "n_patches": 48, "epochs": 10}  # the defaults, spelt out
+# the defaults but 10 epochs (default 20), to keep the test file fast
+SMALL = {"size": SIZE, "n_patches": 48, "epochs": 10}
 FACTOR = 16  # VIIRS pixel = 16 Landsat pixels
 
 
@@ -213,8 +214,13 @@ def test_saved_unet_reloads_and_predicts_the_same(result):
     model = xf.load_model(result.files["model_unet"])
     assert model.bands_ == tuple(_open(result, "features").band.values)
     assert len(model.history_["loss"]) == SMALL["epochs"]
-    # eager features in (the lazy path is test_preprocess_and_predict_are_lazy's)
-    again = nightlights._predict(result_config(result), _open(result, "features").load(), model)
+    # eager features in (the lazy path is test_preprocess_and_predict_are_lazy's); the areas'
+    # target scale from the saved target (VIIRS on the grid), as in the run
+    config = result_config(result)
+    features = _open(result, "features").load()
+    again = nightlights._predict(
+        config, features, model, areas=_areas(config, features), target=_open(result, "target")
+    )
     np.testing.assert_allclose(
         again.values, _open(result, "prediction").values, rtol=1e-5, atol=1e-6
     )
@@ -222,6 +228,15 @@ def test_saved_unet_reloads_and_predicts_the_same(result):
 
 def result_config(result):
     return nightlights.Config.from_toml(result.files["config"])
+
+
+def _areas(config, features, city=None):
+    """The run's areas (per-region target standardisation) rebuilt from its grid."""
+    from xfusion.preprocess.holdout import split_box
+
+    grid = geobox_of(features)
+    boxes = split_box(grid.boundingbox, 30.0 * FACTOR, config.holdout_fraction)
+    return nightlights._areas(config, city, features, *boxes)
 
 
 # --- laziness and chunking ---------------------------------------------------------------------
@@ -241,8 +256,11 @@ def test_preprocess_and_predict_are_lazy(result, tmp_path):
     assert truth is None
     model = xf.load_model(result.files["model_unet"])
     with raise_if_dask_computes():
-        features, _, _ = nightlights._preprocess(config, sources)
-        prediction = nightlights._predict(config, features, model)
+        features, _, target = nightlights._preprocess(config, sources)
+        areas = _areas(config, features)
+    # the U-Net standardises its target per area: predict computes each area's VIIRS mean
+    # and standard deviation first (documented), the map itself stays lazy
+    prediction = nightlights._predict(config, features, model, areas=areas, target=target)
     assert prediction.chunks is not None
     # the same as the saved map, which the eager path reproduces too (test_saved_unet_...)
     np.testing.assert_allclose(
@@ -274,6 +292,9 @@ def test_config_toml_round_trip(tmp_path):
         ({"viirs_resolution": 500.0}, "whole multiple"),
         ({"source": "ee"}, r"source='ee' needs \[.*'bounds', 'crs'\] set"),
         ({"train_region": (0, 0, 1, 1)}, "both train_region"),
+        ({"loss": "mae"}, "loss"),
+        ({"target_standardize": "per_city"}, "target_standardize"),
+        ({"activation": "sigmoid", "target_standardize": "per_region"}, "activation='sigmoid'"),
     ],
 )
 def test_bad_config_raises_config_error(values, match):
@@ -318,6 +339,44 @@ def test_difficulty_hard_runs_on_the_hard_scene(tmp_path):
     np.testing.assert_array_equal(qa, hard["landsat"].sel(band="QA_PIXEL").values)
     with pytest.raises(ConfigError, match="'size' must be a multiple of 32"):
         nightlights.Config(size=112, difficulty="hard")
+
+
+def test_hard_scene_standardises_the_target_per_city_and_area(tmp_path):
+    """Areas are 3 * city + part; the U-Net learns whole training areas' VIIRS statistics."""
+    config = nightlights.Config(
+        out_dir=str(tmp_path), size=96, difficulty="hard", n_patches=6, n_validation_patches=2,
+        epochs=2, figures=False,
+    )  # fmt: skip
+    result = nightlights.run(config)
+    hard = synthetic_scene("nightlights", seed=0, size=96, difficulty="hard")
+    city = hard["region"].isel(band=0).values
+    split = 96 - round(96 / FACTOR / 3) * FACTOR  # first evaluation column
+    part = np.ones((96, 96))
+    part[:, split:] = 2
+    target = _open(result, "target").isel(band=0).values.astype(np.float64)
+    model = xf.load_model(result.files["model_unet"])
+    stats = model.config_["target_regions"]
+    train_labels = np.unique(3 * city[:, :split] + 1)
+    assert sorted(stats) == sorted(str(int(v)) for v in train_labels)
+    for label in train_labels:
+        inside = (3 * city + part) == label
+        np.testing.assert_allclose(stats[str(int(label))]["offset"], [target[inside].mean()],
+                                   rtol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(stats[str(int(label))]["scale"], [target[inside].std()],
+                                   rtol=1e-4)  # fmt: skip
+    # VIIRS on the grid itself, scored against the truth like the models
+    truth = hard["truth_radiance"].isel(band=0).values[:, split:] / 60.0
+    rmse = np.sqrt(np.mean((target[:, split:] - truth) ** 2))
+    assert result.metrics["viirs_rmse"] == pytest.approx(rmse, rel=1e-5)
+    # the held-out areas are scaled by their own VIIRS: the map re-made from the saved model
+    features = _open(result, "features")
+    areas = _areas(config, features, city=xr.DataArray(city, dims=("y", "x")))
+    again = nightlights._predict(
+        config, features.load(), model, areas=areas, target=_open(result, "target")
+    )
+    np.testing.assert_allclose(
+        again.values, _open(result, "prediction").values, rtol=1e-5, atol=1e-6
+    )
 
 
 # --- other sources and schedulers --------------------------------------------------------------
