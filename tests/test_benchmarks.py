@@ -54,8 +54,22 @@ def test_seed_sweep_reports_model_baseline_and_spread_from_each_run(tmp_path, ca
 
     assert seed_sweep.parse_seeds("0-2,5") == [0, 1, 2, 5]
     out = tmp_path / "sweep.json"
-    assert seed_sweep.main(["cloudmask", "--seeds", "0", "--difficulty", "hard",
-                            "--set", "size=100", "--out", str(out)]) == 0
+    assert (
+        seed_sweep.main(
+            [
+                "cloudmask",
+                "--seeds",
+                "0",
+                "--difficulty",
+                "hard",
+                "--set",
+                "size=100",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     (run,) = result["runs"]
     assert run["seed"] == 0 and set(run["comparisons"]) == {"main", "forecast"}
