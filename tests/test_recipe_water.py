@@ -23,7 +23,8 @@ BANDS = ["HH", "HV", "Red", "NIR", "SWIR1", "SWIR2", "DEM", "HAND"]
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    config = water.Config(out_dir=str(tmp_path_factory.mktemp("water")))
+    # one member per U-Net (the default is an ensemble of three) keeps the file fast
+    config = water.Config(out_dir=str(tmp_path_factory.mktemp("water")), n_members=1)
     return water.run(config)
 
 
@@ -397,7 +398,7 @@ def test_earth_engine_path_offline(tmp_path):
 
 def test_same_metrics_on_a_process_cluster(result, tmp_path):
     distributed = pytest.importorskip("distributed")
-    config = water.Config(out_dir=str(tmp_path))
+    config = water.Config(out_dir=str(tmp_path), n_members=1)
     with (
         distributed.LocalCluster(
             n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"

@@ -76,7 +76,7 @@ MODELS = ("sar_only", "fusion")
 class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
     """Configuration of the SAR + optical surface-water recipe.
 
-    The defaults run offline in well under a minute on a 128×128 synthetic scene
+    The defaults run offline in about a minute of CPU time on a 128×128 synthetic scene
     (:func:`xfusion.datasets.synthetic_scene` ``("water")``: SAR in dB with 4-look speckle, a
     cloud-free optical composite, DEM, HAND and water labels with no data; ``difficulty="hard"``
     adds SAR-dark land and clouds over the optical) written as a local STAC catalog, with 32×32
@@ -141,7 +141,9 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
         radar shadow; cloud shadow and cloud cores in the optical). Default on.
     n_members : int
         Ensemble size of each U-Net (members seeded ``seed``, ``seed + 1``, …; their mean
-        probability is mapped). Training time grows in proportion.
+        probability is mapped); training time grows in proportion. Three members by default:
+        one U-Net trained on a few dozen chips depends on its seed (on the hard scene, seeds
+        0–4, the SAR + optical IoU is 0.62 ± 0.22 with one member, 0.68 ± 0.22 with three).
     halo : int, optional
         Context (pixels) read around every block when predicting; default the model's.
     sar_source, optical_source, terrain_source, label_source : str
@@ -195,7 +197,7 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
     augment: bool = True
     threshold: float = 0.5
     modality_dropout: bool = True
-    n_members: int = 1
+    n_members: int = 3
     halo: int | None = None
     sar_source: str = "JAXA/ALOS/PALSAR/YEARLY/SAR"
     sar_source_bands: tuple[str, ...] = ("HH", "HV")
