@@ -81,8 +81,8 @@ def test_modality_dropout_copies_each_group_missing():
     x[1, 2:4, :2, :2] = np.nan
     inputs = xr.DataArray(x, dims=("sample", "band", "y", "x"), coords={"band": BANDS})
     target = xr.DataArray((x[:, 0] > 0).astype(np.float32), dims=("sample", "y", "x"))
-    patches = xr.Dataset({"inputs": inputs, "target": target},
-                         coords={"row": ("sample", [0, 8, 16]), "col": ("sample", [4, 4, 4])})  # fmt: skip
+    coords = {"row": ("sample", [0, 8, 16]), "col": ("sample", [4, 4, 4])}
+    patches = xr.Dataset({"inputs": inputs, "target": target}, coords=coords)
     fill = band_means(inputs)
     out = modality_dropout(patches, GROUPS, fill)
     assert out.sizes["sample"] == 9

@@ -17,6 +17,7 @@ the optical).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+
 import numpy as np
 import xarray as xr
 
