@@ -38,24 +38,8 @@ import xarray as xr
 import xfusion.accessor  # noqa: F401  (registers ``.xf``)
 from xfusion.errors import ConfigError, InputError
 from xfusion.models.baselines import score_predictions
-from xfusion.recipes._base import (
-    AreaFields,
-    ChunkFields,
-    DateFields,
-    RecipeConfig,
-    RecipeResult,
-    TrainingFields,
-    aggregation_rmse,
-    band_names,
-    baseline_block,
-    coarsening_factor,
-    plain_coords,
-    prepare_out_dir,
-    require_bands,
-    show_progress,
-    write_results,
-    write_synthetic,
-)
+from xfusion.recipes import _base as recipe
+from xfusion.recipes._base import aggregation_rmse
 
 __all__ = ["Config", "aggregation_rmse", "real_sources", "regression_scores", "run"]
 
@@ -69,7 +53,7 @@ TRAIN, VALIDATION, HELDOUT = 0, 1, 2
 
 
 @dataclasses.dataclass
-class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
+class Config(recipe.ModelRecipeConfig):
     """Configuration of the downscaling recipe.
 
     The defaults run offline in well under a minute on a 120×120 px synthetic scene
@@ -350,7 +334,7 @@ def real_sources() -> dict[str, dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------
 
 
-def run(config: Config) -> RecipeResult:
+def run(config: Config) -> recipe.RecipeResult:
     """Run the downscaling recipe.
 
     Steps: open the fine and coarse series → aggregate both to ``period`` composites → fine
@@ -388,10 +372,10 @@ def run(config: Config) -> RecipeResult:
     """
     if not isinstance(config, Config):
         raise ConfigError(f"run needs a downscale Config; got {type(config).__name__}")
-    out = prepare_out_dir(config.out_dir, config=config)
+    out = recipe.prepare_out_dir(config.out_dir, config=config)
     fine, coarse, footprint, truth = _open_sources(config, out)
     fine, coarse, footprint = _aggregate(fine, coarse, footprint, config)
-    factor = coarsening_factor(fine, coarse)
+    factor = recipe.coarsening_factor(fine, coarse)
     features, target = _features(fine, coarse, config)
     if config.persist and features.chunks is not None:
         # patches and prediction both read the features: read and aggregate the sources once
@@ -400,7 +384,7 @@ def run(config: Config) -> RecipeResult:
     log.info("downscale: drawing patches (factor %d)", factor)
     train, validation = _patches(features, target, footprint, regions, factor, config)
     log.info("downscale: training the U-Net on %d samples", len(train.sample))
-    unet_bands = band_names(features)
+    unet_bands = recipe.band_names(features)
     if config.unet_inputs == "varying":
         from xfusion.preprocess.footprints import varying_bands
 
@@ -433,9 +417,9 @@ def run(config: Config) -> RecipeResult:
     if truth is not None:
         cubes["truth"] = _match_truth(truth, cubes["downscaled"])
     (computed,) = dask.compute(cubes)  # xf: computes every output cube once (small scene)
-    cubes = {k: plain_coords(v) for k, v in computed.items()}
+    cubes = {k: recipe.plain_coords(v) for k, v in computed.items()}
     metrics = _metrics(cubes, factor, unet, ridge, train, validation, config)
-    return write_results(
+    return recipe.write_results(
         config,
         out,
         cubes,
@@ -465,7 +449,7 @@ def _open_sources(
         wanted = {"modis": bands, "tropomi": [config.coarse_band]}
         if config.difficulty == "hard":  # coarse values over partial footprints
             wanted["footprint"] = ["weight"]
-        scene, catalog = write_synthetic("downscale", config, out, wanted)
+        scene, catalog = recipe.write_synthetic("downscale", config, out, wanted)
         fine = xf.open_stac(catalog / "modis" / "collection.json", assets=bands, chunks=chunks)
         coarse = xf.open_stac(
             catalog / "tropomi" / "collection.json", assets=[config.coarse_band], chunks=chunks
@@ -518,8 +502,8 @@ def _aggregate(
 
     Footprint weights are averaged over each period (one observation per period: its own).
     """
-    require_bands(fine, config.vi_bands, "fine cube")
-    require_bands(coarse, [config.coarse_band], "coarse cube")
+    recipe.require_bands(fine, config.vi_bands, "fine cube")
+    recipe.require_bands(coarse, [config.coarse_band], "coarse cube")
     fine = fine.sel(band=list(config.vi_bands))
     coarse = coarse.sel(band=[config.coarse_band])
     # a synthetic scene's periods start at its first date (the standard scene's is ``start``)
@@ -597,7 +581,7 @@ def _regions(features: xr.DataArray, factor: int, config: Config) -> xr.DataArra
 
 def _stack_time(da: xr.DataArray) -> xr.DataArray:
     """``(time, band, y, x)`` → ``(band, y, x)`` with bands ``"<period>|<band>"``."""
-    names = [f"{t}|{b}" for t in range(da.sizes["time"]) for b in band_names(da)]
+    names = [f"{t}|{b}" for t in range(da.sizes["time"]) for b in recipe.band_names(da)]
     stacked = da.transpose("time", "band", "y", "x").stack(tb=("time", "band"))
     stacked = stacked.drop_vars(["tb", "time", "band"]).rename(tb="band")
     stacked = stacked.assign_coords(band=names).transpose("band", "y", "x")
@@ -624,7 +608,7 @@ def _patches(
         weights = _stack_time(footprint.assign_coords(band=["footprint"]))
         goal = xr.concat([goal, weights], dim="band", coords="minimal", compat="override")
         n_goal = 2
-    n_time, bands = features.sizes["time"], band_names(features)
+    n_time, bands = features.sizes["time"], recipe.band_names(features)
     out = []
     for kind, n, seed in (
         (TRAIN, config.n_patches, config.seed),
@@ -676,7 +660,7 @@ def _fit_unet(train: xr.Dataset, validation: xr.Dataset, factor: int, config: Co
         batch_size=config.batch_size,
         epochs=config.epochs,
         seed=config.seed,
-        progress=show_progress(),
+        progress=recipe.show_progress(),
     )
     return model.fit(train, validation_data=validation)
 
@@ -816,13 +800,15 @@ def _baselines(metrics: dict[str, Any]) -> dict[str, Any]:
     """
     metric = "rmse" if "rmse" in metrics else "aggregation_rmse"
     scores = {name: {metric: metrics[f"{name}_{metric}"]} for name in ("bilinear", "ridge")}
-    block = baseline_block({metric: metrics[metric]}, scores, metric=metric, higher_is_better=False)
+    block = recipe.baseline_block(
+        {metric: metrics[metric]}, scores, metric=metric, higher_is_better=False
+    )
     if metric == "rmse":
         # the physical constraint, compared too: the largest error of the (footprint-weighted)
         # aggregate against the held-out observations, as a fraction of their range
         agg = "aggregation_max_error_fraction"
         others = {name: {agg: metrics[f"{name}_{agg}"]} for name in ("bilinear", "ridge")}
-        aggregation = baseline_block(
+        aggregation = recipe.baseline_block(
             {agg: metrics[agg]}, others, metric=agg, higher_is_better=False
         )
         block["baselines"]["aggregation"] = aggregation["baselines"]
