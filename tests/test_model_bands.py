@@ -25,6 +25,7 @@ from tests.conftest import synthetic_cube
 from xfusion.bands import set_band_kinds
 from xfusion.errors import BandError, InputError, ModelError, XFusionWarning
 from xfusion.models import KernelRidge, Ridge, UNetRegressor, UNetSegmenter, load_model
+from xfusion.models.persist import FORMAT_VERSION
 from xfusion.models.predict import predict
 from xfusion.preprocess.sample import MAX_STRATA, sample
 from xfusion.testing import raise_if_dask_computes
@@ -255,12 +256,12 @@ def _edit_json(path, edit):
     [
         lambda m: m.update(bands=m["bands"][::-1]),
         lambda m: m["normalisation"]["input_mean"].__setitem__(0, 5.0),
-        lambda m: m["config"]["input_std"].__setitem__(0, 9.0),
+        lambda m: m["normalisation"]["input_std"].__setitem__(0, 9.0),
         lambda m: m["config"]["architecture"].update(activation="relu"),
         lambda m: m.update(default_halo=m["default_halo"] + 4),
         lambda m: m["metrics"].update(loss=0.0),
     ],
-    ids=["bands", "normalisation", "config-std", "architecture", "halo", "metrics"],
+    ids=["bands", "normalisation", "normalisation-std", "architecture", "halo", "metrics"],
 )
 def test_any_edit_of_the_unet_sidecar_is_refused_naming_it(named_unet, tmp_path, edit):
     path = named_unet.save(tmp_path / "model")
@@ -300,7 +301,7 @@ def test_a_version_1_folder_is_refused_naming_its_version(named_unet, tmp_path):
 def test_manifest_records_the_bytes_of_every_file(named_unet, tmp_path):
     path = named_unet.save(tmp_path / "m")
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == FORMAT_VERSION == 3
     assert manifest["sha256"] == {
         name: hashlib.sha256((path / name).read_bytes()).hexdigest()
         for name in ("model.json", "weights.msgpack")

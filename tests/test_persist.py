@@ -264,7 +264,9 @@ def test_sidecar_from_a_future_format_version_raises(saved_any):
     manifest["format_version"] += 1
     manifest["future_entry"] = {"new": True}  # a newer writer may add entries: named as a version
     (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelError, match=r"format version 3 by a newer xfusion .* reads version 2"):
+    with pytest.raises(
+        ModelError, match=r"format version 4 by a newer xfusion .* reads versions \[2, 3\]"
+    ):
         load_model(path)
     manifest["format_version"] = 0
     (path / "manifest.json").write_text(json.dumps(manifest))
@@ -404,3 +406,24 @@ def test_write_model_refuses_entries_outside_the_schema(fitted, tmp_path):
     with pytest.raises(ModelError, match=r"'tile_multiple' is str '4'; expected int"):
         write_model(tmp_path / "m", fitted, state=fitted.params_, extra={"tile_multiple": "4"})
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_the_sidecar_stores_the_normalisation_once_and_a_version_2_folder_still_loads(
+    fitted, saved, data
+):
+    meta = json.loads((saved / "model.json").read_text())
+    norm = meta["normalisation"]
+    assert set(norm) == {"input_mean", "input_std", "target_offset", "target_scale"}
+    assert not set(norm) & set(meta["config"])  # not repeated in the network config
+    assert norm["input_std"] == fitted.config_["input_std"]
+    # a version 2 writer repeated the normalisation in "config": such a folder still loads
+    meta["format_version"] = 2
+    meta["config"] = {**meta["config"], **norm}
+    raw = json.dumps(meta).encode()
+    (saved / "model.json").write_bytes(raw)
+    manifest = json.loads((saved / "manifest.json").read_text())
+    manifest["format_version"] = 2
+    manifest["sha256"]["model.json"] = hashlib.sha256(raw).hexdigest()
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    x = data[0][:2]
+    np.testing.assert_array_equal(load_model(saved).predict(x), fitted.predict(x))

@@ -48,6 +48,9 @@ _TARGET_NAMES = ("target", "targets", "labels", "label", "y")
 _FOOTPRINT_NAMES = ("footprint", "weights", "weight")
 _REGION_NAMES = ("region", "scene")
 
+#: The normalisation keys of a U-Net's config_, saved under the sidecar's "normalisation".
+_NORMALISATION = ("input_mean", "input_std", "target_offset", "target_scale")
+
 #: Input standardisation of the U-Net estimators: one mean and standard deviation per band
 #: learned in ``fit`` (``"global"``), or the statistics of each region / scene
 #: (``"per_region"``).
@@ -1317,19 +1320,13 @@ class _UNetEstimator(BaseEstimator):
             state=self.params_,
             fmt="msgpack",
             extra={
-                "normalisation": {
-                    "input_mean": self.config_["input_mean"],
-                    "input_std": self.config_["input_std"],
-                    **{
-                        k: self.config_[k]
-                        for k in ("target_offset", "target_scale")
-                        if k in self.config_
-                    },
-                },
+                # the input and target normalisation are stored once, under "normalisation";
+                # "config" is the rest of what apply_tiles needs (_from_saved joins them)
+                "normalisation": {k: self.config_[k] for k in _NORMALISATION if k in self.config_},
                 "training": self.training_,
                 "metrics": self.metrics_,
                 "history": self.history_,
-                "config": self.config_,
+                "config": {k: v for k, v in self.config_.items() if k not in _NORMALISATION},
                 "tile_multiple": self.tile_multiple_,
                 "default_halo": self.default_halo_,
             },
@@ -1344,6 +1341,14 @@ class _UNetEstimator(BaseEstimator):
         config = meta.get("config")
         if not isinstance(config, dict) or "architecture" not in config:
             raise ModelError("model.json lacks the network 'config'")
+        # format 3 keeps the normalisation under "normalisation" only; format 2 had it in both
+        config = {
+            **config,
+            **{k: v for k, v in meta["normalisation"].items() if k in _NORMALISATION},
+        }
+        missing = [k for k in ("input_mean", "input_std") if k not in config]
+        if missing:
+            raise ModelError(f"model.json lacks the input normalisation {missing}")
         for member in member_params(config, state):  # raises ModelError on a mismatch
             build_unet(config["architecture"], params=member)
         model.config_ = config

@@ -50,6 +50,7 @@ from xfusion.models.base import SaveableModel
 __all__ = [
     "FORMAT_VERSION",
     "MODEL_CLASSES",
+    "READ_VERSIONS",
     "load_model",
     "read_model",
     "validate_sidecar",
@@ -58,7 +59,12 @@ __all__ = [
 
 #: Version of the on-disk layout; files with a different version are refused.
 #: 2: ``manifest.json`` with the SHA-256 of the sidecar and the weights (1 had none).
-FORMAT_VERSION = 2
+#: 3: a U-Net's input and target normalisation only under ``normalisation`` (2 also repeated
+#: it in ``config``); version 2 folders still load.
+FORMAT_VERSION = 3
+
+#: The versions :func:`load_model` reads.
+READ_VERSIONS: tuple[int, ...] = (2, 3)
 
 #: The classes :func:`load_model` may instantiate, by import path.
 MODEL_CLASSES: frozenset[str] = frozenset(
@@ -368,12 +374,12 @@ def _version_error(root: Path, version: int, saved_with: Any) -> ModelError:
     )
     return ModelError(
         f"{root} was written in format version {version} by {newer} xfusion "
-        f"({saved_with or '?'}); this xfusion reads version {FORMAT_VERSION}{why}"
+        f"({saved_with or '?'}); this xfusion reads versions {list(READ_VERSIONS)}{why}"
     )
 
 
-def _read_manifest(root: Path) -> dict[str, str]:
-    """Parse and check ``manifest.json``; return its ``{file name: SHA-256}``."""
+def _read_manifest(root: Path) -> tuple[dict[str, str], int]:
+    """Parse and check ``manifest.json``; return its ``{file name: SHA-256}`` and version."""
     path = root / _MANIFEST
     if not path.is_file():
         # A folder without a manifest is an older format (or a damaged one): say which.
@@ -382,7 +388,7 @@ def _read_manifest(root: Path) -> dict[str, str]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             old = None
         version = old.get("format_version") if isinstance(old, dict) else None
-        if _has_kind(version, int) and version != FORMAT_VERSION:
+        if _has_kind(version, int) and version not in READ_VERSIONS:
             versions = old.get("versions")
             raise _version_error(
                 root, version, versions.get("xfusion") if isinstance(versions, dict) else None
@@ -396,7 +402,7 @@ def _read_manifest(root: Path) -> dict[str, str]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelError(f"{path} is not valid JSON: {err}") from err
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if _has_kind(version, int) and version != FORMAT_VERSION:
+    if _has_kind(version, int) and version not in READ_VERSIONS:
         raise _version_error(root, version, None)
     digests = manifest.get("sha256") if isinstance(manifest, dict) else None
     known = {_SIDECAR, *_WEIGHTS.values()}
@@ -418,7 +424,7 @@ def _read_manifest(root: Path) -> dict[str, str]:
         )
     if _SIDECAR not in digests:
         raise ModelError(f"{path} does not cover {_SIDECAR}; the sidecar cannot be verified")
-    return digests
+    return digests, version
 
 
 def _verified_bytes(root: Path, name: str, digests: Mapping[str, str]) -> bytes:
@@ -466,7 +472,7 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]
     sidecar = root / _SIDECAR
     if not sidecar.is_file():
         raise ModelError(f"no saved model at {root}: {_SIDECAR} not found")
-    digests = _read_manifest(root)
+    digests, manifest_version = _read_manifest(root)
     raw = _verified_bytes(root, _SIDECAR, digests)
     weights_names = [name for name in digests if name != _SIDECAR]
     if len(weights_names) != 1:
@@ -480,9 +486,9 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelError(f"{sidecar} is not valid JSON: {err}") from err
     version = meta.get("format_version") if isinstance(meta, dict) else None
-    if _has_kind(version, int) and version != FORMAT_VERSION:
+    if _has_kind(version, int) and version != manifest_version:
         raise ModelError(
-            f"{sidecar} says format version {version} but {_MANIFEST} says {FORMAT_VERSION}"
+            f"{sidecar} says format version {version} but {_MANIFEST} says {manifest_version}"
         )
     validate_sidecar(meta, source=sidecar)
     if meta["class"] not in MODEL_CLASSES:
