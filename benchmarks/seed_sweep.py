@@ -14,6 +14,7 @@ writes ``benchmarks/results/seeds/<recipe>_<difficulty>.json`` (``--out`` to cha
 a Markdown row: baseline mean ± standard deviation, model mean ± standard deviation, how many
 seeds the model beat its best baseline by the margin, and the spread (max − min) of the model's
 score. Runs go to a temporary folder that is removed afterwards.
+``python -m benchmarks.seed_sweep --table`` prints the table of every recorded sweep.
 """
 
 from __future__ import annotations
@@ -154,15 +155,38 @@ def sweep(
     return {"runs": runs, "summary": summarise(runs)}
 
 
+def table(folder: Path = RESULTS) -> str:
+    """The Markdown table of every sweep recorded in ``folder`` (``--table``)."""
+    rows = [
+        markdown(d["recipe"], d["difficulty"], d["summary"])
+        for d in (json.loads(p.read_text()) for p in sorted(folder.glob("*.json")))
+    ]
+    return "\n".join([_HEADER, "|---|---|---|---|---|---|", *rows])
+
+
+_HEADER = "| recipe | scene | score | best baseline (mean ± sd) | model (mean ± sd) | beats |"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from xfusion.cli import _parse_overrides
 
+    if argv is None:
+        argv = sys.argv[1:]
+    if list(argv) == ["--table"]:
+        print(table())
+        return 0
     parser = argparse.ArgumentParser(prog="python -m benchmarks.seed_sweep", description=__doc__)
     parser.add_argument("recipe")
     parser.add_argument("--difficulty", default="hard", choices=("standard", "hard"))
     parser.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2,5 (default 0-4)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config field (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable)",
+    )
     parser.add_argument("--out", default=None, help="JSON path (default results/seeds/...)")
     args = parser.parse_args(argv)
     overrides = _parse_overrides(args.overrides)
@@ -177,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = Path(args.out) if args.out else RESULTS / f"{args.recipe}_{args.difficulty}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    print("| recipe | scene | score | best baseline (mean ± sd) | model (mean ± sd) | beats |")
+    print(_HEADER)
     print("|---|---|---|---|---|---|")
     print(markdown(args.recipe, args.difficulty, result["summary"]))
     print(f"written {path}")
