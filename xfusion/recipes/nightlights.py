@@ -20,8 +20,11 @@ without a model.
 Two cheap baselines learn from the same training pixels and the same features as the U-Net: a
 pixelwise :class:`~xfusion.models.Ridge` and gradient boosting
 (:func:`xfusion.models.baselines.fit_baselines`). Both are mapped over the region and scored on
-the same evaluation pixels; ``metrics.json`` says in its ``baselines`` block whether the U-Net
-beats the better of them by the margin (RMSE at least 10 % lower).
+the same evaluation pixels. Where the reference is a 30 m truth (synthetic scenes), VIIRS
+resampled onto the 30 m grid itself (``target_resampling``, no model) is a third baseline,
+``viirs_resampled``: it is observed wherever the U-Net predicts, so a super-resolution model
+must beat it to be worth running. ``metrics.json`` says in its ``baselines`` block whether the
+U-Net beats the best of them by the margin (RMSE at least 10 % lower).
 
 The steps of :func:`run`:
 
@@ -429,8 +432,9 @@ def run(config: Config) -> RecipeResult:
         ``baseline_coarse_rmse``, ``baseline_coarse_r2``: predictions averaged over VIIRS
         pixels), ``viirs_rmse``, ``viirs_r2`` (VIIRS on the 30 m grid itself against the
         truth, synthetic scenes), the final training loss, patch and pixel counts, and the
-        ``baselines`` block (Ridge and gradient boosting scored on the same pixels; the best
-        by RMSE) with ``beats_baseline``. ``cubes``: ``features`` ``(band, y, x)``, ``viirs``
+        ``baselines`` block (Ridge, gradient boosting and, against a truth, VIIRS resampled to
+        30 m, ``viirs_resampled``, scored on the same pixels; the best by RMSE) with
+        ``beats_baseline``. ``cubes``: ``features`` ``(band, y, x)``, ``viirs``
         (normalised, its own grid), ``target`` (VIIRS on the 30 m grid), ``prediction``,
         ``baseline`` (the Ridge), ``baseline_hgb`` (the gradient boosting), ``difference``
         (prediction − reference) and, for synthetic scenes, ``truth``. ``figures``: PNG
@@ -828,6 +832,11 @@ def _metrics(
         "ridge": {k: metrics[f"baseline_{k}"] for k in ("rmse", "mae", "r2")},
         "hgb": {k: hgb_scores[k] for k in ("rmse", "mae", "r2")},
     }
+    if metrics["reference"] == "truth":
+        # VIIRS resampled onto the 30 m grid, no model: observed wherever the U-Net predicts,
+        # the cheapest honest baseline of a super-resolution model (against VIIRS as reference
+        # it would be the reference itself, so it is a baseline only against a truth)
+        scores["viirs_resampled"] = {k: metrics[f"viirs_{k}"] for k in ("rmse", "mae", "r2")}
     return metrics, scores
 
 
