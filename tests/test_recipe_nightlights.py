@@ -302,6 +302,7 @@ def test_config_toml_round_trip(tmp_path):
         ({"train_region": (0, 0, 1, 1)}, "both train_region"),
         ({"loss": "mae"}, "loss"),
         ({"target_standardize": "per_city"}, "target_standardize"),
+        ({"viirs_correction": "multiplicative"}, "viirs_correction"),
         ({"activation": "sigmoid", "target_standardize": "per_region"}, "activation='sigmoid'"),
     ],
 )
@@ -350,10 +351,13 @@ def test_difficulty_hard_runs_on_the_hard_scene(tmp_path):
 
 
 def test_hard_scene_standardises_the_target_per_city_and_area(tmp_path):
-    """Areas are 3 * city + part; the U-Net learns whole training areas' VIIRS statistics."""
+    """Areas are 3 * city + part; the U-Net learns whole training areas' VIIRS statistics.
+
+    The run also corrects the map with VIIRS (``viirs_correction="additive"``).
+    """
     config = nightlights.Config(
         out_dir=str(tmp_path), size=96, difficulty="hard", n_patches=6, n_validation_patches=2,
-        epochs=2, figures=False,
+        epochs=2, figures=False, viirs_correction="additive",
     )  # fmt: skip
     result = nightlights.run(config)
     hard = synthetic_scene("nightlights", seed=0, size=96, difficulty="hard")
@@ -382,8 +386,33 @@ def test_hard_scene_standardises_the_target_per_city_and_area(tmp_path):
     again = nightlights._predict(
         config, features.load(), model, areas=areas, target=_open(result, "target")
     )
+    raw = again.isel(band=0).values.astype(np.float64)
+    err = raw[:, split:] - truth
+    assert result.metrics["unet_raw_rmse"] == pytest.approx(np.sqrt(np.mean(err**2)), rel=1e-5)
+    # the correction: the map's VIIRS-pixel means swapped for VIIRS's, both back on 30 m bilinearly
+    means = raw.reshape(96 // FACTOR, FACTOR, 96 // FACTOR, FACTOR).mean(axis=(1, 3))
+    back = np.full((96, 96), np.nan, np.float32)
+    reproject(
+        means.astype(np.float32),
+        back,
+        src_transform=geobox_of(_open(result, "viirs")).affine,
+        src_crs="EPSG:32737",
+        dst_transform=geobox_of(features).affine,
+        dst_crs="EPSG:32737",
+        resampling=Resampling.bilinear,
+    )
+    expected = raw + target - back
     np.testing.assert_allclose(
-        again.values, _open(result, "prediction").values, rtol=1e-5, atol=1e-6
+        _open(result, "prediction").isel(band=0).values, expected, rtol=1e-4, atol=1e-5
+    )
+    assert not np.allclose(expected, raw, atol=1e-3)  # the correction changes the map
+    block = result.metrics["baselines"]
+    assert block["model_rmse"] == result.metrics["rmse"] != result.metrics["unet_raw_rmse"]
+    uncorrected = block["unet_uncorrected"]
+    assert uncorrected["model_rmse"] == result.metrics["unet_raw_rmse"]
+    assert uncorrected["baseline"] == block["baseline"]
+    assert uncorrected["beats_baseline"] is (
+        result.metrics["unet_raw_rmse"] <= 0.9 * block["baseline_rmse"]
     )
 
 

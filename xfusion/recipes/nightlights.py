@@ -84,6 +84,7 @@ _LOSSES = ("masked_mse", "huber")
 _TARGET_STANDARDIZE = ("auto", "global", "per_region")
 _REGION = "region"
 _RESAMPLINGS = ("nearest", "bilinear", "cubic")
+_CORRECTIONS = ("none", "additive")
 _TARGET = "avg_rad"
 
 #: The real datasets of the published workflow (Earth Engine ids, bands, dates, region).
@@ -261,6 +262,14 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
         mean 0 and variance 1 and must forget those within the run: ``bn_momentum ** steps``
         should be small (0.9 over the default run's 30 steps leaves 4 %; use less for shorter
         runs, 0.99 for long ones).
+    viirs_correction : {"none", "additive"}
+        ``"additive"``: the U-Net's map is made consistent with VIIRS, which is observed
+        wherever the map is made: its average over every VIIRS pixel is replaced by VIIRS's,
+        ``prediction + resample(viirs − average(prediction))`` (both on the 30 m grid with
+        ``target_resampling``), which equals VIIRS on the 30 m grid plus the U-Net's detail
+        within the VIIRS pixels. ``metrics.json`` then also holds the uncorrected map's
+        ``unet_raw_rmse``, ``unet_raw_r2``, and its ``baselines`` block the uncorrected map's
+        comparison (``unet_uncorrected``). ``"none"`` (default): the U-Net's map as predicted.
     ridge_alpha : float
         Regularisation of the pixelwise Ridge baseline.
     chunks : int
@@ -326,6 +335,7 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
     epochs: int = 20
     loss: str = "huber"
     target_standardize: str = "auto"
+    viirs_correction: str = "none"
 
     def checks(self) -> list[tuple[bool, str, str]]:
         """Return the rows of :meth:`validate` for this recipe's own fields."""
@@ -341,6 +351,7 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
              and not self.coarse_supervision), "target_standardize",
              "'global' with activation='sigmoid' or coarse_supervision=True"),
             (self.target_resampling in _RESAMPLINGS, "target_resampling", f"one of {_RESAMPLINGS}"),
+            (self.viirs_correction in _CORRECTIONS, "viirs_correction", f"one of {_CORRECTIONS}"),
             (self.optimizer in _OPTIMIZERS, "optimizer", f"one of {_OPTIMIZERS}"),
             (_positive(self.viirs_resolution), "viirs_resolution", "a positive number"),
             (_positive(self.radiance_norm), "radiance_norm", "a positive number"),
@@ -469,10 +480,24 @@ def run(config: Config) -> RecipeResult:
     (maps,) = dask.persist(
         {k: _predict(config, features, m, areas=areas, target=target) for k, m in maps.items()}
     )
+    raw = None
+    if config.viirs_correction == "additive":
+        raw = maps["prediction"]
+        (maps["prediction"],) = dask.persist(_correct(config, raw, target, coarse))
     reference = truth if truth is not None else target
     metrics, scores = _metrics(
         config, unet, train, maps, reference, viirs, coarse, eval_box, target
     )
+    if raw is not None:
+        held = [window(a, eval_box).isel(band=0).data for a in (raw, reference)]
+        raw_scores = _scores(*dask.compute(*held), "unet_raw_")  # xf: computes the scores
+        metrics.update({k: v for k, v in raw_scores.items() if not k.endswith("n_pixels")})
+    baselines = baseline_block({"rmse": metrics["rmse"]}, scores, metric="rmse")
+    if raw is not None:
+        # the same comparison for the map before the correction (the default run's map)
+        uncorrected = {"rmse": metrics["unet_raw_rmse"]}
+        block = baseline_block(uncorrected, scores, metric="rmse")["baselines"]
+        baselines["baselines"]["unet_uncorrected"] = block
     cubes = {"features": features, "viirs": viirs, "target": target, **maps}
     cubes["difference"] = (maps["prediction"] - reference).rename("difference")
     if truth is not None:
@@ -483,7 +508,7 @@ def run(config: Config) -> RecipeResult:
         out,
         cubes,
         metrics,
-        baselines=baseline_block({"rmse": metrics["rmse"]}, scores, metric="rmse"),
+        baselines=baselines,
         cog=("radiance", maps["prediction"].rio.write_nodata(float("nan"), encoded=False)),
         models={"unet": unet, "ridge": ridge},
         figures=lambda: _figures(config, out, cubes, reference, eval_box, unet),
@@ -779,6 +804,19 @@ def _predict(
     else:
         pred = cube.xf.predict(model)
     return pred.assign_coords(band=[_TARGET]).astype("float32")
+
+
+def _correct(config: Config, pred: xr.DataArray, target: xr.DataArray, coarse: Any) -> xr.DataArray:
+    """``pred`` made consistent with VIIRS (``viirs_correction="additive"``); lazy.
+
+    ``pred + resample(viirs − average(pred))``: the map's average over every VIIRS pixel
+    resampled back onto the 30 m grid the way the target is (``target_resampling``) is swapped
+    for VIIRS's own (``target``), so the result is VIIRS on the 30 m grid plus the U-Net's
+    detail within the VIIRS pixels.
+    """
+    back = pred.xf.resample(coarse, "average").xf.resample(pred, config.target_resampling)
+    data = pred.data + target.data.astype(pred.dtype) - back.data.astype(pred.dtype)
+    return pred.copy(data=data).rename(pred.name)
 
 
 # --- scores -----------------------------------------------------------------------------------
