@@ -157,10 +157,11 @@ def sweep(
 
 def table(folder: Path = RESULTS) -> str:
     """The Markdown table of every sweep recorded in ``folder`` (``--table``)."""
-    rows = [
-        markdown(d["recipe"], d["difficulty"], d["summary"])
-        for d in (json.loads(p.read_text()) for p in sorted(folder.glob("*.json")))
-    ]
+    rows = []
+    for path in sorted(folder.glob("*.json")):
+        d = json.loads(path.read_text())
+        given = ", ".join(f"{k}={v}" for k, v in d.get("overrides", {}).items())
+        rows.append(markdown(d["recipe"], f"{d['difficulty']} {given}".strip(), d["summary"]))
     return "\n".join([_HEADER, "|---|---|---|---|---|---|", *rows])
 
 
