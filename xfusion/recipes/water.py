@@ -46,20 +46,7 @@ from xfusion.grids import geobox_of
 from xfusion.models.modality import band_means
 from xfusion.models.segmentation import segmentation_scores
 from xfusion.preprocess.labels import binary_labels
-from xfusion.recipes._base import (
-    AreaFields,
-    ChunkFields,
-    DateFields,
-    RecipeConfig,
-    RecipeResult,
-    TrainingFields,
-    band_names,
-    baseline_block,
-    plain_coords,
-    prepare_out_dir,
-    write_results,
-    write_synthetic,
-)
+from xfusion.recipes import _base as recipe
 
 __all__ = ["MODELS", "Config", "real_sources", "run", "segmentation_scores"]
 
@@ -73,7 +60,7 @@ MODELS = ("sar_only", "fusion")
 
 
 @dataclasses.dataclass
-class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
+class Config(recipe.ModelRecipeConfig):
     """Configuration of the SAR + optical surface-water recipe.
 
     The defaults run offline in about a minute of CPU time on a 128×128 synthetic scene
@@ -336,7 +323,7 @@ def real_sources() -> dict[str, dict[str, Any]]:
     }
 
 
-def run(config: Config) -> RecipeResult:
+def run(config: Config) -> recipe.RecipeResult:
     """Run the SAR + optical surface-water recipe.
 
     Steps: open the SAR, optical, terrain and label layers on one grid → stack the eight bands
@@ -380,7 +367,7 @@ def run(config: Config) -> RecipeResult:
     """
     if not isinstance(config, Config):
         raise ConfigError(f"run needs a water Config; got {type(config).__name__}")
-    out = prepare_out_dir(config.out_dir, config=config)
+    out = recipe.prepare_out_dir(config.out_dir, config=config)
     layers, truth = _open_layers(config, out)
     cube = _stack(layers, config)
     labels = _labels(layers["labels"], config)
@@ -416,7 +403,7 @@ def run(config: Config) -> RecipeResult:
     log.info("water: predicting %d×%d px with every model", cube.sizes["y"], cube.sizes["x"])
     (cubes,) = dask.compute(cubes)  # xf: computes every output cube once
     metrics, block = _metrics(cubes, chips, models, baselines, config)
-    return write_results(
+    return recipe.write_results(
         config,
         out,
         cubes,
@@ -446,11 +433,13 @@ def _open_layers(config: Config, out: Path) -> tuple[dict[str, xr.DataArray], An
     if config.source == "synthetic":
         keys = dict(zip(_LAYERS, ("sar", "optical", "terrain", "truth_water"), strict=True))
         bands = {**names, "labels": ("water",)}
-        scene, catalog = write_synthetic("water", config, out, {keys[k]: bands[k] for k in keys})
+        scene, catalog = recipe.write_synthetic(
+            "water", config, out, {keys[k]: bands[k] for k in keys}
+        )
         grid = geobox_of(scene["sar"])
         sources = {k: catalog / keys[k] / "collection.json" for k in _LAYERS}
         cover = scene["truth_cover"].sel(band="water", drop=True)
-        truth = plain_coords((cover >= 0.5).astype(np.float32).rename("truth_water"))
+        truth = recipe.plain_coords((cover >= 0.5).astype(np.float32).rename("truth_water"))
         truth.attrs = {"classes": "1 water (cover fraction >= 0.5), 0 land"}
     else:
         grid = config.grid()
@@ -503,7 +492,7 @@ def _single_image(cube: xr.DataArray, layer: str, where: Any) -> xr.DataArray:
             cube = cube.isel(time=0)
         else:
             cube = cube.xf.composite("median")
-    return plain_coords(cube)
+    return recipe.plain_coords(cube)
 
 
 def _stack(layers: dict[str, xr.DataArray], config: Config) -> xr.DataArray:
@@ -625,7 +614,7 @@ def _fit_baselines(chips: xr.Dataset, config: Config) -> dict[str, Any]:
     """
     from xfusion.models.baselines import ThresholdClassifier, fit_baselines
 
-    bands = band_names(chips["inputs"])
+    bands = recipe.band_names(chips["inputs"])
     pixels = chips["inputs"].transpose("sample", "y", "x", "band").values.reshape(-1, len(bands))
     target = chips["target"].values.reshape(-1)  # xf: computes nothing (patches are in memory)
     labelled = np.isfinite(target)
@@ -693,7 +682,7 @@ def _metrics(
                  for b in cubes["baseline_water"].band.values})  # fmt: skip
     common = np.where(np.isfinite(np.stack(list(maps.values()))).all(axis=0), reference, np.nan)
     scores = {name: segmentation_scores(m, common) for name, m in maps.items()}
-    block = baseline_block(scores.pop("fusion"), scores, metric="iou")
+    block = recipe.baseline_block(scores.pop("fusion"), scores, metric="iou")
     block["baselines"]["thresholds"] = {
         name: {"threshold": model.threshold_, "water_above": model.above_}
         for name, model in baselines.items()
@@ -714,7 +703,7 @@ def _figures(out: Path, cubes: dict, metrics: dict, models: dict[str, Any]) -> d
     from xfusion.viz import plot_loss, plot_map_row, rgb_array
 
     inputs, labels = cubes["inputs"], cubes["labels"].values
-    bands = band_names(inputs)
+    bands = recipe.band_names(inputs)
     classes = {"cmap": ListedColormap(["#d9c89e", "#2166ac"]), "vmin": 0, "vmax": 1}
     panels: list[tuple[str, Any, dict]] = [
         (f"SAR {bands[0]} (dB)", inputs.sel(band=bands[0]).values, {"cmap": "gray"}),
