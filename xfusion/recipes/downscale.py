@@ -329,9 +329,7 @@ def real_sources() -> dict[str, dict[str, Any]]:
     }
 
 
-# ----------------------------------------------------------------------------------------------
-# run
-# ----------------------------------------------------------------------------------------------
+# --- run ---
 
 
 def run(config: Config) -> recipe.RecipeResult:
@@ -344,22 +342,14 @@ def run(config: Config) -> recipe.RecipeResult:
     strip → write ``outputs.zarr``, ``downscaled.tif`` (one band per period), PNG figures,
     ``metrics.json`` and ``model/``.
 
-    This function computes: it trains models, evaluates metrics and writes files.
-
-    Parameters
-    ----------
-    config : Config
-        The configuration (the defaults run offline on a synthetic scene).
-
-    Returns
-    -------
-    RecipeResult
-        ``metrics``: on the held-out strip, ``rmse``/``r2`` (U-Net), ``bilinear_rmse``/
-        ``bilinear_r2`` and ``ridge_rmse``/``ridge_r2`` against the fine truth (synthetic
-        scenes), ``rmse_ratio`` (U-Net over bilinear), and ``aggregation_rmse`` (plus
-        ``bilinear_``/``ridge_`` versions) against the coarse observation; ``cubes``: the
-        downscaled series, both baselines, the features, the coarse composites, the regions map
-        (and the truth); the written paths.
+    Computes: trains the models, scores them and writes ``config.out_dir``. Returns a
+    :class:`~xfusion.recipes._base.RecipeResult`:
+    ``metrics``: on the held-out strip, ``rmse``/``r2`` (U-Net), ``bilinear_rmse``/
+    ``bilinear_r2`` and ``ridge_rmse``/``ridge_r2`` against the fine truth (synthetic
+    scenes), ``rmse_ratio`` (U-Net over bilinear), and ``aggregation_rmse`` (plus
+    ``bilinear_``/``ridge_`` versions) against the coarse observation; ``cubes``: the
+    downscaled series, both baselines, the features, the coarse composites, the regions map
+    (and the truth); the written paths.
 
     Examples
     --------
@@ -432,9 +422,7 @@ def run(config: Config) -> recipe.RecipeResult:
     )
 
 
-# ----------------------------------------------------------------------------------------------
-# steps
-# ----------------------------------------------------------------------------------------------
+# --- steps ---
 
 
 def _open_sources(
@@ -706,9 +694,7 @@ def _match_truth(truth: xr.DataArray, like: xr.DataArray) -> xr.DataArray:
     return truth.rename("truth")
 
 
-# ----------------------------------------------------------------------------------------------
-# metrics
-# ----------------------------------------------------------------------------------------------
+# --- metrics ---
 
 
 def regression_scores(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -816,9 +802,7 @@ def _baselines(metrics: dict[str, Any]) -> dict[str, Any]:
     return block
 
 
-# ----------------------------------------------------------------------------------------------
-# outputs
-# ----------------------------------------------------------------------------------------------
+# --- outputs ---
 
 
 def _cog_bands(downscaled: xr.DataArray) -> xr.DataArray:

@@ -335,26 +335,18 @@ def run(config: Config) -> recipe.RecipeResult:
     ``water.tif`` (the SAR + optical water map as a COG), PNG figures, ``metrics.json`` and
     ``model/``.
 
-    This function computes: it trains models, evaluates metrics and writes files.
-
-    Parameters
-    ----------
-    config : Config
-        The configuration (the defaults run offline on a synthetic scene).
-
-    Returns
-    -------
-    RecipeResult
-        ``metrics`` (per model ``<model>_iou``, ``_f1``, ``_precision``, ``_recall``,
-        ``_accuracy`` on held-out labelled pixels; ``iou``/``f1`` of the SAR + optical model and
-        ``baseline_iou``/``baseline_f1`` of the SAR-only one; on synthetic scenes also
-        ``<model>_iou_all``, every held-out pixel against the cover truth; ``baselines`` and
-        ``beats_baseline``: the SAR + optical model against Otsu thresholds and gradient
-        boosting by IoU), ``cubes`` (``inputs``, ``unet_inputs`` (the U-Nets' inputs:
-        ``inputs`` with NaN filled and the ``sar_valid`` and ``optical_valid`` bands),
-        ``labels``, ``probability`` and ``water`` with one band per model, ``baseline_water``
-        with one band per baseline, ``holdout``, and ``truth_water`` on synthetic scenes) and
-        the written paths.
+    Computes: trains the models, scores them and writes ``config.out_dir``. Returns a
+    :class:`~xfusion.recipes._base.RecipeResult`:
+    ``metrics`` (per model ``<model>_iou``, ``_f1``, ``_precision``, ``_recall``,
+    ``_accuracy`` on held-out labelled pixels; ``iou``/``f1`` of the SAR + optical model and
+    ``baseline_iou``/``baseline_f1`` of the SAR-only one; on synthetic scenes also
+    ``<model>_iou_all``, every held-out pixel against the cover truth; ``baselines`` and
+    ``beats_baseline``: the SAR + optical model against Otsu thresholds and gradient
+    boosting by IoU), ``cubes`` (``inputs``, ``unet_inputs`` (the U-Nets' inputs:
+    ``inputs`` with NaN filled and the ``sar_valid`` and ``optical_valid`` bands),
+    ``labels``, ``probability`` and ``water`` with one band per model, ``baseline_water``
+    with one band per baseline, ``holdout``, and ``truth_water`` on synthetic scenes) and
+    the written paths.
 
     Examples
     --------
@@ -416,9 +408,7 @@ def run(config: Config) -> recipe.RecipeResult:
     )
 
 
-# ----------------------------------------------------------------------------------------------
-# steps
-# ----------------------------------------------------------------------------------------------
+# --- steps ---
 
 
 def _open_layers(config: Config, out: Path) -> tuple[dict[str, xr.DataArray], Any]:
@@ -636,9 +626,7 @@ def _predict(cube: xr.DataArray, models: dict[str, Any], halo: int | None) -> xr
     return xr.concat(maps, dim="band")
 
 
-# ----------------------------------------------------------------------------------------------
-# metrics
-# ----------------------------------------------------------------------------------------------
+# --- metrics ---
 
 
 def _metrics(
@@ -691,9 +679,7 @@ def _metrics(
     return metrics, block
 
 
-# ----------------------------------------------------------------------------------------------
-# figures
-# ----------------------------------------------------------------------------------------------
+# --- figures ---
 
 
 def _figures(out: Path, cubes: dict, metrics: dict, models: dict[str, Any]) -> dict[str, Path]:
