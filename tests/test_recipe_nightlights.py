@@ -226,9 +226,13 @@ def test_saved_unet_reloads_and_predicts_the_same(result):
     # target scale from the saved target (VIIRS on the grid), as in the run
     config = result_config(result)
     features = _open(result, "features").load()
+    target = _open(result, "target")
     again = nightlights._predict(
-        config, features, model, areas=_areas(config, features), target=_open(result, "target")
+        config, features, model, areas=_areas(config, features), target=target
     )
+    # corrected with VIIRS by default (checked against numpy in the hard-scene test)
+    assert config.viirs_correction == "additive"
+    again = nightlights._correct(config, again, target, geobox_of(_open(result, "viirs")))
     np.testing.assert_allclose(
         again.values, _open(result, "prediction").values, rtol=1e-5, atol=1e-6
     )
@@ -264,11 +268,13 @@ def test_preprocess_and_predict_are_lazy(result, tmp_path):
     assert truth is None
     model = xf.load_model(result.files["model_unet"])
     with raise_if_dask_computes():
-        features, _, target = nightlights._preprocess(config, sources)
+        features, viirs, target = nightlights._preprocess(config, sources)
         areas = _areas(config, features)
     # the U-Net standardises its target per area: predict computes each area's VIIRS mean
     # and standard deviation first (documented), the map itself stays lazy
     prediction = nightlights._predict(config, features, model, areas=areas, target=target)
+    with raise_if_dask_computes():
+        prediction = nightlights._correct(config, prediction, target, geobox_of(viirs))
     assert prediction.chunks is not None
     # the same as the saved map, which the eager path reproduces too (test_saved_unet_...)
     np.testing.assert_allclose(

@@ -35,7 +35,8 @@ The steps of :func:`run`:
    thermal clamp and rescale, median composites, VIIRS normalisation and resampling to 30 m;
 3. cut training and validation patches from the training region and fit the U-Net, the Ridge
    and the gradient boosting on them (this computes);
-4. predict the three maps over the whole region lazily with ``cube.xf.predict(model)``;
+4. predict the three maps over the whole region lazily with ``cube.xf.predict(model)``, and
+   correct the U-Net's with VIIRS (``viirs_correction``);
 5. score them on the evaluation region: against the 30 m radiance truth where the scene has one
    (synthetic), else against VIIRS on the 30 m grid, and against VIIRS at its own resolution;
 6. write ``outputs.zarr``, ``radiance.tif``, ``model/unet``, ``model/ridge``, ``config.toml``,
@@ -112,6 +113,7 @@ REAL_SOURCES: dict[str, Any] = {
     "batch_size": 48,
     "epochs": 10,
     "chunks": 512,
+    "viirs_correction": "none",
 }
 
 
@@ -262,14 +264,17 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
         mean 0 and variance 1 and must forget those within the run: ``bn_momentum ** steps``
         should be small (0.9 over the default run's 30 steps leaves 4 %; use less for shorter
         runs, 0.99 for long ones).
-    viirs_correction : {"none", "additive"}
-        ``"additive"``: the U-Net's map is made consistent with VIIRS, which is observed
-        wherever the map is made: its average over every VIIRS pixel is replaced by VIIRS's,
-        ``prediction + resample(viirs − average(prediction))`` (both on the 30 m grid with
-        ``target_resampling``), which equals VIIRS on the 30 m grid plus the U-Net's detail
-        within the VIIRS pixels. ``metrics.json`` then also holds the uncorrected map's
+    viirs_correction : {"additive", "none"}
+        ``"additive"`` (default): the U-Net's map is made consistent with VIIRS, which is
+        observed wherever the map is made: its average over every VIIRS pixel is replaced by
+        VIIRS's, ``prediction + resample(viirs − average(prediction))`` (both on the 30 m grid
+        with ``target_resampling``), which equals VIIRS on the 30 m grid plus the U-Net's
+        detail within the VIIRS pixels. ``metrics.json`` then also holds the uncorrected map's
         ``unet_raw_rmse``, ``unet_raw_r2``, and its ``baselines`` block the uncorrected map's
-        comparison (``unet_uncorrected``). ``"none"`` (default): the U-Net's map as predicted.
+        comparison (``unet_uncorrected``). Seeds 0–4, held-out RMSE: hard scene 0.090 ± 0.053
+        (uncorrected 0.136 ± 0.094; VIIRS resampled 0.101 ± 0.058), standard scene 0.043 ±
+        0.009 (0.067 ± 0.020; 0.053 ± 0.011). ``"none"``: the U-Net's map as predicted (the
+        published workflow's, :func:`real_sources`).
     ridge_alpha : float
         Regularisation of the pixelwise Ridge baseline.
     chunks : int
@@ -335,7 +340,7 @@ class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
     epochs: int = 20
     loss: str = "huber"
     target_standardize: str = "auto"
-    viirs_correction: str = "none"
+    viirs_correction: str = "additive"
 
     def checks(self) -> list[tuple[bool, str, str]]:
         """Return the rows of :meth:`validate` for this recipe's own fields."""
