@@ -61,20 +61,7 @@ from xfusion.grids import geobox_of
 from xfusion.grids import grid as make_grid
 from xfusion.models.baselines import score_predictions
 from xfusion.preprocess.holdout import boxes_overlap, patch_pixels, split_box, window
-from xfusion.recipes._base import (
-    AreaFields,
-    ChunkFields,
-    DateFields,
-    RecipeConfig,
-    RecipeResult,
-    TrainingFields,
-    baseline_block,
-    coarsening_factor,
-    prepare_out_dir,
-    require_bands,
-    write_results,
-    write_synthetic,
-)
+from xfusion.recipes import _base as recipe
 
 __all__ = ["REAL_SOURCES", "Config", "real_sources", "run"]
 
@@ -134,7 +121,7 @@ def real_sources() -> dict[str, dict[str, Any]]:
 
 
 @dataclasses.dataclass
-class Config(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
+class Config(recipe.ModelRecipeConfig):
     """Configuration of the night-lights recipe; the defaults run offline on a synthetic scene.
 
     Load one from TOML with ``Config.from_toml(path)`` (top-level keys, or one
@@ -424,7 +411,7 @@ def _is_date(value: str) -> bool:
 # run
 
 
-def run(config: Config) -> RecipeResult:
+def run(config: Config) -> recipe.RecipeResult:
     """Run the night-lights recipe and write its outputs to ``config.out_dir``.
 
     This function computes: it persists the 30 m features and target once (in memory, or on the
@@ -432,30 +419,23 @@ def run(config: Config) -> RecipeResult:
     the U-Net and both baselines, predicts over the region, scores the evaluation region and
     writes every output.
 
-    Parameters
-    ----------
-    config : Config
-        The configuration (see :class:`Config`); the defaults run offline on a synthetic scene.
-
-    Returns
-    -------
-    RecipeResult
-        ``metrics``: on the evaluation region, the U-Net's ``rmse``, ``r2``, ``mae`` and the
-        Ridge baseline's ``baseline_rmse``, ``baseline_r2``, ``baseline_mae`` against
-        ``reference`` (``"truth"``: the scene's 30 m radiance, else ``"viirs"``: the VIIRS value
-        of every 30 m pixel), their ratio ``rmse_ratio``, ``rmse_radiance`` (nW/cm²/sr), the
-        same against VIIRS at its own resolution (``coarse_rmse``, ``coarse_r2``,
-        ``baseline_coarse_rmse``, ``baseline_coarse_r2``: predictions averaged over VIIRS
-        pixels), ``viirs_rmse``, ``viirs_r2`` (VIIRS on the 30 m grid itself against the
-        truth, synthetic scenes), the final training loss, patch and pixel counts, and the
-        ``baselines`` block (Ridge, gradient boosting and, against a truth, VIIRS resampled to
-        30 m, ``viirs_resampled``, scored on the same pixels; the best by RMSE) with
-        ``beats_baseline``. ``cubes``: ``features`` ``(band, y, x)``, ``viirs``
-        (normalised, its own grid), ``target`` (VIIRS on the 30 m grid), ``prediction``,
-        ``baseline`` (the Ridge), ``baseline_hgb`` (the gradient boosting), ``difference``
-        (prediction − reference) and, for synthetic scenes, ``truth``. ``figures``: PNG
-        paths. ``files``: the Zarr store, the COG, ``metrics.json``, the models
-        (``model_unet``, ``model_ridge``) and the config.
+    Returns a :class:`~xfusion.recipes._base.RecipeResult`:
+    ``metrics``: on the evaluation region, the U-Net's ``rmse``, ``r2``, ``mae`` and the
+    Ridge baseline's ``baseline_rmse``, ``baseline_r2``, ``baseline_mae`` against
+    ``reference`` (``"truth"``: the scene's 30 m radiance, else ``"viirs"``: the VIIRS value
+    of every 30 m pixel), their ratio ``rmse_ratio``, ``rmse_radiance`` (nW/cm²/sr), the
+    same against VIIRS at its own resolution (``coarse_rmse``, ``coarse_r2``,
+    ``baseline_coarse_rmse``, ``baseline_coarse_r2``: predictions averaged over VIIRS
+    pixels), ``viirs_rmse``, ``viirs_r2`` (VIIRS on the 30 m grid itself against the
+    truth, synthetic scenes), the final training loss, patch and pixel counts, and the
+    ``baselines`` block (Ridge, gradient boosting and, against a truth, VIIRS resampled to
+    30 m, ``viirs_resampled``, scored on the same pixels; the best by RMSE) with
+    ``beats_baseline``. ``cubes``: ``features`` ``(band, y, x)``, ``viirs``
+    (normalised, its own grid), ``target`` (VIIRS on the 30 m grid), ``prediction``,
+    ``baseline`` (the Ridge), ``baseline_hgb`` (the gradient boosting), ``difference``
+    (prediction − reference) and, for synthetic scenes, ``truth``. ``figures``: PNG
+    paths. ``files``: the Zarr store, the COG, ``metrics.json``, the models
+    (``model_unet``, ``model_ridge``) and the config.
 
     Examples
     --------
@@ -467,12 +447,12 @@ def run(config: Config) -> RecipeResult:
     """
     if not isinstance(config, Config):
         raise ConfigError(f"run expects a nightlights Config; got {type(config).__name__}")
-    out = prepare_out_dir(config.out_dir, config=config)
+    out = recipe.prepare_out_dir(config.out_dir, config=config)
     log.info("nightlights: opening %s sources", config.source)
     sources, truth = _open_sources(config, out)
     features, viirs, target = _preprocess(config, sources)
     grid, coarse = geobox_of(features), geobox_of(viirs)  # carried from here on
-    factor = coarsening_factor(features, viirs) if config.coarse_supervision else None
+    factor = recipe.coarsening_factor(features, viirs) if config.coarse_supervision else None
     train_box, eval_box = _regions(config, grid, coarse)
     if config.persist:
         features, viirs, target, truth = dask.persist(features, viirs, target, truth)
@@ -497,18 +477,18 @@ def run(config: Config) -> RecipeResult:
         held = [window(a, eval_box).isel(band=0).data for a in (raw, reference)]
         raw_scores = _scores(*dask.compute(*held), "unet_raw_")  # xf: computes the scores
         metrics.update({k: v for k, v in raw_scores.items() if not k.endswith("n_pixels")})
-    baselines = baseline_block({"rmse": metrics["rmse"]}, scores, metric="rmse")
+    baselines = recipe.baseline_block({"rmse": metrics["rmse"]}, scores, metric="rmse")
     if raw is not None:
         # the same comparison for the map before the correction (the default run's map)
         uncorrected = {"rmse": metrics["unet_raw_rmse"]}
-        block = baseline_block(uncorrected, scores, metric="rmse")["baselines"]
+        block = recipe.baseline_block(uncorrected, scores, metric="rmse")["baselines"]
         baselines["baselines"]["unet_uncorrected"] = block
     cubes = {"features": features, "viirs": viirs, "target": target, **maps}
     cubes["difference"] = (maps["prediction"] - reference).rename("difference")
     if truth is not None:
         cubes["truth"] = truth
     log.info("nightlights: writing outputs to %s", out)
-    return write_results(
+    return recipe.write_results(
         config,
         out,
         cubes,
@@ -542,7 +522,7 @@ def _open_sources(config: Config, out: Path) -> tuple[dict[str, xr.DataArray], x
     }
     if config.difficulty == "hard":
         wanted["region"] = ["city"]  # the city of every pixel: the regions of standardisation
-    _, catalog = write_synthetic("nightlights", config, out, wanted)
+    _, catalog = recipe.write_synthetic("nightlights", config, out, wanted)
     paths = [catalog / key / "collection.json" for key in wanted]
     sources = _open_stac_sources(config, *paths[:2])
     # the truth's and the regions' COGs share the Landsat grid: read on their own grid, they
@@ -623,8 +603,8 @@ def _preprocess(
     config: Config, sources: dict[str, xr.DataArray]
 ) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
     """Return the 30 m features, the normalised VIIRS composite and VIIRS on the 30 m grid."""
-    require_bands(sources["landsat"], _landsat_assets(config), "Landsat cube")
-    require_bands(sources["viirs"], [config.viirs_band], "VIIRS cube")
+    recipe.require_bands(sources["landsat"], _landsat_assets(config), "Landsat cube")
+    recipe.require_bands(sources["viirs"], [config.viirs_band], "VIIRS cube")
     features = _landsat_features(config, sources["landsat"])
     viirs = sources["viirs"].sel(band=[config.viirs_band])
     viirs = viirs.xf.composite("median", start=config.viirs_start, end=config.viirs_end)
@@ -754,15 +734,17 @@ def _fit_unet(
     model = UNetRegressor(
         loss=config.loss,
         target_standardize="global" if statistics is None else "per_region",
-        activation=config.activation,
         coarse_factor=factor,
-        preset=config.preset,
-        widths=config.widths,
-        optimizer=config.optimizer,
-        momentum=config.momentum,
-        augment=config.augment,
-        bn_momentum=config.bn_momentum,
-        halo=config.halo,
+        **config.pick(
+            "activation",
+            "preset",
+            "widths",
+            "optimizer",
+            "momentum",
+            "augment",
+            "bn_momentum",
+            "halo",
+        ),
         **config.training_options(),
     )
     return model.fit(train, validation_data=val, target_statistics=statistics)

@@ -586,12 +586,7 @@ def _fit(
         )
     log.info("water: training a U-Net on %s (%d chips)", bands, chips.sizes["sample"])
     model = UNetSegmenter(
-        widths=config.widths,
-        optimizer=config.optimizer,
-        dice_weight=config.dice_weight,
-        augment=config.augment,
-        n_members=config.n_members,
-        halo=config.halo,
+        **config.pick("widths", "optimizer", "dice_weight", "augment", "n_members", "halo"),
         **config.training_options(),
     )
     return model.fit(chips["inputs"].sel(band=bands), chips["target"])
