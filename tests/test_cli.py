@@ -99,7 +99,7 @@ def test_the_registry_is_the_recipe_modules(tmp_path, monkeypatch):
 def test_readme_recipe_table_names_every_recipe():
     """The README's recipe tables list the registry's recipes, one row each."""
     text = (ROOT / "README.md").read_text()
-    for header in ("| recipe | what it does |", "| recipe | result on held-out data |"):
+    for header in ("| recipe | what it does |", "| recipe | model, held-out score |"):
         table = text[text.index(header) :].split("\n\n", 1)[0]
         rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:]]
         assert sorted(rows) == sorted(RECIPES), header
