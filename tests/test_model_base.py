@@ -115,9 +115,9 @@ def test_estimator_refuses_a_constructor_without_named_parameters():
         Loose(1).get_params()
 
 
-@pytest.mark.parametrize("name", list(PIXEL))
-def test_xfusion_pixel_models_derive_from_the_estimator_base(name):
-    model = PIXEL[name]()
+@pytest.mark.parametrize("name", list(ALL))
+def test_every_xfusion_model_derives_from_the_estimator_base(name):
+    model = ALL[name]()
     assert isinstance(model, Estimator)
     key = next(iter(model.get_params()))
     assert model.set_params(**{key: model.get_params()[key]}) is model

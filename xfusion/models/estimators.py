@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from sklearn.base import BaseEstimator
 
 from xfusion.errors import BandError, InputError, ModelError
 from xfusion.models import persist
+from xfusion.models.base import Estimator
 from xfusion.models.losses import LossSpec
 from xfusion.models.predict import check_band_names
 from xfusion.models.unet import (
@@ -517,7 +517,7 @@ def _upsample(a: np.ndarray, factor: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-class _UNetEstimator(BaseEstimator):
+class _UNetEstimator(Estimator):
     """Shared machinery of the U-Net estimators (not public)."""
 
     _head = "regression"
