@@ -169,7 +169,7 @@ _HEADER = "| recipe | scene | score | best baseline (mean Â± sd) | model (mean Â
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from xfusion.cli import _parse_overrides
+    from xfusion.cli import parse_overrides
 
     if argv is None:
         argv = sys.argv[1:]
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", default=None, help="JSON path (default results/seeds/...)")
     args = parser.parse_args(argv)
-    overrides = _parse_overrides(args.overrides)
+    overrides = parse_overrides(args.overrides)
     result = sweep(args.recipe, parse_seeds(args.seeds), args.difficulty, overrides)
     result.update(
         recipe=args.recipe,

@@ -236,7 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["epochs=5", "source=ee"]`` → ``{"epochs": 5, "source": "ee"}`` (values read as TOML).
+
+    The ``--set KEY=VALUE`` grammar of ``xfusion run``; a bare word is a string.
+    """
     values: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -257,7 +261,7 @@ def _load_config(recipe: str, path: str | None, args: argparse.Namespace) -> Any
     # only the keys given (file, --set, --out) go to from_dict, so that it can tell which keys
     # a change of source leaves at defaults meant for another source
     values = read_toml(path) if path else {}
-    values.update(_parse_overrides(args.overrides))
+    values.update(parse_overrides(args.overrides))
     if args.command == "demo":
         values["out_dir"] = str(Path(args.out) / recipe)
     elif args.out is not None:
