@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from xfusion.errors import BandError, InputError
+from xfusion.validate import require_bands
 
 __all__ = ["band_means", "fill_with_validity", "modality_dropout", "validity_band"]
 
@@ -37,12 +38,7 @@ def _check_groups(bands: Sequence[str], groups: Mapping[str, Sequence[str]]) -> 
     for name, members in groups.items():
         if not members:
             raise InputError(f"sensor group {name!r} has no bands; expected at least one")
-        missing = [b for b in members if b not in bands]
-        if missing:
-            raise BandError(
-                f"sensor group {name!r} names bands {missing} that are not in the cube; "
-                f"bands are {list(bands)}"
-            )
+        require_bands(bands, members, by=f"sensor group {name!r}")
         if validity_band(name) in bands:
             raise BandError(
                 f"the cube already has a band {validity_band(name)!r}; expected raw bands"
