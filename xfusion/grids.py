@@ -30,6 +30,7 @@ __all__ = [
     "grid",
     "grid_coords",
     "grid_mismatch",
+    "plain_coords",
     "same_grid",
     "snap_to_grid",
     "to_stackstac",
@@ -375,6 +376,24 @@ def _check_regular(obj: xr.DataArray | xr.Dataset) -> None:
 def grid_coords(gbox: GeoBox) -> dict[str, xr.DataArray]:
     """Pixel-centre ``y``/``x`` coordinates and the ``spatial_ref`` coordinate of a grid."""
     return xr_coords(gbox, crs_coord_name="spatial_ref", always_yx=True)
+
+
+def plain_coords(obj: xr.DataArray) -> xr.DataArray:
+    """Return ``obj`` with only its dimension coordinates and ``spatial_ref`` (its grid).
+
+    Scalar and auxiliary coordinates left by selections and fusion (``source``, a selected
+    ``time``) are dropped, so cubes from different steps concatenate and write to Zarr alike.
+    Lazy.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> cube = xr.DataArray(np.zeros((2, 3)), dims=("y", "x"), coords={"time": 0, "y": [1, 2]})
+    >>> list(plain_coords(cube).coords)
+    ['y']
+    """
+    keep = {*obj.dims, "spatial_ref"}
+    return obj.drop_vars([c for c in obj.coords if c not in keep])
 
 
 def assign_grid(obj: xr.DataArray, gbox: GeoBox) -> xr.DataArray:

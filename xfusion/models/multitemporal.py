@@ -30,6 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from xfusion.errors import InputError
+from xfusion.grids import plain_coords
 from xfusion.models.baselines import ThresholdClassifier, score_predictions
 from xfusion.models.evaluation import agreement, holdout_tiles
 from xfusion.models.kmeans import KMeans, sample_pixels
@@ -179,11 +180,6 @@ def training_weights(
     return {"holdout": holdout, "lag": weight_lag, "image": weight_image, "n": n, "m": m}
 
 
-def _plain(cube: xr.DataArray) -> xr.DataArray:
-    keep = {*cube.dims, "spatial_ref"}
-    return cube.drop_vars([c for c in cube.coords if c not in keep])
-
-
 def lag_features(first: xr.DataArray, second: xr.DataArray, bands: list[str]) -> xr.DataArray:
     """Stack forecast inputs: the more recent image, then the one before, as named bands.
 
@@ -196,7 +192,7 @@ def lag_features(first: xr.DataArray, second: xr.DataArray, bands: list[str]) ->
     ['B1_lag_1', 'B2_lag_1', 'B1_lag_2', 'B2_lag_2']
     """
     names = [f"{b}_lag_1" for b in bands] + [f"{b}_lag_2" for b in bands]
-    return _plain(xr.concat([first, second], dim="band").assign_coords(band=names))
+    return plain_coords(xr.concat([first, second], dim="band").assign_coords(band=names))
 
 
 def fit_forecasts(
@@ -228,7 +224,7 @@ def fit_forecasts(
     y = xr.concat([lags[1], stack["image"]], dim=X.set, **both)
     w = xr.concat([weights["lag"], weights["image"]], dim=X.set, **both)
     X = X.where(w.notnull())  # held-out / cloudy rows never become Nyström landmarks
-    X, y, w = (_plain(a) for a in (X, y, w))
+    X, y, w = (plain_coords(a) for a in (X, y, w))
     log.info(
         "fitting ridge and kernel ridge forecasts on %d + %d pixels", weights["n"], weights["m"]
     )

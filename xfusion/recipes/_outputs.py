@@ -33,6 +33,7 @@ import numpy as np
 import xarray as xr
 
 from xfusion._files import claim_output_dir
+from xfusion.grids import plain_coords  # re-exported: the recipes' recipe.plain_coords
 from xfusion.io.store import check_resumable, write_zarr
 from xfusion.recipes._config import RecipeConfig
 
@@ -253,16 +254,6 @@ def bands_by_year(maps: xr.DataArray) -> xr.DataArray:
     per_year = maps.isel(band=0, drop=True).drop_vars("source", errors="ignore")
     per_year = per_year.rename(time="band").assign_coords(band=years).transpose("band", "y", "x")
     return per_year.rio.write_nodata(np.nan, encoded=False)
-
-
-def plain_coords(cube: xr.DataArray) -> xr.DataArray:
-    """Return ``cube`` with only its dimension coordinates and ``spatial_ref`` (Zarr-friendly).
-
-    Scalar and auxiliary coordinates left by selections and fusion (``source``, a selected
-    ``time``) are dropped.
-    """
-    keep = {*cube.dims, "spatial_ref"}
-    return cube.drop_vars([c for c in cube.coords if c not in keep])
 
 
 def save_model(model: Any, path: Path) -> Path:
