@@ -119,3 +119,71 @@ def test_clusters_label_the_brightened_block_cloud():
     np.testing.assert_array_equal(masks.sel(band="k2").values == mt.CLOUD, cloud)
     assert mt.visible_bands(["B5", "B2", "B7", "B4"]) == [1, 3]
     assert mt.visible_bands(["red", "nir"]) == [0, 1]
+
+
+def test_output_cubes_name_every_result_lazily_and_take_the_truth_at_the_image_time():
+    stack, arrays = _stack(chunked=True)
+    stack["time"] = np.datetime64("2015-06-23")
+    weights = {"holdout": stack["image"].isel(band=0, drop=True) > 0.3}
+    forecasts = {name: stack["lags"][1] * 0 + i for i, name in enumerate(mt.FORECAST_MODELS)}
+    masks = stack["image"].isel(band=[0]).assign_coords(band=["k3"])
+    times = np.array(["2015-06-08", "2015-06-23"], dtype="datetime64[ns]")
+    cloud = np.stack([np.zeros((2, SIZE, SIZE)), np.stack([arrays["qa"], ~arrays["qa"]])])
+    dims = ("time", "band", "y", "x")
+    truth = {
+        "cloud": xr.DataArray(
+            cloud, dims=dims, coords={"time": times, "band": ["cloud", "shadow"]}
+        ),
+        "background": xr.DataArray(
+            np.stack([arrays["lags"][2], arrays["lags"][1]]), dims=dims, coords={"time": times}
+        ),
+    }
+    with raise_if_dask_computes():
+        cubes = mt.output_cubes(stack, weights, forecasts, stack["image"] * 0, masks, truth)
+    assert list(cubes) == [
+        "image", "forecast_ridge", "forecast_kernel", "differences", "cloudmask", "qa_cloud",
+        "holdout", "persistence", "truth_cloud", "truth_shadow", "truth_background",
+    ]  # fmt: skip
+    assert cubes["qa_cloud"].dtype == np.float32 and cubes["holdout"].dtype == np.float32
+    np.testing.assert_array_equal(cubes["qa_cloud"].values, arrays["qa"].astype(np.float32))
+    np.testing.assert_array_equal(cubes["persistence"].values, arrays["lags"][1].astype("f4"))
+    assert float(cubes["forecast_kernel"].max()) == 1.0  # each model's own forecast
+    np.testing.assert_array_equal(cubes["truth_cloud"].values, arrays["qa"])  # the 2nd time
+    np.testing.assert_array_equal(cubes["truth_shadow"].values, ~arrays["qa"])
+    np.testing.assert_array_equal(cubes["truth_background"].values, arrays["lags"][1])
+    assert "truth_cloud" not in mt.output_cubes(stack, weights, forecasts, masks, masks)
+
+
+def test_true_colour_stretches_b4_b3_b2_over_one_range_and_blacks_out_nan():
+    values = np.array([[[0.1, np.nan]], [[0.2, 0.3]], [[0.3, 0.5]], [[0.9, 0.9]]])
+    cube = xr.DataArray(values, dims=("band", "y", "x"), coords={"band": ["B2", "B3", "B4", "B5"]})
+    image = mt.true_colour(cube, (0.1, 0.5))
+    np.testing.assert_allclose(image[0, 0], [0.5, 0.25, 0.0])  # B4, B3, B2 of the first pixel
+    np.testing.assert_allclose(image[0, 1], [1.0, 0.5, 0.0])  # B4 clipped, B2 NaN is black
+    other = cube.assign_coords(band=["red", "green", "blue", "nir"])
+    np.testing.assert_allclose(mt.true_colour(other, (0.0, 1.0))[0, 0], [0.1, 0.2, 0.3])
+
+
+def test_plots_draw_every_panel_and_bar(tmp_path):
+    stack, arrays = _stack(chunked=False)
+    stack["time"] = np.datetime64("2015-06-23")
+    weights = {"holdout": stack["image"].isel(band=0, drop=True) > 0.3}
+    forecasts = dict.fromkeys(mt.FORECAST_MODELS, stack["lags"][1])
+    masks = (stack["image"].isel(band=[0]) > 0.3).astype("f4").assign_coords(band=["k3"])
+    cubes = mt.output_cubes(stack, weights, forecasts, stack["image"] - 0.2, masks)
+    metrics = {"target_time": "2015-06-23T00:00:00", "accuracy": 0.9, "qa_accuracy": 0.8}
+    fig = mt.plot_masks(
+        cubes, {**metrics, "kappa": 0.5}, forecast_model="ridge", main="k3", path=tmp_path / "p.png"
+    )
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [
+        "image", "ridge forecast", "image − forecast (visible mean)", "QA cloud mask",
+        "k-means mask (k3)",
+    ]  # fmt: skip
+    np.testing.assert_array_equal(fig.axes[3].images[0].get_array(), arrays["qa"])
+    assert "accuracy 0.900 (QA 0.800), κ 0.500" in fig.texts[0].get_text()
+    assert (tmp_path / "p.png").stat().st_size > 0
+    rmse = {"persistence": 0.05, "ridge": 0.03, "kernel": 0.02}
+    bars = mt.plot_forecast_errors(rmse, tmp_path / "b.png").axes[0].patches
+    assert [b.get_height() for b in bars] == [0.05, 0.03, 0.02]
+    assert (tmp_path / "b.png").is_file()

@@ -295,3 +295,25 @@ def test_model_recipe_config_is_every_group_in_the_same_order():
     assert Composed().to_dict() == Listed().to_dict()
     with pytest.raises(ConfigError, match="'holdout_fraction' must be strictly between 0 and 1"):
         Composed(holdout_fraction=0.0)
+
+
+def test_reflectance_fields_check_the_bands_and_scale_lazily():
+    @dataclasses.dataclass
+    class Optical(recipe.ReflectanceFields, RecipeConfig):
+        bands: tuple[str, ...] = ("B2", "B3")
+        qa_band: str = "QA"
+        scale_factor: float = 2.0
+        scale_offset: float = -0.5
+
+    values = np.arange(18, dtype="float32").reshape(3, 2, 3)
+    cube = xr.DataArray(values, dims=("band", "y", "x"), coords={"band": ["B3", "QA", "B2"]})
+    with raise_if_dask_computes():
+        refl = Optical().reflectance(cube.chunk())
+    assert refl.band.values.tolist() == ["B2", "B3"]
+    np.testing.assert_array_equal(refl.values, values[[2, 0]] * 2.0 - 0.5)
+    unscaled = Optical(scale_factor=1.0, scale_offset=0.0).reflectance(cube)
+    np.testing.assert_array_equal(unscaled.values, values[[2, 0]])
+    with pytest.raises(xf.errors.BandError, match="'QA_PIXEL' not in opened cube"):
+        Optical(qa_band="QA_PIXEL").reflectance(cube)
+    with pytest.raises(ConfigError, match="'bands' must be at least one band"):
+        Optical(bands=())

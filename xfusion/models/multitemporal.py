@@ -13,8 +13,10 @@ The pieces of the multitemporal cloud-masking workflow for Landsat 8, on lazy xa
 4. :func:`fit_clusters`: k-means of the image − forecast differences on a pixel sample, clusters
    labelled :data:`CLOUD` when they brighten the visible bands, :data:`SHADOW` when they darken
    them; :func:`cluster_masks` applies them lazily;
-5. :func:`mask_scores` and :func:`mask_baselines`: the masks and forecasts scored on computed
-   output cubes, against Otsu thresholds and persistence on the same pixels.
+5. :func:`output_cubes` names every lazy result of one image; :func:`mask_scores` and
+   :func:`mask_baselines` score the masks and forecasts once computed, against Otsu
+   thresholds and persistence on the same pixels; :func:`plot_masks` and
+   :func:`plot_forecast_errors` draw them.
 
 Steps 2, 3 and 4 compute (pixel counts, fitting); the others are lazy or work on computed cubes.
 """
@@ -22,6 +24,8 @@ Steps 2, 3 and 4 compute (pixel counts, fitting); the others are lazy or work on
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -52,8 +56,12 @@ __all__ = [
     "lag_stack",
     "mask_baselines",
     "mask_scores",
+    "output_cubes",
+    "plot_forecast_errors",
+    "plot_masks",
     "split_lags",
     "training_weights",
+    "true_colour",
     "visible_bands",
 ]
 
@@ -311,6 +319,40 @@ def cluster_masks(
     return out.rename("cloudmask")
 
 
+def output_cubes(
+    stack: dict[str, Any],
+    weights: dict[str, Any],
+    forecasts: Mapping[str, xr.DataArray],
+    differences: xr.DataArray,
+    masks: xr.DataArray,
+    truth: Mapping[str, xr.DataArray] | None = None,
+) -> dict[str, xr.DataArray]:
+    """Name every lazy result of one masked image: the cubes :func:`mask_scores` reads.
+
+    ``image``, ``forecast_<model>`` (one per :data:`FORECAST_MODELS`), ``differences``,
+    ``cloudmask`` (``masks``), ``qa_cloud`` and ``holdout`` (float32 0/1) and ``persistence``
+    (the most recent clear lag). ``truth``, a synthetic scene's ``{"cloud": (time, band=[cloud,
+    shadow], y, x), "background": (time, band, y, x)}``, adds ``truth_cloud``,
+    ``truth_shadow`` and ``truth_background`` at the image's time. Nothing is computed.
+    """
+    cubes = {
+        "image": stack["image"],
+        **{f"forecast_{name}": forecasts[name] for name in FORECAST_MODELS},
+        "differences": differences,
+        "cloudmask": masks,
+        "qa_cloud": stack["qa_cloud"].astype(np.float32),
+        "holdout": weights["holdout"].astype(np.float32),
+        "persistence": stack["lags"][1].rename("persistence"),
+    }
+    if truth is not None:
+        cloud = truth["cloud"].sel(time=stack["time"])
+        cubes["truth_cloud"] = cloud.sel(band="cloud", drop=True).rename("truth_cloud")
+        cubes["truth_shadow"] = cloud.sel(band="shadow", drop=True).rename("truth_shadow")
+        background = truth["background"].sel(time=stack["time"])
+        cubes["truth_background"] = background.rename("truth_background")
+    return cubes
+
+
 # ----------------------------------------------------------------------------------------------
 # scores on computed cubes
 # ----------------------------------------------------------------------------------------------
@@ -439,3 +481,94 @@ def mask_baselines(
         "mask": (model, scores),
         "forecast": ({"rmse": forecast_rmse}, {"persistence": persistence}),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# figures of computed cubes
+# ----------------------------------------------------------------------------------------------
+
+
+def true_colour(cube: xr.DataArray, limits: tuple[float, float]) -> np.ndarray:
+    """``(y, x, 3)`` image of B4, B3, B2 (or the first bands) stretched linearly over ``limits``.
+
+    One stretch for the three bands (unlike :func:`xfusion.viz.rgb_array`'s per-band
+    percentiles), so two images drawn with the same ``limits`` compare; NaN is black. Reads
+    ``cube`` (computes).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> cube = xr.DataArray(np.full((2, 1, 1), 0.5), dims=("band", "y", "x"),
+    ...                     coords={"band": ["B3", "B4"]})
+    >>> true_colour(cube, (0.0, 1.0)).tolist()
+    [[[0.5, 0.5, 0.5]]]
+    """
+    lo, hi = limits
+    bands = [str(b) for b in cube.band.values]
+    names = [b for b in ("B4", "B3", "B2") if b in bands] or bands[:3]
+    names += names[-1:] * (3 - len(names))
+    arr = np.stack([cube.sel(band=b).values for b in names], axis=-1)  # xf: computes the image
+    return np.nan_to_num(np.clip((arr - lo) / (hi - lo), 0, 1))
+
+
+def plot_masks(
+    cubes: Mapping[str, xr.DataArray],
+    metrics: Mapping[str, Any],
+    *,
+    forecast_model: str,
+    main: str,
+    path: str | Path | None = None,
+) -> Any:
+    """Draw image, forecast, difference, QA mask, our mask (and truth) in a row (computes).
+
+    ``cubes`` are :func:`output_cubes`' once computed; the image and the forecast share the
+    forecast's 2–98 % stretch, so the ground stays visible beside the bright clouds. The title
+    gives the accuracy, the QA mask's and κ where ``metrics`` (:func:`mask_scores`') has them.
+    Returns the matplotlib Figure (written to ``path`` as a PNG when given).
+    """
+    from matplotlib.colors import ListedColormap
+
+    from xfusion.viz import plot_map_row
+
+    forecast = cubes[f"forecast_{forecast_model}"]
+    values = forecast.values[np.isfinite(forecast.values)]  # xf: computes nothing (computed)
+    limits = tuple(np.percentile(values, [2, 98])) if values.size else (0.0, 1.0)
+    classes = {"cmap": ListedColormap(["#1b1b1b", "#f2f2f2", "#3b6fd1"]), "vmin": 0, "vmax": 2}
+    panels: list[tuple[str, Any, dict]] = [
+        ("image", true_colour(cubes["image"], limits), {}),
+        (f"{forecast_model} forecast", true_colour(forecast, limits), {}),
+        ("image − forecast (visible mean)", visible_mean(cubes["differences"]),
+         {"cmap": "RdBu_r", "vmin": -0.2, "vmax": 0.2}),
+        ("QA cloud mask", cubes["qa_cloud"].values, classes),
+        (f"k-means mask ({main})", cubes["cloudmask"].sel(band=main).values, classes),
+    ]  # fmt: skip
+    if "truth_cloud" in cubes:
+        panels.append(("truth cloud", cubes["truth_cloud"].values, classes))
+    title = None
+    if "accuracy" in metrics:
+        title = (
+            f"{metrics['target_time'][:10]}: accuracy {metrics['accuracy']:.3f} "
+            f"(QA {metrics['qa_accuracy']:.3f}), κ {metrics['kappa']:.3f}"
+        )
+    return plot_map_row(panels, title=title, path=path)
+
+
+def plot_forecast_errors(rmse: Mapping[str, float], path: str | Path | None = None) -> Any:
+    """Bar chart of forecast RMSEs by name (persistence first, the models after); a Figure.
+
+    Examples
+    --------
+    >>> fig = plot_forecast_errors({"persistence": 0.05, "ridge": 0.03, "kernel": 0.02})
+    >>> [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    ['persistence', 'ridge', 'kernel']
+    """
+    from matplotlib.figure import Figure
+
+    colours = ["#bbbbbb", "#888888", "#d95f02"]
+    fig = Figure(figsize=(4.5, 3.2), dpi=90, layout="constrained")
+    ax = fig.subplots()
+    ax.bar(list(rmse), list(rmse.values()), color=colours[: len(rmse)] or None)
+    ax.set(ylabel="RMSE on held-out clear pixels", title="background forecast error")
+    if path is not None:
+        fig.savefig(path)
+    return fig

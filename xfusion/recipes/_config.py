@@ -12,6 +12,8 @@ group                 fields                                     helpers
 :class:`ChunkFields`  ``chunks``, ``persist``                    :meth:`ChunkFields.spatial_chunks`
 :class:`TrainingFields` ``holdout_fraction``, ``epochs``,
                       ``batch_size``, ``learning_rate``
+:class:`ReflectanceFields` ``bands``, ``qa_band``,           :meth:`ReflectanceFields.reflectance`
+                      ``scale_factor``, ``scale_offset``
 ====================  =========================================  ===============================
 
 A recipe lists the groups before :class:`RecipeConfig` and gives a field a new default by
@@ -70,6 +72,7 @@ __all__ = [
     "DateFields",
     "ModelRecipeConfig",
     "RecipeConfig",
+    "ReflectanceFields",
     "TrainingFields",
     "at_least",
     "config_keys",
@@ -431,6 +434,44 @@ class TrainingFields:
             "seed": getattr(self, "seed", 0),
             "progress": show_progress(),
         }
+
+
+@dataclasses.dataclass
+class ReflectanceFields:
+    """Which bands of an optical product are read, and how they become reflectance.
+
+    Parameters
+    ----------
+    bands : tuple of str
+        Reflectance bands read, in this order (default Landsat 8 B1…B7).
+    qa_band : str
+        The product's quality band (Landsat Collection-2 ``QA_PIXEL``).
+    scale_factor, scale_offset : float
+        ``value * factor + offset`` on the reflectance bands: 1 and 0 for top-of-atmosphere
+        reflectance, ``2.75e-5`` and ``-0.2`` for Collection-2 Level-2 digital numbers.
+    """
+
+    bands: tuple[str, ...] = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
+    qa_band: str = "QA_PIXEL"
+    scale_factor: float = 1.0
+    scale_offset: float = 0.0
+
+    def checks(self) -> list[Check]:
+        return [(len(self.bands) >= 1, "bands", "at least one band")]
+
+    def reflectance(self, cube: Any) -> Any:
+        """Return ``bands`` of ``cube`` scaled to reflectance (lazy; the quality band is checked).
+
+        A :class:`~xfusion.errors.BandError` names what is missing when ``cube`` lacks a band
+        or ``qa_band``.
+        """
+        from xfusion.validate import require_bands
+
+        require_bands(cube, [*self.bands, self.qa_band], "opened cube")
+        refl = cube.sel(band=list(self.bands))
+        if (self.scale_factor, self.scale_offset) != (1.0, 0.0):
+            refl = refl.xf.scale(self.scale_factor, self.scale_offset)
+        return refl
 
 
 @dataclasses.dataclass

@@ -21,8 +21,6 @@ import dataclasses
 from typing import Any, ClassVar
 
 import dask
-import numpy as np
-import xarray as xr
 
 import xfusion as xf
 from xfusion.errors import ConfigError
@@ -36,19 +34,24 @@ CLEAR, CLOUD, SHADOW = mt.CLEAR, mt.CLOUD, mt.SHADOW
 
 
 @dataclasses.dataclass
-class Config(recipe.ChunkFields, recipe.DateFields, recipe.AreaFields, recipe.RecipeConfig):
+class Config(
+    recipe.ReflectanceFields,
+    recipe.ChunkFields,
+    recipe.DateFields,
+    recipe.AreaFields,
+    recipe.RecipeConfig,
+):
     """Configuration of the multitemporal cloud-masking recipe.
 
     The defaults run offline in seconds on a 64×64 synthetic Landsat-like series;
     :func:`real_sources` gives the real data's fields. Shared fields: :mod:`xfusion.recipes._config`
     (``seed`` also draws the held-out tiles, the Nyström landmarks and the k-means sample).
 
+    ``bands`` (forecast and clustered), ``qa_band``, ``scale_factor`` and ``scale_offset`` are
+    :class:`~xfusion.recipes._config.ReflectanceFields`'.
+
     Parameters
     ----------
-    bands : tuple of str
-        Reflectance bands forecast and clustered (Landsat 8 B1…B7).
-    qa_band : str
-        The product's quality band (Landsat Collection-2 ``QA_PIXEL``).
     qa_cloud_bits : tuple of int
         ``qa_band`` bits of the product's cloud mask (2 cirrus, 3 cloud), grown by
         ``dilation_radius`` to exclude image pixels from training; our mask is compared with it.
@@ -86,9 +89,6 @@ class Config(recipe.ChunkFields, recipe.DateFields, recipe.AreaFields, recipe.Re
         Pixels sampled to fit k-means (it is then applied to every pixel).
     kmeans_init : int
         k-means restarts (scikit-learn ``n_init``); the best is kept.
-    scale_factor, scale_offset : float
-        ``value * factor + offset`` on the reflectance bands: 1 and 0 for top-of-atmosphere
-        reflectance, ``2.75e-5`` and ``-0.2`` for Collection-2 Level-2 digital numbers.
     ee_collection : str
         Earth Engine collection (``source="ee"``).
     stac_items : str
@@ -108,8 +108,6 @@ class Config(recipe.ChunkFields, recipe.DateFields, recipe.AreaFields, recipe.Re
     start: str = "2015-04-01"
     end: str = "2015-06-24"
     size: int = 64
-    bands: tuple[str, ...] = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
-    qa_band: str = "QA_PIXEL"
     qa_cloud_bits: tuple[int, ...] = (2, 3)
     qa_lag_bits: tuple[int, ...] = (1, 2, 3, 4)
     max_cloud: float = 0.01
@@ -128,8 +126,6 @@ class Config(recipe.ChunkFields, recipe.DateFields, recipe.AreaFields, recipe.Re
     cloud_threshold: float = 0.02
     kmeans_sample: int = 20000
     kmeans_init: int = 4
-    scale_factor: float = 1.0
-    scale_offset: float = 0.0
     ee_collection: str = "LANDSAT/LC08/C02/T1_TOA"
     stac_items: str = ""
     stac_assets: tuple[str, ...] = (
@@ -153,7 +149,6 @@ class Config(recipe.ChunkFields, recipe.DateFields, recipe.AreaFields, recipe.Re
             (self.kernel_gamma > 0, "kernel_gamma", "> 0"),
             (self.kmeans_sample >= max(self.n_clusters, default=2), "kmeans_sample",
              ">= the largest cluster count"),
-            (len(bands) >= 1, "bands", "at least one band"),
             (not stac or bool(self.stac_items), "stac_items",
              "set for source='stac' (a STAC JSON file or URL)"),
             (not stac or len(self.stac_assets) == len(bands) + 1, "stac_assets",
@@ -232,22 +227,8 @@ def run(config: Config) -> recipe.RecipeResult:
     differences = (stack["image"] - forecasts[config.forecast_model]).rename("differences")
     fields = ("kmeans_sample", "kmeans_init", "cloud_threshold", "seed")
     kmeans = mt.fit_clusters(differences, stack["image"], config.n_clusters, **config.pick(*fields))
-    cubes = {
-        "image": stack["image"],
-        "forecast_ridge": forecasts["ridge"],
-        "forecast_kernel": forecasts["kernel"],
-        "differences": differences,
-        "cloudmask": mt.cluster_masks(differences, kmeans, config.forecast_model),
-        "qa_cloud": stack["qa_cloud"].astype(np.float32),
-        "holdout": weights["holdout"].astype(np.float32),
-        "persistence": stack["lags"][1].rename("persistence"),
-    }
-    if truth is not None:
-        cloud, time = truth["cloud"].sel(time=stack["time"]), stack["time"]
-        cubes["truth_cloud"] = cloud.sel(band="cloud", drop=True).rename("truth_cloud")
-        cubes["truth_shadow"] = cloud.sel(band="shadow", drop=True).rename("truth_shadow")
-        background = truth["background"].sel(time=time).rename("truth_background")
-        cubes["truth_background"] = background
+    masks = mt.cluster_masks(differences, kmeans, config.forecast_model)
+    cubes = mt.output_cubes(stack, weights, forecasts, differences, masks, truth)
     (computed,) = dask.compute(cubes)  # xf: computes every output cube once (small target image)
     cubes = {k: recipe.plain_coords(v) for k, v in computed.items()}
     metrics = mt.mask_scores(cubes, stack, weights, config.main())
@@ -286,61 +267,17 @@ def _open_source(config: Config, out: Any) -> tuple[Any, dict[str, Any] | None]:
 
 def _prepare(cube: Any, config: Config) -> dict[str, Any]:
     """Scale the bands, choose the target and its lags: the stack's lazy pieces."""
-    bands, qa_band = list(config.bands), config.qa_band
-    recipe.require_bands(cube, [*bands, qa_band], "opened cube")
-    refl = cube.sel(band=bands)
-    if (config.scale_factor, config.scale_offset) != (1.0, 0.0):
-        refl = refl.xf.scale(config.scale_factor, config.scale_offset)
     fields = ("max_lags", "max_cloud", "qa_lag_bits", "qa_cloud_bits", "target", "persist")
-    return mt.lag_stack(refl, cube.sel(band=[qa_band]), **config.pick(*fields))
+    qa = cube.sel(band=[config.qa_band])
+    return mt.lag_stack(config.reflectance(cube), qa, **config.pick(*fields))
 
 
 def _figures(out: Any, cubes: dict, config: Config, metrics: dict) -> dict[str, Any]:
     """PNG panels: image, forecast, difference, QA mask, our mask (and truth); forecast RMSE."""
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-
-    from xfusion.viz import plot_map_row
-
-    model, main = config.forecast_model, config.main()
-    forecast = cubes[f"forecast_{model}"]
-    # stretch on the cloud-free forecast, so the ground stays visible beside the bright clouds
-    values = forecast.values[np.isfinite(forecast.values)]
-    limits = tuple(np.percentile(values, [2, 98])) if values.size else (0.0, 1.0)
-    classes = {"cmap": ListedColormap(["#1b1b1b", "#f2f2f2", "#3b6fd1"]), "vmin": 0, "vmax": 2}
-    panels: list[tuple[str, Any, dict]] = [
-        ("image", _rgb(cubes["image"], limits), {}),
-        (f"{model} forecast", _rgb(forecast, limits), {}),
-        ("image − forecast (visible mean)", mt.visible_mean(cubes["differences"]),
-         {"cmap": "RdBu_r", "vmin": -0.2, "vmax": 0.2}),
-        ("QA cloud mask", cubes["qa_cloud"].values, classes),
-        (f"k-means mask ({main})", cubes["cloudmask"].sel(band=main).values, classes),
-    ]  # fmt: skip
-    if "truth_cloud" in cubes:
-        panels.append(("truth cloud", cubes["truth_cloud"].values, classes))
-    title = None
-    if "accuracy" in metrics:
-        title = (
-            f"{metrics['target_time'][:10]}: accuracy {metrics['accuracy']:.3f} "
-            f"(QA {metrics['qa_accuracy']:.3f}), κ {metrics['kappa']:.3f}"
-        )
     paths = {"panels": out / "cloudmask_panels.png", "forecast_rmse": out / "forecast_rmse.png"}
-    plot_map_row(panels, title=title, path=paths["panels"])
+    mt.plot_masks(cubes, metrics, **config.pick("forecast_model"), main=config.main(),
+                  path=paths["panels"])  # fmt: skip
     persistence = metrics["baselines"]["forecast"]["scores"]["persistence"]["rmse"]
     rmse = {"persistence": persistence, **{m: metrics[f"rmse_{m}"] for m in mt.FORECAST_MODELS}}
-    fig = Figure(figsize=(4.5, 3.2), dpi=90, layout="constrained")
-    ax = fig.subplots()
-    ax.bar(list(rmse), list(rmse.values()), color=["#bbbbbb", "#888888", "#d95f02"])
-    ax.set(ylabel="RMSE on held-out clear pixels", title="background forecast error")
-    fig.savefig(paths["forecast_rmse"])
+    mt.plot_forecast_errors(rmse, path=paths["forecast_rmse"])
     return paths
-
-
-def _rgb(cube: xr.DataArray, limits: tuple[float, float]) -> np.ndarray:
-    """``(y, x, 3)`` image of B4, B3, B2 (or the first bands) stretched between ``limits``."""
-    bands = [str(b) for b in cube.band.values]
-    names = [b for b in ("B4", "B3", "B2") if b in bands] or bands[:3]
-    names += names[-1:] * (3 - len(names))
-    arr = np.stack([cube.sel(band=b).values for b in names], axis=-1)
-    lo, hi = limits
-    return np.nan_to_num(np.clip((arr - lo) / (hi - lo), 0, 1))
