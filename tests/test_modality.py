@@ -8,7 +8,13 @@ import pytest
 import xarray as xr
 
 from xfusion.errors import BandError, InputError
-from xfusion.models.modality import band_means, fill_with_validity, modality_dropout
+from xfusion.models.modality import (
+    band_means,
+    fill_with_validity,
+    modality_dropout,
+    sensor_groups,
+    training_patches,
+)
 from xfusion.testing import raise_if_dask_computes
 
 BANDS = ["HH", "HV", "Red", "NIR", "DEM"]
@@ -103,3 +109,36 @@ def test_modality_dropout_copies_each_group_missing():
     assert not np.isnan(got).any()
     with pytest.raises(InputError, match="no 'pixels' variable"):
         modality_dropout(patches, GROUPS, fill, inputs="pixels")
+
+
+def test_sensor_groups_keep_the_model_bands():
+    groups = {"sar": ["HH", "HV"], "optical": ["Red", "NIR", "SWIR1"]}
+    assert sensor_groups(groups, ["HH", "HV", "DEM"]) == {"sar": ["HH", "HV"]}
+    assert sensor_groups(groups, ["NIR", "HV", "Red"]) == {"sar": ["HV"], "optical": ["Red", "NIR"]}
+    assert sensor_groups(groups, ["DEM"]) == {}
+
+
+def test_training_patches_with_and_without_dropout():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 5, 8, 8)).astype(np.float32)
+    x[0, 2, :3, :3] = np.nan  # a cloud over one optical band
+    inputs = xr.DataArray(x, dims=("sample", "band", "y", "x"), coords={"band": BANDS})
+    target = xr.DataArray((x[:, 0] > 0).astype(np.float32), dims=("sample", "y", "x"))
+    patches = xr.Dataset({"inputs": inputs, "target": target})
+    fill = band_means(inputs)
+    once = training_patches(patches, GROUPS, fill)
+    assert once.sizes["sample"] == 2
+    np.testing.assert_array_equal(
+        once["inputs"].values, fill_with_validity(inputs, GROUPS, fill).values
+    )
+    np.testing.assert_array_equal(once["target"].values, target.values)
+    assert once["inputs"].sel(band="optical_valid").values[0, :3, :3].tolist() == [[0.0] * 3] * 3
+    dropped = training_patches(patches, GROUPS, fill, dropout=True)
+    expected = modality_dropout(patches, GROUPS, fill)
+    np.testing.assert_array_equal(dropped["inputs"].values, expected["inputs"].values)
+    assert dropped.sizes["sample"] == 6
+    # one group: nothing to drop, the patches once
+    sar = training_patches(patches, {"sar": ["HH", "HV"]}, fill, dropout=True)
+    assert sar.sizes["sample"] == 2 and sar["inputs"].band.values.tolist()[-1] == "sar_valid"
+    with pytest.raises(InputError, match="no 'pixels' variable"):
+        training_patches(patches, GROUPS, fill, inputs="pixels")

@@ -9,9 +9,12 @@ with a fixed value (its training mean) and appends one ``<group>_valid`` band pe
 trust. :func:`modality_dropout` adds copies of the training patches with one sensor group
 blanked (filled, validity 0), so the model learns to classify from each sensor alone and does
 not lean on one of them where it misleads (SAR-dark wet soil and radar shadow, cloud shadow in
-the optical).
+the optical). :func:`sensor_groups` keeps the groups among the bands one model reads (a
+SAR-only model has no optical group), and :func:`training_patches` prepares the patches of such
+a model: validity bands, with or without the dropout copies.
 
-``fill_with_validity`` is lazy; ``modality_dropout`` works on patches in memory.
+``fill_with_validity`` is lazy; ``modality_dropout`` and ``training_patches`` work on patches in
+memory.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ import xarray as xr
 from xfusion.errors import BandError, InputError
 from xfusion.validate import require_bands
 
-__all__ = ["band_means", "fill_with_validity", "modality_dropout", "validity_band"]
+__all__ = [
+    "band_means",
+    "fill_with_validity",
+    "modality_dropout",
+    "sensor_groups",
+    "training_patches",
+    "validity_band",
+]
 
 
 def validity_band(group: str) -> str:
@@ -179,3 +189,66 @@ def modality_dropout(
         blank.loc[{"band": list(members)}] = np.nan
         copies.append(rest.assign({inputs: fill_with_validity(blank, groups, fill)}))
     return xr.concat(copies, dim="sample", data_vars="all", coords="minimal", compat="override")
+
+
+def sensor_groups(
+    groups: Mapping[str, Sequence[str]], bands: Sequence[str]
+) -> dict[str, list[str]]:
+    """Return the sensor groups restricted to ``bands``; a group with none of them is left out.
+
+    The groups of a model that reads only some bands (a SAR-only model of a SAR + optical
+    cube has no optical group, so no ``optical_valid`` band).
+
+    Examples
+    --------
+    >>> sensor_groups({"sar": ["HH", "HV"], "optical": ["Red"]}, ["HH", "HV", "DEM"])
+    {'sar': ['HH', 'HV']}
+    """
+    keep = {str(b) for b in bands}
+    restricted = {name: [b for b in members if b in keep] for name, members in groups.items()}
+    return {name: members for name, members in restricted.items() if members}
+
+
+def training_patches(
+    patches: xr.Dataset,
+    groups: Mapping[str, Sequence[str]],
+    fill: Mapping[str, float],
+    *,
+    dropout: bool = False,
+    inputs: str = "inputs",
+) -> xr.Dataset:
+    """Training patches of a model with validity bands, with the dropout copies or without.
+
+    With ``dropout`` and more than one group: :func:`modality_dropout` (the patches, then a
+    copy per group with that group missing). Otherwise the patches once, ``inputs`` through
+    :func:`fill_with_validity`. Works on patches in memory.
+
+    Parameters
+    ----------
+    patches : xarray.Dataset
+        Patches with an ``inputs`` variable ``(sample, band, y, x)``.
+    groups, fill
+        As for :func:`fill_with_validity` (e.g. :func:`sensor_groups` of the model's bands).
+    dropout : bool
+        Add the copies without each group.
+    inputs : str
+        Name of the input variable.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> x = xr.DataArray(np.ones((2, 2, 4, 4), np.float32), dims=("sample", "band", "y", "x"),
+    ...                  coords={"band": ["HH", "NIR"]})
+    >>> p = xr.Dataset({"inputs": x})
+    >>> groups, fill = {"sar": ["HH"], "optical": ["NIR"]}, {"HH": 0.5, "NIR": 0.2}
+    >>> training_patches(p, groups, fill).sizes["sample"]
+    2
+    >>> training_patches(p, groups, fill, dropout=True).sizes["sample"]
+    6
+    """
+    if dropout and len(groups) > 1:
+        return modality_dropout(patches, groups, fill, inputs=inputs)
+    if inputs not in patches:
+        raise InputError(f"patches have no {inputs!r} variable; expected (sample, band, y, x)")
+    rest = patches.drop_vars([inputs, "band"])
+    return rest.assign({inputs: fill_with_validity(patches[inputs], groups, fill)})

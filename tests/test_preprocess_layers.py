@@ -1,0 +1,82 @@
+"""Layers on one grid: one image per layer, the stacked cube, PALSAR dB, the held-out strip."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from xfusion.errors import EmptySelectionError, InputError
+from xfusion.preprocess.layers import holdout_strip, palsar_db, single_image, stack_layers
+from xfusion.testing import raise_if_dask_computes
+
+
+def _series(n: int, bands=("a", "b"), seed: int = 0) -> xr.DataArray:
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(n, len(bands), 6, 5)).astype(np.float32)
+    coords = {"time": pd.date_range("2010-01-01", periods=n, freq="7D"), "band": list(bands)}
+    return xr.DataArray(values, dims=("time", "band", "y", "x"), coords=coords)
+
+
+def test_single_image_median_first_only_and_empty():
+    series = _series(3)
+    np.testing.assert_array_equal(single_image(series).values, np.median(series.values, axis=0))
+    first = single_image(series, categorical=True)
+    assert first.dims == ("band", "y", "x")
+    np.testing.assert_array_equal(first.values, series.values[0])  # labels are never averaged
+    np.testing.assert_array_equal(single_image(series.isel(time=[1])).values, series.values[1])
+    image = series.isel(time=0, drop=True)
+    assert single_image(image) is image
+    with pytest.raises(EmptySelectionError, match=r"no image of 'labels\.json' in the date range"):
+        single_image(series.isel(time=[]), what="labels.json")
+
+
+def test_single_image_is_lazy():
+    series = _series(3)
+    lazy = series.chunk({"time": 1, "y": 3})
+    with raise_if_dask_computes():
+        out = single_image(lazy)
+    assert out.chunks is not None
+    np.testing.assert_array_equal(out.values, np.median(series.values, axis=0))
+
+
+def test_stack_layers_bands_dtype_chunks_and_errors():
+    sar = _series(1, ("HH", "HV")).isel(time=0, drop=True).astype(np.float64)
+    dem = _series(1, ("DEM",), seed=1).isel(time=0, drop=True)
+    cube = stack_layers([sar, dem])
+    assert cube.band.values.tolist() == ["HH", "HV", "DEM"] and cube.dtype == np.float32
+    np.testing.assert_array_equal(cube.sel(band="DEM").values, dem.values[0])
+    lazy_sar = sar.copy(data=da.from_array(sar.values, chunks=(1, 3, 5)))
+    with raise_if_dask_computes():
+        lazy = stack_layers([lazy_sar, dem.chunk()], {"y": 2, "x": 5})
+    assert lazy.chunks == ((3,), (2, 2, 2), (5,))
+    np.testing.assert_array_equal(lazy.values, cube.values)
+    with pytest.raises(InputError, match="repeat across the layers"):
+        stack_layers([sar, sar])
+    with pytest.raises(InputError, match="at least one layer"):
+        stack_layers([])
+
+
+def test_palsar_db_formula_and_no_data():
+    dn = xr.DataArray(np.array([[0.0, 1.0], [100.0, 5000.0]]), dims=("y", "x")).chunk()
+    with raise_if_dask_computes():
+        out = palsar_db(dn)
+    expected = [[np.nan, -83.0], [10 * np.log10(100.0**2) - 83, 10 * np.log10(5000.0**2) - 83]]
+    np.testing.assert_allclose(out.values, expected, rtol=1e-6)
+    assert out.dtype == np.float32 and out.attrs["units"] == "dB"
+
+
+def test_holdout_strip_columns_coordinates_and_errors():
+    cube = _series(1).isel(time=0, drop=True).assign_coords(x=np.arange(5) * 30.0 + 15)
+    strip = holdout_strip(cube, 0.4)
+    assert strip.dtype == bool and strip.dims == ("y", "x") and strip.name == "holdout"
+    np.testing.assert_array_equal(strip.values.any(axis=0), [False, False, False, True, True])
+    assert strip.values[:, 3:].all()
+    np.testing.assert_array_equal(strip.x.values, cube.x.values)
+    assert holdout_strip(cube, 0.01).values.sum(axis=1).tolist() == [1] * 6  # one column at least
+    with pytest.raises(InputError, match=r"training region is 3 px wide .* at least 4 px"):
+        holdout_strip(cube, 0.4, min_train=4)
+    with pytest.raises(InputError, match="fraction must be strictly between 0 and 1"):
+        holdout_strip(cube, 1.0)
