@@ -58,10 +58,12 @@ from xfusion.recipes._config import (
     AreaFields,
     ChunkFields,
     DateFields,
+    LandsatFields,
     ModelRecipeConfig,
     RecipeConfig,
     ReflectanceFields,
     TrainingFields,
+    UNetFields,
     at_least,
     config_keys,
     one_of,
@@ -84,7 +86,13 @@ from xfusion.recipes._outputs import (
     write_outputs,
     write_results,
 )
-from xfusion.recipes._sources import band_names, coarsening_factor, require_bands, write_synthetic
+from xfusion.recipes._sources import (
+    band_names,
+    coarsening_factor,
+    open_collections,
+    require_bands,
+    write_synthetic,
+)
 
 #: Everything a recipe uses, in one namespace: ``from xfusion.recipes import _base as recipe``.
 __all__ = [
@@ -93,11 +101,13 @@ __all__ = [
     "AreaFields",
     "ChunkFields",
     "DateFields",
+    "LandsatFields",
     "ModelRecipeConfig",
     "RecipeConfig",
     "RecipeResult",
     "ReflectanceFields",
     "TrainingFields",
+    "UNetFields",
     "aggregation_rmse",
     "at_least",
     "band_names",
@@ -106,6 +116,7 @@ __all__ = [
     "coarsening_factor",
     "config_keys",
     "one_of",
+    "open_collections",
     "plain_coords",
     "plain_json",
     "prepare_out_dir",

@@ -70,10 +70,12 @@ __all__ = [
     "AreaFields",
     "ChunkFields",
     "DateFields",
+    "LandsatFields",
     "ModelRecipeConfig",
     "RecipeConfig",
     "ReflectanceFields",
     "TrainingFields",
+    "UNetFields",
     "at_least",
     "config_keys",
     "one_of",
@@ -333,6 +335,21 @@ class AreaFields:
             bounds = tuple(BoundingBox(*bounds, crs=self.bounds_crs).to_crs(crs))
         return grid(bounds, crs, resolution or self.resolution)
 
+    def grid_or_extent(self, cube: Any) -> Any:
+        """Return :meth:`grid` when ``bounds`` is set, else ``cube``'s extent at ``resolution``.
+
+        The extent is taken in ``crs`` (transformed there) or, with ``crs`` unset, in the
+        cube's own CRS: a recipe whose region defaults to a source's footprint.
+        """
+        from xfusion.grids import geobox_of, grid
+
+        if self.bounds is not None:
+            return self.grid()
+        gbox = geobox_of(cube)
+        crs = self.crs or gbox.crs
+        bbox = gbox.boundingbox.to_crs(crs) if self.crs else gbox.boundingbox
+        return grid(tuple(bbox), crs, self.resolution)
+
 
 @dataclasses.dataclass
 class DateFields:
@@ -472,6 +489,131 @@ class ReflectanceFields:
         if (self.scale_factor, self.scale_offset) != (1.0, 0.0):
             refl = refl.xf.scale(self.scale_factor, self.scale_offset)
         return refl
+
+
+@dataclasses.dataclass
+class LandsatFields:
+    """Landsat Collection-2 Level-2 bands and how they become features.
+
+    Read by :meth:`landsat_features` (:func:`xfusion.preprocess.landsat.collection2_features`).
+
+    Parameters
+    ----------
+    optical_bands : tuple of str
+        Surface-reflectance bands (Collection-2 ``SR_B1`` … ``SR_B7``).
+    thermal_bands : tuple of str
+        Surface-temperature bands (``ST_B10``; Collection 1 also had B11; may be empty).
+    qa_band : str
+        The quality band (``QA_PIXEL``).
+    qa_bits : tuple of int
+        ``QA_PIXEL`` bits whose pixels are masked: 0 fill (real scenes have fill pixels with
+        reflectance > 0 along their edges), 1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud shadow
+        (Collection 1's cloud and shadow bits are bits 3 and 4 of Collection 2).
+    sr_valid_range : (float, float)
+        Valid optical digital numbers, both ends excluded; a pixel is dropped where any optical
+        band is outside (7273–43636: reflectance 0–1 in Collection 2, like ``0 < SR < 10000``
+        on Collection 1).
+    sr_scale, sr_offset : float
+        Reflectance = DN × ``sr_scale`` + ``sr_offset`` (Collection 2: 2.75e-5, −0.2).
+    st_scale, st_offset : float
+        Temperature (K) = DN × ``st_scale`` + ``st_offset`` (Collection 2: 0.00341802, 149).
+    thermal_range : (float, float)
+        Temperatures are clamped to this range (273.15–373.15 K) and rescaled to 0–1 over it.
+    """
+
+    optical_bands: tuple[str, ...] = tuple(f"SR_B{i}" for i in range(1, 8))
+    thermal_bands: tuple[str, ...] = ("ST_B10",)
+    qa_band: str = "QA_PIXEL"
+    qa_bits: tuple[int, ...] = (0, 1, 2, 3, 4)
+    sr_valid_range: tuple[float, ...] = (7273.0, 43636.0)
+    sr_scale: float = 2.75e-5
+    sr_offset: float = -0.2
+    st_scale: float = 0.00341802
+    st_offset: float = 149.0
+    thermal_range: tuple[float, ...] = (273.15, 373.15)
+
+    def checks(self) -> list[Check]:
+        def low_high(pair: tuple[float, ...]) -> bool:
+            return len(pair) == 2 and pair[0] < pair[1]
+
+        return [
+            (low_high(self.sr_valid_range), "sr_valid_range", "(low, high) with low < high"),
+            (low_high(self.thermal_range), "thermal_range", "(low, high) with low < high"),
+            (len(self.optical_bands) >= 1, "optical_bands", "at least one band"),
+            (all(0 <= b < 64 for b in self.qa_bits), "qa_bits", "bit positions 0..63"),
+        ]
+
+    def landsat_assets(self) -> list[str]:
+        """Return the bands read from the Landsat source: optical, thermal, then ``qa_band``."""
+        return [*self.optical_bands, *self.thermal_bands, self.qa_band]
+
+    def landsat_features(self, cube: Any) -> Any:
+        """Masked reflectance and rescaled temperature of ``cube``'s digital numbers (lazy)."""
+        from xfusion.preprocess.landsat import collection2_features
+
+        names = [f.name for f in dataclasses.fields(LandsatFields)]
+        return collection2_features(cube, **{name: getattr(self, name) for name in names})
+
+
+@dataclasses.dataclass
+class UNetFields:
+    """How a U-Net is built and trained on patches (beside :class:`TrainingFields`).
+
+    Parameters
+    ----------
+    patch_size : int
+        Side of the training patches in pixels (a multiple of ``2 ** depth`` of the U-Net).
+    n_patches : int
+        Training patches drawn from the training region.
+    n_validation_patches : int
+        Validation patches (another draw from the training region, ``seed + 1``): their loss is
+        drawn beside the training loss and picks the U-Net's best epoch (0: the training loss
+        picks it). The evaluation region is never seen before scoring.
+    preset : {"small", "seed"}
+        U-Net architecture (``"seed"`` is the published workflows' 32-64-128-256-512 network).
+    widths : tuple of int, optional
+        Encoder widths overriding ``preset``.
+    optimizer : {"sgd", "adam", "adamw"}
+        The published workflows used SGD; Adam converges in fewer epochs on a CPU.
+    momentum : float
+        SGD momentum.
+    augment : bool
+        Random flips and quarter turns of the training patches.
+    bn_momentum : float
+        Momentum of the BatchNorm running statistics used at prediction time. They start from
+        mean 0 and variance 1 and must forget those within the run: ``bn_momentum ** steps``
+        should be small (0.9 over 30 steps leaves 4 %; use less for shorter runs, 0.99 for long
+        ones).
+    halo : int, optional
+        Context read around every block when predicting (default the model's, 64 px for depth
+        3; the workflows' "kernel buffer").
+    """
+
+    patch_size: int = 64
+    n_patches: int = 48
+    n_validation_patches: int = 8
+    preset: str = "small"
+    widths: tuple[int, ...] | None = None
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    augment: bool = True
+    bn_momentum: float = 0.9
+    halo: int | None = None
+
+    def checks(self) -> list[Check]:
+        optimizers = ("sgd", "adam", "adamw")
+        return [
+            (self.optimizer in optimizers, "optimizer", f"one of {optimizers}"),
+            (self.patch_size >= 1, "patch_size", ">= 1"),
+            (self.n_patches >= 1, "n_patches", ">= 1"),
+            (self.n_validation_patches >= 0, "n_validation_patches", ">= 0"),
+            (0 <= self.bn_momentum < 1, "bn_momentum", "in [0, 1)"),
+        ]
+
+    def unet_options(self) -> dict[str, Any]:
+        """Return the U-Net keywords of this group: ``preset`` … ``halo`` (not the patch draw)."""
+        names = ("preset", "widths", "optimizer", "momentum", "augment", "bn_momentum", "halo")
+        return {name: getattr(self, name) for name in names}
 
 
 @dataclasses.dataclass
