@@ -14,6 +14,12 @@ group                 fields                                     helpers
                       ``batch_size``, ``learning_rate``
 :class:`ReflectanceFields` ``bands``, ``qa_band``,           :meth:`ReflectanceFields.reflectance`
                       ``scale_factor``, ``scale_offset``
+:class:`SurfaceFields` ``optical_bands``, ``thermal_bands``,     ``landsat_features()``
+                      ``qa_band``, ``qa_bits``, ``sr_*``, ``st_*``,
+                      ``thermal_range`` (Landsat C2 L2)
+:class:`UNetFields`   ``patch_size``, ``n_patches``,             :meth:`UNetFields.unet_options`
+                      ``n_validation_patches``, ``preset``,
+                      ``widths``, ``optimizer`` … ``halo``
 ====================  =========================================  ===============================
 
 A recipe lists the groups before :class:`RecipeConfig` and gives a field a new default by
@@ -70,10 +76,10 @@ __all__ = [
     "AreaFields",
     "ChunkFields",
     "DateFields",
-    "LandsatFields",
     "ModelRecipeConfig",
     "RecipeConfig",
     "ReflectanceFields",
+    "SurfaceFields",
     "TrainingFields",
     "UNetFields",
     "at_least",
@@ -492,8 +498,8 @@ class ReflectanceFields:
 
 
 @dataclasses.dataclass
-class LandsatFields:
-    """Landsat Collection-2 Level-2 bands and how they become features.
+class SurfaceFields:
+    """Landsat Collection-2 Level-2 surface reflectance and temperature bands, made features.
 
     Read by :meth:`landsat_features` (:func:`xfusion.preprocess.landsat.collection2_features`).
 
@@ -551,7 +557,7 @@ class LandsatFields:
         """Masked reflectance and rescaled temperature of ``cube``'s digital numbers (lazy)."""
         from xfusion.preprocess.landsat import collection2_features
 
-        names = [f.name for f in dataclasses.fields(LandsatFields)]
+        names = [f.name for f in dataclasses.fields(SurfaceFields)]
         return collection2_features(cube, **{name: getattr(self, name) for name in names})
 
 
