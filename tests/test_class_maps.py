@@ -14,6 +14,7 @@ from xfusion.models.class_maps import (
     error_classes,
     fit_pixel_baselines,
     labelled_pixels,
+    plot_class_maps,
     predict_maps,
     score_maps,
     threshold_map,
@@ -128,3 +129,23 @@ def test_error_classes():
     np.testing.assert_array_equal(error_classes(pred, ref), [[0, 1, 2, 0], [np.nan, np.nan, 0, 0]])
     with pytest.raises(InputError, match="prediction is"):
         error_classes(pred, ref[0])
+
+
+def test_plot_class_maps_panels_errors_and_marker(tmp_path):
+    reference = np.array([[1.0, 0.0, np.nan, 0.0]] * 3)
+    unet = np.array([[1.0, 1.0, 0.0, 0.0]] * 3)
+    holdout = np.zeros((3, 4), bool)
+    holdout[:, 3:] = True
+    inputs = [("SAR HH", np.zeros((3, 4)), {"cmap": "gray"})]
+    fig = plot_class_maps([("U-Net", unet)], reference, inputs=inputs, errors_of=unet,
+                          holdout=holdout, title="water", path=tmp_path / "maps.png")  # fmt: skip
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["SAR HH", "labels (blank: no data)", "U-Net",
+                      "errors: grey ok, red false, blue missed"]  # fmt: skip
+    errors = fig.axes[3].images[0].get_array()
+    np.testing.assert_array_equal(np.ma.filled(errors, np.nan)[0], [0.0, 1.0, np.nan, 0.0])
+    marker = [line.get_xdata()[0] for line in fig.axes[0].lines]
+    assert marker and marker[0] == pytest.approx(2.5)  # the strip's first column, 3, - 0.5
+    assert (tmp_path / "maps.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(InputError, match="two colours"):
+        plot_class_maps([], reference, colors=["red"])

@@ -9,7 +9,13 @@ import pytest
 import xarray as xr
 
 from xfusion.errors import EmptySelectionError, InputError
-from xfusion.preprocess.layers import holdout_strip, palsar_db, single_image, stack_layers
+from xfusion.preprocess.layers import (
+    holdout_strip,
+    open_layer,
+    palsar_db,
+    single_image,
+    stack_layers,
+)
 from xfusion.testing import raise_if_dask_computes
 
 
@@ -80,3 +86,27 @@ def test_holdout_strip_columns_coordinates_and_errors():
         holdout_strip(cube, 0.4, min_train=4)
     with pytest.raises(InputError, match="fraction must be strictly between 0 and 1"):
         holdout_strip(cube, 1.0)
+
+
+def test_open_layer_from_stac_renames_selects_dates_and_reduces(tmp_path):
+    from xfusion.datasets import synthetic_scene, write_stac
+    from xfusion.grids import geobox_of
+
+    scene = synthetic_scene("water", seed=0, size=32)
+    sar = scene["sar"]
+    catalog = write_stac({"sar": sar}, tmp_path / "stac")
+    items = catalog.parent / "sar" / "collection.json"
+    grid = geobox_of(sar)
+    kwargs = {"grid": grid, "chunks": {"y": 16, "x": 16}}
+    out = open_layer(items, ["HH", "HV"], ["hh", "hv"], **kwargs)
+    assert out.dims == ("band", "y", "x") and out.band.values.tolist() == ["hh", "hv"]
+    assert out.chunks is not None
+    expected = sar.median("time") if sar.sizes["time"] > 1 else sar.isel(time=0)
+    np.testing.assert_allclose(out.values, expected.values, rtol=1e-6)
+    first = str(sar.time.values[0])[:10]
+    with pytest.raises(EmptySelectionError, match="in the date range"):
+        open_layer(items, ["HH"], ["hh"], start="1990-01-01", end=first, **kwargs)
+    with pytest.raises(InputError, match="one name per band"):
+        open_layer(items, ["HH", "HV"], ["hh"], **kwargs)
+    with pytest.raises(InputError, match="source must be 'stac' or 'ee'"):
+        open_layer(items, ["HH"], ["hh"], source="gee", **kwargs)

@@ -11,11 +11,13 @@ baselines fitted on the same training patches. These steps are the same whatever
 - :func:`score_maps`: :func:`~xfusion.models.segmentation.segmentation_scores` of every band
   of a map against a reference, optionally only where every band has a value, so that a model
   and its baselines are compared on exactly the same pixels (eager);
-- :func:`error_classes`: where a map agrees with the reference, adds the class, or misses it.
+- :func:`error_classes`: where a map agrees with the reference, adds the class, or misses it;
+  :func:`plot_class_maps` draws the maps beside the reference and the errors of one of them.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +32,7 @@ __all__ = [
     "error_classes",
     "fit_pixel_baselines",
     "labelled_pixels",
+    "plot_class_maps",
     "predict_maps",
     "score_maps",
     "threshold_map",
@@ -195,3 +198,60 @@ def error_classes(prediction: Any, reference: Any) -> np.ndarray:
         raise InputError(f"prediction is {p.shape} but the reference is {r.shape}")
     ok = np.isfinite(p) & np.isfinite(r)
     return np.where(ok, np.where(p == r, 0.0, np.where(p == 1, 1.0, 2.0)), np.nan)
+
+
+def plot_class_maps(
+    maps: Sequence[tuple[str, Any]],
+    reference: Any,
+    *,
+    inputs: Sequence[tuple[str, Any, Mapping[str, Any]]] = (),
+    errors_of: Any = None,
+    holdout: Any = None,
+    reference_title: str = "labels (blank: no data)",
+    colors: Sequence[str] = ("#d9c89e", "#2166ac"),
+    title: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Draw input panels, the reference, every class map and the errors of one map in a row.
+
+    Parameters
+    ----------
+    maps : sequence of (title, array)
+        ``(y, x)`` class maps in memory: 1 the class, 0 the rest, NaN no data.
+    reference : array-like
+        ``(y, x)`` labels of the same values.
+    inputs : sequence of (title, image, imshow keywords)
+        Panels drawn first, as :func:`xfusion.viz.plot_map_row` takes them.
+    errors_of : array-like, optional
+        A map whose :func:`error_classes` against ``reference`` is the last panel (grey
+        agreement, red false class, blue missed class).
+    holdout : array-like of bool, optional
+        ``(y, x)`` held-out mask of an eastern strip: a dashed line marks its first column.
+    reference_title : str
+        Title of the reference panel.
+    colors : (str, str)
+        Colours of the rest (0) and of the class (1).
+    title : str, optional
+        Title of the figure.
+    path : path, optional
+        Write the figure as a PNG there.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.colors import ListedColormap
+
+    from xfusion.viz import plot_map_row
+
+    if len(colors) != 2:
+        raise InputError(f"colors must be two colours (rest, class); got {list(colors)}")
+    classes = {"cmap": ListedColormap(list(colors)), "vmin": 0, "vmax": 1}
+    panels = [*inputs, (reference_title, reference, classes)]
+    panels += [(name, values, classes) for name, values in maps]
+    if errors_of is not None:
+        errors = {"cmap": ListedColormap(["#bdbdbd", "#d7301f", "#2c7bb6"]), "vmin": 0, "vmax": 2}
+        panels.append(("errors: grey ok, red false, blue missed",
+                       error_classes(errors_of, reference), errors))  # fmt: skip
+    marker = None if holdout is None else int(np.argmax(np.asarray(holdout, bool).any(axis=0)))
+    return plot_map_row(panels, title=title, marker_x=marker, path=path)

@@ -2,6 +2,8 @@
 
 A workflow that fuses sensors reads each layer (SAR, an optical composite, terrain, labels) from
 its own source onto one grid, reduces each to a single image and stacks the bands into one cube.
+:func:`open_layer` reads one layer from a STAC file or an Earth Engine asset as one image
+(:func:`xfusion.open_stac`, :func:`xfusion.open_ee`, then :func:`single_image`);
 :func:`single_image` takes the only image of a series, its median, or, for a categorical layer
 (labels are never averaged), its first image; :func:`stack_layers` concatenates the layers'
 bands into one float32 cube; :func:`palsar_db` turns JAXA PALSAR mosaic digital numbers into
@@ -12,6 +14,7 @@ are lazy but :func:`holdout_strip`, a small in-memory mask built from the coordi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -19,7 +22,7 @@ import xarray as xr
 from xfusion.errors import EmptySelectionError, InputError
 from xfusion.preprocess.composite import composite
 
-__all__ = ["holdout_strip", "palsar_db", "single_image", "stack_layers"]
+__all__ = ["holdout_strip", "open_layer", "palsar_db", "single_image", "stack_layers"]
 
 
 def single_image(
@@ -61,6 +64,80 @@ def single_image(
     if cube.sizes["time"] == 1 or categorical:
         return cube.isel(time=0)
     return composite(cube, "median")
+
+
+def open_layer(
+    where: Any,
+    bands: Sequence[str],
+    names: Sequence[str],
+    *,
+    grid: Any,
+    source: str = "stac",
+    chunks: Mapping[str, int] | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    image: bool = False,
+    categorical: bool = False,
+) -> xr.DataArray:
+    """Open one layer of a multi-source stack as a single image ``(band, y, x)`` (lazy).
+
+    Parameters
+    ----------
+    where : str or path
+        A STAC ItemCollection / Collection / Catalog JSON file (``source="stac"``) or an Earth
+        Engine asset id (``source="ee"``).
+    bands : sequence of str
+        Asset (STAC) or band (Earth Engine) names read.
+    names : sequence of str
+        The band names they get in the stack, one per ``bands``.
+    grid : odc.geo.geobox.GeoBox
+        The stack's grid.
+    source : {"stac", "ee"}
+        Which opener reads ``where``.
+    chunks : mapping, optional
+        Spatial chunks, e.g. ``{"y": 512, "x": 512}``.
+    start, end : str, optional
+        Images with ``start <= time < end`` only.
+    image : bool
+        Earth Engine: ``where`` is one ``ee.Image``, not an ``ee.ImageCollection`` (no dates).
+    categorical : bool
+        Class codes: the first image rather than the median (:func:`single_image`).
+
+    Raises
+    ------
+    InputError
+        An unknown ``source``, or ``names`` not one per ``bands``.
+    EmptySelectionError
+        No image between ``start`` and ``end``.
+    """
+    import xfusion as xf
+
+    bands, names = list(bands), list(names)
+    if len(bands) != len(names):
+        raise InputError(f"names must give one name per band {bands}; got {names}")
+    if source == "stac":
+        assets = dict(zip(bands, names, strict=True))
+        cube = xf.open_stac(str(where), grid=grid, assets=assets, chunks=chunks).sel(band=names)
+        if "time" in cube.dims and (start is not None or end is not None):
+            times = cube.time.to_index()
+            keep = np.ones(len(times), bool)
+            if start is not None:
+                keep &= times >= np.datetime64(start)
+            if end is not None:
+                keep &= times < np.datetime64(end)
+            cube = cube.isel(time=np.flatnonzero(keep))
+    elif source == "ee":
+        import ee
+
+        if image:
+            cube = xf.open_ee(ee.Image(where), grid=grid, bands=bands, chunks=chunks)
+        else:
+            dates = {"start": start, "end": end, "chunks": {"time": 1, **(chunks or {})}}
+            cube = xf.open_ee(where, grid=grid, bands=bands, **dates)
+        cube = cube.assign_coords(band=names)
+    else:
+        raise InputError(f"source must be 'stac' or 'ee'; got {source!r}")
+    return single_image(cube, categorical=categorical, what=str(where))
 
 
 def stack_layers(

@@ -268,10 +268,10 @@ def real_sources() -> dict[str, dict[str, Any]]:
     common |= {"chunks": 512, "chip_size": 512, "chip_stride": 512, "n_chips": 12,
                "widths": (32, 64, 128, 256, 512), "epochs": 30, "batch_size": 4,
                "learning_rate": 0.001}  # fmt: skip
-    # Earth Engine: the Config's defaults are its layers, with the SOURCE_DEFAULTS of "ee"
-    fields = [*(f"{f}{end}" for f in _SOURCES[:3] for end in ("", "_bands")), _SOURCES[3],
-              "label_source_band", "ee_images"]  # fmt: skip
-    ee = {k: getattr(Config, k) for k in fields} | dict(Config.SOURCE_DEFAULTS["ee"])
+    # Earth Engine: the Config's layer fields (its last ones) and the SOURCE_DEFAULTS of "ee"
+    names = [f.name for f in dataclasses.fields(Config)]
+    ee = {k: getattr(Config, k) for k in names[names.index("sar_source") :]}
+    ee |= Config.SOURCE_DEFAULTS["ee"]
     stac = {
         "sar_source": "alos-palsar-mosaic-2010.json",
         "sar_source_bands": ("HH", "HV"),
@@ -369,51 +369,33 @@ def _open_layers(config: Config, out: Path) -> tuple[dict[str, xr.DataArray], An
     """
     names = dict(zip(_LAYERS, (config.sar_bands, config.optical_bands, config.terrain_bands,
                                ("label",)), strict=True))  # fmt: skip
+    options = {"source": "stac", "chunks": config.spatial_chunks()}
     truth = None
     if config.source == "synthetic":
         keys = dict(zip(_LAYERS, ("sar", "optical", "terrain", "truth_water"), strict=True))
         bands = {**names, "labels": ("water",)}
         written = {keys[k]: bands[k] for k in _LAYERS}
         scene, catalog = recipe.write_synthetic("water", config, out, written)
-        grid = geobox_of(scene["sar"])
+        options["grid"] = geobox_of(scene["sar"])
         sources = {k: catalog / keys[k] / "collection.json" for k in _LAYERS}
         cover = scene["truth_cover"].sel(band="water", drop=True)
         truth = recipe.plain_coords((cover >= 0.5).astype(np.float32).rename("truth_water"))
         truth.attrs = {"classes": "1 water (cover fraction >= 0.5), 0 land"}
     else:
-        grid = config.grid()
+        options |= {"grid": config.grid(), **config.pick("source", "start", "end")}
         sources = {k: getattr(config, f) for k, f in zip(_LAYERS, _SOURCES, strict=True)}
         bands = dict(zip(_LAYERS, (config.sar_source_bands, config.optical_source_bands,
                                    config.terrain_source_bands, (config.label_source_band,)),
                          strict=True))  # fmt: skip
-    layers = {}
-    for k in _LAYERS:
-        cube = _open_layer(k, sources[k], bands[k], names[k], grid, config)
-        single = lyr.single_image(cube, categorical=k == "labels", what=str(sources[k]))
-        layers[k] = recipe.plain_coords(single)
+    layers = {
+        k: recipe.plain_coords(lyr.open_layer(
+            sources[k], bands[k], names[k], image=k in config.ee_images,
+            categorical=k == "labels", **options))
+        for k in _LAYERS
+    }  # fmt: skip
     if config.sar_calibration == "palsar_dn":
         layers["sar"] = lyr.palsar_db(layers["sar"])
     return layers, truth
-
-
-def _open_layer(layer, where, bands, names, grid, config: Config) -> xr.DataArray:
-    """One layer lazily from its STAC file (synthetic or real) or Earth Engine asset."""
-    import xfusion as xf
-
-    chunks = config.spatial_chunks()
-    if config.source != "ee":
-        assets = dict(zip(bands, names, strict=True))
-        cube = xf.open_stac(str(where), grid=grid, assets=assets, chunks=chunks)
-        cube = cube.sel(band=list(names))
-        return cube if config.source == "synthetic" else config.select_dates(cube)
-    import ee
-
-    if layer in config.ee_images:
-        cube = xf.open_ee(ee.Image(where), grid=grid, bands=list(bands), chunks=chunks)
-    else:
-        dates = {"start": config.start, "end": config.end, "chunks": {"time": 1, **chunks}}
-        cube = xf.open_ee(where, grid=grid, bands=list(bands), **dates)
-    return cube.assign_coords(band=list(names))
 
 
 def _labels(raw: xr.DataArray, config: Config) -> xr.DataArray:
@@ -501,33 +483,24 @@ def _metrics(cubes: dict, chips: xr.Dataset, models: dict, baselines: dict, conf
 
 def _figures(out: Path, cubes: dict, metrics: dict, models: dict[str, Any]) -> dict[str, Path]:
     """PNG panels (inputs, labels, both maps, the best baseline, errors), training curves."""
-    from matplotlib.colors import ListedColormap
+    from xfusion.viz import plot_loss, rgb_array
 
-    from xfusion.viz import plot_loss, plot_map_row, rgb_array
-
-    inputs, labels, water = cubes["inputs"], cubes["labels"].values, cubes["water"]
-    bands = recipe.band_names(inputs)
-    classes = {"cmap": ListedColormap(["#d9c89e", "#2166ac"]), "vmin": 0, "vmax": 1}
-    panels: list[tuple[str, Any, dict]] = [
-        (f"SAR {bands[0]} (dB)", inputs.sel(band=bands[0]).values, {"cmap": "gray"}),
-    ]
+    inputs, water, bands = cubes["inputs"], cubes["water"], recipe.band_names(cubes["inputs"])
+    shown = [(f"SAR {bands[0]} (dB)", inputs.sel(band=bands[0]).values, {"cmap": "gray"})]
     if {"SWIR1", "NIR", "Red"} <= set(bands):
-        panels.append(("optical SWIR1/NIR/Red", rgb_array(inputs, ["SWIR1", "NIR", "Red"]), {}))
-    panels.append(("labels (blank: no data)", labels, classes))
-    for name, title in zip(MODELS, ("SAR-only", "SAR + optical"), strict=True):
-        iou = metrics[f"{name}_iou"]
-        panels.append((f"{title}: IoU {iou:.3f}", water.sel(band=name).values, classes))
+        shown.append(("optical SWIR1/NIR/Red", rgb_array(inputs, ["SWIR1", "NIR", "Red"]), {}))
+    maps = [(f"{title}: IoU {metrics[f'{name}_iou']:.3f}", water.sel(band=name).values)
+            for name, title in zip(MODELS, ("SAR-only", "SAR + optical"), strict=True)]  # fmt: skip
     best = metrics["baselines"].get("baseline")  # none where the IoUs are undefined
     if best is not None:
         iou, best_map = metrics["baselines"]["baseline_iou"], cubes["baseline_water"].sel(band=best)
-        panels.append((f"baseline {best}: IoU {iou:.3f}", best_map.values, classes))
-    errors = class_maps.error_classes(water.sel(band="fusion").values, labels)
-    errors_style = {"cmap": ListedColormap(["#bdbdbd", "#d7301f", "#2c7bb6"]), "vmin": 0, "vmax": 2}
-    panels.append(("errors: grey ok, red false, blue missed", errors, errors_style))
+        maps.append((f"baseline {best}: IoU {iou:.3f}", best_map.values))
     paths = {"panels": out / "water_panels.png", "loss": out / "training_loss.png"}
-    title = "surface water; held-out strip east of the dashed line"
-    first = int(np.argmax(cubes["holdout"].values.astype(bool).any(axis=0)))
-    plot_map_row(panels, title=title, marker_x=first, path=paths["panels"])
+    class_maps.plot_class_maps(
+        maps, cubes["labels"].values, inputs=shown, errors_of=water.sel(band="fusion").values,
+        holdout=cubes["holdout"].values, path=paths["panels"],
+        title="surface water; held-out strip east of the dashed line",
+    )  # fmt: skip
     history = {f"{name} loss": models[name].history_["loss"] for name in MODELS}
     plot_loss(history, monitor="fusion loss", path=paths["loss"], dpi=90)
     return paths
