@@ -323,3 +323,23 @@ def test_per_region_labels_come_from_a_region_coordinate():
         np.testing.assert_allclose(from_coord.history_[key], values, rtol=1e-5, err_msg=key)
     with pytest.raises(InputError, match="one label per sample"):
         UNetRegressor(**kw).fit(X, y, regions=[0, 1])
+
+
+# --- pixel-level linear path ----------------------------------------------------------------------
+
+
+def test_linear_skip_trains_saves_and_leaves_the_default_network_unchanged(tmp_path):
+    X, y = _problem()
+    plain = UNetRegressor(**KW, epochs=2)
+    assert plain.get_params()["linear_skip"] is False
+    plain.fit(X, y)
+    assert "linear_skip" not in plain.config_["architecture"]
+    assert "linear_skip" not in plain.params_
+    model = UNetRegressor(**KW, epochs=2, linear_skip=True).fit(X, y)
+    assert model.config_["architecture"]["linear_skip"] is True
+    kernel = model.params_["linear_skip"]["kernel"]
+    assert kernel.shape == (1, 1, 2, 1) and np.any(kernel != 0)  # it starts at zero and learns
+    assert not np.allclose(model.predict(X), plain.predict(X))
+    loaded = load_model(model.save(tmp_path / "skip"))
+    assert loaded.linear_skip is True
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))

@@ -275,3 +275,31 @@ def test_norm_batch_is_the_default_and_group_normalises_per_sample():
     np.testing.assert_allclose(np.asarray(net(xt))[:1], np.asarray(net(xt[:1])), atol=1e-5)
     with pytest.raises(InputError, match="norm"):
         build_unet({**ARCH, "norm": "layer"})
+
+
+def test_linear_skip_adds_a_pixel_linear_path_and_leaves_the_rest_unchanged():
+    plain, skip = build_unet(ARCH, seed=5), build_unet({**ARCH, "linear_skip": True}, seed=5)
+    p, s = unet_params(plain), unet_params(skip)
+    assert "linear_skip" not in p
+    assert s["linear_skip"]["kernel"].shape == (1, 1, 2, 1)
+    assert not np.any(s["linear_skip"]["kernel"]) and not np.any(s["linear_skip"]["bias"])
+    # every other layer is initialised exactly as in the plain network
+    rest = {k: v for k, v in s.items() if k != "linear_skip"}
+    pairs = zip(jax.tree.leaves(p), jax.tree.leaves(rest), strict=True)
+    assert all(np.array_equal(a, b) for a, b in pairs)
+    # the output is the U-Net's plus w·x + b per pixel
+    s["linear_skip"]["kernel"] = np.array([2.0, -0.5], np.float32).reshape(1, 1, 2, 1)
+    s["linear_skip"]["bias"] = np.array([0.25], np.float32)
+    skip = build_unet({**ARCH, "linear_skip": True}, params=s)
+    x = np.random.default_rng(1).normal(size=(2, 12, 12, 2)).astype(np.float32)
+    forward = nnx.jit(lambda m, v: m(v))
+    plain.eval()
+    skip.eval()
+    expected = np.asarray(forward(plain, x)) + 2.0 * x[..., :1] - 0.5 * x[..., 1:] + 0.25
+    np.testing.assert_allclose(np.asarray(forward(skip, x)), expected, rtol=1e-5, atol=1e-5)
+    # apply_tiles (blockwise prediction) builds the same network from the config
+    config = _config(architecture={**ARCH, "linear_skip": True})
+    tiles = apply_tiles(config, s, x.transpose(0, 3, 1, 2))
+    norm = (x - np.array([1.0, -2.0])) / np.array([2.0, 0.5])
+    ref = np.asarray(forward(skip, norm.astype(np.float32))).transpose(0, 3, 1, 2) * 3 + 10
+    np.testing.assert_allclose(tiles, ref, rtol=1e-4, atol=1e-4)

@@ -711,6 +711,8 @@ class _UNetEstimator(Estimator):
         }
         if n_members > 1:
             config["n_members"] = n_members
+        if getattr(self, "linear_skip", False):  # only then: other configs stay as they were
+            config["architecture"]["linear_skip"] = True
         if per_region:
             config["standardize"] = "per_region"
             x_mean, x_std = _region_statistics(xa, groups)
@@ -1426,6 +1428,14 @@ class UNetRegressor(_UNetEstimator):
         target ``(sample, 1, 1, 1)``, the mask as ``footprint``.
     smoothness : float
         Weight of a penalty on squared differences of neighbouring predicted pixels.
+    linear_skip : bool
+        Add a pixel-level linear path from the standardised input bands to the output (a 1×1
+        convolution, initialised to zero, added to the U-Net's output): the model is then a
+        per-pixel linear regression plus the U-Net's spatial correction, trained together.
+        Under coarse supervision the linear part is the relationship that a coarse-trained
+        pixel ridge would learn, and it is what transfers to the pixels inside new tiles; the
+        U-Net adds what the linear part misses. Off by default (the network is then exactly
+        the plain U-Net).
     preset : {"small", "seed"}
         Architecture when ``widths`` is None: ``"small"`` (16-32-64, centre 128; CPU-friendly)
         or ``"seed"`` (32-64-128-256-512, centre 1024).
@@ -1533,6 +1543,7 @@ class UNetRegressor(_UNetEstimator):
         target_transform: str = "none",
         target_standardize: str = "global",
         smoothness: float = 0.0,
+        linear_skip: bool = False,
         preset: str = "small",
         widths: Sequence[int] | None = None,
         center: int | None = None,
@@ -1562,6 +1573,7 @@ class UNetRegressor(_UNetEstimator):
         self.target_transform = target_transform
         self.target_standardize = target_standardize
         self.smoothness = smoothness
+        self.linear_skip = linear_skip
         self.preset = preset
         self.widths = widths
         self.center = center

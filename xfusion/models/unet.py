@@ -178,6 +178,11 @@ class UNet(nnx.Module):
         Normalisation after each convolution (:data:`NORMS`): BatchNorm (default; parameter
         names as before the option existed), GroupNorm, or none (identity; the convolutions
         keep their biases, e.g. a network whose BatchNorm was folded into them).
+    linear_skip : bool
+        Add a pixel-level linear path: a 1×1 convolution of the (standardised) input added to
+        the head's output (before the output activation), layer ``linear_skip``, initialised
+        to zero. The network is then a pixel-wise linear model plus the U-Net's spatial
+        correction; off by default (no such layer: the same parameters as before the option).
     rngs : nnx.Rngs
         Random state for the initialisation.
 
@@ -213,6 +218,7 @@ class UNet(nnx.Module):
         activation: str = "linear",
         bn_momentum: float = 0.9,
         norm: str = "batch",
+        linear_skip: bool = False,
         rngs: nnx.Rngs,
     ) -> None:
         widths = tuple(int(w) for w in (PRESETS["small"]["widths"] if widths is None else widths))
@@ -243,11 +249,18 @@ class UNet(nnx.Module):
             self.decoders.append(ConvBlock(2 * w, w, bn_momentum=bn_momentum, norm=norm, rngs=rngs))
             cin = w
         self.head = nnx.Conv(cin, out_channels, (1, 1), rngs=rngs)
+        self.has_linear_skip = bool(linear_skip)
+        if self.has_linear_skip:  # created last: the other layers' initialisation is unchanged
+            zeros = nnx.initializers.zeros_init()
+            self.linear_skip = nnx.Conv(
+                in_channels, out_channels, (1, 1), kernel_init=zeros, rngs=rngs
+            )
 
     def __call__(self, x: jax.Array) -> jax.Array:  # noqa: D102
         if x.ndim != 4:
             raise InputError(f"UNet input must be NHWC (4 dims); got shape {tuple(x.shape)}")
         h, w = x.shape[1], x.shape[2]
+        inputs = x
         x = pad_to_multiple(x, 2**self.depth)
         skips = []
         for block in self.encoders:
@@ -259,6 +272,8 @@ class UNet(nnx.Module):
             x = depth_to_space(up(x))
             x = block(jnp.concatenate([x, skip], axis=-1))
         x = self.head(x)[:, :h, :w]
+        if self.has_linear_skip:
+            x = x + self.linear_skip(inputs)
         if self.head_kind == "regression" and self.activation == "sigmoid":
             x = nnx.sigmoid(x)
         return x
@@ -307,6 +322,7 @@ def _unet_kwargs(architecture: Mapping[str, Any]) -> dict[str, Any]:
         "activation",
         "bn_momentum",
         "norm",
+        "linear_skip",
     }
     if unknown or "in_channels" not in arch:
         raise ModelError(
@@ -321,6 +337,7 @@ def _unet_kwargs(architecture: Mapping[str, Any]) -> dict[str, Any]:
         "activation": arch.get("activation", "linear"),
         "bn_momentum": float(arch.get("bn_momentum", 0.9)),
         "norm": str(arch.get("norm", "batch")),
+        "linear_skip": bool(arch.get("linear_skip", False)),
     }
 
 
@@ -334,15 +351,18 @@ def init_params(model: UNet, seed: int = 0) -> dict[str, Any]:
     """Draw initial parameters for ``model`` with numpy, as a nested dict of arrays.
 
     He-normal convolution kernels (the layers feed ReLUs), zero biases, unit BatchNorm scales and
-    variances, zero means. Drawn with :class:`numpy.random.Generator` from ``seed`` in a fixed
-    order, so equal seeds give identical parameters, and without compiling one XLA program per
-    parameter shape (which JAX's own initialisers do and which is slow on small CPUs).
+    variances, zero means; the ``linear_skip`` layer (when present) all zeros, without a draw.
+    Drawn with :class:`numpy.random.Generator` from ``seed`` in a fixed order, so equal seeds
+    give identical parameters, and without compiling one XLA program per parameter shape (which
+    JAX's own initialisers do and which is slow on small CPUs).
     """
     rng = np.random.default_rng(seed)
     flat = {}
     for path, var in nnx.to_flat_state(nnx.state(model)):
         shape, name = tuple(var.shape), path[-1]
-        if name == "kernel":
+        if str(path[0]) == "linear_skip":  # the linear path starts at zero (no draw)
+            value = np.zeros(shape)
+        elif name == "kernel":
             fan_in = int(np.prod(shape[:-1]))
             value = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
         elif name in ("scale", "var"):
