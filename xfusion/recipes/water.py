@@ -60,15 +60,12 @@ class Config(recipe.ModelRecipeConfig):
     """Configuration of the SAR + optical surface-water recipe.
 
     The defaults run offline in about a minute of CPU time on a 128×128 synthetic scene
-    (:func:`xfusion.datasets.synthetic_scene` ``("water")``; ``difficulty="hard"`` adds SAR-dark
-    land and clouds over the optical) with 32×32 chips and a small U-Net. The layer fields
-    (``sar_source`` … ``label_source_band``) name the workflow's real data, read with
-    ``source="ee"`` or ``"stac"`` over ``bounds`` from ``start`` to ``end`` (SAR and optical
-    reduced to their median, the labels' first image); :func:`real_sources` gives complete sets.
-    Through :meth:`from_dict` (TOML, the command line) ``source="stac"`` needs the layer
-    sources and band names given, and ``source="ee"`` switches the keys not given to the Earth
-    Engine assets' meaning (``sar_calibration="palsar_dn"``, JRC yearly classes: water
-    ``(3,)``, land ``(1,)``). Shared fields: :mod:`xfusion.recipes._config`.
+    (``difficulty="hard"`` adds SAR-dark land and clouds over the optical) with 32×32 chips and
+    a small U-Net. The layer fields (``sar_source`` … ``label_source_band``) name the real data
+    read with ``source="ee"`` or ``"stac"`` (SAR and optical reduced to their median, the
+    labels' first image; :func:`real_sources`); with ``source="ee"``, :meth:`from_dict` turns
+    ``sar_calibration`` and the label values to the Earth Engine assets' (``SOURCE_DEFAULTS``).
+    Shared fields: :mod:`xfusion.recipes._config`.
 
     Parameters
     ----------
@@ -291,12 +288,11 @@ def real_sources() -> dict[str, dict[str, Any]]:
 def run(config: Config) -> recipe.RecipeResult:
     """Run the SAR + optical surface-water recipe (computes: trains, scores and writes).
 
-    Open the four layers on one grid and stack the eight bands → labels as water / land / no
-    data → training chips west of the held-out strip → the SAR-only and SAR + optical U-Nets
-    (inputs filled, validity bands, modality dropout) and the pixel baselines on the chips →
-    every map predicted lazily over the scene (chip-and-stitch with a halo) → held-out scores →
-    :func:`~xfusion.recipes._base.write_results`: ``outputs.zarr``, ``water.tif`` (the SAR +
-    optical map), PNG figures, ``metrics.json`` and ``model/``.
+    Open the four layers on one grid, stack the eight bands → labels as water / land / no data
+    → chips west of the held-out strip → the SAR-only and SAR + optical U-Nets (inputs filled,
+    validity bands, modality dropout) and the pixel baselines on the chips → every map
+    predicted lazily (chip-and-stitch with a halo) → held-out scores → ``outputs.zarr``,
+    ``water.tif`` (the SAR + optical map), figures, ``metrics.json`` and ``model/``.
 
     ``metrics``: per model ``<model>_iou``, ``_f1``, ``_precision``, ``_recall``, ``_accuracy``
     on held-out labelled pixels (and ``_iou_all`` against the cover truth on synthetic scenes);
