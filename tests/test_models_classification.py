@@ -87,3 +87,55 @@ def test_a_training_sample_of_one_class_is_refused():
     classification.check_two_classes(train)
     with pytest.raises(EmptySelectionError, match=r"holds labels \[0.0\]; both built-up \(1\)"):
         classification.check_two_classes(train.assign(label=0.0))
+
+
+def test_class_map_is_the_forests_prediction_per_pixel_lazily_and_change_is_last_minus_first():
+    from tests.conftest import synthetic_cube
+    from xfusion.testing import raise_if_dask_computes
+
+    train, _ = _tables()
+    bands = ["s2:B4", "viirs:avg_rad"]
+    forest = classification.fit_forest(train, bands, n_estimators=10, seed=0)
+    rng = np.random.default_rng(5)
+    red, lights = rng.normal(0.12, 0.03, (3, 4, 4)), rng.normal(0.0, 1.5, (3, 4, 4))
+    values = np.stack([red, lights], axis=1).astype("float32")  # (time, band, y, x)
+    cube = synthetic_cube(
+        values,
+        bands,
+        times=["2015-07-01", "2016-07-01", "2017-07-01"],
+        coords={"source": ("band", ["s2", "viirs"])},
+        chunks={"y": 2, "x": 2},
+    )
+    with raise_if_dask_computes():
+        maps = classification.class_map(cube, forest, "builtup")
+        change = classification.change_map(maps, first=0)
+    assert maps.name == "builtup" and maps.band.values.tolist() == ["builtup"]
+    assert "source" not in maps.coords and maps.chunks is not None
+    rows = values.transpose(0, 2, 3, 1).reshape(-1, 2)
+    expected = forest.predict(pd.DataFrame(rows, columns=bands)).reshape(3, 4, 4)
+    np.testing.assert_array_equal(maps.isel(band=0).values, expected)
+    np.testing.assert_array_equal(change.isel(band=0).values, expected[2] - expected[0])
+    assert change.name == "change" and change.band.values.tolist() == ["change"]
+
+
+def test_yearly_metrics_name_each_year_and_plot_yearly_maps_draws_one_png_each(tmp_path):
+    scores = {"share": [0.25, 0.5], "accuracy": [1.0, 0.75], "f1": [1.0, 0.5]}
+    metrics = classification.yearly_metrics(scores, [2015, 2019], "builtup")
+    assert metrics == {
+        "truth_accuracy_2015": 1.0,
+        "truth_f1_2015": 1.0,
+        "truth_accuracy_2019": 0.75,
+        "truth_f1_2019": 0.5,
+        "builtup_fraction_2015": 0.25,
+        "builtup_fraction_2019": 0.5,
+    }
+    assert classification.yearly_metrics({"share": [0.1]}, [2015], "x") == {"x_fraction_2015": 0.1}
+    maps = xr.DataArray(np.array([[[[0.0, 1.0]]], [[[1.0, 1.0]]]]), dims=("time", "band", "y", "x"))
+    change = classification.change_map(maps)
+    classes = {0: ("not built-up", "#d9d9d9"), 1: ("built-up", "#d7301f")}
+    paths = classification.plot_yearly_maps(
+        maps, change, [2015, 2019], tmp_path, name="builtup", classes=classes
+    )
+    assert list(paths) == ["builtup_2015", "builtup_2019", "change"]
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
+    assert paths["change"] == tmp_path / "change.png"

@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 from xfusion.errors import InputError
-from xfusion.preprocess.labels import binary_labels
+from xfusion.preprocess.labels import binary_labels, threshold_labels
 from xfusion.testing import raise_if_dask_computes
 
 # DSWE interpreted layer: 0 not water, 1-2 water, 3-4 partial water, 9 cloud, 255 fill
@@ -43,3 +43,18 @@ def test_mistakes_are_named():
         binary_labels(codes, positive=(), negative=(0,))
     with pytest.raises(InputError, match=r"must be an xarray\.DataArray"):
         binary_labels(DSWE, positive=(1,), negative=(0,))
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_threshold_labels_split_ordered_codes_and_keep_no_data(chunked):
+    smod = np.array([[0, 1, 2, 3], [np.nan, 3, 1, 2]], dtype=np.float32)
+    codes = xr.DataArray(smod, dims=("y", "x"))
+    if chunked:
+        codes = codes.chunk({"y": 1, "x": 2})
+    with raise_if_dask_computes():
+        labels = threshold_labels(codes, 2)
+    assert labels.dtype == np.float32 and (labels.chunks is not None) == chunked
+    expected = np.where(np.isnan(smod), np.nan, (smod >= 2).astype(np.float32))
+    np.testing.assert_array_equal(labels.values, expected)
+    with pytest.raises(InputError, match="codes must be an xarray"):
+        threshold_labels(smod, 2)

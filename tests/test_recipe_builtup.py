@@ -22,6 +22,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from xfusion.datasets import synthetic_scene
 from xfusion.errors import ConfigError, EmptySelectionError, ModelError
 from xfusion.io.stac import open_stac
+from xfusion.models import classification
 from xfusion.recipes import builtup
 from xfusion.testing import raise_if_dask_computes
 
@@ -280,15 +281,18 @@ def test_years_without_images_are_reported_on_the_hard_scene(tmp_path):
 
 
 def test_preprocessing_and_prediction_are_lazy(result):
-    config = builtup.Config(out_dir=str(result.out_dir), **SMALL)
+    # the catalog the fixture wrote, opened as a STAC source
     paths = {k: result.out_dir / "stac" / k / "collection.json" for k in ("s2", "viirs", "ghsl")}
+    collections = {f"{k}_collection": str(path) for k, path in paths.items()}
+    config = builtup.Config(out_dir=str(result.out_dir), source="stac", **collections, **SMALL)
     model = builtup.load_classifier(result.files["model_forest"])
     with raise_if_dask_computes():
-        sources = builtup._read_sources(config, paths)
-        grid = builtup._target_grid(config, sources["ghsl"])
+        sources, truth = builtup._open_sources(config, result.out_dir)
+        grid = config.grid_or_extent(sources["ghsl"])
         fused = builtup._fused_cube(config, sources, grid)
         labels = builtup._labels(config, sources["ghsl"], grid)
-        maps = builtup._predict_maps(fused, model)
+        maps = classification.class_map(fused, model, "builtup")
+    assert truth is None
     assert fused.chunks is not None and labels.chunks is not None and maps.chunks is not None
     expected = xr.open_zarr(result.files["zarr"], group="fused")["fused"]
     np.testing.assert_allclose(fused.isel(time=0).values, expected.isel(time=0).values)
@@ -354,8 +358,8 @@ def test_earth_engine_path_offline(result, scene):
     expected = xr.open_zarr(result.files["zarr"], group="fused")["fused"]
     with fake_earth_engine(collections) as fake:
         with raise_if_dask_computes():
-            sources = builtup._read_sources(config)
-            grid = builtup._target_grid(config, sources["ghsl"])
+            sources, _ = builtup._open_sources(config, None)
+            grid = config.grid_or_extent(sources["ghsl"])
             fused = builtup._fused_cube(config, sources, grid)
             labels = builtup._labels(config, sources["ghsl"], grid)
         assert sources["s2"].sizes["time"] == 15 and sources["viirs"].sizes["time"] == 30
@@ -365,6 +369,6 @@ def test_earth_engine_path_offline(result, scene):
         assert fake.pixel_requests
         assert "CLOUDY_PIXEL_PERCENTAGE" in json.dumps(fake.value_requests, default=str)
         filtered = dataclasses.replace(config, s2_collection="COPERNICUS/S2_CLOUDY_FIRST")
-        s2 = builtup._read_sources(filtered)["s2"]
+        s2 = builtup._open_sources(filtered, None)[0]["s2"]
         np.testing.assert_array_equal(s2.time.values, scene["s2"].time.values[1:])
         assert list(s2.band.values) == ["B2", "B3", "B4", "B8", "B11", "B12", "QA60"]

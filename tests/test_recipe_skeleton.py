@@ -317,3 +317,45 @@ def test_reflectance_fields_check_the_bands_and_scale_lazily():
         Optical(qa_band="QA_PIXEL").reflectance(cube)
     with pytest.raises(ConfigError, match="'bands' must be at least one band"):
         Optical(bands=())
+
+
+def test_grid_or_extent_is_the_bounds_grid_or_the_cubes_extent():
+    from tests.conftest import synthetic_cube
+
+    cube = synthetic_cube(np.zeros((1, 4, 6)), ["a"], grid=xf.grid((0, 0, 600, 400), 32633, 100))
+    extent = Config(resolution=200.0).grid_or_extent(cube)
+    assert extent.crs.epsg == 32633 and extent.shape == (2, 3)
+    assert tuple(extent.boundingbox) == (0.0, 0.0, 600.0, 400.0)
+    bounded = Config(bounds=(0.0, 0.0, 300.0, 300.0), crs="EPSG:32633", resolution=100.0)
+    assert bounded.grid_or_extent(cube).shape == (3, 3)
+    other = Config(crs="EPSG:4326", resolution=0.001).grid_or_extent(cube)
+    assert other.crs.epsg == 4326 and other.resolution.x == 0.001
+
+
+def test_open_collections_reads_stac_and_earth_engine_by_key(tmp_path):
+    from tests.conftest import synthetic_cube
+    from xfusion.testing.ee import FakeImage, fake_earth_engine
+
+    grid = xf.grid((0, 0, 40, 40), 32633, 10)
+    values = np.arange(32, dtype="float32").reshape(2, 4, 4)
+    cube = synthetic_cube(values[None], ["a", "b"], times=["2020-06-01"], grid=grid)
+    catalog = xf.datasets.write_stac({"one": cube}, tmp_path / "stac").parent
+    reads = {"x": (catalog / "one" / "collection.json", ["b"], None)}
+    opened = recipe.open_collections("stac", reads)["x"]
+    np.testing.assert_array_equal(opened.isel(time=0, band=0).values, values[1])
+    images = [
+        FakeImage({"a": values[0]}, grid=grid, time="2020-06-01", properties={"cloud": 5.0}),
+        FakeImage({"a": values[1]}, grid=grid, time="2020-07-01", properties={"cloud": 50.0}),
+        FakeImage({"a": values[1]}, grid=grid, time="2021-07-01", properties={"cloud": 5.0}),
+    ]
+    with fake_earth_engine({"TEST/C": images}):
+        cubes = recipe.open_collections(
+            "ee",
+            {"clear": ("TEST/C", ["a"], grid), "all": ("TEST/C", ["a"], grid)},
+            dates={"clear": ("2020-01-01", "2021-01-01")},
+            filters={"clear": {"cloud": ("lt", 20.0)}},
+        )
+        assert cubes["clear"].sizes["time"] == 1 and cubes["all"].sizes["time"] == 3
+        np.testing.assert_array_equal(cubes["clear"].isel(time=0, band=0).values, values[0])
+    with pytest.raises(ConfigError, match="source must be one of"):
+        recipe.open_collections("ftp", reads)

@@ -5,12 +5,16 @@ night lights): :func:`fit_forest` fits a scikit-learn random forest on a trainin
 named like the cube's bands, so :func:`xfusion.predict` applies it lazily to the cube);
 :func:`heldout_scores` scores it and a one-band threshold on held-out points;
 :func:`baseline_scores` scores it beside the threshold, Otsu's threshold and gradient boosting on
-the same points; :func:`map_scores` scores the predicted maps against a truth map per time step.
-Everything here computes (fitting, scoring).
+the same points; :func:`class_map` applies the forest to a cube lazily; :func:`map_scores`
+scores the predicted maps against a truth map per time step; :func:`change_map` and
+:func:`plot_yearly_maps` compare and draw the maps of several years. Fitting, scoring and
+drawing compute.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -21,7 +25,21 @@ import xarray as xr
 from xfusion.errors import EmptySelectionError
 from xfusion.models.binary import binary_scores
 
-__all__ = ["baseline_scores", "check_two_classes", "fit_forest", "heldout_scores", "map_scores"]
+__all__ = [
+    "CHANGE_CLASSES",
+    "baseline_scores",
+    "change_map",
+    "check_two_classes",
+    "class_map",
+    "fit_forest",
+    "heldout_scores",
+    "map_scores",
+    "plot_yearly_maps",
+    "yearly_metrics",
+]
+
+#: Codes, names and colours of a change map (:func:`change_map`).
+CHANGE_CLASSES = {-1: ("lost", "#2166ac"), 0: ("unchanged", "#f0f0f0"), 1: ("gained", "#b2182b")}
 
 
 def check_two_classes(train: pd.DataFrame, what: str = "built-up") -> None:
@@ -152,3 +170,96 @@ def map_scores(maps: xr.DataArray, truth: xr.DataArray | None = None) -> dict[st
         out["accuracy"].append(scores["accuracy"])
         out["f1"].append(scores["f1"])
     return out
+
+
+def yearly_metrics(scores: dict[str, Any], years: Sequence[int], name: str) -> dict[str, float]:
+    """:func:`map_scores`' per-step lists as metric entries, one per year of ``years``.
+
+    ``truth_accuracy_<year>`` and ``truth_f1_<year>`` (when scored against a truth), then
+    ``<name>_fraction_<year>``, the share of class 1.
+
+    Examples
+    --------
+    >>> yearly_metrics({"share": [0.1, 0.2], "accuracy": [0.9, 0.8], "f1": [0.7, 0.6]},
+    ...                [2015, 2016], "builtup")  # doctest: +NORMALIZE_WHITESPACE
+    {'truth_accuracy_2015': 0.9, 'truth_f1_2015': 0.7, 'truth_accuracy_2016': 0.8,
+     'truth_f1_2016': 0.6, 'builtup_fraction_2015': 0.1, 'builtup_fraction_2016': 0.2}
+    """
+    metrics = {}
+    for i, year in enumerate(years if "f1" in scores else []):
+        metrics[f"truth_accuracy_{year}"] = scores["accuracy"][i]
+        metrics[f"truth_f1_{year}"] = scores["f1"][i]
+    shares = zip(years, scores["share"], strict=True)
+    return metrics | {f"{name}_fraction_{year}": share for year, share in shares}
+
+
+def class_map(cube: xr.DataArray, model: Any, name: str) -> xr.DataArray:
+    """Lazy class map of ``model`` over ``cube``: ``(…, band=[name], y, x)`` named ``name``.
+
+    ``model`` is applied per pixel by :func:`xfusion.predict` (``cube``'s bands are the columns
+    it was fitted on); the ``source`` coordinate of a fused cube is dropped first. Nothing is
+    computed.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, xarray as xr
+    >>> table = pd.DataFrame({"a": [0.0, 1.0, 0.1, 0.9], "label": [0.0, 1.0, 0.0, 1.0]})
+    >>> forest = fit_forest(table, ["a"], n_estimators=5)
+    >>> cube = xr.DataArray(np.array([[[0.0, 1.0]]]), dims=("band", "y", "x"),
+    ...                     coords={"band": ["a"]})
+    >>> class_map(cube, forest, "builtup").sel(band="builtup").values.tolist()
+    [[0.0, 1.0]]
+    """
+    maps = cube.drop_vars("source", errors="ignore").xf.predict(model)
+    return maps.assign_coords(band=[name]).rename(name)
+
+
+def change_map(maps: xr.DataArray, first: int = 0, last: int = -1) -> xr.DataArray:
+    """Return time step ``last`` − time step ``first`` of two-class ``maps``: 1 gained, −1 lost.
+
+    ``(time, band, y, x)`` maps give ``(band=["change"], y, x)`` named ``change``; NaN where
+    either map is NaN. Lazy.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> maps = xr.DataArray(np.array([[[[0.0, 1.0, 1.0]]], [[[1.0, 1.0, 0.0]]]]),
+    ...                     dims=("time", "band", "y", "x"))
+    >>> change_map(maps).values.tolist()
+    [[[1.0, 0.0, -1.0]]]
+    """
+    change = maps.isel(time=last, drop=True) - maps.isel(time=first, drop=True)
+    return change.assign_coords(band=["change"]).rename("change")
+
+
+def plot_yearly_maps(
+    maps: xr.DataArray,
+    change: xr.DataArray,
+    years: Sequence[int],
+    out: Path,
+    *,
+    name: str,
+    classes: dict[int, tuple[str, str]],
+    first_year: int | None = None,
+) -> dict[str, Path]:
+    """Draw one PNG per year of ``maps`` and one of ``change``; return their paths (computes).
+
+    ``maps`` is ``(time, band, y, x)`` with a time step per year of ``years``; the files are
+    ``out/<name>_<year>.png`` (titled ``<class 1 name> <year>``, drawn with ``classes``: code →
+    (name, colour)) and ``out/change.png`` (:data:`CHANGE_CLASSES`, titled from ``first_year``,
+    by default the first year, to the last).
+    """
+    import matplotlib.pyplot as plt
+
+    from xfusion.viz import plot_classes
+
+    what = classes[1][0]
+    drawn = [(f"{name}_{y}", maps.isel(time=i), f"{what} {y}", classes)
+             for i, y in enumerate(years)]  # fmt: skip
+    first = years[0] if first_year is None else first_year
+    drawn.append(("change", change, f"change {first}–{years[-1]}", CHANGE_CLASSES))
+    paths = {}
+    for key, cube, title, codes in drawn:
+        paths[key] = Path(out) / f"{key}.png"
+        plt.close(plot_classes(cube, codes, title=title, path=paths[key]))
+    return paths

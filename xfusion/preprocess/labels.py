@@ -5,7 +5,8 @@ Label products code more than two classes: USGS DSWE has water of high and moder
 has permanent (3) and seasonal (2) water, land (1) and no observation (0). A segmentation model
 learns from two classes and ignores the rest: :func:`binary_labels` maps the codes of one class
 to 1, those of the other to 0 and every other code (and NaN) to NaN, so that no-data pixels never
-become the second class.
+become the second class. Ordered codes (a settlement model's degree of urbanisation) split at a
+class instead: :func:`threshold_labels` maps codes at or above it to 1 and the others to 0.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import xarray as xr
 
 from xfusion.errors import InputError
 
-__all__ = ["binary_labels"]
+__all__ = ["binary_labels", "threshold_labels"]
 
 
 def _binary_block(block: np.ndarray, positive: tuple, negative: tuple) -> np.ndarray:
@@ -76,3 +77,23 @@ def binary_labels(
         dask="parallelized",
         output_dtypes=[np.float32],
     )
+
+
+def threshold_labels(codes: xr.DataArray, min_class: float) -> xr.DataArray:
+    """Return 1 where ``codes >= min_class``, 0 where below, NaN where ``codes`` is NaN.
+
+    For ordered class codes, e.g. the GHSL settlement model, where classes 2 (low density) and
+    3 (high density) are built-up. Lazy: a chunked ``codes`` gives a chunked ``float32`` result.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> smod = xr.DataArray(np.array([[0.0, 1.0], [2.0, np.nan], [3.0, 1.0]]), dims=("y", "x"))
+    >>> threshold_labels(smod, 2).values
+    array([[ 0.,  0.],
+           [ 1., nan],
+           [ 1.,  0.]], dtype=float32)
+    """
+    if not isinstance(codes, xr.DataArray):
+        raise InputError(f"codes must be an xarray.DataArray; got {type(codes).__name__}")
+    return (codes >= min_class).astype("float32").where(codes.notnull())

@@ -14,6 +14,8 @@ group                 fields                                     helpers
                       ``batch_size``, ``learning_rate``
 :class:`ReflectanceFields` ``bands``, ``qa_band``,           :meth:`ReflectanceFields.reflectance`
                       ``scale_factor``, ``scale_offset``
+:class:`SeasonFields` ``season``, ``train_year``,               :meth:`SeasonFields.years`,
+                      ``inference_years``                        :meth:`SeasonFields.window`
 :class:`SurfaceFields` ``optical_bands``, ``thermal_bands``,     ``landsat_features()``
                       ``qa_band``, ``qa_bits``, ``sr_*``, ``st_*``,
                       ``thermal_range`` (Landsat C2 L2)
@@ -79,12 +81,14 @@ __all__ = [
     "ModelRecipeConfig",
     "RecipeConfig",
     "ReflectanceFields",
+    "SeasonFields",
     "SurfaceFields",
     "TrainingFields",
     "UNetFields",
     "at_least",
     "config_keys",
     "one_of",
+    "positive",
     "read_toml",
 ]
 
@@ -623,6 +627,42 @@ class UNetFields:
 
 
 @dataclasses.dataclass
+class SeasonFields:
+    """Which years are mapped, each from a composite of the same months.
+
+    Parameters
+    ----------
+    season : (int, int)
+        First and last month of each year's composite (inclusive).
+    train_year : int
+        Year of the labels and of the training features.
+    inference_years : tuple of int
+        Years mapped with the trained model (the training year is mapped too).
+    """
+
+    season: tuple[int, ...] = (1, 12)
+    train_year: int = 2020
+    inference_years: tuple[int, ...] = ()
+
+    def checks(self) -> list[Check]:
+        season = self.season
+        return [
+            (len(season) == 2 and 1 <= season[0] <= season[-1] <= 12, "season",
+             "(first_month, last_month) with 1 <= first <= last <= 12"),
+        ]  # fmt: skip
+
+    def years(self) -> list[int]:
+        """Return the mapped years: the training year, then the inference years (no repeats)."""
+        return list(dict.fromkeys([self.train_year, *self.inference_years]))
+
+    def window(self, year: int) -> tuple[str, str]:
+        """First and last day of ``year``'s composite window (``season`` months, inclusive)."""
+        from xfusion.preprocess.seasonal import season_window
+
+        return season_window(year, self.season)
+
+
+@dataclasses.dataclass
 class ModelRecipeConfig(TrainingFields, ChunkFields, DateFields, AreaFields, RecipeConfig):
     """Every field group at once: a recipe that trains a model on a region's series.
 
@@ -641,6 +681,18 @@ def at_least(config: Any, low: float, *names: str) -> list[Check]:
     [(True, 'seed', '>= 0'), (True, 'size', '>= 0')]
     """
     return [(getattr(config, name) >= low, name, f">= {low}") for name in names]
+
+
+def positive(config: Any, *names: str) -> list[Check]:
+    """Rows of :meth:`RecipeConfig.validate`: each field of ``names`` is finite and ``> 0``.
+
+    Examples
+    --------
+    >>> positive(AreaFields(resolution=30.0), "resolution")
+    [(True, 'resolution', '> 0')]
+    """
+    values = {name: getattr(config, name) for name in names}
+    return [(math.isfinite(v) and v > 0, name, "> 0") for name, v in values.items()]
 
 
 def one_of(config: Any, name: str, options: tuple[Any, ...]) -> list[Check]:

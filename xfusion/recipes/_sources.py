@@ -2,7 +2,8 @@
 
 Every recipe reads its offline default the same way as real STAC data: the synthetic scene is
 written as COGs and a STAC catalog in ``out_dir/stac`` (:func:`write_synthetic`) and opened
-back with :func:`xfusion.open_stac`. :func:`require_bands` (from :mod:`xfusion.validate`) checks,
+back with :func:`xfusion.open_stac`; :func:`open_collections` opens several sources by name from
+STAC or Earth Engine in one call. :func:`require_bands` (from :mod:`xfusion.validate`) checks,
 before any work, that a cube holds the bands a recipe needs, and :func:`coarsening_factor`
 that a coarse source's grid coarsens a fine one's by an integer factor.
 """
@@ -15,11 +16,17 @@ from typing import Any
 
 import xarray as xr
 
-from xfusion.errors import GridError
+from xfusion.errors import ConfigError, GridError
 from xfusion.grids import geobox_of
 from xfusion.validate import require_bands  # re-exported: the recipes import it from here
 
-__all__ = ["band_names", "coarsening_factor", "require_bands", "write_synthetic"]
+__all__ = [
+    "band_names",
+    "coarsening_factor",
+    "open_collections",
+    "require_bands",
+    "write_synthetic",
+]
 
 
 def band_names(cube: xr.DataArray) -> list[str]:
@@ -53,6 +60,47 @@ def write_synthetic(
     written = {key: scene[key] for key in bands}
     catalog = write_stac(written, out / "stac", encodings=scene.encodings)
     return scene, catalog.parent
+
+
+def open_collections(
+    source: str,
+    reads: Mapping[str, tuple[Any, Iterable[str], Any]],
+    *,
+    dates: Mapping[str, tuple[str, str]] | None = None,
+    filters: Mapping[str, Any] | None = None,
+) -> dict[str, xr.DataArray]:
+    """Open every source of ``reads``, ``{key: (collection, bands, grid)}``, as a lazy cube.
+
+    ``source`` ``"stac"`` or ``"synthetic"`` (a catalog from :func:`write_synthetic`):
+    :func:`xfusion.open_stac` ``(collection, grid=grid, assets=bands)``; ``"ee"``:
+    :func:`xfusion.open_ee` ``(collection, grid=grid, bands=bands, filters=filters[key],
+    start=, end=)`` with ``dates[key]`` as ``(start, end)``. A ``grid`` of ``None`` reads the
+    source on its own grid (STAC).
+
+    Examples
+    --------
+    >>> import tempfile, xfusion as xf
+    >>> scene = xf.datasets.synthetic_scene("builtup", size=100)
+    >>> catalog = xf.datasets.write_stac({"viirs": scene["viirs"]}, tempfile.mkdtemp()).parent
+    >>> reads = {"lights": (catalog / "viirs" / "collection.json", ["avg_rad"], None)}
+    >>> open_collections("stac", reads)["lights"].band.values.tolist()
+    ['avg_rad']
+    """
+    from xfusion.io.ee import open_ee
+    from xfusion.io.stac import open_stac
+
+    if source in ("stac", "synthetic"):
+        return {k: open_stac(c, grid=g, assets=list(b)) for k, (c, b, g) in reads.items()}
+    if source != "ee":
+        raise ConfigError(f"source must be one of ('synthetic', 'stac', 'ee'); got {source!r}")
+    dates, filters = dates or {}, filters or {}
+    cubes = {}
+    for key, (collection, bands, grid) in reads.items():
+        start, end = dates.get(key, (None, None))
+        cubes[key] = open_ee(
+            collection, grid=grid, bands=list(bands), filters=filters.get(key), start=start, end=end
+        )
+    return cubes
 
 
 def coarsening_factor(fine: xr.DataArray, coarse: xr.DataArray) -> int:

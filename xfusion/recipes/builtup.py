@@ -18,18 +18,18 @@ table and a JSON sidecar (:mod:`xfusion.models.forest`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, ClassVar, Self
 
 import dask
-import pandas as pd
 import xarray as xr
 
 import xfusion as xf
-from xfusion.errors import ConfigError, EmptySelectionError
+from xfusion.errors import ConfigError
 from xfusion.models import classification
 from xfusion.models.binary import best_f1_threshold
 from xfusion.models.forest import RefittableForest, load_classifier, save_classifier
+from xfusion.preprocess import seasonal
+from xfusion.preprocess.labels import threshold_labels
 from xfusion.preprocess.mask import CLASS_PRESETS, QA_PRESETS
 from xfusion.preprocess.points import train_test_points
 from xfusion.recipes import _base as recipe
@@ -49,40 +49,36 @@ REAL_SOURCES: dict[str, Any] = {
     "n_train": 6000,
     "n_test": 3000,
 }
-_SOURCES = ("s2", "viirs", "ghsl")
 
 
 @dataclasses.dataclass
-class Config(recipe.AreaFields, recipe.RecipeConfig):
+class Config(recipe.SeasonFields, recipe.AreaFields, recipe.RecipeConfig):
     """Configuration of the built-up recipe; the defaults run offline on a synthetic scene.
 
     :meth:`real_sources` gives the published Earth Engine workflow. The shared fields are
-    documented in :mod:`xfusion.recipes._config`; ``seed`` also seeds the training sample
-    (held-out points: ``seed + 1``) and the forest.
+    documented in :mod:`xfusion.recipes._config` (``season``, ``train_year`` and
+    ``inference_years``: :class:`~xfusion.recipes._config.SeasonFields`); ``seed`` also seeds
+    the training sample (held-out points: ``seed + 1``) and the forest.
 
     Parameters
     ----------
     size : int
         Synthetic scene only: pixels (100 m) along each side; at least 100 (10×10 km).
-    bounds : (left, bottom, right, top), optional
-        Area to map, in ``bounds_crs``; required for ``"ee"``, else the label source's extent.
-    bounds_crs : str
-        CRS of ``bounds`` (default longitude/latitude, ``"EPSG:4326"``).
-    crs : str, optional
-        CRS of the output grid; default the label source's (Bagmati: ``"EPSG:32645"``).
-    resolution : float
-        Pixel size of the fused grid in ``crs`` units (1000 m, GHSL's native resolution).
+    bounds, bounds_crs : (left, bottom, right, top), str
+        Area to map, and its CRS (default longitude/latitude); required for ``"ee"``, else the
+        label source's extent.
+    crs, resolution : str, float
+        CRS and pixel size of the fused grid: default the label source's CRS (Bagmati:
+        ``"EPSG:32645"``) and 1000 m, GHSL's native resolution.
     s2_resolution, viirs_resolution : float
         Pixel size at which Sentinel-2 and VIIRS are read where ``bounds`` are given.
     s2_collection, viirs_collection, ghsl_collection : str
         The three sources: STAC paths or URLs (``"stac"``) or Earth Engine ids (``"ee"``).
     s2_bands : tuple of str
         Sentinel-2 feature bands (synthetic: B2, B3, B4, B8, B11, B12; the workflow: B2–B8A).
-    s2_qa : str
-        Sentinel-2 quality band (``"QA60"``; ``"SCL"`` for L2A STAC items).
-    s2_qa_preset : str
-        Mask preset: bits of :data:`~xfusion.preprocess.mask.QA_PRESETS` (``"QA60"``) or
-        classes of :data:`~xfusion.preprocess.mask.CLASS_PRESETS` (``"SCL"``).
+    s2_qa, s2_qa_preset : str
+        Sentinel-2 quality band (``"QA60"``; ``"SCL"`` for L2A STAC items) and its mask preset,
+        bits of :data:`~xfusion.preprocess.mask.QA_PRESETS` or classes of ``CLASS_PRESETS``.
     s2_scale : float
         Factor turning Sentinel-2 values into reflectance (1e-4; 1.0 where STAC scales).
     s2_max_cloud : float, optional
@@ -91,12 +87,6 @@ class Config(recipe.AreaFields, recipe.RecipeConfig):
         Night-light radiance band (``"avg_rad"``) and settlement-model band (``"smod_code"``).
     builtup_min_class : int
         Settlement classes at or above this are built-up (2: low- and high-density clusters).
-    season : (int, int)
-        First and last month of each year's composite (July to December).
-    train_year : int
-        Year of the labels and of the training features.
-    inference_years : tuple of int
-        Years mapped with the trained forest (the training year is mapped too).
     viirs_mean_year, viirs_std_year : int
         Night lights are standardised with the mean of one year's composite and the standard
         deviation of another's, so all years share one scale.
@@ -154,16 +144,12 @@ class Config(recipe.AreaFields, recipe.RecipeConfig):
 
     def checks(self) -> list[tuple[bool, str, str]]:
         """Return the rows of :meth:`validate` for this recipe's own fields."""
-        positive = ("s2_resolution", "viirs_resolution", "s2_scale")
         presets = (*QA_PRESETS, *CLASS_PRESETS)
-        ee, season = self.source == "ee", self.season
+        ee = self.source == "ee"
         return [
-            *((math.isfinite(getattr(self, k)) and getattr(self, k) > 0, k, "> 0")
-              for k in positive),
+            *recipe.positive(self, "s2_resolution", "viirs_resolution", "s2_scale"),
             *recipe.at_least(self, 1, "n_train", "n_test", "n_estimators"),
             (self.max_depth is None or self.max_depth >= 1, "max_depth", ">= 1 or None"),
-            (len(season) == 2 and 1 <= season[0] <= season[-1] <= 12, "season",
-             "(first_month, last_month) with 1 <= first <= last <= 12"),
             (len(self.inference_years) >= 1, "inference_years", "at least one year"),
             (self.s2_qa_preset in presets, "s2_qa_preset", f"a mask preset, one of {presets}"),
             (len(self.s2_bands) >= 1, "s2_bands", "at least one band"),
@@ -181,61 +167,42 @@ class Config(recipe.AreaFields, recipe.RecipeConfig):
         """
         return cls.from_dict({**REAL_SOURCES, **overrides})
 
-    def years(self) -> list[int]:
-        """Return the mapped years: the training year, then the inference years (no repeats)."""
-        return list(dict.fromkeys([self.train_year, *self.inference_years]))
-
-    def window(self, year: int) -> tuple[str, str]:
-        """First and last day of ``year``'s composite window (``season`` months, inclusive)."""
-        first, last = self.season
-        end = pd.Timestamp(year, last, 1) + pd.offsets.MonthEnd(0)
-        return f"{year}-{first:02d}-01", end.strftime("%Y-%m-%d")
-
 
 def run(config: Config) -> recipe.RecipeResult:
     """Run the built-up recipe and write its outputs to ``config.out_dir`` (computes).
 
-    Open the sources → mask, composite, resample and stack them lazily on the 1 km grid
-    (persisted once: the sources are read once) → draw training and held-out points → fit the
-    forest and its baselines → predict a map per year lazily → score → write everything with
-    :func:`~xfusion.recipes._base.write_results`: ``outputs.zarr`` (``fused``, ``labels``,
-    ``builtup`` ``(time, band, y, x)``, ``change``: 1 gained, −1 lost), ``builtup.tif`` (a band
-    per year), ``model/forest``, ``config.toml``, ``metrics.json``, figures and ``split_map``.
-    Metrics: :func:`xfusion.models.classification.heldout_scores`, ``truth_f1_<year>`` and
-    ``truth_accuracy_<year>`` (synthetic scenes), ``builtup_fraction_<year>``, the baselines.
+    Open the sources → yearly composites fused lazily on the 1 km grid, persisted (the sources
+    are read once) → training and held-out points → forest and baselines → a map per year,
+    lazily → scores (:mod:`xfusion.models.classification`) → ``write_results``:
+    ``outputs.zarr`` (``fused``, ``labels``, ``builtup`` ``(time, band, y, x)``, ``change``: 1
+    gained, −1 lost), ``builtup.tif`` (a band per year), ``model/forest``, ``config.toml``,
+    ``metrics.json``, figures and ``split_map``.
     """
     if not isinstance(config, Config):
         raise ConfigError(f"run needs a builtup Config; got {type(config).__name__}")
     out = recipe.prepare_out_dir(config.out_dir, config=config)
     sources, truth = _open_sources(config, out)
-    grid = _target_grid(config, sources["ghsl"])
+    grid = config.grid_or_extent(sources["ghsl"])
     fused, labels = dask.persist(
         _fused_cube(config, sources, grid), _labels(config, sources["ghsl"], grid)
     )
     years, index_band = config.years(), f"viirs:{config.viirs_band}"
     features = fused.isel(time=years.index(config.train_year), drop=True)
-    train, test = train_test_points(
-        features.drop_vars("source", errors="ignore"),
-        labels,
-        **config.pick("n_train", "n_test", "seed", "stratify"),
-    )
+    points = config.pick("n_train", "n_test", "seed", "stratify")
+    train, test = train_test_points(features.drop_vars("source", errors="ignore"), labels, **points)
     classification.check_two_classes(train)
     bands = recipe.band_names(fused)
-    forest = classification.fit_forest(
-        train, bands, **config.pick("n_estimators", "max_depth", "seed")
-    )
+    forest_fields = config.pick("n_estimators", "max_depth", "seed")
+    forest = classification.fit_forest(train, bands, **forest_fields)
     threshold = best_f1_threshold(train[index_band], train["label"])
-    builtup = _predict_maps(fused, forest)
-    first = builtup.isel(time=years.index(config.train_year), drop=True)
-    change = (builtup.isel(time=-1, drop=True) - first).assign_coords(band=["change"])
+    builtup = classification.class_map(fused, forest, "builtup")
+    change = classification.change_map(builtup, first=years.index(config.train_year))
     scored = {"index_band": index_band, "threshold": threshold}
     metrics = classification.heldout_scores(forest, train, test, **scored)
-    maps = classification.map_scores(builtup.isel(band=0), _truth_maps(truth, years))
-    for i, year in enumerate(years if truth is not None else []):
-        metrics[f"truth_accuracy_{year}"] = maps["accuracy"][i]
-        metrics[f"truth_f1_{year}"] = maps["f1"][i]
-    metrics |= {f"builtup_fraction_{y}": s for y, s in zip(years, maps["share"], strict=True)}
-    cubes = dict(fused=fused, labels=labels, builtup=builtup, change=change.rename("change"))
+    truth = None if truth is None else seasonal.select_years(truth.isel(band=0, drop=True), years)
+    maps = classification.map_scores(builtup.isel(band=0), truth)
+    metrics |= classification.yearly_metrics(maps, years, "builtup")
+    cubes = dict(fused=fused, labels=labels, builtup=builtup, change=change)
     cubes = {k: v.drop_vars("source", errors="ignore") for k, v in cubes.items()}
     saved = train[["x", "y", *bands, "label"]]
     extra = {"metrics": {k: v for k, v in metrics.items() if isinstance(v, float)}}
@@ -253,126 +220,58 @@ def run(config: Config) -> recipe.RecipeResult:
 
 
 def _open_sources(config: Config, out: Any) -> tuple[dict[str, xr.DataArray], Any]:
-    """Open ``s2``, ``viirs`` and ``ghsl`` lazily; the truth too for synthetic scenes."""
-    if config.source != "synthetic":
-        return _read_sources(config), None
-    wanted = {
-        "s2": [*config.s2_bands, config.s2_qa],
-        "viirs": [config.viirs_band],
-        "ghsl": [config.ghsl_band],
-        "truth_builtup": ["builtup"],
-    }
-    _, catalog = recipe.write_synthetic("builtup", config, out, wanted)
-    paths = {k: catalog / k / "collection.json" for k in wanted}
-    truth = xf.open_stac(paths.pop("truth_builtup"))
-    return _read_sources(config, paths), truth
-
-
-def _read_sources(config: Config, paths: dict[str, Any] | None = None) -> dict[str, xr.DataArray]:
-    """Open the three sources from ``paths`` (STAC), else the config's STAC or EE collections.
+    """Open ``s2``, ``viirs`` and ``ghsl`` lazily (and the truth of synthetic scenes).
 
     Each is read on the grid of ``bounds`` at its own resolution, or without ``bounds`` on its
     own grid; Earth Engine reads every year the recipe uses (labels: the training year only).
     """
-    reads = {
-        "s2": (config.s2_resolution, [*config.s2_bands, config.s2_qa]),
-        "viirs": (config.viirs_resolution, [config.viirs_band]),
-        "ghsl": (config.resolution, [config.ghsl_band]),
-    }
+    bands = {"s2": [*config.s2_bands, config.s2_qa], "viirs": [config.viirs_band]}
+    bands["ghsl"], truth = [config.ghsl_band], None
+    collections = {key: getattr(config, f"{key}_collection") for key in bands}
+    if config.source == "synthetic":
+        wanted = {**bands, "truth_builtup": ["builtup"]}
+        _, catalog = recipe.write_synthetic("builtup", config, out, wanted)
+        collections = {key: catalog / key / "collection.json" for key in bands}
+        truth = xf.open_stac(catalog / "truth_builtup" / "collection.json")
+    resolutions = {"s2": config.s2_resolution, "viirs": config.viirs_resolution}
+    resolutions["ghsl"] = config.resolution
     grid = (lambda r: None) if config.bounds is None else config.grid
-    if paths is not None or config.source == "stac":
-        paths = paths or {k: getattr(config, f"{k}_collection") for k in _SOURCES}
-        return {k: xf.open_stac(paths[k], grid=grid(r), assets=b) for k, (r, b) in reads.items()}
+    reads = {key: (collections[key], bands[key], grid(resolutions[key])) for key in bands}
     years = [*config.years(), config.viirs_mean_year, config.viirs_std_year]
-    dates = {"start": f"{min(years)}-01-01", "end": f"{max(years) + 1}-01-01"}
-    label_dates = {"start": f"{config.train_year}-01-01", "end": f"{config.train_year + 1}-01-01"}
+    dates = dict.fromkeys(bands, (f"{min(years)}-01-01", f"{max(years) + 1}-01-01"))
+    dates["ghsl"] = (f"{config.train_year}-01-01", f"{config.train_year + 1}-01-01")
     cloud = config.s2_max_cloud
     filters = {"s2": None if cloud is None else {"CLOUDY_PIXEL_PERCENTAGE": ("lt", cloud)}}
-    return {
-        key: xf.open_ee(
-            getattr(config, f"{key}_collection"),
-            grid=grid(resolution),
-            bands=bands,
-            filters=filters.get(key),
-            **(label_dates if key == "ghsl" else dates),
-        )
-        for key, (resolution, bands) in reads.items()
-    }
-
-
-def _target_grid(config: Config, ghsl: xr.DataArray) -> Any:
-    """Return the fused grid: the bounds', or the label source's extent at ``resolution``."""
-    if config.bounds is not None:
-        return config.grid()
-    gbox = xf.grids.geobox_of(ghsl)
-    crs = config.crs or gbox.crs
-    bbox = gbox.boundingbox.to_crs(crs) if config.crs else gbox.boundingbox
-    return xf.grid(tuple(bbox), crs, config.resolution)
-
-
-def _composite(cube: xr.DataArray, window: tuple[str, str], what: str) -> xr.DataArray:
-    """Return the median composite of ``window`` (an error naming ``what`` if it has no image)."""
-    try:
-        return cube.xf.composite("median", start=window[0], end=window[1])
-    except EmptySelectionError as err:
-        raise EmptySelectionError(f"{what} has no image in {window}: {err}") from err
+    return recipe.open_collections(config.source, reads, dates=dates, filters=filters), truth
 
 
 def _fused_cube(config: Config, sources: dict[str, xr.DataArray], grid: Any) -> xr.DataArray:
     """Stack S2 and standardised VIIRS composites per year on ``grid``: (time, band, y, x)."""
     s2, qa, preset = sources["s2"], config.s2_qa, config.s2_qa_preset
     masked = s2.xf.mask_bits(qa, preset) if preset in QA_PRESETS else s2.xf.mask_classes(qa, preset)
-    reflectance = masked.xf.scale(config.s2_scale)
-
-    def lights(year: int) -> xr.DataArray:
-        season = _composite(sources["viirs"], config.window(year), f"VIIRS ({year})")
-        return season.xf.resample(grid, "average")
-
-    mean_ref, std_ref = lights(config.viirs_mean_year), lights(config.viirs_std_year)
-    layers = []
-    for year in config.years():
-        s2_year = _composite(reflectance, config.window(year), f"Sentinel-2 ({year})")
-        viirs_year = lights(year).xf.standardize(mean=mean_ref, std=std_ref)
-        layers.append(
-            xf.fuse({"s2": s2_year, "viirs": viirs_year}, grid=grid, resampling="average")
-        )
-    times = pd.DatetimeIndex([pd.Timestamp(y, config.season[0], 1) for y in config.years()])
-    fused = xr.concat(layers, dim=pd.Index(times.as_unit("ns"), name="time"))
-    return fused.transpose("time", "band", "y", "x").rename("fused")
+    inputs = {"s2": masked.xf.scale(config.s2_scale), "viirs": sources["viirs"]}
+    references = {"viirs": (config.viirs_mean_year, config.viirs_std_year)}
+    names = {"s2": "Sentinel-2", "viirs": "VIIRS"}
+    fused = seasonal.fused_years(inputs, config.years(), config.season, grid, names=names,
+                                 reference_years=references)  # fmt: skip
+    return fused.rename("fused")
 
 
 def _labels(config: Config, ghsl: xr.DataArray, grid: Any) -> xr.DataArray:
     """Label built-up (1) / not (0) on ``grid`` from the training year's SMOD; NaN = no data."""
     if "time" in ghsl.dims:
-        year = config.train_year
-        ghsl = _composite(ghsl, (f"{year}-01-01", f"{year}-12-31"), "the settlement layer")
+        window = seasonal.season_window(config.train_year, (1, 12))
+        ghsl = seasonal.window_composite(ghsl, window, "the settlement layer")
     smod = ghsl.sel(band=[config.ghsl_band]).xf.resample(grid, "mode")
-    labels = (smod >= config.builtup_min_class).astype("float32").where(smod.notnull())
+    labels = threshold_labels(smod, config.builtup_min_class)
     return labels.isel(band=0, drop=True).rename("builtup_label")
 
 
-def _predict_maps(fused: xr.DataArray, model: Any) -> xr.DataArray:
-    """Lazy built-up map of every year: (time, band=["builtup"], y, x), 1 built-up, 0 not."""
-    maps = fused.drop_vars("source", errors="ignore").xf.predict(model)
-    return maps.assign_coords(band=["builtup"]).rename("builtup")
-
-
-def _truth_maps(truth: xr.DataArray | None, years: list[int]) -> xr.DataArray | None:
-    """Return the synthetic truth's maps of ``years``, ``(time, y, x)``."""
-    if truth is None:
-        return None
-    truth_years = list(pd.DatetimeIndex(truth.time.values).year)
-    return truth.isel(band=0, drop=True).isel(time=[truth_years.index(y) for y in years])
-
-
 _BUILTUP = {0: ("not built-up", "#d9d9d9"), 1: ("built-up", "#d7301f")}
-_CHANGE = {-1: ("lost", "#2166ac"), 0: ("unchanged", "#f0f0f0"), 1: ("gained", "#b2182b")}
 
 
 def _figures(config: Config, out: Any, cubes: dict[str, xr.DataArray]) -> dict[str, Any]:
     """PNG figures: the training year's inputs, one built-up map per year and the change map."""
-    import matplotlib.pyplot as plt
-
     years, train_year = config.years(), config.train_year
     features = cubes["fused"].isel(time=years.index(train_year), drop=True)
     rgb = [f"s2:{b}" for b in ("B4", "B3", "B2")]
@@ -384,19 +283,15 @@ def _figures(config: Config, out: Any, cubes: dict[str, xr.DataArray]) -> dict[s
     label = cubes["labels"].expand_dims(band=["label"])
     panels[f"labels: SMOD >= {config.builtup_min_class}"] = label
     figures = {"inputs": xf.viz.quicklook(panels, out / "inputs.png")}
-    maps = [(f"builtup_{y}", cubes["builtup"].isel(time=i), f"built-up {y}", _BUILTUP)
-            for i, y in enumerate(years)]  # fmt: skip
-    maps.append(("change", cubes["change"], f"change {train_year}–{years[-1]}", _CHANGE))
-    for name, cube, title, classes in maps:
-        figures[name] = out / f"{name}.png"
-        plt.close(xf.viz.plot_classes(cube, classes, title=title, path=figures[name]))
-    return figures
+    drawn = classification.plot_yearly_maps(
+        cubes["builtup"], cubes["change"], years, out, name="builtup", classes=_BUILTUP
+    )
+    return figures | drawn
 
 
 def _split_map(config: Config, out: Any, builtup: xr.DataArray) -> Any:
     """Write an offline HTML map comparing the training year's map with the last year's."""
-    years = config.years()
-    first = builtup.isel(time=years.index(config.train_year))
+    years, first = config.years(), builtup.isel(time=config.years().index(config.train_year))
     m = xf.viz.split_map(first, builtup.isel(time=-1), left_name=str(config.train_year),
                          right_name=str(years[-1]), vmin=0, vmax=1, cmap="Reds")  # fmt: skip
     return xf.viz.save_html(m, out / "split_map.html")
