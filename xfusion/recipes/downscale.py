@@ -524,9 +524,10 @@ def _figures(out: Path, cubes: dict, metrics: dict, unet: Any, config: Config) -
     style = {"vmin": vmin, "vmax": vmax, "cmap": "viridis"}
     fig = xf.viz.plot_map_row(
         [(titles[k], image, style) for k, image in images.items()],
-        marker_x=int(np.flatnonzero(held.any(axis=0))[0]) if held.any() else None,
         title=f"{config.coarse_band} {metrics['periods'][t]} (held-out strip right of the dashes)",
     )
+    for ax in fig.axes[1:] if held.any() else []:  # the fine maps (not the coarse one)
+        ax.axvline(np.flatnonzero(held.any(axis=0))[0] - 0.5, color="white", lw=1, ls="--")
     fig.colorbar(fig.axes[0].images[0], ax=fig.axes, shrink=0.8, label=config.coarse_band)
     paths = {"maps": out / "downscale_maps.png"}
     fig.savefig(paths["maps"])
