@@ -8,7 +8,7 @@ import xarray as xr
 
 from xfusion.errors import InputError
 from xfusion.grids import assign_grid, grid
-from xfusion.models.scoring import flat_scores, score_windows
+from xfusion.models.scoring import flat_scores, plot_windows, score_windows
 from xfusion.testing import raise_if_dask_computes
 
 
@@ -59,3 +59,17 @@ def test_flat_scores_and_bad_pairs():
     plain = xr.DataArray(np.zeros((2, 2)), dims=("y", "x"))
     with pytest.raises(InputError, match="pair 'model' must be"):
         score_windows({"model": (plain, plain)})
+
+
+def test_plot_windows_writes_one_figure_per_map(tmp_path):
+    import matplotlib.image
+
+    rng = np.random.default_rng(1)
+    truth = _cube(rng.random((8, 8)), 1.0)
+    maps = {"model": ("Model", truth + 0.5), "other": ("Other", truth * 2)}
+    paths = plot_windows(truth, maps, (4.0, 0.0, 8.0, 8.0), tmp_path, reference_title="truth")
+    assert sorted(paths) == ["model", "other"]
+    for stem, path in paths.items():
+        assert path == tmp_path / f"{stem}.png"
+        image = matplotlib.image.imread(path)
+        assert image.ndim == 3 and image.shape[0] > 50 and image.std() > 0  # a drawn figure

@@ -22,6 +22,7 @@ import xfusion as xf
 from xfusion.datasets import synthetic_scene
 from xfusion.errors import ConfigError
 from xfusion.grids import geobox_of
+from xfusion.models import superresolution as sr
 from xfusion.recipes import nightlights
 from xfusion.testing import raise_if_dask_computes
 
@@ -227,12 +228,10 @@ def test_saved_unet_reloads_and_predicts_the_same(result):
     config = result_config(result)
     features = _open(result, "features").load()
     target = _open(result, "target")
-    again = nightlights._predict(
-        config, features, model, areas=_areas(config, features), target=target
-    )
+    again = _predict(config, features, model, _areas(config, features), target)
     # corrected with VIIRS by default (checked against numpy in the hard-scene test)
     assert config.viirs_correction == "additive"
-    again = nightlights._correct(config, again, target, geobox_of(_open(result, "viirs")))
+    again = sr.coarse_correction(again, target, geobox_of(_open(result, "viirs")), "bilinear")
     np.testing.assert_allclose(
         again.values, _open(result, "prediction").values, rtol=1e-5, atol=1e-6
     )
@@ -243,12 +242,21 @@ def result_config(result):
 
 
 def _areas(config, features, city=None):
-    """The run's areas (per-region target standardisation) rebuilt from its grid."""
+    """The run's areas (per-region target standardisation; else None) rebuilt from its grid."""
     from xfusion.preprocess.holdout import split_box
 
+    if config.target_mode(city is not None) != "per_region":
+        return None
     grid = geobox_of(features)
     boxes = split_box(grid.boundingbox, 30.0 * FACTOR, config.holdout_fraction)
-    return nightlights._areas(config, city, features, *boxes)
+    return sr.area_labels(features, *boxes, city)
+
+
+def _predict(config, features, model, areas, target):
+    """The run's map of ``model`` (before the VIIRS correction)."""
+    return sr.predict_map(
+        model, features, chunks=config.chunks, halo=config.halo, labels=areas, reference=target
+    )
 
 
 # --- laziness and chunking ---------------------------------------------------------------------
@@ -272,9 +280,9 @@ def test_preprocess_and_predict_are_lazy(result, tmp_path):
         areas = _areas(config, features)
     # the U-Net standardises its target per area: predict computes each area's VIIRS mean
     # and standard deviation first (documented), the map itself stays lazy
-    prediction = nightlights._predict(config, features, model, areas=areas, target=target)
+    prediction = _predict(config, features, model, areas, target)
     with raise_if_dask_computes():
-        prediction = nightlights._correct(config, prediction, target, geobox_of(viirs))
+        prediction = sr.coarse_correction(prediction, target, geobox_of(viirs), "bilinear")
     assert prediction.chunks is not None
     # the same as the saved map, which the eager path reproduces too (test_saved_unet_...)
     np.testing.assert_allclose(
@@ -389,9 +397,7 @@ def test_hard_scene_standardises_the_target_per_city_and_area(tmp_path):
     # the held-out areas are scaled by their own VIIRS: the map re-made from the saved model
     features = _open(result, "features")
     areas = _areas(config, features, city=xr.DataArray(city, dims=("y", "x")))
-    again = nightlights._predict(
-        config, features.load(), model, areas=areas, target=_open(result, "target")
-    )
+    again = _predict(config, features.load(), model, areas, _open(result, "target"))
     raw = again.isel(band=0).values.astype(np.float64)
     err = raw[:, split:] - truth
     assert result.metrics["unet_raw_rmse"] == pytest.approx(np.sqrt(np.mean(err**2)), rel=1e-5)
@@ -451,7 +457,7 @@ def test_earth_engine_path_offline(result, scene):
     )
     with fake_earth_engine(collections) as fake:
         with raise_if_dask_computes():
-            sources = nightlights._open_ee_sources(config)
+            sources, _ = nightlights._open_sources(config, "unused")
             features, _, target = nightlights._preprocess(config, sources)
         assert list(sources["landsat"].band.values) == [
             *(f"SR_B{i}" for i in range(1, 8)),

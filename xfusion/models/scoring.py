@@ -4,12 +4,15 @@ A workflow compares a model with its baselines on the pixels of an evaluation bo
 resolution and averaged onto a coarse grid. :func:`score_windows` computes every
 ``(prediction, reference)`` pair's window in one Dask compute and scores them with
 :func:`xfusion.models.baselines.score_predictions`; :func:`flat_scores` writes a score dict as
-the flat, prefixed keys of a ``metrics.json``.
+the flat, prefixed keys of a ``metrics.json``; :func:`plot_windows` draws each map beside the
+reference on the same window.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -19,7 +22,7 @@ from xfusion.errors import InputError
 from xfusion.models.baselines import score_predictions
 from xfusion.preprocess.holdout import window
 
-__all__ = ["flat_scores", "score_windows"]
+__all__ = ["flat_scores", "plot_windows", "score_windows"]
 
 
 def score_windows(
@@ -81,3 +84,47 @@ def flat_scores(scores: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """
     named = {f"{prefix}{key}": scores[key] for key in ("rmse", "mae", "r2")}
     return {**named, f"{prefix}n_pixels": scores["n"]}
+
+
+def plot_windows(
+    reference: xr.DataArray,
+    maps: Mapping[str, tuple[str, xr.DataArray]],
+    box: Sequence[float],
+    out: str | os.PathLike[str],
+    *,
+    reference_title: str = "reference",
+    units: str | None = None,
+) -> dict[str, Path]:
+    """Draw every map beside the reference and their difference on ``box``; computes.
+
+    Parameters
+    ----------
+    reference : xarray.DataArray
+        ``(band, y, x)`` reference (one band).
+    maps : mapping of str to (str, DataArray)
+        ``{file stem: (title, map)}``: one figure ``out/<stem>.png`` per map
+        (:func:`xfusion.viz.plot_panels`: reference, map, map − reference).
+    box : (left, bottom, right, top)
+        The window drawn (:func:`~xfusion.preprocess.holdout.window`).
+    out : path
+        Folder of the PNG files.
+    reference_title, units : str
+        The reference's panel title ("``<reference_title>`` (evaluation region)") and the
+        colour bar's label.
+
+    Returns
+    -------
+    dict
+        ``{stem: path}`` of the written figures.
+    """
+    import matplotlib.pyplot as plt
+
+    from xfusion.viz import plot_panels
+
+    held, paths = window(reference, box), {}
+    for stem, (title, cube) in maps.items():
+        paths[stem] = Path(out) / f"{stem}.png"
+        titles = (f"{reference_title} (evaluation region)", title, f"{title} − {reference_title}")
+        fig = plot_panels(held, window(cube, box), titles=titles, units=units, path=paths[stem])
+        plt.close(fig)
+    return paths
