@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
-import xarray as xr
 from affine import Affine
 from odc.geo.geobox import GeoBox
 
 import xfusion as xf
+from tests.conftest import synthetic_cube
 from xfusion.errors import BandError, GridError
 from xfusion.grids import (
     MAX_PIXELS,
@@ -51,13 +51,8 @@ def test_patches_and_sample_with_a_label_off_in_the_15th_digit():
     """Issue: the label passed the grid check, then alignment kept a sliver (broadcast error)."""
     g = xf.grid((X0, Y0, X0 + 30 * N, Y0 + 30 * N), CRS, 30)
     rng = np.random.default_rng(0)
-    cube = assign_grid(
-        xr.DataArray(
-            rng.random((2, N, N), "float32"), dims=("band", "y", "x"), coords={"band": ["a", "b"]}
-        ),
-        g,
-    )
-    label = assign_grid(xr.DataArray(np.ones((N, N), "float32"), dims=("y", "x")), nudged(g))
+    cube = synthetic_cube(rng.random((2, N, N), "float32"), ["a", "b"], grid=g)
+    label = synthetic_cube(np.ones((N, N), "float32"), grid=nudged(g))
     assert (label.x.values != cube.x.values).any()
     ds = cube.xf.patches(label, size=64, n=4)
     assert ds.target.shape == (4, 1, 64, 64) and float(ds.target.sum()) == 4 * 64 * 64
@@ -73,7 +68,7 @@ def test_patches_and_sample_with_a_label_off_in_the_15th_digit():
 def test_resample_fuse_and_open_raster_accept_a_grid_within_tolerance(tmp_path):
     g = xf.grid((X0, Y0, X0 + 300, Y0 + 300), CRS, 30)
     data = np.arange(100, dtype="float32").reshape(1, 10, 10)
-    cube = assign_grid(xr.DataArray(data, dims=("band", "y", "x"), coords={"band": ["b"]}), g)
+    cube = synthetic_cube(data, ["b"], grid=g)
     off = nudged(g)
     out = resample(cube, off, "cubic")
     np.testing.assert_array_equal(out.values, data)
@@ -93,7 +88,7 @@ def test_resample_fuse_and_open_raster_accept_a_grid_within_tolerance(tmp_path):
 
 def test_irregular_spacing_is_refused():
     g = xf.grid((X0, Y0, X0 + 300, Y0 + 300), CRS, 30)
-    cube = assign_grid(xr.DataArray(np.zeros((10, 10), "float32"), dims=("y", "x")), g)
+    cube = synthetic_cube(np.zeros((10, 10), "float32"), grid=g)
     x = cube.x.values.copy()
     x[5:] += 7.5
     bad = cube.assign_coords(x=x)
@@ -164,12 +159,7 @@ def test_geographic_grids_work_everywhere(sif):
 def test_ridge_fits_a_target_off_in_the_15th_digit():
     g = xf.grid((X0, Y0, X0 + 30 * 40, Y0 + 30 * 40), CRS, 30)
     rng = np.random.default_rng(4)
-    X = assign_grid(
-        xr.DataArray(
-            rng.random((2, 40, 40), "float32"), dims=("band", "y", "x"), coords={"band": ["a", "b"]}
-        ),
-        g,
-    )
+    X = synthetic_cube(rng.random((2, 40, 40), "float32"), ["a", "b"], grid=g)
     y = 2 * X.sel(band="a", drop=True) - X.sel(band="b", drop=True) + 1
     y = assign_grid(y, nudged(g, shift=1e-5))
     assert (y.x.values != X.x.values).any()
@@ -182,12 +172,7 @@ def test_ridge_fits_a_target_off_in_the_15th_digit():
 def test_kernel_ridge_exact_fits_a_target_off_by_rounding():
     g = xf.grid((X0, Y0, X0 + 30 * 12, Y0 + 30 * 12), CRS, 30)
     rng = np.random.default_rng(5)
-    X = assign_grid(
-        xr.DataArray(
-            rng.random((2, 12, 12), "float32"), dims=("band", "y", "x"), coords={"band": ["a", "b"]}
-        ),
-        g,
-    )
+    X = synthetic_cube(rng.random((2, 12, 12), "float32"), ["a", "b"], grid=g)
     y = assign_grid(X.sel(band="a", drop=True) + X.sel(band="b", drop=True), nudged(g, shift=1e-5))
     model = xf.models.KernelRidge(alpha=1e-3, gamma=1.0, method="exact").fit(X, y)
     assert model.X_fit_.shape == (144, 2)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import xarray as xr
 
+from tests.conftest import synthetic_cube
 from xfusion.errors import InputError, ModelError
 from xfusion.models import inference, unet
 from xfusion.models.predict import predict
@@ -126,11 +126,7 @@ def test_predict_options_lazy_and_close_to_default():
     config, params = random_unet()
     model = TileModel(config, params)
     rng = np.random.default_rng(5)
-    cube = xr.DataArray(
-        rng.normal(0.3, 0.2, (3, 40, 36)).astype(np.float32),
-        dims=("band", "y", "x"),
-        coords={"band": ["a", "b", "c"]},
-    )
+    cube = synthetic_cube(rng.normal(0.3, 0.2, (3, 40, 36)).astype(np.float32), ["a", "b", "c"])
     chunked = cube.chunk({"y": 16, "x": 16})
     ref = predict(chunked, model).values  # the same blocks and tiles as below
     spread = float(np.nanmax(ref) - np.nanmin(ref))
@@ -150,9 +146,7 @@ def test_predict_options_lazy_and_close_to_default():
 def test_predict_options_refused_where_they_do_not_apply():
     from sklearn.linear_model import LinearRegression
 
-    cube = xr.DataArray(
-        np.zeros((3, 8, 8), np.float32), dims=("band", "y", "x"), coords={"band": ["a", "b", "c"]}
-    )
+    cube = synthetic_cube(np.zeros((3, 8, 8), np.float32), ["a", "b", "c"])
     model = TileModel(*random_unet())
     with pytest.raises(InputError, match=r"precision must be one of \['fp32', 'bf16'\]"):
         predict(cube, model, precision="fp16")

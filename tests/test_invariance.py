@@ -17,7 +17,6 @@ from sklearn.linear_model import LinearRegression
 
 import xfusion as xf
 from tests.conftest import synthetic_cube
-from xfusion.grids import assign_grid
 from xfusion.models import KernelRidge, Ridge, UNetRegressor, UNetSegmenter
 from xfusion.models.predict import predict
 from xfusion.preprocess.composite import COMPOSITE_METHODS, composite
@@ -165,7 +164,7 @@ def test_unet_predict_with_halo_is_invariant_to_chunking(unet, data):
     rng = np.random.default_rng(4)
     values = rng.normal(size=(2, 2, 29, 35)).astype(np.float32)
     values[0, 1, 5, 7] = np.nan
-    cube = xr.DataArray(values, dims=("time", "band", "y", "x"), coords={"band": ["B04", "B08"]})
+    cube = synthetic_cube(values, ["B04", "B08"])
     chunks = {
         "time": data.draw(ragged(2), label="time"),
         "band": data.draw(ragged(2), label="band"),
@@ -191,13 +190,8 @@ def _series(n: int, seed: int) -> xr.DataArray:
     data = rng.random((n, 2, 6, 7)).astype(np.float32)
     data[rng.random(data.shape) < 0.5] = np.nan
     data[:, :, 0, 0] = np.nan  # never observed
-    return xr.DataArray(
-        data,
-        dims=("time", "band", "y", "x"),
-        coords={
-            "time": pd.date_range("2020-03-05", periods=n, freq="5D"),
-            "band": ["B04", "B08"],
-        },
+    return synthetic_cube(
+        data, ["B04", "B08"], times=pd.date_range("2020-03-05", periods=n, freq="5D")
     )
 
 
@@ -252,8 +246,7 @@ def _smooth_cube() -> xr.DataArray:
     data[0, 0] = 50 + 30 * np.sin(yy / 7.0) * np.cos(xx / 5.0)
     data[1, 0] = data[0, 0][::-1] * 0.5
     data[np.random.default_rng(0).random(data.shape) < 0.1] = np.nan
-    cube = xr.DataArray(data, dims=("time", "band", "y", "x"), coords={"band": ["value"]})
-    return assign_grid(cube, SRC)
+    return synthetic_cube(data, ["value"], grid=SRC)
 
 
 # rasterio reports this spuriously when several Dask threads warp at once (see resample.py)

@@ -9,8 +9,10 @@ import xarray as xr
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
+from tests.conftest import synthetic_cube
 from xfusion.errors import EmptySelectionError
 from xfusion.models import classification
+from xfusion.testing import raise_if_dask_computes
 
 
 def _tables(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -90,9 +92,6 @@ def test_a_training_sample_of_one_class_is_refused():
 
 
 def test_class_map_is_the_forests_prediction_per_pixel_lazily_and_change_is_last_minus_first():
-    from tests.conftest import synthetic_cube
-    from xfusion.testing import raise_if_dask_computes
-
     train, _ = _tables()
     bands = ["s2:B4", "viirs:avg_rad"]
     forest = classification.fit_forest(train, bands, n_estimators=10, seed=0)
@@ -130,7 +129,7 @@ def test_yearly_metrics_name_each_year_and_plot_yearly_maps_draws_one_png_each(t
         "builtup_fraction_2019": 0.5,
     }
     assert classification.yearly_metrics({"share": [0.1]}, [2015], "x") == {"x_fraction_2015": 0.1}
-    maps = xr.DataArray(np.array([[[[0.0, 1.0]]], [[[1.0, 1.0]]]]), dims=("time", "band", "y", "x"))
+    maps = synthetic_cube(np.array([[[[0.0, 1.0]]], [[[1.0, 1.0]]]]), ["builtup"])
     change = classification.change_map(maps)
     classes = {0: ("not built-up", "#d9d9d9"), 1: ("built-up", "#d7301f")}
     paths = classification.plot_yearly_maps(

@@ -12,6 +12,7 @@ import pytest
 import xarray as xr
 from scipy import ndimage
 
+from tests.conftest import synthetic_cube
 from xfusion.errors import InputError
 from xfusion.models import multitemporal as mt
 from xfusion.models.evaluation import holdout_tiles
@@ -22,9 +23,8 @@ SIZE = 24
 
 
 def _cube(values: np.ndarray, chunked: bool) -> xr.DataArray:
-    coords = {"band": BANDS, "y": np.arange(SIZE) * -30.0, "x": np.arange(SIZE) * 30.0}
-    cube = xr.DataArray(values.astype("float32"), dims=("band", "y", "x"), coords=coords)
-    return cube.chunk({"y": 12, "x": 12}) if chunked else cube
+    chunks = {"y": 12, "x": 12} if chunked else None
+    return synthetic_cube(values.astype("float32"), BANDS, res=30.0, chunks=chunks)
 
 
 def _stack(chunked: bool = True, seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
@@ -129,14 +129,10 @@ def test_output_cubes_name_every_result_lazily_and_take_the_truth_at_the_image_t
     masks = stack["image"].isel(band=[0]).assign_coords(band=["k3"])
     times = np.array(["2015-06-08", "2015-06-23"], dtype="datetime64[ns]")
     cloud = np.stack([np.zeros((2, SIZE, SIZE)), np.stack([arrays["qa"], ~arrays["qa"]])])
-    dims = ("time", "band", "y", "x")
+    background = np.stack([arrays["lags"][2], arrays["lags"][1]])
     truth = {
-        "cloud": xr.DataArray(
-            cloud, dims=dims, coords={"time": times, "band": ["cloud", "shadow"]}
-        ),
-        "background": xr.DataArray(
-            np.stack([arrays["lags"][2], arrays["lags"][1]]), dims=dims, coords={"time": times}
-        ),
+        "cloud": synthetic_cube(cloud, ["cloud", "shadow"], times=times, res=30.0),
+        "background": synthetic_cube(background, BANDS, times=times, res=30.0),
     }
     with raise_if_dask_computes():
         cubes = mt.output_cubes(stack, weights, forecasts, stack["image"] * 0, masks, truth)
@@ -156,7 +152,7 @@ def test_output_cubes_name_every_result_lazily_and_take_the_truth_at_the_image_t
 
 def test_true_colour_stretches_b4_b3_b2_over_one_range_and_blacks_out_nan():
     values = np.array([[[0.1, np.nan]], [[0.2, 0.3]], [[0.3, 0.5]], [[0.9, 0.9]]])
-    cube = xr.DataArray(values, dims=("band", "y", "x"), coords={"band": ["B2", "B3", "B4", "B5"]})
+    cube = synthetic_cube(values, ["B2", "B3", "B4", "B5"])
     image = mt.true_colour(cube, (0.1, 0.5))
     np.testing.assert_allclose(image[0, 0], [0.5, 0.25, 0.0])  # B4, B3, B2 of the first pixel
     np.testing.assert_allclose(image[0, 1], [1.0, 0.5, 0.0])  # B4 clipped, B2 NaN is black

@@ -23,6 +23,7 @@ import pytest
 import threadpoolctl
 import xarray as xr
 
+from tests.conftest import synthetic_cube
 from xfusion.models.predict import predict
 from xfusion.models.ridge import Ridge
 
@@ -84,7 +85,7 @@ def cube(size: int = SIZE, chunk: int = CHUNK, seed: int = 0) -> xr.DataArray:
     data = dsa.random.default_rng(seed).random(
         (N_BANDS, size, size), chunks=(-1, chunk, chunk), dtype=np.float32
     )
-    return xr.DataArray(data, dims=("band", "y", "x"), coords={"band": BANDS})
+    return synthetic_cube(data, BANDS)
 
 
 def write(pred: xr.DataArray, store) -> None:
@@ -150,13 +151,12 @@ def test_local_cluster_streaming_prediction_has_bounded_memory(model, tmp_path):
 
 
 def test_a_preset_refuses_bands_of_another_product():
-    import xarray as xr
 
     import xfusion as xf
     from xfusion.errors import ScaleError
 
     dn = np.full((3, 2, 2), 40000.0, dtype="float32")
-    cube = xr.DataArray(dn, dims=("band", "y", "x"), coords={"band": ["SR_B4", "SR_B5", "ST_B10"]})
+    cube = synthetic_cube(dn, ["SR_B4", "SR_B5", "ST_B10"])
     # surface temperature scaled as reflectance would be silently wrong (0.9 instead of 285.7 K)
     with pytest.raises(ScaleError, match=r"'ST_B10' \(Landsat C2 temperature\)"):
         xf.scale(cube, "LANDSAT_C2_SR")

@@ -21,8 +21,8 @@ from odc.geo.overlap import compute_reproject_roi
 
 import xfusion as xf
 from benchmarks._previous_graph import aggregate_dask_dense, warp_dask_dense
+from tests.conftest import synthetic_cube
 from xfusion._graph import Alias, SparseChunkLayer, chunk_starts, reproject_rois
-from xfusion.grids import assign_grid
 from xfusion.io import raster as raster_module
 from xfusion.io import stac as stac_module
 from xfusion.preprocess import resample as resample_module
@@ -70,11 +70,7 @@ def _cube(gbox, chunks=(40, 40), seed=0, lead=2):
     rng = np.random.default_rng(seed)
     data = rng.random((lead, *gbox.shape)).astype(np.float32) * 100
     data[rng.random(data.shape) < 0.1] = np.nan
-    arr = dask.array.from_array(data, chunks=(1, *chunks))
-    cube = xr.DataArray(
-        arr, dims=("band", "y", "x"), coords={"band": [f"b{i}" for i in range(lead)]}
-    )
-    return assign_grid(cube, gbox)
+    return synthetic_cube(dask.array.from_array(data, chunks=(1, *chunks)), grid=gbox)
 
 
 def _tasks(arr: dask.array.Array) -> SparseChunkLayer:
@@ -268,7 +264,7 @@ def test_legacy_input_layers_keep_their_references():
     graph = dask.highlevelgraph.HighLevelGraph.from_collections(name, dsk, dependencies=[base])
     arr = dask.array.Array(graph, name, chunks=((1,), (8, 8), (8, 8)), dtype=np.float32)
     src = xf.grid((15.0, 45.0, 15.016, 45.016), 4326, 0.001)
-    cube = assign_grid(xr.DataArray(arr, dims=("band", "y", "x"), coords={"band": ["b"]}), src)
+    cube = synthetic_cube(arr, ["b"], grid=src)
     dst = xf.grid((14.0, 44.0, 16.0, 46.0), 4326, 0.002)  # aligned, k = 2
     out = xf.resample(cube, dst, "average").values
     expected = xf.resample(cube.compute(), dst, "average").values
