@@ -418,7 +418,9 @@ def _chips(cube: xr.DataArray, labels: xr.DataArray, holdout: Any, config: Confi
     return chips
 
 
-def _fit(chips, bands, groups, fill, config: Config, dropout: bool) -> Any:
+def _fit(
+    chips: xr.Dataset, bands: list[str], groups: dict, fill: dict, config: Config, dropout: bool
+) -> Any:
     """One segmentation U-Net on the chips' ``bands`` and validity bands (computes).
 
     With ``dropout`` (and ``config.modality_dropout``) also on the copies without each sensor.
@@ -437,7 +439,9 @@ def _fit(chips, bands, groups, fill, config: Config, dropout: bool) -> Any:
     return model.fit(chips["inputs"].sel(band=bands), chips["target"])
 
 
-def _metrics(cubes: dict, chips: xr.Dataset, models: dict, baselines: dict, config: Config):
+def _metrics(
+    cubes: dict, chips: xr.Dataset, models: dict, baselines: dict, config: Config
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return the metrics and the baselines block, every map scored on the held-out labels."""
     labels = cubes["labels"].values  # xf: computes nothing (already computed)
     held = cubes["holdout"].values.astype(bool)
