@@ -7,8 +7,10 @@ its own source onto one grid, reduces each to a single image and stacks the band
 :func:`single_image` takes the only image of a series, its median, or, for a categorical layer
 (labels are never averaged), its first image; :func:`stack_layers` concatenates the layers'
 bands into one float32 cube; :func:`palsar_db` turns JAXA PALSAR mosaic digital numbers into
-backscatter in dB; :func:`holdout_strip` marks the eastern columns a model is scored on. All
-are lazy but :func:`holdout_strip`, a small in-memory mask built from the coordinates.
+backscatter in dB; :func:`radar_geometry` derives from a DEM what the SAR's viewing geometry
+does to the terrain (local incidence angle, radar shadow); :func:`holdout_strip`
+marks the eastern columns a model is scored on. All are lazy but :func:`holdout_strip`, a small
+in-memory mask built from the coordinates.
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ import xarray as xr
 from xfusion.errors import EmptySelectionError, InputError
 from xfusion.preprocess.composite import composite
 
-__all__ = ["holdout_strip", "open_layer", "palsar_db", "single_image", "stack_layers"]
+__all__ = [
+    "holdout_strip",
+    "open_layer",
+    "palsar_db",
+    "radar_geometry",
+    "single_image",
+    "stack_layers",
+]
+
+_LOOKS = ("east", "west")
 
 
 def single_image(
@@ -189,6 +200,124 @@ def palsar_db(dn: xr.DataArray) -> xr.DataArray:
     """
     out = (10.0 * np.log10(dn.where(dn > 0) ** 2) - 83.0).astype(np.float32)
     out.attrs = {"units": "dB"}
+    return out
+
+
+def _radar_geometry_block(
+    dem: np.ndarray, spacing: float, incidence: float, flip: bool
+) -> np.ndarray:
+    """``(2, y, x)`` local incidence (degrees) and radar shadow (0/1) of whole DEM rows."""
+    dem = np.asarray(dem, dtype=np.float64)
+    if flip:  # range must increase along the last axis
+        dem = dem[:, ::-1]
+    finite = np.isfinite(dem)
+    # a gap takes its row's mean (rows are whole in every block: the same for any y chunking)
+    counts = finite.sum(axis=1, keepdims=True)
+    means = np.where(finite, dem, 0.0).sum(axis=1, keepdims=True) / np.maximum(counts, 1)
+    filled = np.where(finite, dem, means)
+    inc = np.radians(incidence)
+    slope = np.gradient(filled, spacing, axis=1) if dem.shape[1] > 1 else np.zeros_like(filled)
+    local = inc - np.arctan(slope)  # a slope facing the sensor lowers the incidence
+    # a ray from the sensor drops 1/tan(incidence) per metre of range: a pixel below the highest
+    # ray of the terrain nearer in range is hidden (shadow)
+    height = filled + np.arange(dem.shape[1])[None, :] * spacing / np.tan(inc)
+    horizon = np.maximum.accumulate(height, axis=1)
+    hidden = np.zeros(dem.shape, dtype=bool)
+    hidden[:, 1:] = horizon[:, :-1] > height[:, 1:] + 1e-6
+    shadow = hidden | (local >= np.pi / 2)  # behind terrain, or a back slope beyond grazing
+    out = np.stack([np.degrees(local), shadow.astype(np.float64)])
+    out[:, ~finite] = np.nan
+    if flip:
+        out = out[:, :, ::-1]
+    return out.astype(np.float32)
+
+
+def radar_geometry(
+    dem: xr.DataArray,
+    *,
+    look: str = "east",
+    incidence: float = 35.0,
+    names: Sequence[str] = ("local_incidence", "radar_shadow"),
+) -> xr.DataArray:
+    """SAR viewing geometry over a DEM: local incidence angle and radar shadow mask (lazy).
+
+    A side-looking radar sees slopes facing it brightly and slopes facing away darkly (the local
+    incidence angle), and gets nothing back from ground hidden behind terrain nearer in range
+    (radar shadow: backscatter at the noise floor, as dark as calm water) or from slopes steeper
+    than the incidence angle facing it (layover). SAR processors ship these as a layover/shadow
+    mask and an incidence-angle band (e.g. ASF's RTC products, the ``angle`` and ``qa`` bands of
+    the JAXA PALSAR mosaics); here they are computed from the DEM for a sensor whose range runs
+    along the grid's rows, the usual approximation for a near-polar orbit: ``look="east"`` (a
+    right-looking sensor on an ascending pass, e.g. the PALSAR mosaics) or ``"west"``.
+
+    Parameters
+    ----------
+    dem : xarray.DataArray
+        Elevation (m), ``(y, x)`` or with a ``band`` dimension of length one, on a projected grid
+        whose ``x`` coordinate is in metres (its spacing is the range pixel spacing).
+    look : {"east", "west"}
+        Direction the sensor looks (the direction of increasing range).
+    incidence : float
+        Incidence angle on flat ground, degrees in (0, 90).
+    names : pair of str
+        Band names of the two outputs.
+
+    Returns
+    -------
+    xarray.DataArray
+        float32 ``(band, y, x)``: the local incidence angle in degrees (in the range plane:
+        flat ground gives ``incidence``, slopes facing the sensor less, layover at 0 or below)
+        and 1 where the pixel is in radar shadow, else 0; NaN where the DEM is (a gap counts as
+        its row's mean elevation for its neighbours). The ``x`` dimension is one
+        chunk (a shadow can run along a whole row), ``y`` keeps the DEM's chunks.
+
+    Raises
+    ------
+    InputError
+        ``look`` or ``incidence`` out of range, two ``names`` not given, the DEM has more than
+        one band, or fewer than two columns.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> dem = np.zeros((1, 6)); dem[0, 3] = 90.0  # a 90 m ridge, 30 m pixels, looking east
+    >>> dem = xr.DataArray(dem, dims=("y", "x"), coords={"x": 30.0 * np.arange(6)})
+    >>> out = radar_geometry(dem)
+    >>> out.sel(band="radar_shadow").values[0].tolist()  # 90 m · tan(35°) = 63 m behind it
+    [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    >>> np.round(out.sel(band="local_incidence").values[0].astype(float), 1).tolist()  # layover
+    [35.0, 35.0, -21.3, 35.0, 91.3, 35.0]
+    """
+    if look not in _LOOKS:
+        raise InputError(f"look must be one of {_LOOKS}; got {look!r}")
+    if isinstance(incidence, bool) or not 0.0 < float(incidence) < 90.0:
+        raise InputError(f"incidence must be in (0, 90) degrees; got {incidence!r}")
+    if len(names) != 2:
+        raise InputError(f"names must give the two output bands; got {list(names)}")
+    if "band" in dem.dims:
+        if dem.sizes["band"] != 1:
+            raise InputError(f"the DEM has {dem.sizes['band']} bands; expected one")
+        dem = dem.isel(band=0, drop=True)
+    if dem.sizes.get("x", 0) < 2 or "y" not in dem.dims:
+        raise InputError(f"the DEM needs y and at least two x columns; got sizes {dict(dem.sizes)}")
+    dem = dem.transpose("y", "x")
+    x = np.asarray(dem["x"].values, dtype=np.float64) if "x" in dem.coords else np.arange(2.0)
+    step = float(x[1] - x[0])
+    flip = (look == "west") != (step < 0)
+    args = (abs(step), float(incidence), flip)
+    if dem.chunks is not None:
+        rows = dem.data.rechunk({1: -1})  # whole rows: a shadow runs along the range
+        data = rows.map_blocks(
+            _radar_geometry_block, *args, dtype=np.float32, new_axis=0, chunks=((2,), *rows.chunks)
+        )
+    else:
+        data = _radar_geometry_block(dem.values, *args)
+    coords = {k: v for k, v in dem.coords.items() if set(v.dims) <= {"y", "x"}}
+    out = xr.DataArray(data, dims=("band", "y", "x"), coords={**coords, "band": list(names)})
+    out.attrs = {
+        "bands": f"local incidence angle (degrees), 1 radar shadow; sensor looking "
+        f"{look} at {float(incidence):g} degrees (layover where the angle is 0 or below)"
+    }
     return out
 
 
