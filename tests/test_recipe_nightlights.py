@@ -124,17 +124,21 @@ def test_baselines_block_compares_ridge_boosting_and_viirs_on_the_same_pixels(re
     truth = scene["truth_radiance"].isel(band=0).values / 60.0
     cols = _eval_columns(result)
     assert block["metric"] == "rmse"
-    assert sorted(block["scores"]) == ["hgb", "ridge", "viirs_resampled"]
-    # VIIRS on the 30 m grid (the saved target), no model, is a baseline on the same pixels
-    for name, key in (
-        ("ridge", "baseline"),
-        ("hgb", "baseline_hgb"),
-        ("viirs_resampled", "target"),
-    ):
-        pred = _open(result, key).isel(band=0).values[:, cols].astype(np.float64)
+    names = ["hgb", "hgb_corrected", "ridge", "ridge_corrected", "viirs_resampled"]
+    assert sorted(block["scores"]) == names
+    # VIIRS on the 30 m grid (the saved target), no model, is a baseline on the same pixels,
+    # and so are the Ridge and the boosting corrected with VIIRS like the U-Net
+    target, coarse = _open(result, "target"), geobox_of(_open(result, "viirs"))
+    maps = {"ridge": _open(result, "baseline"), "hgb": _open(result, "baseline_hgb")}
+    maps |= {f"{k}_corrected": sr.coarse_correction(m, target, coarse) for k, m in maps.items()}
+    for name, cube in {**maps, "viirs_resampled": target}.items():
+        pred = cube.isel(band=0).values[:, cols].astype(np.float64)
         err = pred - truth[:, cols]
         assert np.isfinite(err).all(), name
         assert block["scores"][name]["rmse"] == pytest.approx(np.sqrt(np.mean(err**2)), rel=1e-5)
+    # the correction brings the cheap baselines closer to the truth on this scene
+    for name in ("ridge", "hgb"):
+        assert block["scores"][f"{name}_corrected"]["rmse"] < block["scores"][name]["rmse"]
     assert block["scores"]["ridge"]["rmse"] == m["baseline_rmse"]
     assert block["scores"]["viirs_resampled"]["rmse"] == m["viirs_rmse"]
     assert block["scores"]["viirs_resampled"]["r2"] == m["viirs_r2"]

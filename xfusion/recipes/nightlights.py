@@ -15,7 +15,8 @@ the 30 m radiance truth (synthetic scenes) or else VIIRS on the 30 m grid, and a
 at its own resolution (``coarse_*``). Baselines on the same pixels (``baselines``,
 ``beats_baseline``: RMSE at least 10 % lower than the best): a pixelwise Ridge and gradient
 boosting on the U-Net's training pixels and features and, against a truth, VIIRS resampled to
-30 m (``viirs_resampled``), which a super-resolution model must beat to be worth running.
+30 m (``viirs_resampled``) and the Ridge and boosting corrected with VIIRS like the U-Net
+(``ridge_corrected``, ``hgb_corrected``): cheap maps a super-resolution model must beat.
 
 Steps of :func:`run`: open the sources lazily (the synthetic scene as a local STAC catalog,
 STAC or Earth Engine) → preprocess (QA bits, valid range, scaling, composites, VIIRS on the
@@ -304,8 +305,15 @@ def run(config: Config) -> recipe.RecipeResult:
             sr.coarse_correction(raw, target, coarse, config.target_resampling)
         )
     reference = truth if truth is not None else target
+    # the cheap baselines corrected with VIIRS the same way: the U-Net must beat them too
+    corrected = {
+        f"{name}_corrected": sr.coarse_correction(
+            maps[key], target, coarse, config.target_resampling
+        )
+        for name, key in (("ridge", "baseline"), ("hgb", "baseline_hgb"))
+    }
     metrics, baselines = _metrics(
-        config, unet, train, maps, raw, reference, viirs, target, eval_box
+        config, unet, train, maps, raw, corrected, reference, viirs, target, eval_box
     )
     cubes = {"features": features, "viirs": viirs, "target": target, **maps}
     cubes["difference"] = (maps["prediction"] - reference).rename("difference")
@@ -386,13 +394,15 @@ def _preprocess(
 
 def _metrics(
     config: Config, unet: Any, train: xr.Dataset, maps: dict[str, xr.DataArray], raw: xr.DataArray,
-    reference: xr.DataArray, viirs: xr.DataArray, target: xr.DataArray, eval_box: tuple[float, ...],
+    corrected: dict[str, xr.DataArray], reference: xr.DataArray, viirs: xr.DataArray,
+    target: xr.DataArray, eval_box: tuple[float, ...],
 ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
     """Return the metrics and the baselines block, every map on the same pixels (computes)."""
     on_truth = reference.name == "truth"
     fine = {"": maps["prediction"], "baseline_": maps["baseline"], "hgb_": maps["baseline_hgb"]}
     if on_truth:  # VIIRS on the 30 m grid, no model: what the coarse product says at 30 m
         fine["viirs_"] = target
+        fine |= {f"{name}_": m for name, m in corrected.items()}
     if raw is not maps["prediction"]:
         fine["unet_raw_"] = raw
     pairs = {key: (m, reference) for key, m in fine.items()}
@@ -409,9 +419,10 @@ def _metrics(
     if "val_loss" in unet.history_:
         metrics["val_loss"] = float(unet.history_["val_loss"][-1])
     metrics |= {"n_patches": int(train.sizes["sample"]), "epochs": int(config.epochs)}
-    # the baselines, VIIRS resampled among them against a truth (against VIIRS as reference
-    # it would be the reference itself)
+    # the baselines; against a truth also VIIRS resampled and the VIIRS-corrected Ridge and
+    # boosting (against VIIRS as reference they would be (nearly) the reference itself)
     names = {"ridge": "baseline_", "hgb": "hgb_", "viirs_resampled": "viirs_"}
+    names |= {name: f"{name}_" for name in corrected}
     rows = {
         n: {k: scores[p][p + k] for k in ("rmse", "mae", "r2")}
         for n, p in names.items()
