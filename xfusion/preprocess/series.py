@@ -179,7 +179,7 @@ def series_patches(
         weights = stack_time(footprint.assign_coords(band=["footprint"]))
         goal = xr.concat([goal, weights], dim="band", coords="minimal", compat="override")
     ds = patches(stack_time(inputs), goal, size=size, n=n, seed=seed, regions=region, stride=stride)
-    x = ds["inputs"].values.reshape(-1, n_time, len(bands), size, size)
+    x = ds["inputs"].values.reshape(-1, n_time, len(bands), size, size)  # in memory already
     cut = ds["target"].values  # bands: (period 0 targets, period 1 targets, ..., weights ...)
     y = cut[:, : n_time * len(goals)].reshape(-1, n_time, len(goals), size, size)
     data = {
@@ -203,9 +203,9 @@ def time_as_bands(series: xr.DataArray) -> xr.DataArray:
     Examples
     --------
     >>> import numpy as np, pandas as pd, xarray as xr
-    >>> series = xr.DataArray(np.zeros((2, 1, 3, 4)), dims=("time", "band", "y", "x"),
-    ...                       coords={"time": pd.to_datetime(["2019-05-09", "2019-05-25"])})
-    >>> cube = time_as_bands(series)
+    >>> dates = pd.to_datetime(["2019-05-09", "2019-05-25"])
+    >>> cube = time_as_bands(xr.DataArray(np.zeros((2, 1, 3, 4)), coords={"time": dates},
+    ...                                   dims=("time", "band", "y", "x")))
     >>> cube.dims, cube.band.values.tolist(), cube.attrs["long_name"]
     (('band', 'y', 'x'), [1, 2], ('2019-05-09', '2019-05-25'))
     """
