@@ -1,4 +1,4 @@
-"""models.downscaling: aggregation errors, the held-out scores of a downscaled field, the ridge."""
+"""models.downscaling: aggregation errors, held-out scores, the coarse ridge, the maps figure."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from xfusion.models.downscaling import (
     aggregation_rmse,
     downscaling_scores,
     fit_coarse_ridge,
+    plot_downscaled,
     regression_scores,
 )
 
@@ -112,3 +113,25 @@ def test_coarse_ridge_matches_scikit_learn_on_cell_means(footprints):
     np.testing.assert_allclose(np.ravel(ridge.coef_), reference.coef_, rtol=1e-3)
     with pytest.raises(InputError, match="coarse has 2 bands"):
         fit_coarse_ridge(fine, fine.isel(x=slice(0, 4), y=slice(0, 4)))
+
+
+def test_plot_downscaled_shares_one_scale_and_dashes_the_fine_maps(tmp_path):
+    rng = np.random.default_rng(5)
+    fine = synthetic_cube(rng.normal(size=(2, 1, 20, 20)), times=["2019-05-09", "2019-05-25"])
+    coarse = fine.coarsen(y=5, x=5).mean()
+    held = np.zeros((20, 20), bool)
+    held[:, 14:] = True
+    path = tmp_path / "maps.png"
+    fig = plot_downscaled({"observed": coarse, "model": fine, "truth": fine * 2}, held, time=1,
+                          units="SIF", title="peak", path=path)  # fmt: skip
+    maps, colorbar = fig.axes[:3], fig.axes[3]
+    assert [ax.get_title() for ax in maps] == ["observed", "model", "truth"]
+    assert colorbar.get_ylabel() == "SIF" and path.stat().st_size > 0
+    values = np.concatenate([coarse.values[1].ravel(), fine.values[1].ravel(),
+                             2 * fine.values[1].ravel()])  # fmt: skip
+    limits = np.percentile(values, [2, 98])
+    for ax in maps:
+        np.testing.assert_allclose(ax.images[0].get_clim(), limits)
+    assert [len(ax.lines) for ax in maps] == [0, 1, 1]  # the coarse grid has no strip line
+    assert maps[1].lines[0].get_xdata()[0] == 13.5
+    np.testing.assert_array_equal(maps[2].images[0].get_array(), 2 * fine.values[1, 0])

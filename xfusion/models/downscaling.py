@@ -13,6 +13,7 @@ resolution. The scores are eager (numpy arrays in memory); the ridge computes it
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "aggregation_rmse",
     "downscaling_scores",
     "fit_coarse_ridge",
+    "plot_downscaled",
     "regression_scores",
 ]
 
@@ -254,3 +256,66 @@ def fit_coarse_ridge(
         )
         averaged, target = averaged.where(mask), target.where(mask)
     return Ridge(alpha=alpha).fit(averaged, target)
+
+
+def plot_downscaled(
+    maps: Mapping[str, xr.DataArray],
+    heldout: np.ndarray,
+    *,
+    time: int,
+    units: str = "",
+    title: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Draw one period of fields side by side on one colour scale, the held-out strip dashed.
+
+    Plotting computes: it reads the period of every map. The colour scale is the 2–98 %
+    percentiles of all the maps' finite values; a dashed white line marks the first column of
+    the held-out region on every map of its grid (a coarse observation among the maps has its
+    own, smaller grid and no line).
+
+    Parameters
+    ----------
+    maps : mapping of str to DataArray
+        Panel title → ``(time, band, y, x)`` field (the first band is drawn).
+    heldout : ndarray of bool
+        ``(y, x)`` map of the held-out region on the fine grid.
+    time : int
+        Index of the period drawn.
+    units : str
+        Label of the colour bar.
+    title : str, optional
+        Title of the figure.
+    path : path, optional
+        Write the figure as a PNG there.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> dims = ("time", "band", "y", "x")
+    >>> fine = xr.DataArray(np.arange(32.0).reshape(2, 1, 4, 4), dims=dims)
+    >>> held = np.zeros((4, 4), bool); held[:, 2:] = True
+    >>> fig = plot_downscaled({"coarse": fine[:, :, ::2, ::2], "fine": fine}, held, time=1)
+    >>> [ax.get_title() for ax in fig.axes[:2]], [len(ax.lines) for ax in fig.axes[:2]]
+    (['coarse', 'fine'], [0, 1])
+    """
+    from xfusion.viz import plot_map_row
+
+    heldout = np.asarray(heldout, bool)
+    images = {name: cube.isel(time=time, band=0).values for name, cube in maps.items()}
+    finite = np.concatenate([v[np.isfinite(v)] for v in images.values()])
+    vmin, vmax = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
+    style = {"vmin": vmin, "vmax": vmax, "cmap": "viridis"}
+    fig = plot_map_row([(name, image, style) for name, image in images.items()], title=title)
+    columns = np.flatnonzero(heldout.any(axis=0))
+    for ax, image in zip(fig.axes, images.values(), strict=True):
+        if columns.size and image.shape == heldout.shape:
+            ax.axvline(columns[0] - 0.5, color="white", lw=1, ls="--")
+    fig.colorbar(fig.axes[0].images[0], ax=fig.axes, shrink=0.8, label=units)
+    if path is not None:
+        fig.savefig(path)
+    return fig

@@ -513,24 +513,16 @@ def _baselines(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _figures(out: Path, cubes: dict, metrics: dict, unet: Any, config: Config) -> dict[str, Path]:
     """Draw the maps at the season's peak, the held-out truth panels and the training curves."""
-    # the period with the largest mean coarse field
-    t = int(np.nanargmax(np.nanmean(cubes["coarse"].isel(band=0).values, axis=(1, 2))))
+    t = int(np.nanargmax(np.nanmean(cubes["coarse"].isel(band=0).values, axis=(1, 2))))  # peak
+    held = cubes["regions"].values == HELDOUT
+    paths = {"maps": out / "downscale_maps.png"}
     titles = {"coarse": "coarse observation", "bilinear": "bilinear", "ridge": "pixel ridge",
               "downscaled": "U-Net (coarse-supervised)", "truth": "truth"}  # fmt: skip
-    images = {k: cubes[k].isel(time=t, band=0).values for k in titles if k in cubes}
-    finite = np.concatenate([v[np.isfinite(v)] for v in images.values()])
-    vmin, vmax = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
-    held = cubes["regions"].values == HELDOUT
-    style = {"vmin": vmin, "vmax": vmax, "cmap": "viridis"}
-    fig = xf.viz.plot_map_row(
-        [(titles[k], image, style) for k, image in images.items()],
+    downscaling.plot_downscaled(
+        {title: cubes[name] for name, title in titles.items() if name in cubes}, held, time=t,
+        units=config.coarse_band, path=paths["maps"],
         title=f"{config.coarse_band} {metrics['periods'][t]} (held-out strip right of the dashes)",
-    )
-    for ax in fig.axes[1:] if held.any() else []:  # the fine maps (not the coarse one)
-        ax.axvline(np.flatnonzero(held.any(axis=0))[0] - 0.5, color="white", lw=1, ls="--")
-    fig.colorbar(fig.axes[0].images[0], ax=fig.axes, shrink=0.8, label=config.coarse_band)
-    paths = {"maps": out / "downscale_maps.png"}
-    fig.savefig(paths["maps"])
+    )  # fmt: skip
     if "truth" in cubes:
         paths["panels"] = out / "downscale_panels.png"
         xf.viz.plot_panels(
