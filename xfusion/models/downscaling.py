@@ -285,13 +285,14 @@ def plot_downscaled(
     units : str
         Label of the colour bar.
     title : str, optional
-        Title of the figure.
+        Suptitle (the date drawn, say).
     path : path, optional
-        Write the figure as a PNG there.
+        PNG file written when given.
 
     Returns
     -------
     matplotlib.figure.Figure
+        One panel per map, then the colour bar.
 
     Examples
     --------
