@@ -139,8 +139,9 @@ class Config(recipe.UNetFields, recipe.SurfaceFields, recipe.ModelRecipeConfig):
         ``"additive"``: the U-Net's average over every VIIRS pixel is swapped for VIIRS's
         (:func:`~xfusion.models.superresolution.coarse_correction`); ``unet_raw_*`` and
         ``baselines.unet_uncorrected`` keep the map before it. Seeds 0–4, held-out RMSE: hard
-        0.090 ± 0.053 (uncorrected 0.136 ± 0.094, VIIRS resampled 0.101 ± 0.058), standard
-        0.043 ± 0.009 (0.067 ± 0.020, 0.053 ± 0.011). ``"none"``: the workflow's map.
+        0.090 ± 0.053 (uncorrected 0.136 ± 0.094, best baseline 0.096 ± 0.055), standard
+        0.043 ± 0.009 (0.067 ± 0.020, 0.047 ± 0.008); the best baselines are mostly the Ridge
+        and boosting corrected the same way. ``"none"``: the workflow's map.
     ridge_alpha : float
         Regularisation of the pixelwise Ridge baseline.
     chunks : int
