@@ -61,3 +61,57 @@ def test_the_unet_sees_the_bands_that_vary_inside_tiles(tiles):
         dropped = {b for i, b in enumerate(tiles["bands"]) if i not in keep}
         assert dropped == {"Rainf_f_tavg", "SWdown_f_tavg", "Tair_f_tavg"}, (k, dropped)
     assert study.unet_bands(tiles["X"], tiles["bands"], "all") == list(range(24))
+
+
+def _part(fold, settings, r2s, ridge_rmse):
+    rows = [
+        {
+            "fold": fold,
+            "seed": s,
+            "unet": {"r2": r2, "rmse": 1 - r2},
+            "unet_raw": {"r2": r2 / 2, "rmse": 1 - r2 / 2},
+            "beats_ridge": 1 - r2 < ridge_rmse,
+            "beats_coarse": True,
+        }
+        for s, r2 in enumerate(r2s)
+    ]
+    ridge = {"r2": 1 - ridge_rmse, "rmse": ridge_rmse}
+    return {
+        "params": {"folds": [fold], "unet": settings, "total_s": 10.0},
+        "per_fold_seed": rows,
+        "baselines": {str(fold): {"coarse": ridge, "ridge": ridge}},
+        "timing": {"unet_fit_s": [2.0] * len(r2s), "ridge_fit_s": [1.0]},
+        "commit_at_start": ["abc"],
+        "xfusion": {"median_s": 2.0, "times_s": []},
+        "competitors": {"ridge": {"median_s": 1.0, "times_s": []}},
+    }
+
+
+def test_per_fold_results_merge_with_their_own_settings():
+    a = _part(0, {"n_members": 5, "linear_skip": True}, [0.5, 0.4, 0.3], ridge_rmse=0.65)
+    b = _part(2, {"n_members": 5, "linear_skip": False}, [0.2, 0.3], ridge_rmse=0.9)
+    out = study.merge([a, b])
+    assert out["params"]["folds"] == [0, 2]
+    assert out["params"]["unet"] == {"n_members": 5}  # what both folds share
+    assert out["params"]["unet_per_fold"]["0"]["linear_skip"] is True
+    assert out["params"]["unet_per_fold"]["2"]["linear_skip"] is False
+    summary = out["summary"]
+    assert summary["0"]["beats_ridge"] == "2/3" and summary["2"]["beats_ridge"] == "2/2"
+    assert summary["0"]["unet_r2_mean"] == pytest.approx(0.4)
+    assert summary["0"]["unet_r2_sd"] == pytest.approx(0.1)
+    assert summary["beats_ridge_every_fold_and_seed"] is False
+    assert out["params"]["total_s"] == 20.0 and len(out["xfusion"]["times_s"]) == 5
+    with pytest.raises(ValueError, match="more than one part"):
+        study.merge([a, a])
+
+
+def test_settings_from_the_command_line_and_nested_choices():
+    assert study.parse_settings(["linear_skip=false", "epochs=3"]) == {
+        "linear_skip": False,
+        "epochs": 3,
+    }
+    with pytest.raises(SystemExit, match="KEY=JSON"):
+        study.parse_settings(["no_such_setting=1"])
+    # every fold has a nested-CV choice, and only of settings the study knows
+    assert set(study.NESTED) == {0, 1, 2}
+    assert all(set(v) <= set(study.UNET) for v in study.NESTED.values())
