@@ -2,22 +2,24 @@
 
 The recipe follows the SAR + optical surface-water workflow: L-band SAR backscatter (HH, HV), a
 cloud-free optical composite (Red, NIR, SWIR1, SWIR2) and terrain (DEM and HAND, the height above
-the nearest drainage) are stacked into one eight-band cube on one grid
-(:mod:`xfusion.preprocess.layers`); water labels (USGS DSWE in the workflow) mark water, land and
-*no data* (clouds, cloud shadows, partial surface water), which the loss ignores, so no-data
+the nearest drainage) are stacked into one cube on one grid (:mod:`xfusion.preprocess.layers`) with
+two bands the DEM gives under the SAR's viewing geometry (local incidence angle and the
+radar shadow mask, :func:`~xfusion.preprocess.layers.radar_geometry`: radar shadow is as dark as
+water, so a model must know where it is); water labels (USGS DSWE in the workflow) mark water, land
+and *no data* (clouds, cloud shadows, partial surface water), which the loss ignores, so no-data
 pixels never become "land". Training chips are cut west of a held-out eastern strip
-(:func:`xfusion.patches`, chips with too much no data discarded); a **SAR-only** U-Net (SAR and
-terrain) and a **SAR + optical** U-Net (all eight bands) are trained. Missing inputs (optical
-cloud cores, SAR gaps) are filled with the chips' band means and flagged by ``sar_valid`` /
-``optical_valid`` bands, and the SAR + optical model also trains on every chip once without SAR
-and once without the optical (modality dropout, :mod:`xfusion.models.modality`), so it reads
-water from each sensor and does not follow the SAR where it is dark over land. The workflow's
-chip-and-stitch prediction is :func:`xfusion.predict`: every block read with a halo of context,
-so chip borders leave no seams.
+(:func:`xfusion.patches`, chips with too much no data discarded); a **SAR-only** U-Net (SAR, terrain
+and geometry) and a **SAR + optical** U-Net (all bands) are trained. Missing inputs (optical cloud
+cores, SAR gaps) are filled with the chips' band means and flagged by ``sar_valid`` /
+``optical_valid`` bands, and the SAR + optical model also trains on every chip once without SAR and
+once without the optical (modality dropout, :mod:`xfusion.models.modality`), so it reads water from
+each sensor and does not follow the SAR where it is dark over land. The workflow's chip-and-stitch
+prediction is :func:`xfusion.predict`: every block read with a halo of context, so chip borders
+leave no seams.
 
 Metrics: IoU, F1, precision and recall of both maps on the held-out strip against the labels,
 no data left out. Baselines on the same pixels (:mod:`xfusion.models.class_maps`): an Otsu
-threshold on each SAR band (water is dark) and gradient boosting on the eight bands, fitted on
+threshold on each SAR band (water is dark) and gradient boosting on all the bands, fitted on
 the chips' labelled pixels; ``beats_baseline`` says whether the SAR + optical U-Net beats the
 best of them by 0.05 IoU. Run it with ``run(Config())`` (offline, a synthetic scene written as a
 local STAC catalog) or ``xfusion run water --config water.toml``.
@@ -48,6 +50,8 @@ __all__ = ["MODELS", "Config", "real_sources", "run", "segmentation_scores"]
 log = logging.getLogger(__name__)
 
 _CALIBRATIONS = ("db", "palsar_dn")
+_LOOKS = ("east", "west")
+_GEOMETRY = ("local_incidence", "radar_shadow")
 _OPTIMIZERS = ("sgd", "adam", "adamw")
 _LAYERS = ("sar", "optical", "terrain", "labels")
 _SOURCES = ("sar_source", "optical_source", "terrain_source", "label_source")
@@ -111,6 +115,33 @@ class Config(recipe.ModelRecipeConfig):
         Random flips and quarter turns of the training chips.
     threshold : float
         Water where the predicted water probability exceeds this.
+    radar_geometry : bool
+        Add two bands computed from the DEM with the SAR's viewing geometry
+        (:func:`xfusion.preprocess.layers.radar_geometry`): ``local_incidence`` (degrees) and
+        ``radar_shadow`` (1 where terrain nearer the sensor hides the ground; layover shows as a
+        local incidence of 0 or below). Radar shadow is as dark as calm water, so without it a model
+        that saw little steep terrain in training calls shadow water. By default they act through
+        ``mask_radar_shadow`` and are not model inputs (``exclude_bands``). Default on.
+    sar_look : {"east", "west"}
+        Direction the SAR looks (range increasing eastwards: a right-looking sensor on an
+        ascending pass, like the PALSAR mosaics).
+    sar_incidence : float
+        The SAR's incidence angle on flat ground, degrees (PALSAR fine beam: about 35).
+    mask_radar_shadow : bool
+        With ``radar_geometry``: the SAR bands are missing (NaN, so ``sar_valid`` is 0) in
+        radar shadow and layover, where the radar records no backscatter of the ground (the
+        noise floor, or slopes folded onto each other), as SAR processors flag them; the models
+        then read water there from the optical and the terrain, as they do in any SAR gap, and
+        the baselines get the same gaps.
+    dem_band : str
+        The terrain band holding the elevation that ``radar_geometry`` reads.
+    exclude_bands : tuple of str
+        Bands of the cube that no model (U-Nets and pixel baselines alike) reads; they stay in
+        the ``inputs`` output. By default the DEM's absolute elevation (it differs from region
+        to region, and a network extrapolates it where the terrain is higher than in training;
+        HAND carries what elevation says about water) and the geometry bands (with
+        ``mask_radar_shadow`` their information is the SAR's validity; a shadow band that is
+        all 0 in a flat training area teaches a network nothing about shadow).
     modality_dropout : bool
         Train the SAR + optical U-Net also on copies of every chip with the SAR, and with the
         optical, missing (:func:`xfusion.models.modality.modality_dropout`), so it learns each
@@ -175,6 +206,12 @@ class Config(recipe.ModelRecipeConfig):
     dice_weight: float = 0.0
     augment: bool = True
     threshold: float = 0.5
+    radar_geometry: bool = True
+    sar_look: str = "east"
+    sar_incidence: float = 35.0
+    mask_radar_shadow: bool = True
+    dem_band: str = "DEM"
+    exclude_bands: tuple[str, ...] = ("DEM", "local_incidence", "radar_shadow")
     modality_dropout: bool = True
     n_members: int = 3
     halo: int | None = None
@@ -190,9 +227,14 @@ class Config(recipe.ModelRecipeConfig):
     ee_images: tuple[str, ...] = ("optical", "terrain")
 
     @property
+    def geometry_bands(self) -> tuple[str, ...]:
+        """The DEM-derived SAR geometry bands (none without ``radar_geometry``)."""
+        return _GEOMETRY if self.radar_geometry else ()
+
+    @property
     def bands(self) -> tuple[str, ...]:
         """Every band of the stacked cube (the SAR + optical model's inputs), in order."""
-        return (*self.sar_bands, *self.optical_bands, *self.terrain_bands)
+        return (*self.sar_bands, *self.optical_bands, *self.terrain_bands, *self.geometry_bands)
 
     def checks(self) -> list[tuple[bool, str, str]]:
         """Return the rows of :meth:`validate` for this recipe's own fields."""
@@ -212,6 +254,13 @@ class Config(recipe.ModelRecipeConfig):
             *recipe.at_least(self, 0, "dice_weight"),
             *recipe.at_least(self, 1, "n_members"),
             (0.0 < self.threshold < 1.0, "threshold", "strictly between 0 and 1"),
+            *recipe.one_of(self, "sar_look", _LOOKS),
+            (0.0 < self.sar_incidence < 90.0, "sar_incidence", "in (0, 90) degrees"),
+            (set(self.exclude_bands) <= {*bands, *_GEOMETRY}
+             and bool(set(self.sar_bands) - set(self.exclude_bands)), "exclude_bands",
+             f"names among the stacked bands {bands}, not every SAR band"),
+            (not self.radar_geometry or self.dem_band in self.terrain_bands, "dem_band",
+             f"one of terrain_bands {self.terrain_bands} (radar_geometry reads it)"),
             (self.halo is None or self.halo >= 0, "halo", ">= 0 or unset"),
             (len(self.sar_bands) >= 1, "sar_bands", "at least one band"),
             (len(set(bands)) == len(bands), "sar_bands",
@@ -288,10 +337,10 @@ def real_sources() -> dict[str, dict[str, Any]]:
 def run(config: Config) -> recipe.RecipeResult:
     """Run the SAR + optical surface-water recipe (computes: trains, scores and writes).
 
-    Open the four layers on one grid, stack the eight bands → labels as water / land / no data
-    → chips west of the held-out strip → the SAR-only and SAR + optical U-Nets (inputs filled,
-    validity bands, modality dropout) and the pixel baselines on the chips → every map
-    predicted lazily (chip-and-stitch with a halo) → held-out scores → ``outputs.zarr``,
+    Open the four layers on one grid, stack the bands and the DEM's radar geometry → labels as water
+    / land / no data → chips west of the held-out strip → the SAR-only and SAR + optical U-Nets
+    (inputs filled, validity bands, modality dropout) and the pixel baselines on the chips → every
+    map predicted lazily (chip-and-stitch with a halo) → held-out scores → ``outputs.zarr``,
     ``water.tif`` (the SAR + optical map), figures, ``metrics.json`` and ``model/``.
 
     ``metrics``: per model ``<model>_iou``, ``_f1``, ``_precision``, ``_recall``, ``_accuracy``
@@ -315,8 +364,18 @@ def run(config: Config) -> recipe.RecipeResult:
         raise ConfigError(f"run needs a water Config; got {type(config).__name__}")
     out = recipe.prepare_out_dir(config.out_dir, config=config)
     layers, truth = _open_layers(config, out)
-    cube = lyr.stack_layers([layers[k] for k in _LAYERS[:3]], config.spatial_chunks())
-    cube.attrs = {"bands": "SAR backscatter (dB), optical reflectance, DEM and HAND (m)"}
+    stacked = [layers[k] for k in _LAYERS[:3]]
+    if config.radar_geometry:
+        dem = layers["terrain"].sel(band=[config.dem_band])
+        geometry = lyr.radar_geometry(dem, look=config.sar_look, incidence=config.sar_incidence)
+        geometry = geometry.assign_coords(band=list(config.geometry_bands))
+        stacked.append(geometry)
+        if config.mask_radar_shadow:
+            incidence, shadow = (geometry.isel(band=i, drop=True) for i in (0, 1))
+            stacked[0] = stacked[0].where(~((shadow == 1) | (incidence <= 0)))
+    cube = lyr.stack_layers(stacked, config.spatial_chunks())
+    cube.attrs = {"bands": "SAR backscatter (dB), optical reflectance, DEM and HAND (m), "
+                  "local incidence (degrees) and radar shadow (1) from the DEM"}  # fmt: skip
     labels = _labels(layers["labels"], config)
     if config.persist and cube.chunks is not None:
         # xf: computes the sources once into (distributed) memory, read by every later step
@@ -325,11 +384,17 @@ def run(config: Config) -> recipe.RecipeResult:
     chips = _chips(cube, labels, holdout, config)
     fill = modality.band_means(chips["inputs"])
     groups = {"sar": list(config.sar_bands), "optical": list(config.optical_bands)}
+    read = [b for b in config.bands if b not in config.exclude_bands]  # what the models read
+    sar_only = [b for b in read if b in (*config.sar_only_bands, *config.geometry_bands)]
+    groups = {k: kept for k, v in groups.items() if (kept := [b for b in v if b in read])}
     models = {
-        name: _fit(chips, list(bands), groups, fill, config, dropout=name == "fusion")
-        for name, bands in zip(MODELS, (config.sar_only_bands, config.bands), strict=True)
+        name: _fit(chips, bands, groups, fill, config, name == "fusion")
+        for name, bands in zip(MODELS, (sar_only, read), strict=True)
     }
-    baselines = class_maps.fit_pixel_baselines(chips, config.sar_bands, seed=config.seed)
+    threshold_bands = [b for b in config.sar_bands if b in read]
+    baselines = class_maps.fit_pixel_baselines(
+        chips.sel(band=read), threshold_bands, seed=config.seed
+    )
     unet_inputs = modality.fill_with_validity(cube, groups, fill).rename("unet_inputs")
     probability = class_maps.predict_maps(unet_inputs, models, halo=config.halo)
     probability.attrs = {"units": "probability of water"}
