@@ -4,9 +4,9 @@ The cube (9 bands) is a lazy Dask array computed block by block from its positio
 fields plus seeded noise), never materialised. ``predict(cube, model)`` with a tiny U-Net and a
 32 px halo is written to Zarr
 
-* (a) with :func:`xfusion.write_zarr` (regions of ``REGION`` chunks, one after the other, the
-  blocks a halo reaches into across a region edge kept for the next region) under Dask's local
-  threaded scheduler,
+* (a) with :func:`xfusion.write_zarr` (regions of ``REGION`` chunks, in order, streamed through
+  one pass: each region written while the next ones compute, the blocks a halo reaches into
+  across a region edge kept for the next region) under Dask's local threaded scheduler,
 * (b) with plain ``Dataset.to_zarr(compute=True)`` of the same graph, same scheduler — the
   competitor: the local scheduler computes the cube's input blocks greedily and holds a growing
   share of them while the halo'd predictions catch up,

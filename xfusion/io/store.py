@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import heapq
 import itertools
 import json
 import logging
@@ -101,9 +102,16 @@ def write_zarr(
     ``path`` only ever holds a complete store.
     If writing fails or is killed, the partial store stays behind.
 
-    This function computes: it computes the cubes, one region at a time, on the current Dask
-    scheduler. A cube's task graph is optimised once and each region runs the part its blocks
-    need; a result that a later region needs too (within ``cache_mb``) is computed once.
+    This function computes: it computes the cubes on the current Dask scheduler. A cube's task
+    graph is optimised once. On Dask's local threaded (or synchronous) scheduler its regions
+    stream through one pass: tasks run in region order, the tasks that read or generate data
+    at most one output chunk per thread ahead of the first chunk not yet computed, and each
+    region is written (on a worker thread, in order) as soon as its chunks are computed, while
+    the next ones compute, so no region waits for the slowest task of the one before. On other
+    schedulers (a ``distributed`` client) each region runs the part of the graph its blocks
+    need. Either way a result that a later region needs too (within ``cache_mb``) is computed
+    once. If a task fails, the regions before the first one that needs it are still written
+    (and recorded) before the error is raised, so a resumed write starts there.
 
     Parameters
     ----------
@@ -144,8 +152,9 @@ def write_zarr(
         blocks a halo reaches into across a region's edge: they are kept from the region that
         computed them instead of being computed again. The regions of a cube are written in
         order (row by row with the default ``region_chunks``), so what is kept is about one
-        row of blocks along the region edges; when that exceeds ``cache_mb``, the results
-        needed soonest are kept and the others recomputed. ``0`` keeps nothing: each region
+        row of blocks along the region edges (a slice that a halo takes from a block is kept
+        as a copy, not with its block); when that exceeds ``cache_mb``, the results needed
+        soonest are kept and the others recomputed. ``0`` keeps nothing: each region
         is computed on its own and recomputes the blocks its halo reaches into (for
         ``k × k`` chunk regions, ``(k + 2)² / k²`` times the input reads). On a
         ``distributed`` client the kept results stay on the workers (as futures). Default 512.
@@ -238,8 +247,9 @@ def write_zarr(
         if not todo:
             continue
         data = ds[name]
-        pieces = _region_values(data, [where for _, where in todo], budget)
-        for (key, where), values in zip(todo, pieces, strict=True):
+
+        def write(i: int, values: Any, name: str = name, data=data, todo=todo) -> None:
+            where = todo[i][1]
             piece = xr.DataArray(values, dims=data.dims, attrs=data.attrs).to_dataset(name=name)
             piece.to_zarr(
                 partial,
@@ -249,10 +259,13 @@ def write_zarr(
                 zarr_format=2,
                 consolidated=False,
             )
-            del piece, values  # not held while the next region computes
-            done.add(key)
+
+        def finished(i: int, todo: list = todo) -> None:  # in this thread, in region order
+            done.add(todo[i][0])
             regions_done = [r[0] for r in regions if r[0] in done]
             _write_progress(partial, {**record, "regions": regions_done})
+
+        _write_regions(data, [where for _, where in todo], budget, write, finished)
     _finish_store(partial, final, digest, len(regions), list(datasets))
     return final
 
@@ -270,22 +283,65 @@ def _cache_budget(cache_mb: Any) -> int:
     return int(cache_mb * 2**20)
 
 
-def _region_values(
-    data: xr.DataArray, wheres: list[Mapping[str, slice]], budget: int
-) -> Iterator[Any]:
-    """Yield the values of ``data`` over each region in turn, as numpy arrays.
+def _write_regions(
+    data: xr.DataArray,
+    wheres: list[Mapping[str, slice]],
+    budget: int,
+    write: Any,
+    finished: Any,
+) -> None:
+    """Compute ``data`` over each region, ``write(i, values)`` it and call ``finished(i)``.
 
-    With a ``budget`` of bytes the regions share one task graph (:class:`_SharedTasks`);
-    otherwise each region is computed on its own.
+    ``finished`` is called in this thread, in region order, each time after its region's
+    ``write`` returned; a region is written only once every region before it is. On Dask's
+    local threaded or synchronous scheduler with a ``budget`` of bytes the regions stream
+    through one pipeline (:class:`_Pipeline`); on another scheduler (a ``distributed`` client)
+    they share one task graph region by region (:class:`_SharedTasks`); without a budget each
+    region is computed on its own.
     """
-    if budget > 0:
-        shared = _SharedTasks(data.data, [_block_ranges(data, w) for w in wheres], budget)
+    if budget > 0 and data.chunks is not None:
+        ranges = [_block_ranges(data, w) for w in wheres]
+        workers = _local_workers(data.data)
+        if workers is not None:
+            pipeline = _Pipeline(data.data, ranges, budget, workers)
+            if pipeline.closed:
+                pipeline.run(write, finished)
+                return
+        shared = _SharedTasks(data.data, ranges, budget)
         if shared.closed:
-            yield from shared
+            for i, values in enumerate(shared):
+                write(i, values)
+                del values  # not held while the next region computes
+                finished(i)
             return
-    for where in wheres:
+    for i, where in enumerate(wheres):
         piece = data.isel(where) if where else data
-        yield piece.data.compute()  # xf: computes one region of the store being written
+        values = piece.data.compute()  # xf: computes one region of the store being written
+        write(i, values)
+        del values
+        finished(i)
+
+
+def _local_workers(array: Any) -> int | None:
+    """Threads of Dask's local scheduler that would compute ``array``: None for another one.
+
+    The threaded scheduler's ``num_workers`` (or its configured ``pool``'s size, or one per
+    core); 1 for the synchronous scheduler.
+    """
+    import dask.local
+    import dask.threaded
+    from dask.base import get_scheduler
+
+    schedule = get_scheduler(collections=[array])
+    if schedule is dask.local.get_sync:
+        return 1
+    if schedule is not dask.threaded.get:
+        return None
+    pool = dask.config.get("pool", None)
+    if pool is not None:
+        return None  # a pool of the user's own: dask.threaded.get schedules on it
+    workers = dask.config.get("num_workers", None)
+    return int(workers) if workers else int(dask.system.CPU_COUNT)
 
 
 def _distributed_client(schedule: Any) -> Any:
@@ -306,6 +362,378 @@ def _block_ranges(data: xr.DataArray, where: Mapping[str, slice]) -> list[range]
         else:
             ranges.append(range(len(sizes)))
     return ranges
+
+
+class _Task:
+    """One computation of a task of :class:`_Pipeline`'s graph (a task may be computed again)."""
+
+    __slots__ = (
+        "again",
+        "deps",
+        "first",
+        "key",
+        "missing",
+        "order",
+        "output",
+        "redo",
+        "size",
+        "state",
+        "waiters",
+    )
+
+    def __init__(self, key: Any, first: int, order: int) -> None:
+        self.key = key
+        self.first = first  # position of the first output chunk that needs it
+        self.order = order  # depth-first position: the order one thread would compute it in
+        self.deps: dict[Any, _Task] = {}  # the graph's dependency key -> its computation
+        self.waiters: set[_Task] = set()  # computations not yet started that need this one
+        self.missing = 0  # dependencies not yet in memory
+        self.state = "waiting"  # waiting, ready, running, memory, released or dropped
+        self.output: int | None = None  # position among the output chunks
+        self.size = 0  # bytes held (0 for a result that is one of its inputs)
+        self.again: _Task | None = None  # the computation that replaced a dropped one
+        self.redo = False  # computes a dropped result again: never ahead of the lookahead
+
+
+class _Pipeline:
+    """Stream the regions of one Dask array through Dask's local scheduler, in order.
+
+    One pass over the array's optimised graph instead of one computation per region, so no
+    region waits for the slowest task of the one before (the pipeline runs on while a region
+    is assembled and written), with the memory of a region-by-region computation:
+
+    * tasks run on ``workers`` threads, the task a single thread would compute next first
+      (depth-first from the output chunks, region by region in order);
+    * a task that depends on nothing (it reads or generates data) starts at most ``lookahead``
+      output chunks ahead of the first output chunk not yet computed; tasks built on results at
+      hand run as soon as they can (so a halo's slices are taken and the block they come from
+      released);
+    * a result is released once nothing that still has to run needs it (a small slice of a
+      larger array is copied first, so the array behind it can go); what waits for a later
+      output chunk beyond the lookahead (the blocks a halo reaches into across a region's
+      edge) is kept within ``budget`` bytes, the results needed soonest first; the others are
+      dropped and computed again when needed;
+    * each region is written (``write``, on a worker thread, one region at a time and in order)
+      as soon as its chunks are computed, and ``finished`` is called for it in this thread.
+
+    If a task fails, the regions before the first region that needs it are still computed and
+    written (as region-by-region computation would have), then the error is raised. Dask's
+    local callbacks (progress bars, :mod:`xfusion._kernels.threadpool`'s BLAS limit) see the
+    pass as one computation.
+    """
+
+    def __init__(self, array: Any, regions: list[list[range]], budget: int, workers: int) -> None:
+        (optimized,) = dask.optimize(array)
+        self.name = optimized.name
+        self.graph = convert_legacy_graph(dict(optimized.__dask_graph__()))
+        self.regions = [
+            [(self.name, *index) for index in itertools.product(*ranges)] for ranges in regions
+        ]
+        outputs = [key for keys in self.regions for key in keys]
+        self.closed = all(key in self.graph for key in outputs) and all(
+            dep in self.graph for node in self.graph.values() for dep in node.dependencies
+        )
+        self.budget = budget
+        self.workers = max(1, int(workers))
+        self.lookahead = self.workers
+        if self.closed:
+            self.tasks = self._plan(outputs)
+
+    def _plan(self, outputs: list[Any]) -> dict[Any, _Task]:
+        """One computation per task the outputs need, in depth-first order from the outputs."""
+        tasks: dict[Any, _Task] = {}
+        entered: set[Any] = set()
+        for position, out in enumerate(outputs):
+            stack = [out]
+            while stack:
+                key = stack[-1]
+                if key in tasks:
+                    stack.pop()
+                elif key not in entered:
+                    entered.add(key)
+                    stack.extend(d for d in self.graph[key].dependencies if d not in tasks)
+                else:
+                    stack.pop()
+                    tasks[key] = _Task(key, position, len(tasks))
+            tasks[out].output = position
+        for task in tasks.values():
+            for dep in self.graph[task.key].dependencies:
+                task.deps[dep] = tasks[dep]
+                tasks[dep].waiters.add(task)
+            task.missing = len(task.deps)
+        return tasks
+
+    def run(self, write: Any, finished: Any) -> None:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        from dask.callbacks import local_callbacks, unpack_callbacks
+
+        outputs = [key for keys in self.regions for key in keys]
+        starts = np.cumsum([0] + [len(keys) for keys in self.regions]).tolist()
+        region_of = [r for r, keys in enumerate(self.regions) for _ in keys]
+        values: dict[_Task, Any] = {}
+        computed = [False] * len(outputs)
+        # (0 for a task that runs ahead else 1, first, order, ticket, task)
+        ready: list[tuple[int, int, int, int, _Task]] = []
+        parked: list[tuple[int, int, int, _Task]] = []  # beyond the lookahead: (first, ...)
+        tickets = itertools.count()
+        state = {
+            "waiting": {t.key for t in self.tasks.values()},
+            "ready": [],
+            "running": set(),
+            "finished": set(),
+            "cache": {},
+        }
+        dsk = {key: self.graph[key] for key in self.tasks}
+        frontier = 0  # the first output chunk not yet computed
+        cut = len(outputs)  # after an error: no task for this output chunk or later
+        errors: list[tuple[int, BaseException]] = []
+        running: dict[Any, Any] = {}  # future -> task, or region index for a write
+        next_write = 0
+        held = 0  # bytes of results in memory (outputs excepted)
+
+        def pending_output(task: _Task) -> bool:  # an output chunk not yet written
+            return task.output is not None and region_of[task.output] >= next_write
+
+        def make_ready(task: _Task) -> None:
+            task.state = "ready"
+            priority = 0 if ahead(task) else 1
+            heapq.heappush(ready, (priority, task.first, task.order, next(tickets), task))
+
+        def ahead(task: _Task) -> bool:
+            """Whether ``task`` is beyond the lookahead but built on results of tasks within.
+
+            Such a task (a slice that a later halo takes from a block) runs first, so that
+            what is kept for later is its result rather than the larger one it is built on.
+            """
+            horizon = frontier + self.lookahead
+            return (
+                task.first > horizon
+                and not task.redo
+                and bool(task.deps)
+                and all(dep.first <= horizon for dep in task.deps.values())
+            )
+
+        def release(task: _Task) -> None:
+            nonlocal held
+            values.pop(task, None)
+            held -= task.size
+            task.size = 0
+            task.state = "released"
+
+        def again(task: _Task, first: int) -> _Task:
+            """Compute ``task``'s key again, from what is at hand or computed again in turn."""
+            new = _Task(task.key, first, task.order)
+            new.redo = True
+            for key, dep in task.deps.items():
+                while dep.state == "dropped" and dep.again is not None:
+                    dep = dep.again
+                if dep.state in ("released", "dropped"):
+                    dep = again(dep, first)
+                else:
+                    sooner(dep, first)
+                new.deps[key] = dep
+                dep.waiters.add(new)
+                new.missing += dep.state != "memory"
+            if not new.missing:
+                make_ready(new)
+            return new
+
+        def sooner(task: _Task, first: int) -> None:
+            """Let a task not yet started (and what it waits for) run for an earlier output."""
+            todo = [task]
+            while todo:
+                task = todo.pop()
+                if task.first <= first or task.state not in ("waiting", "ready", "parked"):
+                    continue
+                task.first = first
+                if task.state == "parked":
+                    make_ready(task)  # the lookahead is measured from its new first
+                todo.extend(task.deps.values())
+
+        def drop(task: _Task) -> None:
+            """Forget a kept result; whatever still needs it computes it again."""
+            waiters = task.waiters
+            release(task)
+            task.state, task.waiters = "dropped", set()
+            new = task.again = again(task, min(w.first for w in waiters))
+            for waiter in waiters:
+                waiter.deps[task.key] = new
+                new.waiters.add(waiter)
+                waiter.missing += 1
+                waiter.state = "waiting"  # its place among the ready tasks is void
+
+        def within_budget() -> None:
+            horizon = frontier + self.lookahead
+            kept = []
+            for task in values:
+                if task.output is None and task.waiters:
+                    soonest = min(w.first for w in task.waiters)
+                    if soonest > horizon:
+                        kept.append((soonest, task.order, task))
+            used = sum(t.size for _, _, t in kept)
+            for _, _, task in sorted(kept, key=lambda k: k[:2], reverse=True):
+                if used <= self.budget:
+                    break
+                used -= task.size
+                drop(task)
+
+        def submit_tasks(pool: Any) -> None:
+            while parked and parked[0][0] <= frontier + self.lookahead:
+                task = heapq.heappop(parked)[3]
+                if task.state == "parked":  # else its input was dropped: it waits again
+                    make_ready(task)
+            busy = sum(not isinstance(v, int) for v in running.values())
+            while ready and busy < self.workers:
+                task = heapq.heappop(ready)[-1]
+                first = task.first  # may have come sooner since it was pushed
+                if task.state != "ready" or task.missing or first >= cut:
+                    continue  # dropped inputs made it wait again, or after an error
+                if first > frontier + self.lookahead and not ahead(task):
+                    heapq.heappush(parked, (first, task.order, next(tickets), task))
+                    task.state = "parked"
+                    continue
+                args = {key: values[dep] for key, dep in task.deps.items()}
+                task.state = "running"
+                for dep in task.deps.values():
+                    dep.waiters.discard(task)
+                    if not dep.waiters and dep.state == "memory" and not pending_output(dep):
+                        release(dep)
+                state["waiting"].discard(task.key)
+                state["running"].add(task.key)
+                for callback in pretask:
+                    callback(task.key, dsk, state)
+                running[pool.submit(self.graph[task.key], args)] = task
+                busy += 1
+
+        def submit_write(pool: Any) -> None:
+            nonlocal next_write
+            if next_write >= len(self.regions) or any(isinstance(v, int) for v in running.values()):
+                return
+            r = next_write
+            if starts[r + 1] > cut or not all(computed[starts[r] : starts[r + 1]]):
+                return
+            blocks = {t.key: values[t] for t in (self.tasks[k] for k in self.regions[r])}
+            running[pool.submit(write, r, self._assemble(r, blocks))] = r
+
+        def failed(first: int, err: BaseException) -> None:
+            nonlocal cut
+            errors.append((first, err))
+            cut = min(cut, starts[region_of[min(first, len(outputs) - 1)]])
+
+        pool, own = self._pool()
+        with local_callbacks(None) as callbacks:
+            _, _, pretask, posttask, _ = unpack_callbacks(callbacks)
+            started = []
+            errored = True
+            try:
+                for callback in callbacks:
+                    if callback[0]:
+                        callback[0](dsk)
+                    started.append(callback)
+                for callback in callbacks:
+                    if callback[1]:
+                        callback[1](dsk, state)
+                for task in self.tasks.values():
+                    if not task.missing:
+                        make_ready(task)
+                while next_write < len(self.regions):
+                    submit_tasks(pool)
+                    submit_write(pool)
+                    if not running:
+                        break  # an error stopped what remains (or nothing can run: a bug)
+                    done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for future in done:
+                        what = running.pop(future)
+                        err = future.exception()
+                        if isinstance(what, int):  # a region written
+                            if err is not None:
+                                failed(starts[what], err)
+                                continue
+                            next_write += 1
+                            for key in self.regions[what]:
+                                if not self.tasks[key].waiters:
+                                    release(self.tasks[key])
+                            finished(what)
+                            continue
+                        task = what
+                        if err is not None:
+                            failed(task.first, err)
+                            continue
+                        value = future.result()
+                        base = getattr(value, "base", None)
+                        if isinstance(value, np.ndarray) and isinstance(base, np.ndarray):
+                            if base.nbytes > 2 * value.nbytes:  # keep a slice, not its array
+                                value = value.copy()
+                        state["running"].discard(task.key)
+                        state["finished"].add(task.key)
+                        for callback in posttask:
+                            callback(task.key, value, dsk, state, 0)
+                        task.state = "memory"
+                        values[task] = value
+                        if task.output is not None:
+                            computed[task.output] = True
+                            while frontier < len(outputs) and computed[frontier]:
+                                frontier += 1
+                        elif not any(value is values.get(d) for d in task.deps.values()):
+                            task.size = sizeof(value)  # an alias of its input holds nothing more
+                            held += task.size
+                        for waiter in list(task.waiters):
+                            waiter.missing -= 1
+                            if not waiter.missing and waiter.state == "waiting":
+                                make_ready(waiter)
+                        if not task.waiters and task.output is None:
+                            release(task)
+                    if held > self.budget:
+                        within_budget()
+                if errors:
+                    raise min(errors, key=lambda e: e[0])[1]
+                if next_write < len(self.regions):  # pragma: no cover - a planning bug
+                    raise RuntimeError("write_zarr's pipeline found no task to run")
+                errored = False
+            finally:
+                if own:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                for callback in started:
+                    if callback[4]:
+                        callback[4](dsk, state, errored)
+
+    def _pool(self) -> tuple[Any, bool]:
+        """Return an executor (the calling thread for one worker) and whether it is ours."""
+        if self.workers == 1:
+            return _Inline(), False
+        from dask.threaded import ContextAwareThreadPoolExecutor
+
+        # one more thread than workers: a region is written while the workers compute on
+        return ContextAwareThreadPoolExecutor(self.workers + 1), True
+
+    def _assemble(self, r: int, blocks: dict[Any, Any]) -> Any:
+        keys = self.regions[r]
+        first, last = keys[0][1:], keys[-1][1:]
+        if not first:
+            return blocks[keys[0]]
+
+        def nest(index: tuple[int, ...]) -> Any:
+            if len(index) == len(first):
+                return blocks[(self.name, *index)]
+            axis = len(index)
+            return [nest((*index, i)) for i in range(first[axis], last[axis] + 1)]
+
+        return concatenate3(nest(()))
+
+
+class _Inline:
+    """A stand-in for an executor that runs each task at once, in the calling thread."""
+
+    def submit(self, fn: Any, *args: Any) -> Any:
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as err:  # reported where the pipeline collects the results
+            future.set_exception(err)
+        return future
 
 
 class _SharedTasks:
